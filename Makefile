@@ -1,0 +1,55 @@
+# gradflow: the two README commands (`make reproduce`, `make test`) and the rest.
+# Every target creates or refreshes the project's own virtual environment (.venv) from
+# pyproject.toml, constrained to the pinned versions of requirements.lock.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+EXTRAS ?= test
+export MPLBACKEND := Agg
+
+.PHONY: venv test reproduce reproduce-quick paper bench lint lock clean help
+
+help:
+	@echo "make reproduce   run every experiment (full configs), figures, paper tables"
+	@echo "make test        run the test suite"
+	@echo "make reproduce-quick | paper | bench | lint | lock | clean"
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements.lock -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile
+
+reproduce: $(STAMP)
+	$(VENV)/bin/gradflow reproduce
+
+reproduce-quick: $(STAMP)
+	$(VENV)/bin/gradflow reproduce --quick
+
+paper: $(STAMP)
+	$(VENV)/bin/gradflow paper
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -c requirements.lock -e ".[test,bench]"
+	$(PY) -m benchmarks.run
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check gradflow experiments tests benchmarks
+	$(VENV)/bin/ruff format --check gradflow experiments tests benchmarks
+
+# Regenerate the pinned lock from a fresh resolve of pyproject.toml's ranges.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip
+	.venv-lock/bin/pip install --quiet -e ".[test]"
+	.venv-lock/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
+	rm -rf .venv-lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

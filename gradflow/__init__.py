@@ -1,0 +1,52 @@
+"""gradflow: a JAX research toolkit for vanishing and exploding gradients.
+
+Every claim about why gradients vanish or explode becomes an exact jittable function (theory
+modules), a property test of its bound, a reproducible experiment with a figure, and a section of
+the paper. Import as ``import gradflow as gf``; the public modules are re-exported here:
+
+* :mod:`gradflow.activations` -- registry of phi, closed-form phi', sup|phi'|
+* :mod:`gradflow.initializers` -- Xavier/He/LeCun/orthogonal/... and their theoretical Var(W)
+* :mod:`gradflow.analytic` -- closed-form chain gradients, log-domain products, bounds
+* :mod:`gradflow.meanfield` -- mean-field q-map, c-map, chi1, depth scales, critical line
+* :mod:`gradflow.spectra` -- input-output Jacobian spectra and free-probability moments
+* :mod:`gradflow.models` -- Flax linen Chain, MLP, DeepLinear, RNN/LSTM
+* :mod:`gradflow.probes` -- per-layer gradient and signal statistics, health verdicts
+* :mod:`gradflow.optim` -- optax transforms: clipping with telemetry, weight decay, monitors
+* :mod:`gradflow.data` -- scikit-learn digits and synthetic tasks
+* :mod:`gradflow.training` -- train state, jitted step, loop with divergence detection
+* :mod:`gradflow.sweep` -- seeds x grids, vmapped and sharded, resumable results store
+* :mod:`gradflow.plotting` -- the house figure style
+"""
+
+from gradflow import (
+    activations,
+    analytic,
+    data,
+    initializers,
+    meanfield,
+    models,
+    optim,
+    plotting,
+    probes,
+    spectra,
+    sweep,
+    training,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "activations",
+    "analytic",
+    "data",
+    "initializers",
+    "meanfield",
+    "models",
+    "optim",
+    "plotting",
+    "probes",
+    "spectra",
+    "sweep",
+    "training",
+]

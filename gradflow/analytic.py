@@ -1,0 +1,1 @@
+"""gradflow.analytic (being written)."""

@@ -1,0 +1,1 @@
+"""gradflow.cli (being written)."""

@@ -1,0 +1,1 @@
+"""gradflow.data (being written)."""

@@ -1,0 +1,1 @@
+"""gradflow.meanfield (being written)."""

@@ -1,0 +1,1 @@
+"""gradflow.models (being written)."""

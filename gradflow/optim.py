@@ -1,0 +1,1 @@
+"""gradflow.optim (being written)."""

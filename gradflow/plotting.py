@@ -1,0 +1,1 @@
+"""gradflow.plotting (being written)."""

@@ -1,0 +1,1 @@
+"""gradflow.probes (being written)."""

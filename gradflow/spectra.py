@@ -1,0 +1,1 @@
+"""gradflow.spectra (being written)."""

@@ -1,0 +1,1 @@
+"""gradflow.sweep (being written)."""

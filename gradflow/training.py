@@ -1,0 +1,1 @@
+"""gradflow.training (being written)."""

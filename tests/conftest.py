@@ -1,0 +1,35 @@
+"""Shared test configuration.
+
+* A bounded hypothesis profile (``ci``, the default) so the suite stays fast on 2 cores; select
+  ``HYPOTHESIS_PROFILE=thorough`` for a longer local run. ``deadline=None`` because the first call
+  of a jitted function compiles.
+* ``x64``: a fixture that enables float64 inside one test (float64 references), restoring the
+  previous setting afterwards.
+* Strict dtype promotion inside the library tests would reject legitimate mixed-precision theory
+  code, so instead every test states its dtypes and tolerances at the call.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("thorough", max_examples=500, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def x64():
+    """Enable float64 for the duration of one test."""
+    with jax.enable_x64(True):
+        yield

@@ -1,1 +1,178 @@
-"""gradflow.plotting (being written)."""
+"""One house style for every gradflow figure.
+
+Figures are drawn only from saved results (never from inside a training loop) and written twice by
+:func:`savefig`: a PDF for the paper and a PNG for the README. Colours are the Okabe-Ito palette
+(Okabe & Ito 2008), distinguishable under the common colour-vision deficiencies; sequential data
+(layers, depths) use the perceptually uniform, colour-blind-safe ``cividis`` map. Axes carry labels
+with units; values that span decades go on log axes (:func:`log_axis_if_spans`).
+
+Usage::
+
+    with gf.plotting.style():
+        fig, ax = gf.plotting.figure(width="column")
+        ax.semilogy(steps, grad_norm, color=gf.plotting.layer_colors(4)[0])
+        gf.plotting.savefig(fig, "paper/figures/layer_speed")   # .pdf and .png
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+
+__all__ = [
+    "COLORS",
+    "WIDTHS",
+    "figure",
+    "finite_or_raise",
+    "layer_colors",
+    "log_axis_if_spans",
+    "savefig",
+    "style",
+]
+
+#: Okabe-Ito colour-blind-safe palette (black last: reserved for theory overlays).
+COLORS: tuple[str, ...] = (
+    "#0072B2",  # blue
+    "#D55E00",  # vermillion
+    "#009E73",  # bluish green
+    "#CC79A7",  # reddish purple
+    "#E69F00",  # orange
+    "#56B4E9",  # sky blue
+    "#F0E442",  # yellow
+    "#000000",  # black
+)
+
+#: Figure widths in inches: a single column of a two-column paper, and the full text width.
+WIDTHS = {"column": 3.4, "text": 7.0}
+
+_RC = {
+    "figure.dpi": 100,
+    "savefig.dpi": 200,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.02,
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "legend.fontsize": 7,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.25,
+    "grid.linewidth": 0.5,
+    "lines.linewidth": 1.3,
+    "lines.markersize": 3.5,
+    "legend.frameon": False,
+    "axes.prop_cycle": mpl.cycler(color=list(COLORS[:-1])),
+    "image.cmap": "cividis",
+    "pdf.fonttype": 42,  # embed TrueType: editable text, no Type 3 fonts in the paper
+    "ps.fonttype": 42,
+}
+
+
+@contextlib.contextmanager
+def style() -> Iterator[None]:
+    """Context manager applying the house rcParams (restored on exit)."""
+    with mpl.rc_context(_RC):
+        yield
+
+
+def figure(
+    nrows: int = 1,
+    ncols: int = 1,
+    *,
+    width: str | float = "column",
+    aspect: float = 0.72,
+    **kwargs,
+):
+    """A ``(fig, axes)`` pair sized for the paper.
+
+    Args:
+      nrows, ncols: subplot grid.
+      width: ``"column"`` (3.4 in), ``"text"`` (7 in) or a width in inches.
+      aspect: height of one row divided by the width of one column of panels.
+      **kwargs: passed to :func:`matplotlib.pyplot.subplots` (e.g. ``sharey=True``).
+    """
+    import matplotlib.pyplot as plt
+
+    if isinstance(width, str):
+        if width not in WIDTHS:
+            raise ValueError(
+                f"unknown figure width {width!r}; valid: {', '.join(WIDTHS)} or inches"
+            )
+        w = WIDTHS[width]
+    else:
+        w = float(width)
+        if not (w > 0 and math.isfinite(w)):
+            raise ValueError(f"figure width must be positive inches, got {width!r}")
+    h = w / ncols * aspect * nrows
+    kwargs.setdefault("layout", "constrained")
+    with style():
+        fig, axes = plt.subplots(nrows, ncols, figsize=(w, h), **kwargs)
+    return fig, axes
+
+
+def layer_colors(n: int) -> list:
+    """``n`` colours from the colour-blind-safe sequential ``cividis`` map (first layer darkest)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    cmap = mpl.colormaps["cividis"]
+    return [cmap(x) for x in np.linspace(0.0, 0.9, n)]
+
+
+def log_axis_if_spans(ax, values, *, axis: str = "y", decades: float = 2.0) -> bool:
+    """Switch ``ax`` to a log scale when the positive finite ``values`` span >= ``decades``."""
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size and np.log10(v.max() / v.min()) >= decades:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+        return True
+    return False
+
+
+def finite_or_raise(values, what: str) -> np.ndarray:
+    """Return ``values`` as an array, raising if any is non-finite.
+
+    Plots never draw NaN silently: callers drop or mark diverged runs explicitly before plotting
+    and call this on what is left.
+    """
+    v = np.asarray(values, dtype=float)
+    bad = ~np.isfinite(v)
+    if bad.any():
+        raise ValueError(
+            f"{what}: {int(bad.sum())} non-finite value(s); drop or mark diverged runs before "
+            "plotting"
+        )
+    return v
+
+
+def savefig(fig, path_stem: str | os.PathLike, *, formats: Sequence[str] = ("pdf", "png")):
+    """Save ``fig`` as ``path_stem.pdf`` (paper) and ``path_stem.png`` (README), atomically.
+
+    Returns the list of written paths. The figure is closed afterwards.
+    """
+    import matplotlib.pyplot as plt
+
+    stem = Path(path_stem)
+    if stem.suffix in (".pdf", ".png"):
+        stem = stem.with_suffix("")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    with style():
+        for fmt in formats:
+            final = stem.parent / f"{stem.name}.{fmt}"
+            tmp = stem.parent / f".{stem.name}.{os.getpid()}.tmp.{fmt}"
+            # Fixed metadata so the PDF bytes do not depend on the wall clock.
+            meta = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
+            fig.savefig(tmp, format=fmt, metadata=meta)
+            os.replace(tmp, final)
+            written.append(final)
+    plt.close(fig)
+    return written

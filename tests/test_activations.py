@@ -1,0 +1,120 @@
+"""Tests for gradflow.activations: one invariant test over the whole registry."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import gradflow as gf
+
+ALL = [gf.activations.get(n) for n in gf.activations.names()] + [
+    gf.activations.get("leaky_relu", negative_slope=0.2),
+    gf.activations.get("elu", alpha=2.0),
+]
+IDS = [f"{a.name}{a.params or ''}" for a in ALL]
+
+# 512 points avoiding the kink at 0 by at least 1e-3 (float64 grid).
+X = np.concatenate([np.linspace(-12.0, -1e-3, 256), np.linspace(1e-3, 12.0, 256)])
+
+
+@pytest.mark.parametrize("act", ALL, ids=IDS)
+def test_grad_matches_autodiff(act, x64):
+    x = jnp.asarray(X, dtype=jnp.float64)
+    auto = jax.vmap(jax.grad(act.fn))(x)
+    # closed form vs autodiff in float64: agree to 1e-12 absolute (values are O(1))
+    np.testing.assert_allclose(act.grad(x), auto, rtol=0, atol=1e-12)
+    auto2 = jax.vmap(jax.grad(act.grad))(x)
+    np.testing.assert_allclose(act.grad2(x), auto2, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", ALL, ids=IDS)
+@given(x=st.floats(-60.0, 60.0, allow_nan=False))
+def test_grad_bounded_by_sup(act, x):
+    g = float(act.grad(jnp.float32(x)))
+    assert abs(g) <= act.sup_grad * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("act", ALL, ids=IDS)
+def test_sup_attained_or_approached(act, x64):
+    grid = jnp.linspace(-20.0, 20.0, 400_001, dtype=jnp.float64)
+    # the grid maximum never exceeds the stated sup and comes within 1e-6 of it (or of its limit)
+    gmax = float(jnp.max(jnp.abs(act.grad(grid))))
+    assert gmax <= act.sup_grad * (1 + 1e-12)
+    if act.argsup is not None:
+        assert float(abs(act.grad(jnp.float64(act.argsup)))) == pytest.approx(
+            act.sup_grad, rel=1e-12
+        )
+    else:
+        # only approached: at 0- for elu/selu with alpha > 1, as x -> infinity for softplus
+        probe = 40.0 if act.name == "softplus" else -1e-12
+        assert float(abs(act.grad(jnp.float64(probe)))) == pytest.approx(act.sup_grad, rel=1e-9)
+        assert gmax < act.sup_grad
+
+
+def test_known_constants():
+    get = gf.activations.get
+    assert get("sigmoid").sup_grad == 0.25 and get("sigmoid").argsup == 0.0
+    assert get("tanh").sup_grad == 1.0 and get("tanh").argsup == 0.0
+    selu = get("selu")
+    assert selu.argsup is None
+    assert selu.sup_grad == pytest.approx(gf.activations.SELU_LAMBDA * gf.activations.SELU_ALPHA)
+    assert get("gelu").sup_grad == pytest.approx(1.1289, abs=1e-4)
+    assert get("silu").sup_grad == pytest.approx(1.0998, abs=1e-4)
+    assert get("swish") is get("silu")
+
+
+@pytest.mark.parametrize("act", ALL, ids=IDS)
+def test_dtype_jit_vmap(act):
+    x = jnp.linspace(-3, 3, 7, dtype=jnp.float32)
+    for f in (act.fn, act.grad, act.grad2):
+        y = jax.jit(f)(x)
+        assert y.dtype == jnp.float32 and y.shape == x.shape
+        np.testing.assert_allclose(jax.vmap(f)(x), y, rtol=1e-6, atol=1e-7)
+    # integers are promoted to the default float dtype
+    assert jnp.issubdtype(act.fn(jnp.arange(3)).dtype, jnp.floating)
+
+
+def test_hashable_and_cached():
+    a = gf.activations.get("leaky_relu", negative_slope=0.2)
+    assert a is gf.activations.get("leaky_relu", negative_slope=0.2)
+    assert a != gf.activations.get("leaky_relu")
+    assert a.kwargs == {"negative_slope": 0.2}
+    assert jax.jit(lambda x, act: act(x), static_argnums=1)(jnp.float32(-1.0), a) == pytest.approx(
+        -0.2
+    )
+    assert gf.activations.get(a) is a
+
+
+def test_register_custom():
+    act = gf.activations.register(
+        "test_cube_tanh",
+        lambda x: jnp.tanh(x) ** 3,
+        lambda x: 3 * jnp.tanh(x) ** 2 * (1 - jnp.tanh(x) ** 2),
+        sup_grad=4 / 3**1.5 * 1.0,
+        argsup=None,
+        overwrite=True,
+    )
+    assert "test_cube_tanh" in gf.activations.names()
+    assert gf.activations.get("test_cube_tanh") is act
+    np.testing.assert_allclose(act.grad2(jnp.array([0.5])), jax.grad(act.grad)(0.5), rtol=1e-5)
+    with pytest.raises(ValueError, match="already registered"):
+        gf.activations.register("sigmoid", jnp.tanh, jnp.tanh, sup_grad=1.0, argsup=0.0)
+
+
+def test_bad_input():
+    with pytest.raises(
+        ValueError, match=r"unknown activation 'sigmoidd'; valid names: linear, sigmoid"
+    ):
+        gf.activations.get("sigmoidd")
+    with pytest.raises(TypeError, match=r"unexpected parameter 'alpha'.*negative_slope"):
+        gf.activations.get("leaky_relu", alpha=0.1)
+    with pytest.raises(TypeError, match="accepts no parameters"):
+        gf.activations.get("tanh", slope=1.0)
+    with pytest.raises(ValueError, match="must be finite"):
+        gf.activations.get("leaky_relu", negative_slope=float("nan"))
+    with pytest.raises(ValueError, match="alpha must be >= 0"):
+        gf.activations.get("elu", alpha=-1.0)
+    with pytest.raises(TypeError, match="must be a name or an Activation"):
+        gf.activations.get(3)

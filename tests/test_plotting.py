@@ -1,0 +1,46 @@
+"""Tests for gradflow.plotting: the house style writes PDF + PNG and refuses NaN."""
+
+import numpy as np
+import pytest
+
+import gradflow as gf
+
+
+def test_savefig_writes_pdf_and_png(tmp_path):
+    fig, ax = gf.plotting.figure(width="column")
+    ax.semilogy([1, 2, 3], [1e-3, 1e-1, 1e1], color=gf.plotting.COLORS[0])
+    ax.set_xlabel("layer")
+    ax.set_ylabel(r"$\|\partial C/\partial b_l\|$")
+    paths = gf.plotting.savefig(fig, tmp_path / "sub" / "demo")
+    assert [p.name for p in paths] == ["demo.pdf", "demo.png"]
+    assert paths[0].read_bytes()[:4] == b"%PDF"
+    assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((tmp_path / "sub").glob(".*tmp*"))
+
+
+def test_pdf_is_deterministic(tmp_path):
+    out = []
+    for i in range(2):
+        fig, ax = gf.plotting.figure()
+        ax.plot([0, 1], [0, 1])
+        out.append(gf.plotting.savefig(fig, tmp_path / f"d{i}", formats=("pdf",))[0].read_bytes())
+    assert out[0] == out[1]
+
+
+def test_helpers():
+    assert len(gf.plotting.layer_colors(5)) == 5
+    fig, ax = gf.plotting.figure(1, 2, width="text")
+    assert fig.get_figwidth() == pytest.approx(7.0)
+    assert gf.plotting.log_axis_if_spans(ax[0], [1e-5, 1.0, np.nan])
+    assert ax[0].get_yscale() == "log"
+    assert not gf.plotting.log_axis_if_spans(ax[1], [1.0, 5.0])
+    np.testing.assert_array_equal(gf.plotting.finite_or_raise([1, 2], "x"), [1.0, 2.0])
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="2 non-finite value"):
+        gf.plotting.finite_or_raise([1.0, np.nan, np.inf], "loss")
+    with pytest.raises(ValueError, match="unknown figure width 'wide'; valid: column, text"):
+        gf.plotting.figure(width="wide")
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        gf.plotting.layer_colors(0)

@@ -16,12 +16,14 @@ the paper. Import as ``import gradflow as gf``; the public modules are re-export
 * :mod:`gradflow.training` -- train state, jitted step, loop with divergence detection
 * :mod:`gradflow.sweep` -- seeds x grids, vmapped and sharded, resumable results store
 * :mod:`gradflow.plotting` -- the house figure style
+* :mod:`gradflow.experiment` -- the experiment registry (entry points) and paper artifacts
 """
 
 from gradflow import (
     activations,
     analytic,
     data,
+    experiment,
     initializers,
     meanfield,
     models,
@@ -40,6 +42,7 @@ __all__ = [
     "activations",
     "analytic",
     "data",
+    "experiment",
     "initializers",
     "meanfield",
     "models",

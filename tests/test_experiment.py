@@ -1,0 +1,94 @@
+"""Tests for gradflow.experiment: configs, overrides, layout, generated LaTeX."""
+
+import pytest
+
+import gradflow as gf
+from gradflow.experiment import Experiment
+
+
+def _exp(**kw):
+    base = dict(
+        name="demo",
+        claim="c",
+        source="s",
+        configs={
+            "quick": {"seeds": 2, "lr": 0.1, "depths": (2, 4), "act": "tanh", "x64": False},
+            "full": {"seeds": 20, "lr": 0.1, "depths": (2, 4, 8), "act": "tanh", "x64": False},
+        },
+        run=lambda cfg, d: None,
+        plot=lambda r, f: [],
+    )
+    base.update(kw)
+    return Experiment(**base)
+
+
+def test_parse_override():
+    P = gf.experiment.parse_override
+    assert P("seeds=4") == ("seeds", 4)
+    assert P("lr=1e-2") == ("lr", 0.01)
+    assert P("depths=(1, 2)") == ("depths", (1, 2))
+    assert P("act=relu") == ("act", "relu")
+    assert P("x64=True") == ("x64", True)
+
+
+def test_resolve_config():
+    e = _exp()
+    assert e.config("quick")["seeds"] == 2
+    cfg = e.config("quick", {"seeds": 3, "lr": 1, "depths": [3], "act": "relu"})
+    assert cfg == {"seeds": 3, "lr": 1.0, "depths": (3,), "act": "relu", "x64": False}
+    assert isinstance(cfg["lr"], float)
+
+
+def test_bad_configs():
+    e = _exp()
+    with pytest.raises(
+        ValueError, match="unknown config key 'seed' for experiment 'demo'; valid keys: act, depths"
+    ):
+        e.config("quick", {"seed": 1})
+    with pytest.raises(ValueError, match="config key 'seeds' takes a int"):
+        e.config("quick", {"seeds": "many"})
+    with pytest.raises(ValueError, match="takes True or False"):
+        e.config("quick", {"x64": 1})
+    with pytest.raises(ValueError, match="unknown mode 'fast'; valid modes: quick, full"):
+        e.config("fast")
+    with pytest.raises(ValueError, match="malformed override 'seeds'"):
+        gf.experiment.parse_override("seeds")
+    with pytest.raises(ValueError, match="is not a config key"):
+        gf.experiment.parse_override("1x=2")
+    with pytest.raises(ValueError, match="lacks config"):
+        _exp(configs={"quick": {}})
+    with pytest.raises(ValueError, match="name must match"):
+        _exp(name="Bad Name")
+    with pytest.raises(
+        ValueError, match="unknown experiment 'nope'; valid names: activation_derivatives"
+    ):
+        gf.experiment.get("nope")
+
+
+def test_layout(tmp_path):
+    lay = gf.experiment.layout("layer_speed", "quick", tmp_path)
+    assert lay.results == tmp_path / "results" / "layer_speed" / "quick"
+    assert lay.figures == tmp_path / "paper" / "figures"
+    with pytest.raises(ValueError, match="unknown mode"):
+        gf.experiment.layout("x", "medium")
+
+
+def test_macros_and_tables(tmp_path):
+    p = gf.experiment.write_macros(
+        tmp_path / "m.tex", {"ratioA": 4.23456, "tiny": 1.5e-30, "n": 20, "bad": float("nan")}
+    )
+    text = p.read_text()
+    assert r"\newcommand{\ratioA}{4.23}" in text
+    assert r"\newcommand{\tiny}{\ensuremath{1.50\times10^{-30}}}" in text
+    assert r"\newcommand{\n}{20}" in text and r"\newcommand{\bad}{--}" in text
+    with pytest.raises(ValueError, match="letters only"):
+        gf.experiment.write_macros(tmp_path / "m.tex", {"ratio_1": 1.0})
+    t = gf.experiment.latex_table(
+        [["relu_he", 0.5, 1e-9], ["$\\sigma$", 2, 3.0]], ["init", "a", "b%"], tmp_path / "t.tex"
+    )
+    body = t.read_text()
+    assert r"relu\_he & 0.5 & $1.00\times10^{-9}$ \\" in body
+    assert r"$\sigma$ & 2 & 3 \\" in body and r"init & a & b\% \\" in body
+    assert "\\begin{tabular}{lrr}" in body
+    with pytest.raises(ValueError, match="every row must have 3 cells"):
+        gf.experiment.latex_table([[1, 2]], ["a", "b", "c"], tmp_path / "t.tex")

@@ -1,1 +1,942 @@
-"""gradflow.optim (being written)."""
+r"""Optax transforms against exploding gradients: clipping with telemetry, weight decay, monitors.
+
+Every factory returns an :class:`optax.GradientTransformation` (a pair of pure ``init``/``update``
+functions whose state is a ``NamedTuple``), so they compose with :func:`optax.chain`, run under
+``jax.jit``/``jax.vmap``/``lax.scan`` and nest inside :func:`optax.masked`,
+:func:`optax.apply_if_finite` and :func:`optax.inject_hyperparams`. Where optax already has the
+piece (element-wise and global-norm clipping, unit-wise norms, decayed weights, masking) it is
+reused; this module adds what optax lacks:
+
+* per-layer clipping (:func:`clip_by_layer_norm`);
+* telemetry: every clipping transform here records, in its state, the pre-clip global norm, the
+  per-layer norms and which layers were clipped; :func:`telemetry` collects them from a whole chain;
+* adaptive gradient clipping that leaves the readout layer alone (:func:`adaptive_grad_clip`);
+* L1 decay (:func:`add_l1_decay`), and coupled vs decoupled L2 decay as two placements of the same
+  piece (:func:`coupled_l2`, :func:`decoupled_l2`), with a default :func:`decay_mask`;
+* a gradient-statistics monitor, identity on the updates (:func:`monitor_grad_stats`);
+* an optimizer factory by name (:func:`make_optimizer`).
+
+**Layers.** A *layer* is a subtree of the parameter pytree. By default (``layers=None``) the layers
+are the top-level keys of the params dict, e.g. ``params["dense_3"] = {"kernel", "bias"}`` is one
+layer; ``layers=k`` (an int) groups by the first ``k`` path keys, joined by ``"/"``; ``layers=fn``
+maps a leaf's path (a tuple of key strings) to its layer name. Layers are ordered in *forward
+order*, defined as the natural sort of their names (digit runs compare as integers, so
+``dense_2 < dense_10``), which is the forward order of gradflow.models (``dense_0`` ...
+``dense_{L-1}``, readout last) and of Flax's automatic names (``Dense_0``, ``Dense_1``, ...).
+:func:`layer_names` returns that order; every per-layer array here is indexed by it.
+
+Hyperparameters (thresholds, decays, learning rates) may be traced values, so a sweep can
+``jax.vmap`` over them; they are validated only when concrete. Under
+:func:`optax.inject_hyperparams`, pass an integer ``layers`` through ``static_args=("layers",)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+__all__ = [
+    "AdaptiveGradClipState",
+    "ClipByGlobalNormState",
+    "ClipByLayerNormState",
+    "ClipByValueState",
+    "GradStatsState",
+    "adaptive_grad_clip",
+    "add_l1_decay",
+    "add_l2_decay",
+    "clip_by_global_norm",
+    "clip_by_layer_norm",
+    "clip_by_value",
+    "coupled_l2",
+    "decay_mask",
+    "decoupled_l2",
+    "direction",
+    "layer_names",
+    "layer_norms",
+    "make_optimizer",
+    "monitor_grad_stats",
+    "optimizer_names",
+    "telemetry",
+]
+
+LayerSpec = int | Callable[[tuple[str, ...]], str] | None
+_NO_PARAMS_MSG = "{name} needs the parameters: call tx.update(updates, state, params) with params."
+
+
+# --------------------------------------------------------------------------------------------------
+# validation (concrete values only, so traced hyperparameters pass through vmap/jit)
+# --------------------------------------------------------------------------------------------------
+
+
+def _concrete(name: str, value: Any) -> np.ndarray | None:
+    """``value`` as a NumPy array, or None if it is traced (or a schedule)."""
+    if callable(value):
+        return None
+    try:
+        arr = np.asarray(value)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
+        raise TypeError(
+            f"{name} must be a real number, got {value!r} of type {type(value).__name__}."
+        )
+    if np.iscomplexobj(arr):
+        raise TypeError(f"{name} must be a real number, got complex {value!r}.")
+    return arr
+
+
+def _check_positive(name: str, value: Any) -> None:
+    """Threshold-like: > 0 (inf allowed: it means "never clip"), not NaN."""
+    arr = _concrete(name, value)
+    if arr is not None and (np.any(np.isnan(arr)) or np.any(arr <= 0)):
+        raise ValueError(f"{name} must be positive (> 0; inf disables it), got {value!r}.")
+
+
+def _check_nonnegative(name: str, value: Any) -> None:
+    """Decay-like: finite and >= 0."""
+    arr = _concrete(name, value)
+    if arr is not None and (not np.all(np.isfinite(arr)) or np.any(arr < 0)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+
+
+def _check_unit_interval(name: str, value: Any) -> None:
+    """Averaging constants: in [0, 1)."""
+    arr = _concrete(name, value)
+    if arr is not None and (np.any(np.isnan(arr)) or np.any(arr < 0) or np.any(arr >= 1)):
+        raise ValueError(f"{name} must lie in [0, 1), got {value!r}.")
+
+
+def _check_learning_rate(value: Any) -> None:
+    if callable(value):  # an optax schedule: step -> learning rate
+        return
+    arr = _concrete("learning_rate", value)
+    if arr is not None and (not np.all(np.isfinite(arr)) or np.any(arr <= 0)):
+        raise ValueError(
+            f"learning_rate must be a finite number > 0 or an optax schedule, got {value!r}."
+        )
+
+
+def _check_layers(layers: LayerSpec) -> None:
+    if layers is None or callable(layers):
+        return
+    if isinstance(layers, bool) or not isinstance(layers, int | np.integer):
+        raise TypeError(
+            "layers must be None (top-level keys), a positive int (path depth) or a callable "
+            f"path -> layer name, got {layers!r}. Under optax.inject_hyperparams pass "
+            "static_args=('layers',)."
+        )
+    if layers < 1:
+        raise ValueError(f"layers (a path depth) must be >= 1, got {layers}.")
+
+
+# --------------------------------------------------------------------------------------------------
+# layers
+# --------------------------------------------------------------------------------------------------
+
+
+def _key_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _path_names(path: Sequence[Any]) -> tuple[str, ...]:
+    return tuple(_key_name(k) for k in path)
+
+
+def _natural_key(name: str) -> tuple[Any, ...]:
+    # re.split with a capture group alternates text (even positions) and digit runs (odd ones),
+    # so equal positions always hold equal types and the tuples compare.
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+)", name)))
+
+
+def _layer_of(path: tuple[str, ...], layers: LayerSpec) -> str:
+    if callable(layers):
+        return str(layers(path))
+    return "/".join(path[: 1 if layers is None else layers])
+
+
+class _Partition(NamedTuple):
+    names: tuple[str, ...]  # layer names, forward order
+    leaf_layer: tuple[int, ...]  # layer index of every leaf, in jax.tree.leaves order
+
+
+def _partition(tree: Any, layers: LayerSpec) -> _Partition:
+    with_path = jax.tree_util.tree_flatten_with_path(tree)[0]
+    leaf_names = [_layer_of(_path_names(p), layers) for p, _ in with_path]
+    names = tuple(sorted(set(leaf_names), key=_natural_key))
+    index = {n: i for i, n in enumerate(names)}
+    return _Partition(names, tuple(index[n] for n in leaf_names))
+
+
+def _norm_dtype(tree: Any) -> jnp.dtype:
+    leaves = jax.tree.leaves(tree)
+    return jnp.result_type(*leaves, jnp.float32) if leaves else jnp.dtype(jnp.float32)
+
+
+def _layer_sq_norms(tree: Any, part: _Partition, dtype: Any) -> jax.Array:
+    """(n_layers,) sums of squares, accumulated in ``dtype``."""
+    sums = [jnp.zeros((), dtype) for _ in part.names]
+    for leaf, i in zip(jax.tree.leaves(tree), part.leaf_layer, strict=True):
+        sums[i] = sums[i] + jnp.sum(jnp.square(jnp.asarray(leaf).astype(dtype)))
+    return jnp.stack(sums) if sums else jnp.zeros((0,), dtype)
+
+
+def layer_names(params: Any, *, layers: LayerSpec = None) -> tuple[str, ...]:
+    """Names of the layers of ``params`` in forward order (see the module docstring).
+
+    Args:
+      params: a parameter (or gradient) pytree, e.g. ``variables["params"]`` of a Flax model.
+      layers: None (top-level keys), an int path depth, or a callable ``path -> name``.
+
+    Returns:
+      A tuple of layer names; per-layer arrays of this module are indexed in this order.
+    """
+    _check_layers(layers)
+    return _partition(params, layers).names
+
+
+def layer_norms(tree: Any, *, layers: LayerSpec = None) -> jax.Array:
+    r"""Per-layer L2 norms :math:`\|g_l\|_2 = (\sum_{\text{leaves } x \in l} \sum x^2)^{1/2}`.
+
+    Args:
+      tree: a pytree of arrays (gradients or parameters).
+      layers: None (top-level keys), an int path depth, or a callable ``path -> name``.
+
+    Returns:
+      Array of shape ``(n_layers,)`` in the order of :func:`layer_names`, at least float32.
+    """
+    _check_layers(layers)
+    part = _partition(tree, layers)
+    return jnp.sqrt(_layer_sq_norms(tree, part, _norm_dtype(tree)))
+
+
+# --------------------------------------------------------------------------------------------------
+# clipping with telemetry
+# --------------------------------------------------------------------------------------------------
+
+
+class ClipByValueState(NamedTuple):
+    """Telemetry of :func:`clip_by_value` from the latest update.
+
+    Attributes:
+      global_norm: ``()`` pre-clip global L2 norm of the updates.
+      layer_norms: ``(n_layers,)`` pre-clip per-layer L2 norms, forward order.
+      clipped: ``(n_layers,)`` bool, True where at least one entry of the layer was clipped.
+    """
+
+    global_norm: jax.Array
+    layer_norms: jax.Array
+    clipped: jax.Array
+
+
+class ClipByGlobalNormState(NamedTuple):
+    """Telemetry of :func:`clip_by_global_norm`; fields as in :class:`ClipByValueState`.
+
+    ``clipped`` is True for every layer when the global norm exceeded the threshold.
+    """
+
+    global_norm: jax.Array
+    layer_norms: jax.Array
+    clipped: jax.Array
+
+
+class ClipByLayerNormState(NamedTuple):
+    """Telemetry of :func:`clip_by_layer_norm`; fields as in :class:`ClipByValueState`.
+
+    ``clipped`` is True for the layers whose norm exceeded the threshold.
+    """
+
+    global_norm: jax.Array
+    layer_norms: jax.Array
+    clipped: jax.Array
+
+
+class AdaptiveGradClipState(NamedTuple):
+    """Telemetry of :func:`adaptive_grad_clip`; fields as in :class:`ClipByValueState`.
+
+    ``clipped`` is True for the layers in which at least one unit was rescaled.
+    """
+
+    global_norm: jax.Array
+    layer_norms: jax.Array
+    clipped: jax.Array
+
+
+def _init_clip_state(cls: type, params: Any, layers: LayerSpec) -> Any:
+    n = len(_partition(params, layers).names)
+    dtype = _norm_dtype(params)
+    return cls(jnp.zeros((), dtype), jnp.zeros((n,), dtype), jnp.zeros((n,), bool))
+
+
+def _pre_clip(updates: Any, layers: LayerSpec) -> tuple[_Partition, jax.Array, jax.Array]:
+    part = _partition(updates, layers)
+    sq = _layer_sq_norms(updates, part, _norm_dtype(updates))
+    return part, jnp.sqrt(jnp.sum(sq)), jnp.sqrt(sq)
+
+
+def clip_by_value(
+    max_delta: Any = 1.0, *, layers: LayerSpec = None
+) -> optax.GradientTransformation:
+    r"""Element-wise clipping :math:`g \leftarrow \mathrm{clip}(g, -\delta, \delta)`, telemetry.
+
+    The update is :func:`optax.clip`; the state (:class:`ClipByValueState`) records the pre-clip
+    global and per-layer norms and which layers had an entry clipped. Clipping by value changes the
+    direction of the gradient, unlike norm clipping (Pascanu et al. 2013).
+
+    Args:
+      max_delta: :math:`\delta > 0`, the largest absolute value of an update entry (may be traced).
+      layers: how leaves group into layers for the telemetry (see the module docstring).
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+    """
+    _check_positive("max_delta", max_delta)
+    _check_layers(layers)
+    inner = optax.clip(max_delta)
+
+    def init_fn(params):
+        return _init_clip_state(ClipByValueState, params, layers)
+
+    def update_fn(updates, state, params=None):
+        del params
+        part, gnorm, lnorms = _pre_clip(updates, layers)
+        hit = [jnp.zeros((), bool) for _ in part.names]
+        for leaf, i in zip(jax.tree.leaves(updates), part.leaf_layer, strict=True):
+            hit[i] = hit[i] | jnp.any(jnp.abs(leaf) > max_delta)
+        clipped = jnp.stack(hit) if hit else jnp.zeros((0,), bool)
+        updates, _ = inner.update(updates, optax.EmptyState())
+        return updates, ClipByValueState(
+            gnorm.astype(state.global_norm.dtype), lnorms.astype(state.layer_norms.dtype), clipped
+        )
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def clip_by_global_norm(
+    max_norm: Any = 1.0, *, layers: LayerSpec = None
+) -> optax.GradientTransformation:
+    r"""Global-norm clipping (Pascanu, Mikolov & Bengio 2013), with telemetry.
+
+    .. math::
+        \text{if } \|g\|_2 > c:\quad g \leftarrow c\, g / \|g\|_2 ,
+
+    with :math:`\|g\|_2` the L2 norm over every leaf; the direction of :math:`g` is unchanged. The
+    update is :func:`optax.clip_by_global_norm`; the state (:class:`ClipByGlobalNormState`) records
+    the pre-clip global and per-layer norms and whether the threshold was exceeded.
+
+    Args:
+      max_norm: the threshold :math:`c > 0` (may be traced; ``inf`` never clips).
+      layers: how leaves group into layers for the telemetry (see the module docstring).
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+    """
+    _check_positive("max_norm", max_norm)
+    _check_layers(layers)
+    inner = optax.clip_by_global_norm(max_norm)
+
+    def init_fn(params):
+        return _init_clip_state(ClipByGlobalNormState, params, layers)
+
+    def update_fn(updates, state, params=None):
+        del params
+        _, gnorm, lnorms = _pre_clip(updates, layers)
+        clipped = jnp.broadcast_to(gnorm > max_norm, lnorms.shape)
+        updates, _ = inner.update(updates, optax.EmptyState())
+        return updates, ClipByGlobalNormState(
+            gnorm.astype(state.global_norm.dtype), lnorms.astype(state.layer_norms.dtype), clipped
+        )
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def clip_by_layer_norm(
+    max_norm: Any = 1.0, *, layers: LayerSpec = None
+) -> optax.GradientTransformation:
+    r"""Per-layer norm clipping: each layer's gradient is scaled to norm at most ``max_norm``.
+
+    .. math::
+        g_l \leftarrow g_l \min\!\left(1, \frac{c}{\|g_l\|_2}\right)\quad\text{for every layer } l,
+
+    the rule of Pascanu et al. (2013) applied to each layer independently (a *layer* is a subtree of
+    the params, see the module docstring), so one exploding layer does not shrink the updates of the
+    healthy ones as global clipping does. Each layer keeps its direction. The state
+    (:class:`ClipByLayerNormState`) records the pre-clip norms and which layers were clipped.
+
+    Args:
+      max_norm: the threshold :math:`c > 0` (may be traced; ``inf`` never clips).
+      layers: None (top-level keys), an int path depth, or a callable ``path -> layer name``.
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+    """
+    _check_positive("max_norm", max_norm)
+    _check_layers(layers)
+
+    def init_fn(params):
+        return _init_clip_state(ClipByLayerNormState, params, layers)
+
+    def update_fn(updates, state, params=None):
+        del params
+        part, gnorm, lnorms = _pre_clip(updates, layers)
+        clipped = lnorms > max_norm
+        scale = jnp.where(clipped, max_norm / jnp.where(clipped, lnorms, 1.0), 1.0)
+        leaves, treedef = jax.tree.flatten(updates)
+        leaves = [
+            (x * scale[i].astype(x.dtype)).astype(x.dtype)
+            for x, i in zip(leaves, part.leaf_layer, strict=True)
+        ]
+        return jax.tree.unflatten(treedef, leaves), ClipByLayerNormState(
+            gnorm.astype(state.global_norm.dtype), lnorms.astype(state.layer_norms.dtype), clipped
+        )
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _resolve_unclipped(
+    unclipped: str | Sequence[str] | None, names: tuple[str, ...]
+) -> frozenset[str]:
+    if unclipped is None:
+        return frozenset()
+    if unclipped == "last":
+        return frozenset(names[-1:])
+    wanted = (unclipped,) if isinstance(unclipped, str) else tuple(unclipped)
+    missing = [n for n in wanted if n not in names]
+    if missing:
+        raise ValueError(
+            f"adaptive_grad_clip: unclipped layers {missing} are not layers of the params; "
+            f"layers are {list(names)} (or use unclipped='last' or None)."
+        )
+    return frozenset(wanted)
+
+
+def adaptive_grad_clip(
+    clipping: Any = 0.01,
+    eps: Any = 1e-3,
+    *,
+    unclipped: str | Sequence[str] | None = "last",
+    layers: LayerSpec = None,
+    axis: int | tuple[int, ...] | None = None,
+) -> optax.GradientTransformation:
+    r"""Unit-wise adaptive gradient clipping (AGC; Brock, De, Smith & Simonyan 2021), telemetry.
+
+    For every unit :math:`i` (a column of a Dense kernel ``(fan_in, fan_out)``, i.e. the weights
+    into one output unit; a whole bias or scale vector):
+
+    .. math::
+        \text{if } \frac{\|G_i\|}{\max(\|W_i\|, \epsilon)} > \lambda:\quad
+        G_i \leftarrow \lambda \max(\|W_i\|, \epsilon) \frac{G_i}{\|G_i\|} .
+
+    Unit norms are :func:`optax.transforms.unitwise_norm` and the rescaling is
+    :func:`optax.transforms.unitwise_clip`. As in the paper, the final linear (readout) layer is not
+    clipped by default: ``unclipped="last"`` leaves the last layer in forward order (see the module
+    docstring; for gradflow.models that is the readout) untouched.
+
+    Args:
+      clipping: :math:`\lambda > 0`, the largest allowed ratio of unit gradient norm to unit
+        parameter norm (may be traced). Brock et al. use 0.01 to 0.16 depending on batch size.
+      eps: :math:`\epsilon > 0`, floor on the parameter norm so zero-initialised units can move.
+      unclipped: ``"last"`` (the readout layer), None (clip every layer), or a layer name or names.
+      layers: how leaves group into layers (see the module docstring).
+      axis: reduction axes of the unit norm; None infers them from the rank (as optax does).
+
+    Returns:
+      An :class:`optax.GradientTransformation` whose ``update`` needs ``params``.
+    """
+    _check_positive("clipping", clipping)
+    _check_positive("eps", eps)
+    _check_layers(layers)
+    if unclipped is not None and not isinstance(unclipped, str | Sequence):
+        raise TypeError(
+            "unclipped must be 'last', None, a layer name or a sequence of names, "
+            f"got {unclipped!r}."
+        )
+
+    def init_fn(params):
+        _resolve_unclipped(unclipped, _partition(params, layers).names)
+        return _init_clip_state(AdaptiveGradClipState, params, layers)
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError(_NO_PARAMS_MSG.format(name="adaptive_grad_clip"))
+        part, gnorm, lnorms = _pre_clip(updates, layers)
+        skip = _resolve_unclipped(unclipped, part.names)
+        leaves, treedef = jax.tree.flatten(updates)
+        p_leaves = treedef.flatten_up_to(params)
+        hit = [jnp.zeros((), bool) for _ in part.names]
+        out = []
+        for g, p, i in zip(leaves, p_leaves, part.leaf_layer, strict=True):
+            if part.names[i] in skip:
+                out.append(g)
+                continue
+            g_norm = optax.transforms.unitwise_norm(g, axis=axis)
+            max_norm = clipping * jnp.maximum(optax.transforms.unitwise_norm(p, axis=axis), eps)
+            max_norm = max_norm.astype(g_norm.dtype)
+            hit[i] = hit[i] | jnp.any(g_norm > max_norm)
+            out.append(optax.transforms.unitwise_clip(g_norm, max_norm, g))
+        clipped = jnp.stack(hit) if hit else jnp.zeros((0,), bool)
+        return jax.tree.unflatten(treedef, out), AdaptiveGradClipState(
+            gnorm.astype(state.global_norm.dtype), lnorms.astype(state.layer_norms.dtype), clipped
+        )
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+# --------------------------------------------------------------------------------------------------
+# monitor
+# --------------------------------------------------------------------------------------------------
+
+
+class GradStatsState(NamedTuple):
+    """State of :func:`monitor_grad_stats`.
+
+    Attributes:
+      count: ``()`` int32, number of updates seen.
+      global_norm: ``()`` global L2 norm of the latest updates.
+      layer_norms: ``(n_layers,)`` per-layer L2 norms of the latest updates, forward order.
+      ema_layer_norms: ``(n_layers,)`` their exponential moving average.
+    """
+
+    count: jax.Array
+    global_norm: jax.Array
+    layer_norms: jax.Array
+    ema_layer_norms: jax.Array
+
+
+def monitor_grad_stats(
+    decay: Any = 0.9, *, layers: LayerSpec = None
+) -> optax.GradientTransformation:
+    r"""Gradient-statistics monitor: identity on the updates, keeps per-layer norms and their EMA.
+
+    After each update the state (:class:`GradStatsState`) holds :math:`n_l = \|g_l\|_2` and
+
+    .. math::
+        \bar n_l \leftarrow \beta \bar n_l + (1 - \beta) n_l ,\qquad \bar n_l^{(1)} = n_l^{(1)},
+
+    (started at the first observation, so it needs no bias correction). Place it first in a chain to
+    watch raw gradients (the per-layer "speed of learning" of Nielsen, ch. 5), or after a clipping
+    transform to watch what the optimizer receives.
+
+    Args:
+      decay: :math:`\beta \in [0, 1)` (may be traced).
+      layers: how leaves group into layers (see the module docstring).
+
+    Returns:
+      An :class:`optax.GradientTransformation` that returns its input updates unchanged.
+    """
+    _check_unit_interval("decay", decay)
+    _check_layers(layers)
+
+    def init_fn(params):
+        n = len(_partition(params, layers).names)
+        dtype = _norm_dtype(params)
+        zeros = jnp.zeros((n,), dtype)
+        return GradStatsState(jnp.zeros((), jnp.int32), jnp.zeros((), dtype), zeros, zeros)
+
+    def update_fn(updates, state, params=None):
+        del params
+        _, gnorm, lnorms = _pre_clip(updates, layers)
+        lnorms = lnorms.astype(state.layer_norms.dtype)
+        beta = jnp.asarray(decay, lnorms.dtype)
+        ema = jnp.where(
+            state.count == 0, lnorms, beta * state.ema_layer_norms + (1 - beta) * lnorms
+        )
+        return updates, GradStatsState(
+            state.count + 1, gnorm.astype(state.global_norm.dtype), lnorms, ema
+        )
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+# --------------------------------------------------------------------------------------------------
+# telemetry
+# --------------------------------------------------------------------------------------------------
+
+_TELEMETRY_STATES: dict[type, str] = {
+    ClipByValueState: "clip_by_value",
+    ClipByGlobalNormState: "clip_by_global_norm",
+    ClipByLayerNormState: "clip_by_layer_norm",
+    AdaptiveGradClipState: "adaptive_grad_clip",
+    GradStatsState: "grad_stats",
+}
+_WRAPPER_STATES: dict[type, str] = {
+    optax.ApplyIfFiniteState: "apply_if_finite",
+    optax.InjectHyperparamsState: "hyperparams",
+    optax.InjectStatefulHyperparamsState: "hyperparams",
+}
+
+
+def telemetry(opt_state: Any) -> dict[str, jax.Array]:
+    """Collect the telemetry of every gradflow transform (and optax guard) in an optimizer state.
+
+    Walks the whole state pytree (nested chains, :class:`optax.MaskedState`,
+    :func:`optax.inject_hyperparams` and :func:`optax.apply_if_finite` states, ...) in order and
+    returns a flat dict of arrays, readable under ``jit``/``vmap`` (under ``vmap`` every array gains
+    the batch axes):
+
+    * ``"<transform>/global_norm"``, ``"<transform>/layer_norms"``, ``"<transform>/clipped"`` for
+      each clipping transform (``clip_by_value``, ``clip_by_global_norm``, ``clip_by_layer_norm``,
+      ``adaptive_grad_clip``): pre-clip norms and the clipped layers (see :func:`layer_names`);
+    * ``"grad_stats/count"``, ``"grad_stats/global_norm"``, ``"grad_stats/layer_norms"``,
+      ``"grad_stats/ema_layer_norms"`` for :func:`monitor_grad_stats`;
+    * ``"apply_if_finite/notfinite_count"``, ``"apply_if_finite/total_notfinite"``,
+      ``"apply_if_finite/last_finite"`` for :func:`optax.apply_if_finite`;
+    * ``"hyperparams/<name>"`` for :func:`optax.inject_hyperparams`.
+
+    A second transform of the same kind gets the suffix ``_1`` (``clip_by_value_1/...``), etc.
+
+    Args:
+      opt_state: the state of any optax transformation.
+
+    Returns:
+      ``dict[str, jax.Array]``; empty when the state holds no such transform.
+    """
+    out: dict[str, jax.Array] = {}
+    seen: dict[str, int] = {}
+
+    def prefix(kind: str) -> str:
+        k = seen.get(kind, 0)
+        seen[kind] = k + 1
+        return kind if k == 0 else f"{kind}_{k}"
+
+    def walk(state: Any) -> None:
+        kinds = _TELEMETRY_STATES | _WRAPPER_STATES
+        for node in jax.tree.leaves(state, is_leaf=lambda x: type(x) in kinds):
+            kind = kinds.get(type(node))
+            if kind is None:
+                continue
+            p = prefix(kind)
+            if type(node) in _TELEMETRY_STATES:
+                out.update({f"{p}/{f}": v for f, v in node._asdict().items()})
+            elif kind == "apply_if_finite":
+                for f in ("notfinite_count", "last_finite", "total_notfinite"):
+                    out[f"{p}/{f}"] = getattr(node, f)
+                walk(node.inner_state)
+            else:
+                out.update({f"{p}/{k}": jnp.asarray(v) for k, v in node.hyperparams.items()})
+                walk(node.inner_state)
+
+    walk(opt_state)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# weight decay
+# --------------------------------------------------------------------------------------------------
+
+DECAY_NAMES: tuple[str, ...] = ("kernel", "embedding")
+NO_DECAY_NAMES: tuple[str, ...] = ("bias", "scale")
+
+
+def decay_mask(
+    params: Any,
+    *,
+    decay: Sequence[str] = DECAY_NAMES,
+    no_decay: Sequence[str] = NO_DECAY_NAMES,
+) -> Any:
+    """Which leaves weight decay applies to: kernels yes, biases and normalisation scales no.
+
+    A leaf is decayed when its own name (the last key of its path) is in ``decay``; not decayed when
+    it is in ``no_decay`` (Flax Dense/LSTM ``bias``, BatchNorm/LayerNorm ``scale`` and ``bias``);
+    otherwise decayed iff it has rank >= 2 (a matrix-like weight). Override the names with
+    ``functools.partial(decay_mask, decay=..., no_decay=...)``, or pass any tree of bools or
+    callable as ``mask=`` to the decay transforms.
+
+    Args:
+      params: a parameter pytree.
+      decay: leaf names always decayed.
+      no_decay: leaf names never decayed (wins over ``decay``).
+
+    Returns:
+      A pytree of Python bools with the structure of ``params`` (an :func:`optax.masked` mask).
+    """
+    if isinstance(decay, str) or isinstance(no_decay, str):
+        raise TypeError("decay and no_decay must be sequences of leaf names, not a single string.")
+
+    def rule(path, leaf):
+        name = _key_name(path[-1]) if path else ""
+        if name in no_decay:
+            return False
+        if name in decay:
+            return True
+        return bool(jnp.ndim(leaf) >= 2)
+
+    return jax.tree_util.tree_map_with_path(rule, params)
+
+
+def _masked(tx: optax.GradientTransformation, mask: Any) -> optax.GradientTransformation:
+    return tx if mask is None else optax.masked(tx, mask)
+
+
+def add_l1_decay(
+    weight_decay: Any = 1e-4, *, mask: Any = decay_mask
+) -> optax.GradientTransformation:
+    r"""L1 weight decay: add the subgradient of :math:`\lambda \|w\|_1` to the updates.
+
+    .. math::
+        g \leftarrow g + \lambda\, \mathrm{sign}(w) \quad \text{on the masked leaves,}
+
+    pushing every weight towards zero by a constant amount (sparsifying), unlike L2 whose pull is
+    proportional to :math:`w`. Place it before the optimizer's scaling (coupled), like the gradient
+    of a penalty term in the loss.
+
+    Args:
+      weight_decay: :math:`\lambda \ge 0` (may be traced).
+      mask: which leaves decay: a tree of bools or a callable ``params -> tree`` (default
+        :func:`decay_mask`: kernels only); None decays every leaf.
+
+    Returns:
+      An :class:`optax.GradientTransformation` whose ``update`` needs ``params``.
+    """
+    _check_nonnegative("weight_decay", weight_decay)
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError(_NO_PARAMS_MSG.format(name="add_l1_decay"))
+        updates = jax.tree.map(
+            lambda g, w: g + (weight_decay * jnp.sign(w)).astype(g.dtype), updates, params
+        )
+        return updates, state
+
+    return _masked(optax.GradientTransformation(optax.init_empty_state, update_fn), mask)
+
+
+def add_l2_decay(
+    weight_decay: Any = 1e-4, *, mask: Any = decay_mask
+) -> optax.GradientTransformation:
+    r"""L2 weight decay :math:`g \leftarrow g + \lambda w` on the masked leaves.
+
+    This is :func:`optax.add_decayed_weights` with a validated :math:`\lambda` and the
+    :func:`decay_mask` default. *Where* it sits in the chain decides what it means (Loshchilov &
+    Hutter 2019): before the optimizer's preconditioning it is the gradient of the penalty
+    :math:`\frac{\lambda}{2}\|w\|^2` (coupled L2, :func:`coupled_l2`); after it, it shrinks the
+    weights by :math:`\eta\lambda w` per step independently of the gradient scale (decoupled weight
+    decay, AdamW, :func:`decoupled_l2`). For SGD the two coincide; for Adam they differ.
+
+    Args:
+      weight_decay: :math:`\lambda \ge 0` (may be traced).
+      mask: a tree of bools or a callable ``params -> tree`` (default :func:`decay_mask`); None
+        decays every leaf.
+
+    Returns:
+      An :class:`optax.GradientTransformation` whose ``update`` needs ``params``.
+    """
+    _check_nonnegative("weight_decay", weight_decay)
+    return _masked(optax.add_decayed_weights(weight_decay), mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# optimizers
+# --------------------------------------------------------------------------------------------------
+
+
+def _sgd_direction() -> optax.GradientTransformation:
+    return optax.identity()
+
+
+def _momentum_direction(momentum: Any = 0.9) -> optax.GradientTransformation:
+    _check_unit_interval("momentum", momentum)
+    return optax.trace(decay=momentum, nesterov=False)
+
+
+def _nesterov_direction(momentum: Any = 0.9) -> optax.GradientTransformation:
+    _check_unit_interval("momentum", momentum)
+    return optax.trace(decay=momentum, nesterov=True)
+
+
+def _adam_direction(
+    b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8
+) -> optax.GradientTransformation:
+    _check_unit_interval("b1", b1)
+    _check_unit_interval("b2", b2)
+    _check_positive("eps", eps)
+    return optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+
+
+def _rmsprop_direction(decay: Any = 0.9, eps: Any = 1e-8) -> optax.GradientTransformation:
+    _check_unit_interval("decay", decay)
+    _check_positive("eps", eps)
+    return optax.scale_by_rms(decay=decay, eps=eps)
+
+
+def _adagrad_direction(
+    initial_accumulator_value: Any = 0.1, eps: Any = 1e-7
+) -> optax.GradientTransformation:
+    _check_nonnegative("initial_accumulator_value", initial_accumulator_value)
+    _check_positive("eps", eps)
+    return optax.scale_by_rss(initial_accumulator_value=initial_accumulator_value, eps=eps)
+
+
+_DIRECTIONS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "sgd": _sgd_direction,
+    "momentum": _momentum_direction,
+    "nesterov": _nesterov_direction,
+    "adam": _adam_direction,
+    "rmsprop": _rmsprop_direction,
+    "adagrad": _adagrad_direction,
+}
+
+
+def optimizer_names() -> tuple[str, ...]:
+    """Names accepted by :func:`direction` and :func:`make_optimizer`."""
+    return tuple(_DIRECTIONS)
+
+
+def direction(name: str, **kwargs: Any) -> optax.GradientTransformation:
+    """The update direction of a named optimizer, before the learning rate (and its sign).
+
+    ``"sgd"`` is the identity; ``"momentum"``/``"nesterov"`` are :func:`optax.trace`
+    (``momentum=0.9``); ``"adam"`` is :func:`optax.scale_by_adam` (``b1=0.9, b2=0.999, eps=1e-8``);
+    ``"rmsprop"`` is :func:`optax.scale_by_rms` (``decay=0.9, eps=1e-8``); ``"adagrad"`` is
+    :func:`optax.scale_by_rss` (``initial_accumulator_value=0.1, eps=1e-7``). Chained with
+    :func:`optax.scale_by_learning_rate` these equal ``optax.sgd``/``optax.adam``/... exactly.
+
+    Args:
+      name: one of :func:`optimizer_names`.
+      **kwargs: the direction's hyperparameters (listed above; may be traced).
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+
+    Raises:
+      ValueError: unknown name. TypeError: a keyword the optimizer does not take.
+    """
+    if name not in _DIRECTIONS:
+        raise ValueError(f"Unknown optimizer {name!r}; valid names: {', '.join(_DIRECTIONS)}.")
+    factory = _DIRECTIONS[name]
+    allowed = tuple(inspect.signature(factory).parameters)
+    bad = sorted(set(kwargs) - set(allowed))
+    if bad:
+        raise TypeError(
+            f"Optimizer {name!r} got unexpected hyperparameters {bad}; it takes {list(allowed)}."
+        )
+    return factory(**kwargs)
+
+
+def _as_direction(dir_: str | optax.GradientTransformation) -> optax.GradientTransformation:
+    if isinstance(dir_, str):
+        return direction(dir_)
+    if not isinstance(dir_, optax.GradientTransformation):
+        raise TypeError(
+            "direction must be an optimizer name or an optax.GradientTransformation without the "
+            f"learning rate (e.g. optax.scale_by_adam()), got {type(dir_).__name__}."
+        )
+    return dir_
+
+
+def coupled_l2(
+    direction_: str | optax.GradientTransformation,
+    weight_decay: Any,
+    learning_rate: Any,
+    *,
+    mask: Any = decay_mask,
+) -> optax.GradientTransformation:
+    r"""Coupled L2: the decay term enters *before* the optimizer's preconditioning.
+
+    ``chain(add_l2_decay(weight_decay), direction, scale_by_learning_rate(learning_rate))``, i.e.
+    :math:`\Delta w = -\eta\, P(g + \lambda w)` where :math:`P` is the direction (identity for SGD,
+    Adam's moment normalisation, ...): gradient descent on :math:`C + \frac{\lambda}{2}\|w\|^2`.
+
+    Args:
+      direction_: an optimizer name (see :func:`direction`) or a transformation without the
+        learning rate.
+      weight_decay: :math:`\lambda \ge 0`.
+      learning_rate: :math:`\eta > 0` or an optax schedule.
+      mask: leaves to decay (default :func:`decay_mask`); None decays all.
+
+    Returns:
+      An :class:`optax.GradientTransformation` (a chain) whose ``update`` needs ``params``.
+    """
+    _check_learning_rate(learning_rate)
+    return optax.chain(
+        add_l2_decay(weight_decay, mask=mask),
+        _as_direction(direction_),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def decoupled_l2(
+    direction_: str | optax.GradientTransformation,
+    weight_decay: Any,
+    learning_rate: Any,
+    *,
+    mask: Any = decay_mask,
+) -> optax.GradientTransformation:
+    r"""Decoupled weight decay (Loshchilov & Hutter 2019): the same term *after* preconditioning.
+
+    ``chain(direction, add_l2_decay(weight_decay), scale_by_learning_rate(learning_rate))``, i.e.
+    :math:`\Delta w = -\eta\,(P(g) + \lambda w)`; with ``direction="adam"`` this is exactly
+    :func:`optax.adamw`. For SGD (:math:`P = I`) it equals :func:`coupled_l2`.
+
+    Args:
+      direction_: an optimizer name (see :func:`direction`) or a transformation without the
+        learning rate.
+      weight_decay: :math:`\lambda \ge 0`.
+      learning_rate: :math:`\eta > 0` or an optax schedule (the decay is scaled by it too).
+      mask: leaves to decay (default :func:`decay_mask`); None decays all.
+
+    Returns:
+      An :class:`optax.GradientTransformation` (a chain) whose ``update`` needs ``params``.
+    """
+    _check_learning_rate(learning_rate)
+    return optax.chain(
+        _as_direction(direction_),
+        add_l2_decay(weight_decay, mask=mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def make_optimizer(
+    name: str,
+    learning_rate: Any,
+    *,
+    weight_decay: Any = None,
+    decoupled: bool = False,
+    l1_decay: Any = None,
+    mask: Any = decay_mask,
+    **kwargs: Any,
+) -> optax.GradientTransformation:
+    r"""A named optimizer with optional L1 and (coupled or decoupled) L2 decay, as one chain.
+
+    The chain is ``[add_l1_decay] -> [coupled add_l2_decay] -> direction(name, **kwargs) ->
+    [decoupled add_l2_decay] -> scale_by_learning_rate``; the bracketed pieces are present only
+    when their strength is not None (a decay of 0.0 keeps the piece, so a sweep can vmap over it).
+    Without decay, ``make_optimizer("adam", lr)`` updates exactly as ``optax.adam(lr)``.
+
+    Args:
+      name: one of :func:`optimizer_names` (``sgd momentum nesterov adam rmsprop adagrad``).
+      learning_rate: :math:`\eta > 0` or an optax schedule (may be traced).
+      weight_decay: L2 strength :math:`\lambda \ge 0`, or None for no L2 piece.
+      decoupled: False puts L2 before the direction (coupled), True after it (AdamW-style).
+      l1_decay: L1 strength (:func:`add_l1_decay`, always coupled), or None.
+      mask: leaves to decay (default :func:`decay_mask`); None decays all.
+      **kwargs: the direction's hyperparameters (see :func:`direction`).
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+
+    Raises:
+      ValueError: unknown name or invalid hyperparameter. TypeError: unexpected keyword.
+    """
+    _check_learning_rate(learning_rate)
+    if not isinstance(decoupled, bool):
+        raise TypeError(f"decoupled must be a bool, got {decoupled!r}.")
+    parts = []
+    if l1_decay is not None:
+        parts.append(add_l1_decay(l1_decay, mask=mask))
+    if weight_decay is not None and not decoupled:
+        parts.append(add_l2_decay(weight_decay, mask=mask))
+    parts.append(direction(name, **kwargs))
+    if weight_decay is not None and decoupled:
+        parts.append(add_l2_decay(weight_decay, mask=mask))
+    parts.append(optax.scale_by_learning_rate(learning_rate))
+    return optax.chain(*parts)

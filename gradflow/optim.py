@@ -21,8 +21,9 @@ are the top-level keys of the params dict, e.g. ``params["dense_3"] = {"kernel",
 layer; ``layers=k`` (an int) groups by the first ``k`` path keys, joined by ``"/"``; ``layers=fn``
 maps a leaf's path (a tuple of key strings) to its layer name. Layers are ordered in *forward
 order*, defined as the natural sort of their names (digit runs compare as integers, so
-``dense_2 < dense_10``), which is the forward order of gradflow.models (``dense_0`` ...
-``dense_{L-1}``, readout last) and of Flax's automatic names (``Dense_0``, ``Dense_1``, ...).
+``dense_2 < dense_10``), except that a layer named ``"readout"`` comes last. That is the forward
+order of gradflow.models (``dense_0`` ... ``dense_{L-1}`` with the readout last; ``rnn``,
+``readout`` for the RNN) and of Flax's automatic names (``Dense_0``, ``Dense_1``, ...).
 :func:`layer_names` returns that order; every per-layer array here is indexed by it.
 
 Hyperparameters (thresholds, decays, learning rates) may be traced values, so a sweep can
@@ -67,6 +68,8 @@ __all__ = [
 ]
 
 LayerSpec = int | Callable[[tuple[str, ...]], str] | None
+#: A layer of this name is the readout: last in forward order whatever the other names.
+READOUT = "readout"
 _NO_PARAMS_MSG = "{name} needs the parameters: call tx.update(updates, state, params) with params."
 
 
@@ -153,9 +156,11 @@ def _path_names(path: Sequence[Any]) -> tuple[str, ...]:
 
 
 def _natural_key(name: str) -> tuple[Any, ...]:
+    # A layer named "readout" goes last (gradflow.models.RNN names its layers "rnn", "readout").
     # re.split with a capture group alternates text (even positions) and digit runs (odd ones),
     # so equal positions always hold equal types and the tuples compare.
-    return tuple(int(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+)", name)))
+    parts = tuple(int(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+)", name)))
+    return (name.split("/", 1)[0] == READOUT, parts)
 
 
 def _layer_of(path: tuple[str, ...], layers: LayerSpec) -> str:
@@ -438,8 +443,9 @@ def adaptive_grad_clip(
 
     Unit norms are :func:`optax.transforms.unitwise_norm` and the rescaling is
     :func:`optax.transforms.unitwise_clip`. As in the paper, the final linear (readout) layer is not
-    clipped by default: ``unclipped="last"`` leaves the last layer in forward order (see the module
-    docstring; for gradflow.models that is the readout) untouched.
+    clipped by default: ``unclipped="last"`` leaves the last layer in forward order untouched (see
+    the module docstring: the layer named ``"readout"`` if there is one, else the last of the
+    naturally sorted names; for every gradflow.models network that is its readout).
 
     Args:
       clipping: :math:`\lambda > 0`, the largest allowed ratio of unit gradient norm to unit

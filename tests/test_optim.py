@@ -93,6 +93,8 @@ L1_ALL = functools.partial(optim.add_l1_decay, mask=None)
 def test_layer_names_natural_forward_order_and_depths():
     tree = {f"dense_{i}": {"kernel": jnp.ones((1, 1)), "bias": jnp.ones(1)} for i in (10, 2, 0, 1)}
     assert optim.layer_names(tree) == ("dense_0", "dense_1", "dense_2", "dense_10")
+    rnn = {"rnn": {"cell": {"w": jnp.ones(2)}}, "readout": {"kernel": jnp.ones((2, 1))}}
+    assert optim.layer_names(rnn) == ("rnn", "readout")  # the readout is last whatever its name
     assert optim.layer_names(tree, layers=2)[:2] == ("dense_0/bias", "dense_0/kernel")
     by_kind = optim.layer_names(tree, layers=lambda path: path[-1])
     assert by_kind == ("bias", "kernel")

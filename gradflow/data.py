@@ -1,1 +1,269 @@
-"""gradflow.data (being written)."""
+r"""Data: the scikit-learn digits set (offline) and two synthetic tasks.
+
+* :func:`load_digits` -- the 1,797 8x8 handwritten digits that ship with scikit-learn (UCI
+  optical recognition of handwritten digits; no download): a deterministic, stratified
+  train/test split, pixels scaled to :math:`[0, 1]` or standardised with training-split
+  statistics. The default real dataset of the experiments (Nielsen's MNIST setting in miniature).
+* :func:`adding_problem` -- the long-range-dependency task of Hochreiter & Schmidhuber (1997,
+  experiment 4) used by Pascanu et al. (2013) for recurrent nets.
+* :func:`teacher_student` -- regression on the outputs of a random teacher
+  :class:`~gradflow.models.MLP`.
+
+:func:`get` dispatches by name (``"digits"``, ``"adding"``, ``"teacher_student"``).
+
+Arrays: inputs float32, class labels int32; digits are NumPy arrays (JAX converts them on use), the
+synthetic tasks are drawn with an explicit JAX key and are jittable for fixed sizes.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "SCALES",
+    "Digits",
+    "TeacherStudent",
+    "adding_problem",
+    "get",
+    "load_digits",
+    "names",
+    "teacher_student",
+]
+
+#: Pixel scalings accepted by :func:`load_digits`.
+SCALES: tuple[str, ...] = ("unit", "standardize")
+
+#: Number of images in the scikit-learn digits set, and their maximum pixel value.
+N_DIGITS = 1797
+_DIGITS_MAX = 16.0
+
+
+class Digits(NamedTuple):
+    """A train/test split: ``x_*`` float32 ``(n, 64)``, ``y_*`` int32 ``(n,)`` in ``0..9``."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+class TeacherStudent(NamedTuple):
+    """Inputs ``x`` ``(n, in_dim)``, targets ``y`` ``(n, out)``, and the teacher that made them."""
+
+    x: jax.Array
+    y: jax.Array
+    teacher: Any
+    teacher_variables: Any
+
+
+def _int(owner: str, field: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: {field} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{owner}: {field} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+@functools.cache
+def _raw_digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    x = np.asarray(bunch.data, dtype=np.float32)
+    y = np.asarray(bunch.target, dtype=np.int32)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def load_digits(
+    *,
+    scale: str = "unit",
+    test_fraction: float = 0.2,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    seed: int = 0,
+) -> Digits:
+    """The scikit-learn digits set as a deterministic train/test split.
+
+    The split is stratified by class (:func:`sklearn.model_selection.train_test_split` with
+    ``random_state=seed``): the same ``seed`` and ``test_fraction`` always give the same arrays.
+    ``n_train`` / ``n_test`` keep the first examples of each split (e.g. Nielsen's "first 1000
+    training images": ``n_train=1000``).
+
+    Args:
+      scale: ``"unit"`` -- pixels (0..16) divided by 16, in :math:`[0, 1]`; ``"standardize"`` --
+        each pixel minus its mean, divided by its standard deviation, both computed on the returned
+        training examples only (pixels constant on the training set are only centred).
+      test_fraction: share of the 1,797 images held out, in ``(0, 1)``.
+      n_train, n_test: keep only this many examples of each split (``None``: all).
+      seed: split seed.
+
+    Returns:
+      :class:`Digits` ``(x_train, y_train, x_test, y_test)``: float32 ``(n, 64)``, int32 ``(n,)``.
+
+    Raises:
+      ValueError: unknown ``scale``, ``test_fraction`` outside ``(0, 1)``, ``n_train`` or
+        ``n_test`` larger than the split holds.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if scale not in SCALES:
+        raise ValueError(f"load_digits: unknown scale {scale!r}; valid: {', '.join(SCALES)}")
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real):
+        raise TypeError(f"load_digits: test_fraction must be a float, got {test_fraction!r}")
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise ValueError(f"load_digits: test_fraction must be in (0, 1), got {test_fraction}")
+    seed = _int("load_digits", "seed", seed, 0)
+    x, y = _raw_digits()
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=float(test_fraction), random_state=seed, stratify=y, shuffle=True
+    )
+    for field, n, avail in (("n_train", n_train, len(y_tr)), ("n_test", n_test, len(y_te))):
+        if n is None:
+            continue
+        _int("load_digits", field, n, 1)
+        if n > avail:
+            raise ValueError(
+                f"load_digits: {field}={n} exceeds the {avail} examples available in that split "
+                f"({N_DIGITS} digits, test_fraction={test_fraction}); lower {field} or change "
+                "test_fraction"
+            )
+    if n_train is not None:
+        x_tr, y_tr = x_tr[:n_train], y_tr[:n_train]
+    if n_test is not None:
+        x_te, y_te = x_te[:n_test], y_te[:n_test]
+    if scale == "unit":
+        x_tr, x_te = x_tr / _DIGITS_MAX, x_te / _DIGITS_MAX
+    else:
+        mean = x_tr.mean(axis=0, dtype=np.float64)
+        std = x_tr.std(axis=0, dtype=np.float64)
+        std = np.where(std > 0, std, 1.0)
+        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
+    return Digits(
+        np.ascontiguousarray(x_tr, dtype=np.float32),
+        np.ascontiguousarray(y_tr, dtype=np.int32),
+        np.ascontiguousarray(x_te, dtype=np.float32),
+        np.ascontiguousarray(y_te, dtype=np.int32),
+    )
+
+
+def adding_problem(
+    key: jax.Array, n: int, length: int, *, dtype: Any = jnp.float32
+) -> tuple[jax.Array, jax.Array]:
+    r"""The adding problem: sum the two marked numbers of a length-``T`` sequence.
+
+    Each sequence has two channels: values :math:`v_t \sim U[0, 1]` and markers :math:`m_t \in
+    \{0, 1\}` with exactly two ones, one at a uniform position in the first half
+    (:math:`t < \lfloor T/2 \rfloor`) and one in the second half (the variant of Le et al. 2015 and
+    Arjovsky et al. 2016 of Hochreiter & Schmidhuber 1997, experiment 4). The target is
+    :math:`y = \sum_t m_t v_t \in [0, 2]`; predicting the constant 1 gives mean squared error
+    :math:`1/6`, the baseline a model must beat. The first marker lies at least :math:`T/2` steps
+    before the end, so the gradient must travel that far back in time.
+
+    Args:
+      key: JAX PRNG key.
+      n: number of sequences.
+      length: sequence length :math:`T \ge 2`.
+      dtype: float dtype of the arrays.
+
+    Returns:
+      ``(x, y)``: ``x`` ``(n, T, 2)`` (channel 0 values, channel 1 markers), ``y`` ``(n, 1)``.
+    """
+    n = _int("adding_problem", "n", n, 1)
+    length = _int("adding_problem", "length", length, 2)
+    k_val, k_first, k_second = jax.random.split(key, 3)
+    values = jax.random.uniform(k_val, (n, length), dtype=dtype)
+    half = length // 2
+    first = jax.random.randint(k_first, (n,), 0, half)
+    second = jax.random.randint(k_second, (n,), half, length)
+    t = jnp.arange(length)
+    markers = ((t == first[:, None]) | (t == second[:, None])).astype(dtype)
+    x = jnp.stack([values, markers], axis=-1)
+    y = jnp.sum(values * markers, axis=1, keepdims=True)
+    return x, y
+
+
+def teacher_student(
+    key: jax.Array,
+    n: int,
+    *,
+    in_dim: int = 16,
+    widths: Sequence[int] = (32,),
+    out: int = 1,
+    activation: str = "tanh",
+    kernel_init: str | Callable = "xavier_normal",
+    bias_init: str | Callable = "zeros",
+    noise_std: float = 0.0,
+) -> TeacherStudent:
+    r"""Teacher-student regression: targets from a random teacher network.
+
+    :math:`x \sim N(0, I_{d})`, :math:`y = f_\theta(x) + \varepsilon`,
+    :math:`\varepsilon \sim N(0, \sigma^2 I)`, where :math:`f_\theta` is a
+    :class:`gradflow.models.MLP` with the given ``widths``, ``activation`` and initializers and
+    parameters drawn once from ``key``. A student of the same architecture can reach zero
+    training loss when ``noise_std == 0``, so failures to train are failures of optimisation (the
+    gradients), not of capacity.
+
+    Args:
+      key: JAX PRNG key (split for inputs, teacher and noise).
+      n: number of examples.
+      in_dim: input dimension :math:`d`.
+      widths, out, activation, kernel_init, bias_init: the teacher :class:`~gradflow.models.MLP`.
+      noise_std: :math:`\sigma \ge 0`.
+
+    Returns:
+      :class:`TeacherStudent` ``(x, y, teacher, teacher_variables)``, ``x`` ``(n, in_dim)``,
+      ``y`` ``(n, out)``, float32.
+    """
+    from gradflow import models
+
+    n = _int("teacher_student", "n", n, 1)
+    in_dim = _int("teacher_student", "in_dim", in_dim, 1)
+    if not (isinstance(noise_std, numbers.Real) and np.isfinite(noise_std) and noise_std >= 0):
+        raise ValueError(f"teacher_student: noise_std must be a finite float >= 0, got {noise_std}")
+    teacher = models.MLP(
+        widths=tuple(widths),
+        out=out,
+        activation=activation,
+        kernel_init=kernel_init,
+        bias_init=bias_init,
+    )
+    k_x, k_teacher, k_noise = jax.random.split(key, 3)
+    x = jax.random.normal(k_x, (n, in_dim), dtype=jnp.float32)
+    variables = teacher.init(k_teacher, x)
+    y = teacher.apply(variables, x)
+    if noise_std > 0:
+        y = y + noise_std * jax.random.normal(k_noise, y.shape, dtype=y.dtype)
+    return TeacherStudent(x, y, teacher, variables)
+
+
+_DATASETS: dict[str, Callable[..., Any]] = {
+    "digits": load_digits,
+    "adding": adding_problem,
+    "teacher_student": teacher_student,
+}
+
+
+def names() -> tuple[str, ...]:
+    """Names :func:`get` accepts."""
+    return tuple(_DATASETS)
+
+
+def get(name: str, *args: Any, **kwargs: Any) -> Any:
+    """Dispatch by name: ``get("digits", scale=...)``, ``get("adding", key, n, length)``,
+    ``get("teacher_student", key, n, ...)``.
+
+    Raises:
+      ValueError: unknown name (the message lists :func:`names`).
+    """
+    if name not in _DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(names())}")
+    return _DATASETS[name](*args, **kwargs)

@@ -1,0 +1,513 @@
+"""Tests of gradflow.sweep: table layout, one compile per group, resume, divergence, devices, hosts.
+
+In-process tests use functions without a PRNG draw (threefry compiles slowly on CPU) and read the
+key through ``jax.random.key_data``; the subprocess tests run ``tests/sweep_worker.py``, a
+tanh net with ``jax.random.normal`` weights, on 4 devices, on 2 processes x 2 devices over gloo,
+and under ``kill -9``, and compare with the same sweep computed here on one device.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gradflow import sweep
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "sweep_worker.py"
+SUBPROCESS_TIMEOUT_S = 180
+
+
+def _load_worker():
+    spec = importlib.util.spec_from_file_location("gradflow_sweep_worker", WORKER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+worker = _load_worker()
+
+
+def key_fn(hparams, key):
+    """Cheap metrics of every shape; the key's data shows which key each run received."""
+    steps = jnp.arange(3.0)
+    layers = jnp.arange(hparams["n"], dtype=jnp.float32)
+    bits = jax.random.key_data(key).astype(jnp.float32)
+    return {
+        "loss": hparams["a"] * steps,  # 1-d: "layer" by default
+        "final": hparams["a"] + bits[1],  # 0-d
+        "grad": hparams["a"] * steps[:, None] + layers[None, :],  # 2-d: (step, layer)
+        "key": bits,
+    }
+
+
+GRID = {"a": [0.5, 2.0, 3.0], "n": [2, 3], "act": ["tanh", None]}
+SEEDS = [7, 3]
+
+
+def _run(tmp_path, fn=key_fn, grid=GRID, seeds=SEEDS, **kw):
+    kw.setdefault("static", ("n",) if "n" in grid else ())
+    kw.setdefault("progress", False)
+    return sweep.run(fn, grid, seeds, workdir=kw.pop("workdir", tmp_path / "w"), **kw)
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+def test_table_layout_and_values(tmp_path):
+    df = _run(tmp_path)
+    assert list(df.columns) == [
+        "a",
+        "n",
+        "act",
+        "seed",
+        "metric",
+        "step",
+        "layer",
+        "value",
+        "diverged",
+        "diverged_step",
+    ]
+    assert dict(df.dtypes.astype(str)) == {
+        "a": "float64",
+        "n": "Int64",
+        "act": "string",
+        "seed": "int64",
+        "metric": "string",
+        "step": "Int64",
+        "layer": "Int64",
+        "value": "float64",
+        "diverged": "bool",
+        "diverged_step": "Int64",
+    }
+    # rows: per group (n, act) and run (a, seed): loss 3 + final 1 + grad 3n + key 2
+    n_runs = len(GRID["a"]) * len(SEEDS)
+    assert len(df) == sum(n_runs * len(GRID["act"]) * (3 + 1 + 3 * n + 2) for n in GRID["n"])
+    keys = ["a", "n", "act", "seed", "metric", "step", "layer"]
+    assert not df.duplicated(keys).any()
+    assert set(df.seed) == set(SEEDS)
+    assert df.act.isna().sum() > 0 and set(df.act.dropna()) == {"tanh"}
+
+    loss = df[df.metric == "loss"]
+    assert loss.step.isna().all() and loss.layer.notna().all()  # 1-d -> ("layer",)
+    np.testing.assert_allclose(loss.value, loss.a * loss.layer.astype(float), rtol=1e-6)
+    final = df[df.metric == "final"]
+    assert final.step.isna().all() and final.layer.isna().all()  # 0-d -> scalar row
+    grad = df[df.metric == "grad"]
+    expected = grad.a * grad.step.astype(float) + grad.layer.astype(float)
+    np.testing.assert_allclose(grad.value, expected, rtol=1e-6)  # float32 products
+    assert (
+        grad.groupby(["n", "act", "a", "seed"]).layer.max()
+        == grad.groupby(["n", "act", "a", "seed"]).n.first() - 1
+    ).all()
+
+    # every run received jax.random.key(seed): the key a single-run script would use
+    key = df[df.metric == "key"]
+    for seed in SEEDS:
+        data = np.asarray(jax.random.key_data(jax.random.key(seed)), dtype=np.float64)
+        got = key[key.seed == seed].pivot_table(
+            index=["a", "n", "act"], columns="layer", values="value", dropna=False
+        )
+        np.testing.assert_array_equal(got.to_numpy(), np.broadcast_to(data, got.shape))
+    assert not df.diverged.any() and df.diverged_step.isna().all()
+
+
+def test_hparams_reach_fn_as_declared(tmp_path):
+    seen = []
+
+    def fn(hparams, key):
+        seen.append({k: type(v) for k, v in hparams.items()})
+        assert list(hparams) == list(GRID)
+        return {"x": hparams["a"] * hparams["n"]}
+
+    df = _run(tmp_path, fn)
+    assert len(seen) == 4  # one trace per (n, act) group
+    for types in seen:
+        assert types["n"] is int and types["act"] in (str, type(None))
+        assert issubclass(types["a"], jax.core.Tracer)
+    np.testing.assert_allclose(df.value, df.a * df.n.astype(float), rtol=1e-6)
+
+
+def test_compiles_once_per_group_and_resume_skips_everything(tmp_path):
+    traces = []
+
+    def fn(hparams, key):
+        traces.append(hparams["n"])
+        return key_fn(hparams, key)
+
+    df = _run(tmp_path, fn, chunk_size=1)  # 6 chunks per group, one compile per group
+    assert sorted(traces) == [2, 2, 3, 3]
+    again = _run(tmp_path, fn, chunk_size=1)
+    assert len(traces) == 4  # nothing left to do: no trace, no compile
+    pd.testing.assert_frame_equal(again, df)
+    meta = sweep.load_metadata(tmp_path / "w")
+    assert meta["complete"] and len(meta["sessions"]) == 2
+    assert meta["sessions"][1]["groups"] == []
+
+
+_UNCHUNKED = {}
+
+
+@settings(max_examples=3)
+@given(chunk_size=st.integers(1, 7))
+def test_results_do_not_depend_on_chunking(tmp_path_factory, chunk_size):
+    """Each run's key comes from its seed alone; chunking only changes the batch shape."""
+    grid = {"a": GRID["a"], "n": [2]}
+    if "df" not in _UNCHUNKED:
+        _UNCHUNKED["df"] = _run(tmp_path_factory.mktemp("whole"), grid=grid)
+    chunked = _run(tmp_path_factory.mktemp("chunked"), grid=grid, chunk_size=chunk_size)
+    pd.testing.assert_frame_equal(chunked, _UNCHUNKED["df"], check_exact=False, rtol=1e-6)
+
+
+def test_axes_override_and_extra_axis_columns(tmp_path):
+    def fn(hparams, key):
+        return {
+            "loss": hparams["a"] * jnp.arange(4.0),
+            "dh_norm": jnp.ones((2, 3, 5)),
+            "grad_norm": jnp.zeros((4, 2)),
+        }
+
+    axes = {"loss": ("step",), "dh_norm": ("step", "t", "unit")}
+    df = _run(tmp_path, fn, grid={"a": [1.0]}, seeds=[0], axes=axes)
+    assert list(df.columns[3:7]) == ["step", "layer", "t", "unit"]
+    loss = df[df.metric == "loss"]
+    assert loss.step.tolist() == [0, 1, 2, 3] and loss[["layer", "t", "unit"]].isna().all().all()
+    dh = df[df.metric == "dh_norm"]
+    assert len(dh) == 30 and dh.layer.isna().all() and dh.unit.max() == 4
+    grad = df[df.metric == "grad_norm"]  # default 2-d naming
+    assert grad.step.max() == 3 and grad.layer.max() == 1 and grad.t.isna().all()
+
+
+# ----------------------------------------------------------------------------- divergence
+
+
+def test_diverged_runs_are_marked_and_the_sweep_continues(tmp_path):
+    def fn(hparams, key):
+        # exp(a * step) overflows float32 (max ~3.4e38, e^88.7) at step > 88.7 / a
+        loss = jnp.exp(hparams["a"] * jnp.arange(10.0))
+        return {"loss": loss, "grad": jnp.stack([loss, -loss], axis=1), "final": loss[-1]}
+
+    df = _run(tmp_path, fn, grid={"a": [1.0, 20.0, 45.0]}, seeds=[0, 1], axes={"loss": ("step",)})
+    runs = df.groupby("a").agg(
+        diverged=("diverged", "all"), any_=("diverged", "any"), step=("diverged_step", "first")
+    )
+    assert (runs.diverged == runs.any_).all()  # a run is diverged on every one of its rows
+    assert runs.loc[1.0, "diverged"] == False  # noqa: E712
+    assert pd.isna(runs.loc[1.0, "step"])
+    assert runs.loc[20.0, "diverged"] and runs.loc[20.0, "step"] == 5  # 20 * 5 = 100 > 88.7
+    assert runs.loc[45.0, "diverged"] and runs.loc[45.0, "step"] == 2  # 45 * 2 = 90 > 88.7
+    # values stay non-finite, flagged
+    bad = df[(df.a == 20.0) & (df.metric == "loss") & (df.step >= 5)]
+    assert np.isinf(bad.value).all()
+    assert np.isfinite(df[~df.diverged].value).all()
+
+
+def test_diverged_step_reported_by_fn(tmp_path):
+    """The training loop's convention: diverged_step = -1 while finite, else the step."""
+
+    def fn(hparams, key):
+        step = jnp.where(hparams["a"] > 1.0, 3, -1)
+        return {"loss": jnp.full(5, hparams["a"]), "diverged_step": step}
+
+    df = _run(tmp_path, fn, grid={"a": [1.0, 2.0]}, seeds=[0])
+    assert set(df.metric) == {"loss"}  # diverged_step is a column, not rows
+    ok, bad = df[df.a == 1.0], df[df.a == 2.0]
+    assert not ok.diverged.any() and ok.diverged_step.isna().all()
+    assert bad.diverged.all() and (bad.diverged_step == 3).all()
+
+
+# ----------------------------------------------------------------------------- store
+
+
+def test_store_load_metadata_and_plain_pandas(tmp_path):
+    df = _run(tmp_path, chunk_size=4, config={"lr": 0.1}, name="demo")
+    workdir = tmp_path / "w"
+    pd.testing.assert_frame_equal(sweep.load(workdir), df)
+    keys = ["a", "n", "act", "seed", "metric", "step", "layer"]
+    plain = pd.read_parquet(workdir / "rows")
+    pd.testing.assert_frame_equal(
+        plain.sort_values(keys).reset_index(drop=True).astype(df.dtypes.to_dict()),
+        df.sort_values(keys).reset_index(drop=True),
+    )
+    files = sorted(os.listdir(workdir / "rows"))
+    assert len(files) == 4 * 2  # 4 groups x ceil(6 / 4) chunks
+    assert all(f.startswith("g") and f.endswith(".parquet") for f in files)
+    assert not [f for f in os.listdir(workdir) if f.endswith(".tmp")]
+
+    meta = json.loads((workdir / "metadata.json").read_text())
+    assert meta["complete"] is True
+    assert meta["config"]["grid"] == [[k, v] for k, v in GRID.items()]
+    assert meta["config"]["seeds"] == SEEDS and meta["config"]["static"] == ["n", "act"]
+    assert meta["config"]["config"] == {"lr": 0.1} and meta["config"]["name"] == "demo"
+    assert meta["columns"] == list(df.columns)
+    session = meta["sessions"][0]
+    assert session["gradflow_version"] == "0.1.0" and session["packages"]["jax"] == jax.__version__
+    assert session["process_count"] == 1 and len(session["devices"]) == jax.device_count()
+    assert session["git"]["commit"] is None or len(session["git"]["commit"]) == 40
+    assert [g["group"] for g in session["groups"]] == [0, 1, 2, 3]
+    assert all(g["chunks"] == 2 and g["compile_s"] > 0 for g in session["groups"])
+    assert [g["label"] for g in meta["groups"]] == [
+        "n=2,act=tanh",
+        "n=2,act=None",
+        "n=3,act=tanh",
+        "n=3,act=None",
+    ]
+
+
+def test_partial_store_resumes_only_missing_chunks(tmp_path):
+    traces = []
+
+    def fn(hparams, key):
+        traces.append(hparams["n"])
+        return key_fn(hparams, key)
+
+    df = _run(tmp_path, fn, chunk_size=4)
+    rows = tmp_path / "w" / "rows"
+    lost = sorted(rows.iterdir())[5]  # group 2 (n=3, act=tanh), chunk 1
+    lost.unlink()
+    (rows / f".{lost.name}.999.tmp").write_bytes(b"half a parquet file")  # a killed writer
+    traces.clear()
+    again = _run(tmp_path, fn, chunk_size=4)
+    assert traces == [3]  # only the group of the lost chunk compiles again
+    assert lost.exists() and not list(rows.glob(".*"))
+    pd.testing.assert_frame_equal(again, df)
+
+
+def test_changed_config_in_same_workdir_raises(tmp_path):
+    _run(tmp_path)
+    with pytest.raises(ValueError, match=r"different sweep(.|\n)*seeds: stored \[7,3\] vs now"):
+        _run(tmp_path, seeds=[7, 3, 4])
+    with pytest.raises(ValueError, match=r"(?s)config: stored \{\} vs now \{\"lr\":1\}.*fresh"):
+        _run(tmp_path, config={"lr": 1})
+    with pytest.raises(ValueError, match="chunk_size"):
+        _run(tmp_path, chunk_size=1)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no metadata\.json"):
+        sweep.load(tmp_path)
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "rows" / "g0000-c00000-x.parquet").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"metadata\.json is missing"):
+        _run(tmp_path, workdir=tmp_path)
+
+
+def test_progress_bar(tmp_path, capsys):
+    _run(tmp_path, progress=True, name="bar", workdir=tmp_path / "p")
+    err = capsys.readouterr().err
+    assert "bar" in err and "4/4" in err and "chunk" in err
+    _run(tmp_path, progress=False, workdir=tmp_path / "q")
+    assert capsys.readouterr().err == ""
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _ok(hparams, key):
+    return {"x": hparams.get("a", 0.0) * jnp.ones(2)}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"static": ("depth",)}, ValueError, r"static key 'depth' is not a grid key.*\['a', 'n'\]"),
+        ({"grid": {"a": []}}, ValueError, r"grid\['a'\] is empty"),
+        ({"grid": {"a": 1.0}}, TypeError, r"grid\['a'\] must be a list.*\[1.0\]"),
+        ({"grid": {"a": "relu"}}, TypeError, r"grid\['a'\] must be a list.*\['relu'\]"),
+        ({"grid": {"a": [1.0, 1.0]}}, ValueError, "duplicate value 1.0"),
+        ({"grid": {"a": [1, "x"]}}, TypeError, r"mixes value types \['int', 'str'\]"),
+        ({"grid": {"a": [(1, 2)]}}, TypeError, "must be int, float, str, bool or None"),
+        ({"grid": {"seed": [1.0]}}, ValueError, "grid key 'seed' clashes"),
+        ({"grid": {"layer": [1.0]}}, ValueError, "grid key 'layer' clashes"),
+        ({"grid": [("a", [1.0])]}, TypeError, "grid must be a dict"),
+        ({"seeds": [0, 1.5]}, TypeError, "seeds must be integers, got 1.5"),
+        ({"seeds": [True]}, TypeError, "seeds must be integers, got True"),
+        ({"seeds": ["0"]}, TypeError, "seeds must be integers, got '0'"),
+        ({"seeds": 4}, TypeError, r"seeds must be a list of integers, e.g. range\(4\)"),
+        ({"seeds": []}, ValueError, "seeds is empty"),
+        ({"seeds": [1, 1, 2]}, ValueError, r"seeds has duplicates \[1\]"),
+        ({"seeds": [-1]}, ValueError, r"\[0, 2\*\*32\), got -1"),
+        ({"seeds": [2**32]}, ValueError, r"\[0, 2\*\*32\), got 4294967296"),
+        ({"chunk_size": 0}, ValueError, "chunk_size must be a positive integer or None, got 0"),
+        ({"chunk_size": 2.5}, ValueError, "chunk_size must be a positive integer"),
+        ({"axes": {"x": "step"}}, TypeError, r"write \('step',\)"),
+        ({"axes": {"x": ("seed",)}}, ValueError, "'seed', which is already a column"),
+        ({"axes": {"x": ("a",)}}, ValueError, "'a', which is already a column"),
+        ({"axes": {"x": ("t", "t")}}, ValueError, "repeats an axis name"),
+        ({"axes": {"x": ("t", "u")}}, ValueError, r"names 2 axes.*per-run shape \(2,\)"),
+        ({"axes": {"y": ("t",)}}, ValueError, r"metrics \['y'\] that fn does not return.*\['x'\]"),
+        ({"config": {"f": object()}}, TypeError, "config must be JSON-serialisable"),
+        ({"name": 3}, TypeError, "name must be a string"),
+        ({"fn": "loss"}, TypeError, "fn must be callable"),
+        ({"fn": lambda h, k: jnp.ones(2)}, TypeError, "must return a dict.*got an array"),
+        ({"fn": lambda h, k: (h["a"],)}, TypeError, "must return a dict.*got tuple"),
+        ({"fn": lambda h, k: {"x": "high"}}, TypeError, r"metric 'x' = 'high' of type str"),
+        ({"fn": lambda h, k: {"x": None}}, TypeError, "metric 'x' = None"),
+        ({"fn": lambda h, k: {"k": k}}, TypeError, "metric 'k' = an array of dtype key<fry>"),
+        ({"fn": lambda h, k: {"x": {"y": 1j * h["a"]}}}, TypeError, "metric 'x/y'"),
+        ({"fn": lambda h, k: {1: h["a"]}}, TypeError, "metric names must be non-empty strings"),
+        ({"fn": lambda h, k: {"x": jnp.ones((2, 2, 2))}}, ValueError, r"name its axes.*'x'"),
+        ({"fn": lambda h, k: {"diverged_step": jnp.ones(2)}}, ValueError, "must be a scalar"),
+    ],
+)
+def test_bad_input_raises(tmp_path, kwargs, error, match):
+    kwargs = {"grid": {"a": [1.0], "n": [2]}, "seeds": [0], "fn": _ok, "static": (), **kwargs}
+    with pytest.raises(error, match=match):
+        _run(tmp_path, **kwargs)
+
+
+def test_traced_hparam_used_as_shape_says_static(tmp_path):
+    def fn(hparams, key):
+        return {"x": jnp.ones(hparams["n"])}
+
+    with pytest.raises(TypeError, match=r"concrete value of a batched.*\['n'\].*static="):
+        _run(tmp_path, fn, grid={"n": [2, 3]}, static=())
+
+    def branch(hparams, key):
+        return {"x": 1.0 if hparams["a"] > 0 else -1.0}
+
+    with pytest.raises(TypeError, match=r"batched, i.e. traced: \['a'\]"):
+        _run(tmp_path, branch, grid={"a": [-1.0, 1.0]}, workdir=tmp_path / "b")
+    df = _run(tmp_path, fn, grid={"n": [2, 3]}, static=("n",), workdir=tmp_path / "ok")
+    assert df.groupby("n").size().to_dict() == {2: 2 * 2, 3: 3 * 2}
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def _worker(workdir, *args, **popen):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(workdir), *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
+
+
+def _finish(*procs):
+    """Wait for every process with a bounded timeout; kill them all and fail on a hang."""
+    deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
+    outputs = []
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            outputs.append(out)
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail(f"sweep worker hung for {SUBPROCESS_TIMEOUT_S} s")
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The worker's sweep, uninterrupted, on this process's devices."""
+    workdir = tmp_path_factory.mktemp("reference")
+    df = sweep.run(worker.fn, worker.GRID, worker.SEEDS, workdir=workdir, **worker.sweep_kwargs())
+    assert df.diverged.any() and not df.diverged.all()  # some runs of the grid diverge
+    return df
+
+
+def _assert_same_table(df, reference):
+    """Equal keys, flags and dtypes; values to 1e-6 relative (inf/NaN in the same places)."""
+    pd.testing.assert_frame_equal(df, reference, check_exact=False, rtol=1e-6, atol=0)
+
+
+@pytest.mark.slow
+def test_four_devices_match_one_device_with_padding(tmp_path, reference):
+    # 9 runs per group in chunks of 2 and 1: every chunk is padded to 4 devices
+    _finish(_worker(tmp_path, "--devices", 4, "--out", tmp_path / "out.parquet"))
+    df = sweep.load(tmp_path)
+    _assert_same_table(df, reference)
+    _assert_same_table(pd.read_parquet(tmp_path / "out.parquet"), reference)
+    session = sweep.load_metadata(tmp_path)["sessions"][0]
+    assert len(session["devices"]) == 4 and session["process_count"] == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_on_loopback_match_one_process(tmp_path, reference):
+    port = _free_port()
+    procs = [
+        _worker(
+            tmp_path / "store",
+            "--devices",
+            2,
+            "--num-processes",
+            2,
+            "--process-id",
+            i,
+            "--port",
+            port,
+            "--out",
+            tmp_path / f"out{i}.parquet",
+        )
+        for i in range(2)
+    ]
+    outputs = _finish(*procs)
+    assert "4 devices" in outputs[0] and "4 devices" in outputs[1]
+    _assert_same_table(sweep.load(tmp_path / "store"), reference)
+    for i in range(2):  # every process returns the whole table
+        _assert_same_table(pd.read_parquet(tmp_path / f"out{i}.parquet"), reference)
+    meta = sweep.load_metadata(tmp_path / "store")
+    assert len(meta["sessions"]) == 1  # only process 0 writes
+    session = meta["sessions"][0]
+    assert session["process_count"] == 2
+    assert sorted(d["process_index"] for d in session["devices"]) == [0, 0, 1, 1]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
+    rows = tmp_path / "rows"
+    proc = _worker(tmp_path, "--sleep", 0.5, start_new_session=True)
+    deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
+    while not (rows.is_dir() and list(rows.glob("g*.parquet"))):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"worker ended or hung before its first chunk: {proc.communicate()[0]}")
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    n_chunks = 2 * 5
+    killed_with = len(list(rows.glob("g*.parquet")))
+    assert 1 <= killed_with < n_chunks  # really interrupted
+    assert not sweep.load_metadata(tmp_path)["complete"]
+    partial = sweep.load(tmp_path)
+    assert 0 < len(partial) < len(reference)
+
+    _finish(_worker(tmp_path))
+    df = sweep.load(tmp_path)
+    assert len(list(rows.glob("g*.parquet"))) == n_chunks
+    keys = [*worker.GRID, "seed", "metric", "step", "layer", "t", "i", "j"]
+    assert not df.duplicated(keys).any()
+    pd.testing.assert_frame_equal(df, reference)  # same devices and chunks: bitwise equal
+    meta = sweep.load_metadata(tmp_path)
+    assert meta["complete"] and len(meta["sessions"]) == 2
+    assert sum(g["chunks"] for g in meta["sessions"][1]["groups"]) == n_chunks - killed_with

@@ -590,7 +590,7 @@ def load_metadata(workdir: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"{workdir} is not a gradflow sweep store: no metadata.json")
     meta = json.loads(path.read_text())
     if meta.get("config", {}).get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} store (format {meta.get('format')!r})")
+        raise ValueError(f"{path} is not a {FORMAT} store")
     return meta
 
 

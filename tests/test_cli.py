@@ -1,0 +1,344 @@
+"""Tests for gradflow.cli: every subcommand's happy path on a tiny experiment, and bad input.
+
+The experiments come from tests/cli_fake_experiment.py, registered by monkeypatching
+``gradflow.experiment._entry_points`` (so these tests do not depend on the real experiments'
+runtimes); ``main([...])`` runs in-process, except for one subprocess run of the installed
+``gradflow`` script and one two-process run on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import gradflow as gf
+from gradflow.cli import main
+
+TESTS = Path(__file__).parent
+FAKES = {"cli_fake": "EXPERIMENT", "cli_broken": "BROKEN"}
+VALID = "valid names: cli_broken, cli_fake"
+
+
+def _entry_points(names=FAKES):
+    group = gf.experiment.ENTRY_POINT_GROUP
+    return {n: metadata.EntryPoint(n, f"cli_fake_experiment:{FAKES[n]}", group) for n in names}
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    """Register cli_fake and cli_broken (and nothing else)."""
+    monkeypatch.syspath_prepend(str(TESTS))
+    monkeypatch.setattr(gf.experiment, "_entry_points", lambda: _entry_points())
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """Register cli_fake only."""
+    monkeypatch.syspath_prepend(str(TESTS))
+    monkeypatch.setattr(gf.experiment, "_entry_points", lambda: _entry_points(["cli_fake"]))
+
+
+def _one_error_line(err: str) -> str:
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("gradflow: error: "), err
+    return lines[0]
+
+
+def _fake_latexmk(bin_dir: Path) -> Path:
+    """A latexmk stand-in that records its arguments and working directory, and writes the PDF."""
+    bin_dir.mkdir()
+    script = bin_dir / "latexmk"
+    script.write_text(  # shell builtins only: PATH holds nothing else
+        '#!/bin/sh\necho "$@" > latexmk_args.txt\npwd >> latexmk_args.txt\n: > gradflow.pdf\n'
+    )
+    script.chmod(0o755)
+    return bin_dir
+
+
+# ------------------------------------------------------------------------------------ help
+
+
+def test_installed_script_version():
+    exe = Path(sys.executable).parent / "gradflow"
+    proc = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"gradflow {gf.__version__}"
+
+
+@pytest.mark.parametrize("command", ["list", "run", "plot", "reproduce", "paper", "diagnose"])
+def test_help_on_every_subcommand(command, capsys):
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: gradflow {command}")
+    assert "--workdir" in out or command in ("list", "diagnose")
+
+
+def test_top_level_help(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("list", "run", "plot", "reproduce", "paper", "diagnose"):
+        assert command in out
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "the following arguments are required: COMMAND"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["run", "nope", "--quick"], f"unknown experiment 'nope'; {VALID}"),
+        (["plot", "nope"], f"unknown experiment 'nope'; {VALID}"),
+        (["reproduce", "--only", "cli_fake", "nope"],
+         f"unknown experiment(s) 'nope' in --only; {VALID}"),
+        (["run", "cli_fake", "--set", "seeds"],
+         "--set: malformed override 'seeds': expected key=value"),
+        (["run", "cli_fake", "--set", "1x=2"], "is not a config key"),
+        (["run", "cli_fake", "--quick", "--set", "seed=1"],
+         "unknown config key 'seed' for experiment 'cli_fake'; valid keys: seeds, sw2"),
+        (["run", "cli_fake", "--set", "seeds=many"], "config key 'seeds' takes a int"),
+        (["run", "cli_fake", "--num-processes", "2"], "--coordinator, --num-processes and "
+         "--process-id go together"),
+        (["diagnose", "--activation", "nope"],
+         "--activation: unknown activation 'nope'; valid names: linear, sigmoid, tanh, relu"),
+        (["diagnose", "--activation", "leaky_relu(slope=0.2)"], "unexpected parameter 'slope'"),
+        (["diagnose", "--activation", "relu("], "malformed --activation 'relu(': expected NAME"),
+        (["diagnose", "--init", "nope"], "--init: unknown initializer 'nope'; valid names: normal"),
+        (["diagnose", "--bias-init", "normal(std=-1)"], "--bias-init: initializer 'normal'"),
+        (["diagnose", "--norm", "group"],
+         "argument --norm: invalid choice: 'group' (choose from 'none', 'batch', 'layer')"),
+        (["diagnose", "--loss", "hinge"], "invalid choice: 'hinge' (choose from "
+         "'softmax_cross_entropy', 'sigmoid_cross_entropy', 'mse')"),
+        (["diagnose", "--depth", "deep"], "argument --depth: invalid int value: 'deep'"),
+        (["diagnose", "--depth", "1"], "--depth must be >= 2, got 1"),
+        (["diagnose", "--n", "5000"], "--n: load_digits: n_train=5000 exceeds"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_exit_2(argv, message, fakes, capsys):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    line = _one_error_line(captured.err)
+    assert message in line
+    assert captured.out == ""
+
+
+# ------------------------------------------------------------------------------------ happy paths
+
+
+def test_list(fakes, capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "2 experiments" in out
+    assert out.index("cli_broken") < out.index("cli_fake")
+    assert "claim:   Activation norms of a random tanh chain grow" in out
+    assert "source:  a test fixture" in out
+    assert "figures: cli_fake_headline" in out
+
+
+def test_list_real_registry(capsys):
+    """The installed entry points: a landed experiment is listed with its claim and source."""
+    main(["list"])  # exit 1 while some registered experiment does not load yet
+    out = capsys.readouterr().out
+    exp = gf.experiment.get("activation_derivatives")
+    assert f"activation_derivatives\n  claim:   {exp.claim[:30]}" in out
+    assert "  source:  " in out
+
+
+def test_run_plot_and_rerun(fake, tmp_path, capsys):
+    root = tmp_path / "root"
+    argv = ["run", "cli_fake", "--quick", "--workdir", str(root)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    lay = gf.experiment.layout("cli_fake", "quick", root)
+    figures = [lay.figures / f"cli_fake_headline.{ext}" for ext in ("pdf", "png")]
+    tables = [lay.tables / "cli_fake.tex", lay.tables / "cli_fake_macros.tex"]
+    for path in [*figures, *tables]:
+        assert path.stat().st_size > 0, path
+    assert "cli_fake (quick): run" in out and "total" in out
+    assert "figures" in out and "cli_fake_headline.png" in out and "runtimes" in out
+    df = gf.sweep.load(lay.results / "norms")
+    assert sorted(df.seed.unique()) == [0, 1] and sorted(df.sw2.unique()) == [0.5, 2.0]
+    record = json.loads((lay.results / "gradflow_run.json").read_text())
+    assert record["config"] == {"seeds": 2, "sw2": [0.5, 2.0]} and record["mode"] == "quick"
+    runtimes = json.loads((root / "results" / "runtimes.json").read_text())
+    first = runtimes["quick"]["cli_fake"]
+    assert first["seconds"] > 0 and first["resumed"] is False and "full" not in runtimes
+    assert first["seconds"] == pytest.approx(first["run_s"] + first["plot_s"] + first["tables_s"],
+                                             abs=0.03)  # fmt: skip
+
+    # plot: from the saved results only
+    for path in figures:
+        path.unlink()
+    assert main(["plot", "cli_fake", "--quick", "--workdir", str(root)]) == 0
+    assert all(p.exists() for p in figures)
+
+    # rerun: resumes; the from-scratch timing is kept
+    assert main(argv) == 0
+    assert "resumed from saved results" in capsys.readouterr().out
+    runtimes = json.loads((root / "results" / "runtimes.json").read_text())
+    assert runtimes["quick"]["cli_fake"] == first
+
+    # another config refuses to mix with the saved results, --fresh starts over
+    assert main([*argv, "--set", "seeds=3"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "made with another config (seeds: 2 -> 3); add --fresh" in line
+    assert main([*argv, "--set", "seeds=3", "--fresh"]) == 0
+    assert "not recorded" in capsys.readouterr().out
+    assert sorted(gf.sweep.load(lay.results / "norms").seed.unique()) == [0, 1, 2]
+    runtimes = json.loads((root / "results" / "runtimes.json").read_text())
+    assert runtimes["quick"]["cli_fake"] == first  # runs with --set are not recorded
+
+
+def test_plot_without_results(fake, tmp_path, capsys):
+    assert main(["plot", "cli_fake", "--workdir", str(tmp_path)]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"no full results for cli_fake in {tmp_path / 'results' / 'cli_fake' / 'full'}" in line
+    assert f"run `gradflow run cli_fake --workdir {tmp_path}` first" in line
+
+
+def test_reproduce_and_paper(fake, tmp_path, monkeypatch, capsys):
+    root = tmp_path / "root"
+    (root / "paper").mkdir(parents=True)
+    (root / "paper" / "gradflow.tex").write_text("\\documentclass{article}\n")
+    monkeypatch.setenv("PATH", str(_fake_latexmk(tmp_path / "bin")))
+    assert main(["reproduce", "--quick", "--workdir", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "runtime summary (quick)" in out
+    assert any(line.startswith("cli_fake") and line.rstrip().endswith("ok")
+               for line in out.splitlines())  # fmt: skip
+    assert (root / "paper" / "figures" / "cli_fake_headline.pdf").exists()
+    assert (root / "paper" / "gradflow.pdf").exists()
+    args, cwd = (root / "paper" / "latexmk_args.txt").read_text().splitlines()
+    assert args == "-pdf -interaction=nonstopmode -halt-on-error gradflow.tex"
+    assert Path(cwd).resolve() == (root / "paper").resolve()
+    runtimes = json.loads((root / "results" / "runtimes.json").read_text())
+    assert set(runtimes) == {"quick"} and runtimes["quick"]["cli_fake"]["seconds"] > 0
+
+    # no latexmk: reproduce still succeeds and says how to install it; `paper` fails
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert main(["reproduce", "--quick", "--workdir", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "latexmk not found" in out
+    assert "apt-get install latexmk texlive-latex-recommended texlive-fonts-recommended" in out
+    assert main(["paper", "--workdir", str(root)]) == 1
+    assert "latexmk not found on PATH" in _one_error_line(capsys.readouterr().err)
+    assert main(["paper", "--workdir", str(tmp_path)]) == 1
+    assert "no paper source" in _one_error_line(capsys.readouterr().err)
+
+
+def test_reproduce_continues_past_a_failure(fakes, tmp_path, capsys):
+    assert main(["reproduce", "--quick", "--workdir", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "RuntimeError: this experiment always fails" in captured.err  # its traceback
+    assert captured.err.strip().splitlines()[-1] == (
+        "gradflow: error: 1 experiment(s) failed: cli_broken; paper not built"
+    )
+    rows = {line.split()[0]: line.split()[-1] for line in captured.out.splitlines()
+            if line.startswith("cli_")}  # fmt: skip
+    assert rows == {"cli_broken": "FAILED", "cli_fake": "ok"}
+    assert (tmp_path / "paper" / "figures" / "cli_fake_headline.png").exists()
+    runtimes = json.loads((tmp_path / "results" / "runtimes.json").read_text())
+    assert set(runtimes["quick"]) == {"cli_fake"}
+
+
+def test_diagnose(tmp_path, capsys):
+    argv = ["diagnose", "--depth", "4", "--width", "8", "--n", "32", "--draws", "2",
+            "--activation", "leaky_relu(negative_slope=0.2)", "--init", "scaled_normal(scale=2.0)",
+            "--bias-init", "zeros", "--norm", "batch", "--residual", "--loss", "mse",
+            "--out", str(tmp_path / "diag.png")]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "MLP 64 -> 3 x 8 -> 10, leaky_relu(negative_slope=0.2), init scaled_normal" in out
+    assert "norm batch, residual; mse on 32 digits; seed 0, 2 draws" in out
+    assert "median over 2 draws" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("dense_")]
+    assert [r[0] for r in rows] == [f"dense_{i}" for i in range(4)]
+    assert all(r[-1] in ("vanishing", "healthy", "exploding") for r in rows)
+    assert rows[-1][-1] == "healthy"  # the readout is its own reference
+    assert rows[1][2] == "-" or float(rows[1][2]) < 1e-5  # BatchNorm removes dC/db (train mode)
+    for ext in ("pdf", "png"):
+        assert (tmp_path / f"diag.{ext}").stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------------ two hosts
+
+_WORKER = textwrap.dedent(
+    """
+    import sys
+    from importlib import metadata
+    sys.path.insert(0, {tests!r})
+    import gradflow.experiment as e
+    ep = metadata.EntryPoint("cli_fake", "cli_fake_experiment:EXPERIMENT", e.ENTRY_POINT_GROUP)
+    e._entry_points = lambda: {{"cli_fake": ep}}
+    from gradflow.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_on_two_processes(tmp_path):
+    """Two processes on loopback, 2 CPU devices each: one table, written by process 0 only."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(_WORKER.format(tests=str(TESTS)))
+    root = tmp_path / "root"
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(worker),
+                "run",
+                "cli_fake",
+                "--quick",
+                "--workdir",
+                str(root),
+                "--cpu-devices",
+                "2",
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    assert "cli_fake (quick): run" in outs[0][0] and "runtimes" in outs[0][0]
+    assert "cli_fake" not in outs[1][0]  # process 1 computes, process 0 writes and reports
+    lay = gf.experiment.layout("cli_fake", "quick", root)
+    df = gf.sweep.load(lay.results / "norms")
+    assert len(df) == 2 * 2 * 4  # sw2 x seeds x layers, no duplicates
+    assert not df.duplicated(["sw2", "seed", "layer"]).any()
+    assert (lay.figures / "cli_fake_headline.png").exists()
+    runtimes = json.loads((root / "results" / "runtimes.json").read_text())
+    assert runtimes["quick"]["cli_fake"]["devices"] == "4 x cpu (2 process(es))"
+    assert isinstance(
+        pd.read_parquet(next((lay.results / "norms" / "rows").iterdir())), pd.DataFrame
+    )

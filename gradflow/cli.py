@@ -40,6 +40,7 @@ import ast
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import shutil
@@ -152,13 +153,26 @@ def _is_lead() -> bool:
     return jax.process_index() == 0
 
 
-def _barrier(name: str) -> None:
+def _lead_check(check: Callable[[], None]) -> None:
+    """Run ``check`` on process 0 and share its verdict, so that every process stops together
+    (a process that went on alone would wait forever in the sweep's collectives)."""
     import jax
 
+    error: CLIError | None = None
+    if jax.process_index() == 0:
+        try:
+            check()
+        except CLIError as e:
+            error = e
     if jax.process_count() > 1:
+        import numpy as np
         from jax.experimental import multihost_utils
 
-        multihost_utils.sync_global_devices(name)
+        failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+        if error is None and int(failed):
+            error = CLIError("process 0 stopped (see its output)", 2)
+    if error is not None:
+        raise error
 
 
 def _devices() -> str:
@@ -453,11 +467,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     lay = _experiment.layout(exp.name, mode, root)
     _start_jax(args)
     lead = _is_lead()
-    if lead:
+
+    def check():
         _check_record(lay.results, exp.name, mode, config, fresh=args.fresh)
         if args.fresh and lay.results.exists():
             shutil.rmtree(lay.results)
-    _barrier(f"gradflow run {exp.name} fresh")
+
+    _lead_check(check)
     out = _steps(exp, config, lay, run=True, write=lead)
     if out.error:
         raise CLIError(out.error, 1)
@@ -532,10 +548,13 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     configs = {e.name: e.config(mode) for e in exps}
     _start_jax(args)
     lead = _is_lead()
-    if lead and args.fresh:
-        for e in exps:
-            shutil.rmtree(_experiment.layout(e.name, mode, root).results, ignore_errors=True)
-    _barrier("gradflow reproduce fresh")
+
+    def fresh():
+        if args.fresh:
+            for e in exps:
+                shutil.rmtree(_experiment.layout(e.name, mode, root).results, ignore_errors=True)
+
+    _lead_check(fresh)
 
     outcomes: list[_Outcome] = []
     bar = tqdm(exps, desc=f"reproduce ({mode})", unit="experiment", disable=None if lead else True,
@@ -549,8 +568,11 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         bar.set_postfix_str(exp.name, refresh=True)
         lay = _experiment.layout(exp.name, mode, root)
         try:
-            if lead:
-                _check_record(lay.results, exp.name, mode, configs[exp.name], fresh=False)
+            _lead_check(
+                functools.partial(
+                    _check_record, lay.results, exp.name, mode, configs[exp.name], fresh=False
+                )
+            )
         except CLIError as e:
             out = _Outcome(exp.name, error=e.message)
         else:

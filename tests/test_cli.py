@@ -17,7 +17,6 @@ import textwrap
 from importlib import metadata
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 import gradflow as gf
@@ -294,44 +293,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _two_processes(worker: Path, root: Path, *extra: str) -> list[tuple[int, str, str]]:
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    common = ["run", "cli_fake", "--quick", "--workdir", str(root), "--cpu-devices", "2",
+              "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", *extra]  # fmt: skip
+    procs = [
+        subprocess.Popen([sys.executable, str(worker), *common, "--process-id", str(i)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for i in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=240) for p in procs]
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+
+
 def test_run_on_two_processes(tmp_path):
     """Two processes on loopback, 2 CPU devices each: one table, written by process 0 only."""
     worker = tmp_path / "worker.py"
     worker.write_text(_WORKER.format(tests=str(TESTS)))
     root = tmp_path / "root"
-    port = _free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(worker),
-                "run",
-                "cli_fake",
-                "--quick",
-                "--workdir",
-                str(root),
-                "--cpu-devices",
-                "2",
-                "--coordinator",
-                f"127.0.0.1:{port}",
-                "--num-processes",
-                "2",
-                "--process-id",
-                str(i),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=240) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err
-    assert "cli_fake (quick): run" in outs[0][0] and "runtimes" in outs[0][0]
-    assert "cli_fake" not in outs[1][0]  # process 1 computes, process 0 writes and reports
+    (rc0, out0, err0), (rc1, out1, err1) = _two_processes(worker, root)
+    assert rc0 == 0 and rc1 == 0, err0 + err1
+    assert "cli_fake (quick): run" in out0 and "runtimes" in out0
+    assert "cli_fake" not in out1  # process 1 computes, process 0 writes and reports
     lay = gf.experiment.layout("cli_fake", "quick", root)
     df = gf.sweep.load(lay.results / "norms")
     assert len(df) == 2 * 2 * 4  # sw2 x seeds x layers, no duplicates
@@ -339,6 +323,9 @@ def test_run_on_two_processes(tmp_path):
     assert (lay.figures / "cli_fake_headline.png").exists()
     runtimes = json.loads((root / "results" / "runtimes.json").read_text())
     assert runtimes["quick"]["cli_fake"]["devices"] == "4 x cpu (2 process(es))"
-    assert isinstance(
-        pd.read_parquet(next((lay.results / "norms" / "rows").iterdir())), pd.DataFrame
-    )
+
+    # process 0 refuses to mix configs: both processes stop (none waits in a collective)
+    (rc0, _, err0), (rc1, _, err1) = _two_processes(worker, root, "--set", "seeds=3")
+    assert rc0 == 2 and "made with another config (seeds: 2 -> 3)" in err0
+    assert rc1 == 2 and "gradflow: error: process 0 stopped (see its output)" in err1
+    assert len(gf.sweep.load(lay.results / "norms")) == len(df)

@@ -49,6 +49,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -148,6 +149,31 @@ class MLPGrads(NamedTuple):
 # --- validation -------------------------------------------------------------------------------
 
 
+class _Static:
+    """An Activation as a :func:`jax.jit` static argument, keyed also on its functions.
+
+    ``Activation`` equality compares name and parameters only, so an activation re-registered
+    under the same name (``register(..., overwrite=True)``) would otherwise hit a stale compiled
+    function.
+    """
+
+    __slots__ = ("act",)
+
+    def __init__(self, act: _activations.Activation):
+        self.act = act
+
+    def __hash__(self) -> int:
+        return hash((self.act, id(self.act.fn), id(self.act.grad)))
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _Static)
+            and self.act == other.act
+            and self.act.fn is other.act.fn
+            and self.act.grad is other.act.grad
+        )
+
+
 def _resolve(activation: ActivationLike) -> _activations.Activation:
     if isinstance(activation, _activations.Activation):
         return activation
@@ -189,7 +215,7 @@ def _as_array(name: str, value: Any) -> Array:
 
 
 def _chain_inputs(w, b, x, dC_daL=None):
-    """Validate and cast chain inputs; returns (w, b, x, dC_daL, batch_shape)."""
+    """Validate and cast chain inputs; returns (w, b, x) or (w, b, x, dC_daL)."""
     w, b, x = _as_array("w", w), _as_array("b", b), _as_array("x", x)
     if w.ndim == 0 or b.ndim == 0:
         raise ValueError(
@@ -204,7 +230,7 @@ def _chain_inputs(w, b, x, dC_daL=None):
         raise ValueError(f"depth must be at least 1; got w.shape={w.shape} (depth 0)")
     arrays = [w, b, x] if dC_daL is None else [w, b, x, _as_array("dC_daL", dC_daL)]
     try:
-        batch = jnp.broadcast_shapes(w.shape[:-1], b.shape[:-1], *(a.shape for a in arrays[2:]))
+        jnp.broadcast_shapes(w.shape[:-1], b.shape[:-1], *(a.shape for a in arrays[2:]))
     except ValueError as err:
         extra = "" if dC_daL is None else f", dC_daL.shape={jnp.shape(dC_daL)}"
         raise ValueError(
@@ -214,10 +240,7 @@ def _chain_inputs(w, b, x, dC_daL=None):
     for name, arr in zip(("w", "b", "x", "dC_daL"), arrays):
         _check_finite(name, arr)
     dtype = _float_dtype(*arrays)
-    arrays = [a.astype(dtype) for a in arrays]
-    if dC_daL is None:
-        arrays.append(None)
-    return (*arrays, batch)
+    return tuple(a.astype(dtype) for a in arrays)
 
 
 # --- stable log|phi'| ---------------------------------------------------------------------------
@@ -300,7 +323,10 @@ def signed_log_abs_grad(z: Any, activation: ActivationLike) -> tuple[Array, Arra
     """
     act = _resolve(activation)
     z = _as_array("z", z)
-    z = z.astype(_float_dtype(z))
+    return _signed_log_jit(z.astype(_float_dtype(z)), _Static(act))
+
+
+def _signed_log(z, act):
     out = None
     if getattr(act.grad, "__module__", None) == _activations.__name__:
         out = _signed_log_builtin(act, z)
@@ -311,10 +337,16 @@ def signed_log_abs_grad(z: Any, activation: ActivationLike) -> tuple[Array, Arra
     return sign.astype(z.dtype), log_abs.astype(z.dtype)
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _signed_log_jit(z, key):
+    return _signed_log(z, key.act)
+
+
 # --- the one-neuron chain -----------------------------------------------------------------------
 
 
-def _forward(w, b, x, batch, act):
+def _forward(w, b, x, act):
+    batch = jnp.broadcast_shapes(w.shape[:-1], b.shape[:-1], x.shape)
     a0 = jnp.broadcast_to(x, batch)
 
     def step(a_prev, wb):
@@ -360,8 +392,13 @@ def chain_forward(w: Any, b: Any, x: Any, activation: ActivationLike) -> ChainFo
         do not broadcast, non-finite concrete input, or an unknown activation name.
     """
     act = _resolve(activation)
-    w, b, x, _, batch = _chain_inputs(w, b, x)
-    return ChainForward(*_forward(w, b, x, batch, act))
+    w, b, x = _chain_inputs(w, b, x)
+    return _chain_forward_jit(w, b, x, _Static(act))
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _chain_forward_jit(w, b, x, key):
+    return ChainForward(*_forward(w, b, x, key.act))
 
 
 def chain_grads(w: Any, b: Any, x: Any, dC_daL: Any, activation: ActivationLike) -> ChainGrads:
@@ -379,7 +416,7 @@ def chain_grads(w: Any, b: Any, x: Any, dC_daL: Any, activation: ActivationLike)
 
     :math:`\phi'` is the activation's closed-form ``grad``; the suffix products
     :math:`\prod_{k>j} f_k` are one reverse cumulative product (:func:`jax.lax.cumprod`), so all
-    ``L`` gradients cost :math:`O(L)` work and :math:`O(\log L)` depth. The products underflow
+    ``L`` gradients cost :math:`O(L)` work. The products underflow
     in float32 past depth ~60 for the sigmoid (:math:`0.25^{60} \approx 10^{-36}`); use
     :func:`chain_log_grads` there.
 
@@ -396,12 +433,18 @@ def chain_grads(w: Any, b: Any, x: Any, dC_daL: Any, activation: ActivationLike)
       ValueError: as :func:`chain_forward`, and for non-finite concrete ``dC_daL``.
     """
     act = _resolve(activation)
-    w, b, x, g, batch = _chain_inputs(w, b, x, dC_daL)
-    z, a = _forward(w, b, x, batch, act)
+    return _chain_grads_jit(*_chain_inputs(w, b, x, dC_daL), _Static(act))
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _chain_grads_jit(w, b, x, g, key):
+    act = key.act
+    z, a = _forward(w, b, x, act)
     dphi = act.grad(z).astype(z.dtype)
     suffix = _exclusive_suffix("prod", w * dphi, 1)
     bias = dphi * suffix * g[..., None]
-    a_prev = jnp.concatenate([jnp.broadcast_to(x, batch)[..., None], a[..., :-1]], axis=-1)
+    x_full = jnp.broadcast_to(x, a.shape[:-1])
+    a_prev = jnp.concatenate([x_full[..., None], a[..., :-1]], axis=-1)
     return ChainGrads(bias=bias, weight=a_prev * bias, input=w[..., 0] * bias[..., 0])
 
 
@@ -434,9 +477,13 @@ def chain_log_grads(w: Any, b: Any, x: Any, dC_daL: Any, activation: ActivationL
       ``chain_grads(...).bias`` wherever the latter does not underflow or overflow.
     """
     act = _resolve(activation)
-    w, b, x, g, batch = _chain_inputs(w, b, x, dC_daL)
-    z, _ = _forward(w, b, x, batch, act)
-    s_phi, l_phi = signed_log_abs_grad(z, act)
+    return _chain_log_grads_jit(*_chain_inputs(w, b, x, dC_daL), _Static(act))
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _chain_log_grads_jit(w, b, x, g, key):
+    z, _ = _forward(w, b, x, key.act)
+    s_phi, l_phi = _signed_log(z, key.act)
     s_f = jnp.sign(w) * s_phi
     l_f = jnp.log(jnp.abs(w)) + l_phi
     sign = s_phi * _exclusive_suffix("prod", s_f, 1) * jnp.sign(g)[..., None]
@@ -529,10 +576,10 @@ def exploding_chain(
     Exactness. The biases are computed in float64 NumPy and rounded once to ``dtype``, so ``b_1``
     is exactly :math:`-\mathrm{fl}(w_1 x)`, the negative of the product the forward pass rounds.
 
-    * If :math:`w_1 x` and :math:`w_j \phi(0)` are exactly representable in ``dtype`` (e.g. sigmoid,
-      ``weight=100`` and ``x`` a dyadic rational such as 0.5, 1, -0.75 or 3.25 -- at most 17
-      significant bits in float32), then :math:`z_j = 0` exactly for every layer at any depth,
-      on every backend.
+    * If :math:`w_1 x` and :math:`w_j \phi(0)` are exactly representable in ``dtype`` (e.g.
+      sigmoid, ``weight=100`` and ``x`` a dyadic rational such as 0.5, 1, -0.75 or 3.25 -- at
+      most 19 significant bits in float32, as 100 = 25 * 4 has 5), then :math:`z_j = 0` exactly
+      for every layer at any depth, on every backend.
     * Otherwise (e.g. ``x = 0.3``) :math:`z_1` is 0 where the forward pass rounds :math:`w_1 x`
       before adding :math:`b_1`, but is the rounding error of :math:`w_1 x` (up to
       :math:`\tfrac12\,\mathrm{ulp}(w_1 x)`) where the backend fuses the multiply-add (XLA on CPU
@@ -728,7 +775,12 @@ def mlp_forward(
     """
     act = _resolve(activation)
     layers, x, _ = _mlp_setup(params, x)
-    return MLPForward(*_mlp_forward(layers, x, act, linear_readout))
+    return _mlp_forward_jit(layers, x, _Static(act), bool(linear_readout))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _mlp_forward_jit(layers, x, key, linear_readout):
+    return MLPForward(*_mlp_forward(layers, x, key.act, linear_readout))
 
 
 def mlp_grads(
@@ -774,6 +826,12 @@ def mlp_grads(
     """
     act = _resolve(activation)
     layers, x, g = _mlp_setup(params, x, dC_daL)
+    return _mlp_grads_jit(layers, x, g, _Static(act), bool(linear_readout))
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _mlp_grads_jit(layers, x, g, key, linear_readout):
+    act = key.act
     zs, as_ = _mlp_forward(layers, x, act, linear_readout)
     n = len(layers)
     deltas: list[Array] = [None] * n  # type: ignore[list-item]

@@ -193,7 +193,8 @@ def _load_experiment(name: str) -> _experiment.Experiment:
     try:
         return _experiment.get(name)
     except Exception as e:  # a broken plug-in: say which and why, exit 1
-        traceback.print_exc()
+        if not isinstance(e, ModuleNotFoundError):  # a missing module needs no traceback
+            traceback.print_exc()
         raise CLIError(
             f"could not load experiment {name!r} ({type(e).__name__}: {_one_line(e)})", 1
         ) from None
@@ -544,46 +545,44 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     chosen = [n for n in known if n in chosen]
     mode = _mode(args)
     root = Path(args.workdir)
-    exps = [_load_experiment(n) for n in chosen]
-    configs = {e.name: e.config(mode) for e in exps}
     _start_jax(args)
     lead = _is_lead()
 
     def fresh():
         if args.fresh:
-            for e in exps:
-                shutil.rmtree(_experiment.layout(e.name, mode, root).results, ignore_errors=True)
+            for n in chosen:
+                shutil.rmtree(_experiment.layout(n, mode, root).results, ignore_errors=True)
 
     _lead_check(fresh)
 
     outcomes: list[_Outcome] = []
-    bar = tqdm(exps, desc=f"reproduce ({mode})", unit="experiment", disable=None if lead else True,
-               dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(chosen, desc=f"reproduce ({mode})", unit="experiment",
+               disable=None if lead else True, dynamic_ncols=True)  # fmt: skip
 
     def echo(text: str) -> None:
         if lead:
             tqdm.write(text, file=sys.stdout)
 
-    for exp in bar:
-        bar.set_postfix_str(exp.name, refresh=True)
-        lay = _experiment.layout(exp.name, mode, root)
-        try:
-            _lead_check(
-                functools.partial(
-                    _check_record, lay.results, exp.name, mode, configs[exp.name], fresh=False
-                )
-            )
+    for name in bar:
+        bar.set_postfix_str(name, refresh=True)
+        lay = _experiment.layout(name, mode, root)
+        try:  # a broken plug-in or a stale results directory fails this experiment only
+            exp = _load_experiment(name)
+            with _user_input(f"experiment {name!r}: "):
+                config = exp.config(mode)
+            _lead_check(functools.partial(_check_record, lay.results, name, mode, config,
+                                          fresh=False))  # fmt: skip
         except CLIError as e:
-            out = _Outcome(exp.name, error=e.message)
+            out = _Outcome(name, error=e.message)
         else:
-            out = _steps(exp, configs[exp.name], lay, run=True, write=lead)
+            out = _steps(exp, config, lay, run=True, write=lead)
         outcomes.append(out)
         if not lead:
             continue
         if out.error:
-            echo(f"gradflow: error: {_one_line(out.error)}")
+            tqdm.write(f"gradflow: error: {_one_line(out.error)}", file=sys.stderr)
             continue
-        _write_record(lay, mode, configs[exp.name], {}, out)
+        _write_record(lay, mode, config, {}, out)
         _record_runtime(root, mode, out)
         _report(out, mode, lay, echo=echo)
     bar.close()

@@ -237,16 +237,25 @@ def test_reproduce_and_paper(fake, tmp_path, monkeypatch, capsys):
     assert "no paper source" in _one_error_line(capsys.readouterr().err)
 
 
-def test_reproduce_continues_past_a_failure(fakes, tmp_path, capsys):
+def test_reproduce_continues_past_a_failure(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(TESTS))
+    group = gf.experiment.ENTRY_POINT_GROUP
+    missing = metadata.EntryPoint("cli_missing", "cli_no_such_module:EXPERIMENT", group)
+    eps = {**_entry_points(), "cli_missing": missing}
+    monkeypatch.setattr(gf.experiment, "_entry_points", lambda: eps)
     assert main(["reproduce", "--quick", "--workdir", str(tmp_path)]) == 1
     captured = capsys.readouterr()
     assert "RuntimeError: this experiment always fails" in captured.err  # its traceback
+    assert (
+        "gradflow: error: could not load experiment 'cli_missing' (ModuleNotFoundError: No module "
+        "named 'cli_no_such_module')"
+    ) in captured.err
     assert captured.err.strip().splitlines()[-1] == (
-        "gradflow: error: 1 experiment(s) failed: cli_broken; paper not built"
+        "gradflow: error: 2 experiment(s) failed: cli_broken, cli_missing; paper not built"
     )
     rows = {line.split()[0]: line.split()[-1] for line in captured.out.splitlines()
             if line.startswith("cli_")}  # fmt: skip
-    assert rows == {"cli_broken": "FAILED", "cli_fake": "ok"}
+    assert rows == {"cli_broken": "FAILED", "cli_fake": "ok", "cli_missing": "FAILED"}
     assert (tmp_path / "paper" / "figures" / "cli_fake_headline.png").exists()
     runtimes = json.loads((tmp_path / "results" / "runtimes.json").read_text())
     assert set(runtimes["quick"]) == {"cli_fake"}

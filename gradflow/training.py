@@ -1,1 +1,886 @@
-"""gradflow.training (being written)."""
+r"""Train state, jitted train step, evaluation, and a training loop that survives divergence.
+
+Two ways to train, built from the same pure pieces so they agree:
+
+* :func:`train_fn` -- a pure function ``fn(hparams, key) -> metrics`` that trains one network with
+  :func:`jax.lax.scan` over steps. It is jittable and :func:`jax.vmap` -able over seeds and over
+  every hyperparameter that keeps shapes (learning rate, init scale, clip threshold, decay), so a
+  sweep trains many networks in ONE compiled program; it is the ``fn`` of
+  :func:`gradflow.sweep.run`. Divergence is handled by masking, never by Python control flow.
+* :func:`fit` -- the interactive loop around the same step: a progress bar (tqdm), a history of
+  records, a clean stop at divergence, and checkpoint/resume to a plain ``.npz`` file.
+
+**The step.** With parameters :math:`\theta_t` and a minibatch :math:`B_t` drawn without
+replacement from the training set with the state's key, one step is
+
+.. math::
+    g_t = \nabla_\theta C(\theta_t; B_t), \qquad (u_t, s_{t+1}) = \mathrm{tx}(g_t, s_t, \theta_t),
+    \qquad \theta_{t+1} = \theta_t + u_t ,
+
+with ``tx`` any optax chain (e.g. ``gradflow.optim`` clipping and decay in front of an optimizer).
+
+**Divergence.** Step :math:`t` *diverges* when the loss :math:`C(\theta_t; B_t)`, a per-layer
+gradient norm or a new parameter is non-finite, or the loss exceeds ``max_loss``. The first such
+step is recorded as ``diverged_step = t`` (the number of finite updates before it; ``-1`` while
+none), the state is frozen at :math:`\theta_t` from then on (every later update is masked out), and
+every record from the block containing step :math:`t` on is NaN. Nothing raises: a sweep keeps its
+other runs, and :func:`gradflow.sweep.run` stores ``diverged_step`` in its own column.
+
+**Records.** Every ``record_every`` steps (``R = steps // record_every`` records, at steps
+``record_every, 2 record_every, ..., steps``; :func:`record_steps`), with :math:`L` layers in the
+forward order of :func:`gradflow.optim.layer_names`:
+
+* ``loss``, ``accuracy`` ``(R,)`` -- on the whole training set, evaluation mode;
+  ``test_loss``, ``test_accuracy`` ``(R,)`` when the data has a test split (accuracies only for
+  integer class labels);
+* ``batch_loss`` ``(R,)`` -- mean minibatch loss over the block's steps;
+* ``grad_norm``, ``update_norm`` ``(R, L)`` -- block means of the per-layer norms of the raw
+  gradients :math:`\|g_{t,l}\|` and of the applied updates :math:`\|u_{t,l}\|`;
+  ``param_norm`` ``(R, L)`` -- :math:`\|\theta_l\|` at the record;
+* ``optim/<key>`` -- block means of :func:`gradflow.optim.telemetry` of the optimizer state (e.g.
+  ``optim/clip_by_global_norm/clipped`` is the fraction of the block's steps that were clipped);
+* ``probe/<stat>`` ``(R, L)`` with ``probe=True`` -- every :class:`gradflow.probes.LayerReport`
+  statistic on the first ``probe_batch`` training examples at the record;
+* ``diverged_step`` ``()`` int32.
+
+These names and shapes are what :func:`gradflow.probes.check_history` reads (``loss``,
+``param_norm``, ``update_norm``, ``grad_norm``).
+
+**Hyperparameters.** ``hparams`` is a dict; under ``vmap`` its values are traced 0-d arrays.
+``hparams["init_scale"]`` (default 1) multiplies every kernel at initialisation (so
+:math:`\mathrm{Var}(W)` scales by its square); the optimizer is built *inside* the traced function
+from ``hparams`` by ``TrainConfig.optimizer`` (see :class:`TrainConfig`), so thresholds, decays and
+learning rates may be traced.
+
+Example -- 16 seeds x 3 learning rates x {no clipping, clipping}, one program::
+
+    cfg = gf.training.TrainConfig(
+        model=gf.models.MLP((32,) * 9, out=10, activation="tanh", kernel_init="lecun_normal"),
+        optimizer="sgd", loss="mse", steps=300, batch_size=64, record_every=10)
+    fn = gf.training.train_fn(cfg, gf.data.load_digits())
+    df = gf.sweep.run(fn, grid={"learning_rate": [0.01, 0.1, 1.0], "clip": [float("inf"), 1.0]},
+                      seeds=range(16), workdir="results/clip",
+                      axes=gf.training.sweep_axes(fn, {"learning_rate": 0.1, "clip": 1.0}))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import json
+import numbers
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from gradflow import optim as _optim
+from gradflow import probes as _probes
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "History",
+    "StepOutput",
+    "TrainConfig",
+    "TrainState",
+    "build_optimizer",
+    "evaluate",
+    "fit",
+    "init_state",
+    "load_checkpoint",
+    "make_train_step",
+    "record_steps",
+    "save_checkpoint",
+    "sweep_axes",
+    "train_fn",
+]
+
+Array = jax.Array
+Hparams = Mapping[str, Any]
+OptimizerSpec = (
+    str | optax.GradientTransformation | Callable[[Hparams], optax.GradientTransformation]
+)
+
+#: File name of :func:`fit`'s checkpoint inside ``checkpoint_dir``.
+CHECKPOINT_FILE = "checkpoint.npz"
+_FORMAT = "gradflow.training/1"
+_SKIP_COLLECTIONS = ("params", "perturbations", "intermediates")
+
+
+# --------------------------------------------------------------------------------------------------
+# state and configuration
+# --------------------------------------------------------------------------------------------------
+
+
+@struct.dataclass
+class TrainState:
+    """Everything one training run carries from step to step (a pytree: vmap adds leading axes).
+
+    Attributes:
+      step: ``()`` int32, number of updates applied.
+      params: the model's ``params`` collection.
+      model_state: the other variable collections (``{"batch_stats": ...}`` with BatchNorm, else
+        ``{}``).
+      opt_state: the optax state.
+      key: a typed PRNG key, split once per step to draw the minibatch.
+    """
+
+    step: Array
+    params: Any
+    model_state: Any
+    opt_state: Any
+    key: Array
+
+    @property
+    def variables(self) -> dict:
+        """``{"params": ..., **model_state}``, ready for ``model.apply``."""
+        return {"params": self.params, **self.model_state}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The static part of a training run (hashable; hyperparameters that vmap go in ``hparams``).
+
+    Attributes:
+      model: a Flax module (e.g. :class:`gradflow.models.MLP`); ``train=`` is passed when its
+        ``__call__`` takes it.
+      optimizer: one of
+        - an optimizer name of :func:`gradflow.optim.optimizer_names` -- built by
+          :func:`build_optimizer` from ``hparams["learning_rate"]`` (required) and the optional
+          ``hparams["clip"]`` (global-norm clipping first; ``inf`` never clips),
+          ``hparams["weight_decay"]`` (coupled L2, :func:`gradflow.optim.decay_mask`);
+        - a callable ``hparams -> optax.GradientTransformation`` (called inside the traced
+          function, so it may read traced hyperparameters);
+        - a fixed :class:`optax.GradientTransformation`.
+      loss: a :data:`gradflow.probes.LOSSES` name or a callable ``(outputs, y) -> scalar``.
+      steps: number of training steps, a multiple of ``record_every``.
+      batch_size: minibatch size (drawn without replacement each step), or None for full batch.
+      record_every: steps between records.
+      probe: also record every :class:`gradflow.probes.LayerReport` statistic (``probe/<stat>``).
+      probe_batch: number of training examples the probe sees.
+      max_loss: a loss above this also counts as divergence (None: only non-finite values).
+    """
+
+    model: nn.Module
+    optimizer: OptimizerSpec = "sgd"
+    loss: str | Callable[[Array, Array], Array] = "softmax_cross_entropy"
+    steps: int = 1000
+    batch_size: int | None = 64
+    record_every: int = 10
+    probe: bool = False
+    probe_batch: int = 256
+    max_loss: float | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.model, nn.Module):
+            raise TypeError(f"TrainConfig: model must be a flax.linen Module, got {self.model!r}")
+        opt = self.optimizer
+        if isinstance(opt, str):
+            if opt not in _optim.optimizer_names():
+                raise ValueError(
+                    f"TrainConfig: unknown optimizer {opt!r}; valid names: "
+                    f"{', '.join(_optim.optimizer_names())}, or pass a callable "
+                    "hparams -> optax.GradientTransformation"
+                )
+        elif not (isinstance(opt, optax.GradientTransformation) or callable(opt)):
+            raise TypeError(
+                "TrainConfig: optimizer must be a name, an optax.GradientTransformation or a "
+                f"callable hparams -> GradientTransformation, got {opt!r}"
+            )
+        _probes.get_loss(self.loss)  # raises for an unknown name
+        for field, minimum in (("steps", 1), ("record_every", 1), ("probe_batch", 1)):
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
+                raise ValueError(f"TrainConfig: {field} must be an int >= {minimum}, got {v!r}")
+        if self.steps % self.record_every:
+            raise ValueError(
+                f"TrainConfig: steps ({self.steps}) must be a multiple of record_every "
+                f"({self.record_every})"
+            )
+        b = self.batch_size
+        if b is not None and (isinstance(b, bool) or not isinstance(b, numbers.Integral) or b < 1):
+            raise ValueError(f"TrainConfig: batch_size must be an int >= 1 or None, got {b!r}")
+        if self.max_loss is not None and not (
+            isinstance(self.max_loss, numbers.Real) and self.max_loss > 0
+        ):
+            raise ValueError(f"TrainConfig: max_loss must be a positive number or None, got "
+                             f"{self.max_loss!r}")  # fmt: skip
+        if not isinstance(self.probe, bool):
+            raise TypeError(f"TrainConfig: probe must be a bool, got {self.probe!r}")
+
+    @property
+    def num_records(self) -> int:
+        return self.steps // self.record_every
+
+
+def record_steps(config: TrainConfig) -> np.ndarray:
+    """The step of each record: ``record_every, 2 record_every, ..., steps`` (shape ``(R,)``)."""
+    return np.arange(1, config.num_records + 1) * config.record_every
+
+
+def build_optimizer(
+    config: TrainConfig, hparams: Hparams | None = None
+) -> optax.GradientTransformation:
+    """The optax transformation of ``config.optimizer`` for these hyperparameters.
+
+    See :class:`TrainConfig` for the three forms. For a name: ``[clip_by_global_norm(clip)] ->
+    gradflow.optim.make_optimizer(name, learning_rate, weight_decay=weight_decay)``.
+
+    Raises:
+      ValueError: a name without ``hparams["learning_rate"]``.
+    """
+    hparams = {} if hparams is None else hparams
+    opt = config.optimizer
+    if isinstance(opt, optax.GradientTransformation):
+        return opt
+    if not isinstance(opt, str):
+        tx = opt(hparams)
+        if not isinstance(tx, optax.GradientTransformation):
+            raise TypeError(
+                f"TrainConfig.optimizer(hparams) must return an optax.GradientTransformation, "
+                f"got {type(tx).__name__}"
+            )
+        return tx
+    if "learning_rate" not in hparams:
+        raise ValueError(
+            f"optimizer {opt!r} needs hparams['learning_rate'] (optional: 'clip', "
+            f"'weight_decay'); got keys {sorted(hparams)}"
+        )
+    parts = []
+    if "clip" in hparams:
+        parts.append(_optim.clip_by_global_norm(hparams["clip"]))
+    parts.append(
+        _optim.make_optimizer(
+            opt, hparams["learning_rate"], weight_decay=hparams.get("weight_decay")
+        )
+    )
+    return optax.chain(*parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# model plumbing
+# --------------------------------------------------------------------------------------------------
+
+
+def _accepts_train(model: nn.Module) -> bool:
+    try:
+        return "train" in inspect.signature(type(model).__call__).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return False
+
+
+def _apply(model: nn.Module, params: Any, model_state: Any, x: Array, *, train: bool):
+    """``(outputs, new_model_state)``; BatchNorm statistics update only when ``train``."""
+    kw = {"train": train} if _accepts_train(model) else {}
+    variables = {"params": params, **model_state}
+    if train and model_state:
+        out, new = model.apply(variables, x, mutable=list(model_state), **kw)
+        return out, {**model_state, **new}
+    return model.apply(variables, x, **kw), model_state
+
+
+def _scale_kernels(params: Any, scale: Any) -> Any:
+    def f(path, leaf):
+        name = _optim._key_name(path[-1]) if path else ""
+        return leaf * jnp.asarray(scale, leaf.dtype) if name == "kernel" else leaf
+
+    return jax.tree_util.tree_map_with_path(f, params)
+
+
+def _tree_finite(tree: Any) -> Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def init_state(
+    config: TrainConfig,
+    x: Array,
+    key: Array,
+    hparams: Hparams | None = None,
+    tx: optax.GradientTransformation | None = None,
+) -> TrainState:
+    """Initialise a run: ``init_key, data_key = split(key)``; ``model.init(init_key, x[:1])``.
+
+    Kernels are multiplied by ``hparams.get("init_scale", 1)``. Traceable (vmap over keys and
+    hyperparameters).
+
+    Args:
+      config: the run's :class:`TrainConfig`.
+      x: example inputs (only the shape of ``x[:1]`` matters).
+      key: a PRNG key (``jax.random.key(seed)``).
+      hparams: hyperparameters (see the module docstring).
+      tx: the optimizer (default: :func:`build_optimizer` of ``config`` and ``hparams``).
+    """
+    hparams = {} if hparams is None else hparams
+    tx = build_optimizer(config, hparams) if tx is None else tx
+    init_key, data_key = jax.random.split(key)
+    variables = config.model.init(init_key, jnp.asarray(x[:1]))
+    params = variables["params"]
+    if "init_scale" in hparams:
+        params = _scale_kernels(params, hparams["init_scale"])
+    model_state = {k: v for k, v in variables.items() if k not in _SKIP_COLLECTIONS}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=tx.init(params),
+        key=data_key,
+    )
+
+
+def evaluate(
+    model: nn.Module,
+    variables: Mapping,
+    x: Array,
+    y: Array,
+    *,
+    loss: str | Callable[[Array, Array], Array] = "softmax_cross_entropy",
+) -> dict[str, Array]:
+    """Loss and accuracy of ``model`` on ``(x, y)`` in evaluation mode (``train=False``).
+
+    Returns ``{"loss": (), "accuracy": ()}``; ``accuracy`` (fraction of ``argmax(outputs) == y``)
+    only when ``y`` holds integer class labels. Traceable.
+    """
+    variables = {k: v for k, v in variables.items() if k not in ("perturbations", "intermediates")}
+    params = variables["params"]
+    rest = {k: v for k, v in variables.items() if k != "params"}
+    out, _ = _apply(model, params, rest, jnp.asarray(x), train=False)
+    y = jnp.asarray(y)
+    result = {"loss": _probes.get_loss(loss)(out, y)}
+    if jnp.issubdtype(y.dtype, jnp.integer) and out.ndim == y.ndim + 1:
+        result["accuracy"] = jnp.mean((jnp.argmax(out, axis=-1) == y).astype(out.dtype))
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# the step
+# --------------------------------------------------------------------------------------------------
+
+
+class StepOutput(NamedTuple):
+    """What one train step reports.
+
+    Attributes:
+      loss: ``()`` minibatch loss before the update.
+      grad_norm: ``(L,)`` per-layer norms of the raw gradient.
+      update_norm: ``(L,)`` per-layer norms of the applied update.
+      finite: ``()`` bool: loss, gradient norms and new parameters all finite.
+      probe: a :class:`gradflow.probes.LayerReport` of the minibatch (``probe=True``), else None.
+    """
+
+    loss: Array
+    grad_norm: Array
+    update_norm: Array
+    finite: Array
+    probe: Any = None
+
+
+def _step_fn(model: nn.Module, tx: optax.GradientTransformation, loss: Any, probe: bool):
+    loss_fn = _probes.get_loss(loss)
+
+    def step(state: TrainState, x: Array, y: Array) -> tuple[TrainState, StepOutput]:
+        def cost(params):
+            out, new_model_state = _apply(model, params, state.model_state, x, train=True)
+            return loss_fn(out, y), new_model_state
+
+        (c, new_model_state), grads = jax.value_and_grad(cost, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        gnorm = _optim.layer_norms(grads)
+        unorm = _optim.layer_norms(updates)
+        finite = jnp.isfinite(c) & jnp.all(jnp.isfinite(gnorm)) & _tree_finite(params)
+        report = None
+        if probe:  # the batch as the step sees it (BatchNorm in train mode)
+            report = _probes.probe(model, state.variables, x, y, loss, train=_accepts_train(model))
+        new_state = state.replace(
+            step=state.step + 1, params=params, model_state=new_model_state, opt_state=opt_state
+        )
+        return new_state, StepOutput(c, gnorm, unorm, finite, report)
+
+    return step
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    *,
+    loss: str | Callable[[Array, Array], Array] = "softmax_cross_entropy",
+    probe: bool = False,
+) -> Callable[[TrainState, Array, Array], tuple[TrainState, StepOutput]]:
+    """A jitted train step ``step(state, x, y) -> (new_state, StepOutput)``.
+
+    One gradient of ``loss`` on the batch, one ``tx`` update (see the module docstring). The step
+    itself does not mask divergence: check ``StepOutput.finite`` (the loops of this module do).
+    With ``probe=True`` the output also holds the per-layer :func:`gradflow.probes.probe` report of
+    the batch at the parameters *before* the update.
+    """
+    _probes.get_loss(loss)
+    return jax.jit(_step_fn(model, tx, loss, probe))
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------
+
+
+class _Data(NamedTuple):
+    x: Array
+    y: Array
+    x_test: Array | None
+    y_test: Array | None
+
+
+def _as_data(data: Any) -> _Data:
+    if hasattr(data, "x_train"):
+        parts = (data.x_train, data.y_train, data.x_test, data.y_test)
+    elif isinstance(data, tuple | list) and len(data) in (2, 4):
+        parts = (*data, None, None) if len(data) == 2 else tuple(data)
+    else:
+        raise TypeError(
+            "data must be (x_train, y_train), (x_train, y_train, x_test, y_test) or an object with "
+            f"x_train/y_train/x_test/y_test (gradflow.data.Digits), got {type(data).__name__}"
+        )
+    x, y, xt, yt = (None if a is None else jnp.asarray(a) for a in parts)
+    if x.shape[0] != y.shape[0] or (xt is not None and xt.shape[0] != yt.shape[0]):
+        raise ValueError(
+            f"inputs and targets must have the same number of examples, got {x.shape} / {y.shape}"
+        )
+    return _Data(x, y, xt, yt)
+
+
+# --------------------------------------------------------------------------------------------------
+# one block of record_every steps: shared by train_fn and fit
+# --------------------------------------------------------------------------------------------------
+
+
+def _nan_like(x: Array) -> Array:
+    return jnp.full(x.shape, jnp.nan, jnp.result_type(x.dtype, jnp.float32))
+
+
+def _make_block(config: TrainConfig, data: _Data, tx: optax.GradientTransformation):
+    """``block((state, diverged_step)) -> ((state, diverged_step), record)``: pure."""
+    step = _step_fn(config.model, tx, config.loss, probe=False)
+    n = data.x.shape[0]
+    batch = config.batch_size
+    if batch is not None and batch > n:
+        raise ValueError(f"batch_size {batch} exceeds the {n} training examples")
+    xp, yp = data.x[: config.probe_batch], data.y[: config.probe_batch]
+
+    def body(carry, _):
+        state, dstep = carry
+        key, sub = jax.random.split(state.key)
+        if batch is None:
+            xb, yb = data.x, data.y
+        else:
+            idx = jax.random.choice(sub, n, (batch,), replace=False)
+            xb, yb = data.x[idx], data.y[idx]
+        new, out = step(state.replace(key=key), xb, yb)
+        ok = out.finite
+        if config.max_loss is not None:
+            ok = ok & (out.loss <= config.max_loss)
+        frozen = dstep >= 0
+        dstep = jnp.where(frozen | ok, dstep, state.step)
+        keep = frozen | ~ok
+        state = jax.tree.map(lambda old, nw: jnp.where(keep, old, nw), state, new)
+        tele = {
+            f"optim/{k}": jnp.asarray(v, jnp.float32)
+            for k, v in _optim.telemetry(new.opt_state).items()
+        }
+        return (state, dstep), {
+            "batch_loss": out.loss,
+            "grad_norm": out.grad_norm,
+            "update_norm": out.update_norm,
+            **tele,
+        }
+
+    def block(carry):
+        (state, dstep), traj = jax.lax.scan(body, carry, None, length=config.record_every)
+        record = {k: jnp.mean(v, axis=0) for k, v in traj.items()}
+        variables = state.variables
+        train_eval = evaluate(config.model, variables, data.x, data.y, loss=config.loss)
+        record.update(train_eval)
+        if data.x_test is not None:
+            test = evaluate(config.model, variables, data.x_test, data.y_test, loss=config.loss)
+            record.update({f"test_{k}": v for k, v in test.items()})
+        record["param_norm"] = _optim.layer_norms(state.params)
+        if config.probe:
+            rep = _probes.probe(config.model, variables, xp, yp, config.loss)
+            record.update({f"probe/{s}": getattr(rep, s) for s in _probes.STATS if s != "loss"})
+        dead = dstep >= 0
+        record = {k: jnp.where(dead, _nan_like(v), v) for k, v in record.items()}
+        return (state, dstep), record
+
+    return block
+
+
+def _fresh_carry(state: TrainState) -> tuple[TrainState, Array]:
+    return state, jnp.full((), -1, jnp.int32)
+
+
+# --------------------------------------------------------------------------------------------------
+# the pure, vmappable training function
+# --------------------------------------------------------------------------------------------------
+
+
+def train_fn(
+    config: TrainConfig, data: Any, *, return_state: bool = False
+) -> Callable[[Hparams, Array], dict[str, Array]]:
+    """A pure function ``fn(hparams, key) -> metrics`` that trains one network.
+
+    ``lax.scan`` over ``R = steps // record_every`` blocks of ``record_every`` steps, divergence
+    handled by masking (see the module docstring), so ``jax.jit(jax.vmap(fn))`` trains a whole
+    grid of seeds and shape-preserving hyperparameters at once, and :func:`gradflow.sweep.run`
+    accepts ``fn`` directly (pass ``axes=sweep_axes(fn, example_hparams)``).
+
+    Args:
+      config: the static :class:`TrainConfig`.
+      data: ``gradflow.data.Digits`` or ``(x, y)`` / ``(x, y, x_test, y_test)``; captured as
+        constants of the compiled program.
+      return_state: also return the final :class:`TrainState` (``(metrics, state)``).
+
+    Returns:
+      ``fn(hparams, key)``: ``hparams`` a dict (see :class:`TrainConfig` and the module docstring),
+      ``key`` a PRNG key; returns the dict of records of the module docstring, arrays ``(R, ...)``,
+      and ``diverged_step`` ``()``.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    d = _as_data(data)
+
+    def fn(hparams: Hparams, key: Array):
+        hparams = {} if hparams is None else dict(hparams)
+        tx = build_optimizer(config, hparams)
+        state = init_state(config, d.x, key, hparams, tx)
+        block = _make_block(config, d, tx)
+        (state, dstep), records = jax.lax.scan(
+            lambda c, _: block(c), _fresh_carry(state), None, length=config.num_records
+        )
+        metrics = {**records, "diverged_step": dstep}
+        return (metrics, state) if return_state else metrics
+
+    return fn
+
+
+def sweep_axes(fn: Callable, hparams: Hparams, key: Array | None = None) -> dict[str, tuple]:
+    """The ``axes=`` of :func:`gradflow.sweep.run` for the metrics of a :func:`train_fn`.
+
+    Every ``(R,)`` metric is ``("step",)`` and every ``(R, L)`` one ``("step", "layer")``
+    (``diverged_step`` has none). Shapes come from :func:`jax.eval_shape`: nothing is trained.
+    """
+    key = jax.random.key(0) if key is None else key
+    shapes = jax.eval_shape(fn, dict(hparams), key)
+    names = {0: (), 1: ("step",), 2: ("step", "layer")}
+    return {k: names[len(v.shape)] for k, v in shapes.items() if len(v.shape) in names}
+
+
+# --------------------------------------------------------------------------------------------------
+# the interactive loop: progress, history, divergence, checkpoints
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class History:
+    """What :func:`fit` returns.
+
+    Attributes:
+      steps: ``(r,)`` the step of each record made (``r <= R``: fewer when the run diverged).
+      metrics: name -> NumPy array ``(r, ...)`` (see the module docstring).
+      layer_names: the ``L`` layer names, forward order.
+      diverged_step: the first diverging step, or None.
+      state: the final :class:`TrainState` (frozen at the last finite parameters on divergence).
+    """
+
+    steps: np.ndarray
+    metrics: dict[str, np.ndarray]
+    layer_names: tuple[str, ...]
+    diverged_step: int | None
+    state: TrainState
+
+    def to_frame(self):
+        """A tidy :class:`pandas.DataFrame`: ``step | metric | layer | value`` (layer null for
+        scalar metrics)."""
+        import pandas as pd
+
+        frames = []
+        for name, v in self.metrics.items():
+            v = np.asarray(v, dtype=np.float64)
+            if v.ndim == 1:
+                frames.append(pd.DataFrame({"step": self.steps, "metric": name, "value": v}))
+            else:
+                r, n = v.shape[0], int(np.prod(v.shape[1:]))
+                frames.append(
+                    pd.DataFrame(
+                        {
+                            "step": np.repeat(self.steps, n),
+                            "metric": name,
+                            "layer": np.tile(np.arange(n), r),
+                            "value": v.reshape(-1),
+                        }
+                    )
+                )
+        df = pd.concat(frames, ignore_index=True)
+        df["layer"] = df["layer"].astype("Int64")
+        return df[["step", "metric", "layer", "value"]]
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, str | bool | None):
+        return v
+    try:
+        return np.asarray(v).tolist()
+    except (TypeError, ValueError):
+        return repr(v)
+
+
+def _fingerprint(config: TrainConfig, data: _Data, hparams: Hparams, key: Array) -> str:
+    opt = config.optimizer
+    opt_id = opt if isinstance(opt, str) else getattr(opt, "__qualname__", type(opt).__name__)
+    loss = config.loss if isinstance(config.loss, str) else config.loss.__qualname__
+    return json.dumps(
+        {
+            "model": repr(config.model),
+            "optimizer": opt_id,
+            "loss": loss,
+            "steps": config.steps,
+            "batch_size": config.batch_size,
+            "record_every": config.record_every,
+            "probe": config.probe,
+            "probe_batch": config.probe_batch,
+            "max_loss": config.max_loss,
+            "data": [None if a is None else list(a.shape) for a in data],
+            "hparams": {k: _jsonable(v) for k, v in sorted(hparams.items())},
+            "key": np.asarray(jax.random.key_data(key)).tolist(),
+        },
+        sort_keys=True,
+    )
+
+
+def _flat_state(state: TrainState) -> dict[str, np.ndarray]:
+    state = state.replace(key=jax.random.key_data(state.key))
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    return {"state" + jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    state: TrainState,
+    *,
+    metrics: Mapping[str, np.ndarray] | None = None,
+    diverged_step: int | None = None,
+    fingerprint: str = "",
+) -> Path:
+    """Write ``state`` (and optional record arrays) to a plain ``.npz`` file, atomically.
+
+    Leaves are stored under their pytree paths (``state.params['dense_0']['kernel']``), the PRNG
+    key as its raw key data; loading restores every bit. The file is written to a temporary name
+    in the same directory and renamed, so a crash never leaves half a checkpoint.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = _flat_state(state)
+    for k, v in (metrics or {}).items():
+        arrays[f"metrics/{k}"] = np.asarray(v)
+    arrays["__format__"] = np.array(_FORMAT)
+    arrays["__fingerprint__"] = np.array(fingerprint)
+    arrays["__diverged_step__"] = np.array(-1 if diverged_step is None else diverged_step)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike, like: TrainState
+) -> tuple[TrainState, dict[str, np.ndarray], int | None, str]:
+    """Read a :func:`save_checkpoint` file into the structure of ``like`` (e.g. a fresh
+    :func:`init_state`).
+
+    Returns:
+      ``(state, metrics, diverged_step, fingerprint)``.
+
+    Raises:
+      ValueError: not a gradflow checkpoint, or its arrays do not match ``like``'s structure.
+    """
+    with np.load(Path(path), allow_pickle=False) as z:
+        files = dict(z.items())
+    if str(files.get("__format__", "")) != _FORMAT:
+        raise ValueError(f"{path} is not a {_FORMAT} checkpoint")
+    template = like.replace(key=jax.random.key_data(like.key))
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(template)
+    leaves = []
+    for p, leaf in with_path:
+        name = "state" + jax.tree_util.keystr(p)
+        if name not in files or files[name].shape != np.shape(leaf):
+            raise ValueError(
+                f"checkpoint {path} does not match this run's state at {name} (a different "
+                "model or optimizer?); use a fresh checkpoint_dir"
+            )
+        leaves.append(jnp.asarray(files[name], dtype=leaf.dtype))
+    state = jax.tree.unflatten(treedef, leaves)
+    state = state.replace(
+        key=jax.random.wrap_key_data(state.key, impl=jax.random.key_impl(like.key))
+    )
+    metrics = {k[len("metrics/") :]: v for k, v in files.items() if k.startswith("metrics/")}
+    d = int(files["__diverged_step__"])
+    return state, metrics, (None if d < 0 else d), str(files["__fingerprint__"])
+
+
+def fit(
+    config: TrainConfig,
+    data: Any,
+    hparams: Hparams | None = None,
+    *,
+    key: Array,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    progress: bool | None = None,
+    callback: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+) -> History:
+    """Train one network, recording every ``record_every`` steps; stop cleanly on divergence.
+
+    The same blocks as :func:`train_fn`, one jitted call per record, so the loop can show progress
+    (tqdm; ``progress=None`` shows it when stderr is a terminal), stop at the first diverging step
+    (``History.diverged_step``; no exception), call ``callback(record_index, record)`` and
+    checkpoint. With ``checkpoint_dir``, the state and the records so far are saved to
+    ``checkpoint_dir/checkpoint.npz`` every ``checkpoint_every`` records, and a call finding a
+    checkpoint of the *same* run (config, data shapes, hparams, key) resumes from it: the result
+    is bit-identical to an uninterrupted run. A checkpoint of another run raises ``ValueError``.
+    (The fingerprint names a callable optimizer by its qualified name only: use a fresh directory
+    when you change its code.)
+
+    Args:
+      config: the :class:`TrainConfig`.
+      data: as for :func:`train_fn`.
+      hparams: concrete hyperparameters (validated by the transforms they build).
+      key: the run's PRNG key (``jax.random.key(seed)``).
+      checkpoint_dir: directory of the checkpoint, or None.
+      checkpoint_every: records between checkpoints.
+      progress: show a progress bar (None: only on a terminal).
+      callback: called after each record with its index and NumPy values.
+
+    Returns:
+      A :class:`History`.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if (
+        isinstance(checkpoint_every, bool)
+        or not isinstance(checkpoint_every, numbers.Integral)
+        or (checkpoint_every < 1)
+    ):
+        raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
+    hparams = {} if hparams is None else dict(hparams)
+    d = _as_data(data)
+    tx = build_optimizer(config, hparams)  # concrete values: validated here
+    state = init_state(config, d.x, key, hparams, tx)
+    names = _optim.layer_names(state.params)
+    traced, static = _split_hparams(hparams)
+    block = functools.partial(_jit_block(config, static), hparams=traced, data=d)
+    records: dict[str, list[np.ndarray]] = {}
+    dstep: int | None = None
+    done = 0
+    ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
+    fp = _fingerprint(config, d, hparams, key)
+    if ckpt is not None and ckpt.exists():
+        state, saved, dstep, saved_fp = load_checkpoint(ckpt, state)
+        if saved_fp != fp:
+            raise ValueError(
+                f"{ckpt} holds a different run (config, data, hparams or key differ); use a "
+                "fresh checkpoint_dir or delete it"
+            )
+        records = {k: list(v) for k, v in saved.items()}
+        done = len(next(iter(records.values()))) if records else 0
+
+    def save():
+        if ckpt is not None:
+            save_checkpoint(ckpt, state, metrics=_stack(records), diverged_step=dstep,
+                            fingerprint=fp)  # fmt: skip
+
+    total = config.num_records
+    bar = tqdm(
+        total=config.steps,
+        initial=done * config.record_every,
+        disable=(None if progress is None else not progress),
+        unit="step",
+        leave=False,
+    )
+    carry = (state, jnp.full((), -1 if dstep is None else dstep, jnp.int32))
+    try:
+        for r in range(done, total if dstep is None else done):
+            carry, record = block(carry)
+            state = carry[0]
+            record = jax.device_get(record)
+            for k, v in record.items():
+                records.setdefault(k, []).append(np.asarray(v))
+            d_now = int(carry[1])
+            bar.update(config.record_every)
+            if "loss" in record:
+                bar.set_postfix(loss=f"{float(record['loss']):.4g}")
+            if d_now >= 0:
+                dstep = d_now
+                if not bar.disable:
+                    bar.write(f"gradflow.training.fit: diverged at step {dstep}; stopping the run")
+            if callback is not None:
+                callback(r, record)
+            if dstep is not None or (r + 1) % checkpoint_every == 0 or r + 1 == total:
+                save()
+            if dstep is not None:
+                break
+    finally:
+        bar.close()
+    metrics = _stack(records)
+    n = len(next(iter(metrics.values()))) if metrics else 0
+    return History(
+        steps=record_steps(config)[:n],
+        metrics=metrics,
+        layer_names=names,
+        diverged_step=dstep,
+        state=state,
+    )
+
+
+def _split_hparams(hparams: Mapping[str, Any]) -> tuple[dict[str, Array], tuple]:
+    """Numeric hyperparameters (passed traced, so one compilation serves every value) and the
+    others (static, part of the compilation key)."""
+    traced, static = {}, []
+    for k, v in hparams.items():
+        if isinstance(v, numbers.Number | np.ndarray | jax.Array) and not isinstance(v, bool):
+            traced[k] = jnp.asarray(v)
+        else:
+            static.append((k, v))
+    return traced, tuple(sorted(static))
+
+
+@functools.lru_cache(maxsize=64)
+def _jit_block(config: TrainConfig, static: tuple) -> Callable:
+    """One jitted block per (config, static hyperparameters); data and numeric hyperparameters
+    are arguments, so repeated or resumed :func:`fit` calls do not recompile."""
+
+    def run(carry, hparams, data):
+        hp = {**hparams, **dict(static)}
+        return _make_block(config, data, build_optimizer(config, hp))(carry)
+
+    return jax.jit(run)
+
+
+def _stack(records: Mapping[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.stack(v) for k, v in records.items() if len(v)}

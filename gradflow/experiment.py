@@ -219,13 +219,25 @@ def layout(name: str, mode: str, root: str | os.PathLike = ".") -> Layout:
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file and :func:`os.replace` (atomic)."""
+    """Write ``text`` to ``path`` via a temporary file and :func:`os.replace` (atomic).
+
+    Under :func:`jax.distributed.initialize` only process 0 writes (every process runs an
+    experiment's sweeps; one writes its outputs); the path is returned either way.
+    """
     path = Path(path)
+    if _process_index() != 0:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def _process_index() -> int:
+    import jax
+
+    return jax.process_index()
 
 
 def fmt(x: Any, digits: int = 3) -> str:

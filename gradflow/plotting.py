@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,10 @@ __all__ = [
     "savefig",
     "style",
 ]
+
+# fontTools (used by matplotlib's PDF backend to subset fonts) logs a warning about the font
+# files' old 'created' timestamps on every save: noise, not a problem with the figure.
+logging.getLogger("fontTools").setLevel(logging.ERROR)
 
 #: Okabe-Ito colour-blind-safe palette (black last: reserved for theory overlays).
 COLORS: tuple[str, ...] = (
@@ -158,9 +163,13 @@ def savefig(fig, path_stem: str | os.PathLike, *, formats: Sequence[str] = ("pdf
 
     Returns the list of written paths. The figure is closed afterwards.
     """
+    import jax
     import matplotlib.pyplot as plt
 
     stem = Path(path_stem)
+    if jax.process_index() != 0:  # several hosts: process 0 alone writes
+        plt.close(fig)
+        return []
     if stem.suffix in (".pdf", ".png"):
         stem = stem.with_suffix("")
     stem.parent.mkdir(parents=True, exist_ok=True)

@@ -868,7 +868,8 @@ def run(
     bar = tqdm(
         total=n_groups * n_chunks,
         initial=int(done.sum()),
-        disable=not (progress and lead),
+        # None: tqdm hides the bar when stderr is not a terminal (logs, CI) instead of redrawing
+        disable=None if (progress and lead) else True,
         desc=name or "sweep",
         unit="chunk",
         dynamic_ncols=True,

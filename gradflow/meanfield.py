@@ -1,1 +1,1130 @@
-"""gradflow.meanfield (being written)."""
+r"""Mean-field signal propagation: q-map, c-map, :math:`\chi_1`, depth scales, the critical line.
+
+A wide fully connected net with :math:`N` units per layer, weights
+:math:`W_{ij} \sim N(0, \sigma_w^2/N)` and biases :math:`b_i \sim N(0, \sigma_b^2)`,
+
+.. math::
+
+    h^1 = W^1 x + b^1, \qquad h^{l+1} = W^{l+1} \phi(h^l) + b^{l+1},
+
+has Gaussian pre-activations in the limit :math:`N \to \infty` (Poole et al. 2016). With
+``sw2`` :math:`= \sigma_w^2 = N \operatorname{Var}(W)`, ``sb2`` :math:`= \sigma_b^2 =
+\operatorname{Var}(b)` and :math:`z, z_1, z_2` independent standard normals, the length of one
+input and the correlation of two evolve by
+
+.. math::
+
+    q^{l+1} &= \sigma_w^2\, E[\phi(\sqrt{q^l} z)^2] + \sigma_b^2
+      \qquad \text{(q-map, fixed point } q^*\text{)} \\
+    c^{l+1} &= \frac{\sigma_w^2\, E[\phi(u_1)\phi(u_2)] + \sigma_b^2}{q^{l+1}}, \quad
+      u_1 = \sqrt{q} z_1,\ u_2 = \sqrt{q}\,(c z_1 + \sqrt{1-c^2} z_2)
+      \qquad \text{(c-map, fixed point } c^*\text{)}
+
+and the stability of those fixed points sets how deep signals and gradients travel
+(Schoenholz et al. 2017):
+
+.. math::
+
+    \chi_1 &= \sigma_w^2\, E[\phi'(\sqrt{q^*} z)^2], \qquad
+    \chi_c = \sigma_w^2\, E[\phi'(u_1^*)\phi'(u_2^*)] \ (= \chi_1 \text{ when } c^* = 1), \\
+    \xi_c &= -1/\log \chi_c, \qquad
+    \xi_q = -1/\log\bigl(\chi_1 + \sigma_w^2\, E[\phi''(\sqrt{q^*} z)\,\phi(\sqrt{q^*} z)]\bigr), \\
+    \tilde q^l &= \tilde q^{l+1}\, \sigma_w^2 E[\phi'(\sqrt{q^l} z)^2]
+      \ (= \tilde q^{l+1} \chi_1 \text{ at } q^*)
+      \qquad \text{(backward: } \tilde q^l = E[(\partial C/\partial h^l_i)^2]\text{)}.
+
+:math:`\chi_1 < 1` is the ordered phase (gradients vanish like :math:`\chi_1^L`, :math:`c^* = 1`),
+:math:`\chi_1 > 1` the chaotic phase (gradients explode, :math:`c^* < 1`); on the critical line
+:math:`\chi_1 = 1` the depth scale :math:`\xi_c` diverges, and Schoenholz et al. find tanh nets
+trainable only when the depth :math:`L \lesssim 6\xi_c`. Closed forms: tanh with
+:math:`\sigma_b^2 = 0` is critical at :math:`\sigma_w^2 = 1`; ReLU has
+:math:`\chi_1 = \sigma_w^2/2` and :math:`q^* = \sigma_b^2/(1 - \sigma_w^2/2)`, critical at
+:math:`\sigma_w^2 = 2` (:func:`relu_q_star`, :func:`relu_chi1`, :func:`relu_c_map`).
+
+How the Gaussian integrals are computed
+---------------------------------------
+A *split* (half-range) Gauss-Hermite rule: :math:`E[f(z)] = \int_0^\infty [f(r) + f(-r)]
+\tfrac{e^{-r^2/2}}{\sqrt{2\pi}} dr`, with the ``order``-point Gauss rule for the weight
+:math:`e^{-r^2/2}` on :math:`[0, \infty)` (nodes and weights from the rule's three-term
+recurrence, computed once per order in float64 by a discretised Stieltjes/Lanczos procedure and
+Golub-Welsch; :func:`gaussian_rule`). Why not the full-line ``numpy.polynomial.hermite_e`` rule?
+
+* **Kinks.** relu, leaky_relu, elu and selu (``Activation.kinks == (0.0,)``) are smooth on each
+  half-line, so splitting at 0 makes every integrand smooth on its interval and the rule converges
+  spectrally (it integrates piecewise polynomials with a break at 0 exactly); full-line
+  Gauss-Hermite converges only algebraically across a kink.
+* **Saturation.** :math:`\tanh(\sqrt q z)` has poles at :math:`z = \pm i\pi/(2\sqrt q)`, close to
+  the real axis when :math:`q` is large; the half-range nodes cluster at 0 where the integrand
+  varies. Measured in float64 against ``scipy.integrate.quad``: for :math:`E[\operatorname{sech}^4
+  (2z)]` (:math:`\chi_1` of tanh at :math:`q = 4`) full-line hermite_e with 201 nodes errs by
+  :math:`1.2\times10^{-6}`, the split rule with :math:`2\times64` nodes by :math:`10^{-15}`; at
+  :math:`q = 30` the split rule (``order=64``) is still within :math:`3\times10^{-10}`.
+
+Only kinks at 0 are supported (all registered activations); an activation with a kink elsewhere
+raises ``ValueError``. The two-dimensional c-map integrals use polar coordinates
+:math:`(z_1, z_2) = r(\cos\theta, \sin\theta)`, in which :math:`u_1 = \sqrt q\, r\cos\theta`
+and :math:`u_2 = \sqrt q\, r \cos(\theta - \theta_0)` with :math:`\cos\theta_0 = c`: the kink
+lines :math:`u_1 = 0` and :math:`u_2 = 0` are the four rays
+:math:`\theta \in \{\pi/2, 3\pi/2, \theta_0 + \pi/2, \theta_0 + 3\pi/2\}`, so the angle is
+split into the four arcs between them (Gauss-Legendre, ``order_2d // 2`` nodes each) and the
+radius uses the half-range rule for the weight :math:`r e^{-r^2/2}` (``order_2d`` nodes). Every
+piece is smooth, for kinked and saturating activations alike (relative error :math:`< 10^{-11}`
+for tanh, relu and elu at :math:`q \le 4` with the default ``order_2d=48``).
+
+Fixed points and transforms
+---------------------------
+:math:`q^*` is found by a fixed number (``num_iters``) of safeguarded Newton steps on
+:math:`F(q) - q` starting from ``q0`` (a plain map step :math:`q \leftarrow F(q)` wherever Newton
+would not contract or would leave :math:`q > 0`), so it is the attracting fixed point that the
+network itself reaches from an input of length ``q0``. Where the iterates keep growing
+(:math:`F'(q) > 1`, e.g. ReLU with :math:`\sigma_w^2 > 2` and :math:`\sigma_b^2 > 0`) there is
+no finite fixed point and ``q_star`` is ``inf`` (and :math:`\chi_1`, :math:`\xi` are ``nan``).
+:math:`c^*` uses Newton on the c-map from :math:`c = 0`, which converges monotonically because the
+c-map is convex and increasing on :math:`[0, 1]` (its Mehler expansion has non-negative
+coefficients); in the ordered phase :math:`c^* = 1`. The critical line is found by bisection
+in :math:`\log\sigma_w^2` with a fixed number of steps. All loops are ``lax.fori_loop`` with
+static trip counts, so every function is jit-compiled, vmappable and differentiable;
+derivatives of :math:`q^*`, :math:`c^*` and the critical :math:`\sigma_w^2` are those of the
+implicit function theorem (:math:`dq^*/d\theta = \partial_\theta F / (1 - F'(q^*))`), not
+derivatives of the unrolled loop.
+
+Inputs broadcast against each other (``q_star(sw2_array, 0.05, "tanh")``); the dtype is that of
+the inputs (float32 unless x64 is enabled; pass float64 under ``jax.enable_x64`` for the
+:math:`10^{-8}` accuracy above). Bad input (negative or non-finite variances, ``q <= 0``,
+``|c| > 1``, an unknown activation) raises ``ValueError`` when the inputs are concrete; under
+``jit``/``vmap`` tracing the value checks are skipped, because a traced value cannot raise.
+
+Usage::
+
+    gf.meanfield.q_star(1.5, 0.05, "tanh")           # fixed point of the q-map
+    gf.meanfield.chi1(1.5, 0.05, "tanh")             # > 1: chaotic, gradients explode
+    gf.meanfield.depth_scales(1.5, 0.05, "tanh")     # DepthScales(xi_q, xi_c)
+    gf.meanfield.critical_sw2(jnp.linspace(0, 0.3, 4), "tanh")   # 1.0 at sb2 = 0
+    pd = gf.meanfield.phase_diagram(jnp.linspace(0.5, 4, 200), jnp.linspace(0, 0.3, 200), "tanh")
+    th = gf.meanfield.propagate(1.5, 0.05, "tanh", depth=20)       # q_l, c_l, gradient variance
+    ms = gf.meanfield.measure_propagation(key, 1.5, 0.05, "tanh", width=1000, depth=20)
+
+References:
+  B. Poole, S. Lahiri, M. Raghu, J. Sohl-Dickstein, S. Ganguli, "Exponential expressivity in deep
+  neural networks through transient chaos", NeurIPS 2016.
+  S. Schoenholz, J. Gilmer, S. Ganguli, J. Sohl-Dickstein, "Deep information propagation",
+  ICLR 2017.
+  J. Pennington, S. Schoenholz, S. Ganguli, "Resurrecting the sigmoid in deep learning through
+  dynamical isometry: theory and practice", NeurIPS 2017 (:func:`critical_point`).
+  G. Golub, J. Welsch, "Calculation of Gauss quadrature rules", Math. Comp. 1969;
+  W. Gautschi, *Orthogonal Polynomials: Computation and Approximation*, 2004 (the rules).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpy.polynomial import legendre
+
+from gradflow import activations as _activations
+from gradflow import initializers as _initializers
+
+__all__ = [
+    "DEFAULT_ORDER",
+    "DEFAULT_ORDER_2D",
+    "DepthScales",
+    "PhaseDiagram",
+    "Propagation",
+    "c_map",
+    "c_star",
+    "chi1",
+    "chi_c",
+    "critical_point",
+    "critical_sw2",
+    "depth_scales",
+    "gaussian_expectation",
+    "gaussian_rule",
+    "measure_propagation",
+    "phase_diagram",
+    "propagate",
+    "q_map",
+    "q_star",
+    "relu_c_map",
+    "relu_chi1",
+    "relu_q_star",
+]
+
+Array = jax.Array
+ActivationLike = str | _activations.Activation
+
+#: Nodes per half-line of the one-dimensional Gaussian rule (``2 * order`` nodes in all).
+DEFAULT_ORDER = 64
+#: Radial nodes of the two-dimensional (polar) rule; ``order_2d // 2`` angular nodes per arc.
+DEFAULT_ORDER_2D = 48
+
+_TWO_PI = 2.0 * math.pi
+
+
+# --- quadrature rules (numpy float64, computed once per order) -----------------------------------
+
+
+@functools.cache
+def _half_range_rule(order: int, power: int) -> tuple[np.ndarray, np.ndarray]:
+    r"""Gauss rule for :math:`\int_0^\infty g(r)\, r^{p} e^{-r^2/2}\, dr` (``power`` = p).
+
+    The recurrence coefficients of the orthogonal polynomials come from the discretised Stieltjes
+    procedure (Lanczos with full re-orthogonalisation) applied to a composite 24-point
+    Gauss-Legendre discretisation of the weight on [0, 40] (the weight is below 1e-300 beyond);
+    nodes and weights then follow from the Jacobi matrix (Golub-Welsch).
+    """
+    x, w = legendre.leggauss(24)
+    panels, length = 300, 40.0
+    h = length / panels
+    r = (np.arange(panels)[:, None] * h + (x[None, :] + 1.0) * h / 2).ravel()
+    wt = np.tile(w * h / 2, panels) * r**power * np.exp(-0.5 * r * r)
+    mass = wt.sum()
+    basis = np.zeros((order, r.size))
+    basis[0] = np.sqrt(wt / mass)
+    alpha = np.zeros(order)
+    beta = np.zeros(max(order - 1, 0))
+    for k in range(order):
+        v = r * basis[k]
+        alpha[k] = basis[k] @ v
+        for _ in range(2):  # full re-orthogonalisation, twice is enough
+            v -= basis[: k + 1].T @ (basis[: k + 1] @ v)
+        if k + 1 < order:
+            beta[k] = np.linalg.norm(v)
+            basis[k + 1] = v / beta[k]
+    jacobi = np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)
+    nodes, vecs = np.linalg.eigh(jacobi)
+    return nodes, mass * vecs[0] ** 2
+
+
+def _check_order(name: str, order: Any) -> int:
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 2:
+        raise ValueError(f"{name} must be an integer >= 2, got {order!r}")
+    return int(order)
+
+
+def gaussian_rule(order: int = DEFAULT_ORDER) -> tuple[np.ndarray, np.ndarray]:
+    r"""The split (half-range) Gauss-Hermite rule: :math:`E[f(z)] \approx \sum_i w_i f(z_i)`.
+
+    ``2 * order`` nodes, symmetric (:math:`\pm r_i`, the Gauss nodes for the weight
+    :math:`e^{-r^2/2}` on :math:`[0,\infty)`), none at 0; the weights sum to 1. Exact for
+    polynomials of degree :math:`< 2\,\text{order}` on each half-line separately, so for kinked
+    functions with a kink at 0 as well. float64 numpy arrays, computed once per order.
+    """
+    order = _check_order("order", order)
+    r, w = _half_range_rule(order, 0)
+    w = w / math.sqrt(_TWO_PI)
+    return np.concatenate([-r[::-1], r]), np.concatenate([w[::-1], w])
+
+
+@functools.cache
+def _legendre_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return legendre.leggauss(n)
+
+
+def _rule_1d(order: int, dtype) -> tuple[Array, Array]:
+    z, w = gaussian_rule(order)
+    return jnp.asarray(z, dtype), jnp.asarray(w, dtype)
+
+
+def _safe_sqrt(q: Array) -> Array:
+    # sqrt(q) with a finite (zero) derivative at q = 0, where the q-derivative of a Gaussian
+    # expectation is a 0 * inf limit that autodiff cannot take. At q = 0 the scale is 1e-30, not
+    # 0, so that a kinked integrand takes its one-sided limits (f(0+) + f(0-)) / 2, the q -> 0+
+    # limit of E[f(sqrt(q) z)], instead of the value at the kink.
+    pos = q > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, q, 1.0)), 1e-30)
+
+
+def _expect(q: Array, order: int, *fs: Callable[[Array], Array]) -> list[Array]:
+    """E[f(sqrt(q) z)] for each f, broadcasting over q (the rule on a new trailing axis)."""
+    z, w = _rule_1d(order, q.dtype)
+    u = _safe_sqrt(q)[..., None] * z
+    return [jnp.sum(w * f(u), axis=-1) for f in fs]
+
+
+def _expect_2d(q: Array, c: Array, order_2d: int, *pairs: tuple[Callable, Callable]) -> list[Array]:
+    """E[f(u1) g(u2)] for each pair (f, g): polar rule split at the four kink rays."""
+    dtype = q.dtype
+    r, wr = _half_range_rule(order_2d, 1)  # weights sum to 1 = int_0^inf r e^{-r^2/2} dr
+    x, wx = _legendre_rule(max(order_2d // 2, 2))
+    r, wr = jnp.asarray(r, dtype), jnp.asarray(wr / _TWO_PI, dtype)
+    x, wx = jnp.asarray(x, dtype), jnp.asarray(wx, dtype)
+    c = jnp.clip(c, -1.0, 1.0)
+    t0 = jnp.arccos(c)
+    half_pi = jnp.asarray(0.5 * math.pi, dtype)
+    rays = jnp.stack(
+        jnp.broadcast_arrays(
+            half_pi, 3 * half_pi, t0 + half_pi, jnp.mod(t0 + 3 * half_pi, _TWO_PI)
+        ),
+        axis=-1,
+    )
+    start = jnp.sort(rays, axis=-1)
+    end = jnp.concatenate([start[..., 1:], start[..., :1] + _TWO_PI], axis=-1)
+    half = 0.5 * (end - start)  # (..., 4)
+    theta = start[..., None] + (x + 1.0) * half[..., None]  # (..., 4, n_theta)
+    w_theta = wx * half[..., None]
+    scale = _safe_sqrt(q)[..., None, None, None]
+    u1 = scale * jnp.cos(theta)[..., None] * r  # (..., 4, n_theta, n_r)
+    u2 = scale * jnp.cos(theta - t0[..., None, None])[..., None] * r
+    weight = w_theta[..., None] * wr
+    return [jnp.sum(weight * f(u1) * g(u2), axis=(-3, -2, -1)) for f, g in pairs]
+
+
+def gaussian_expectation(
+    f: Callable[[Array], Array], q: Any = 1.0, *, order: int = DEFAULT_ORDER
+) -> Array:
+    r""":math:`E_{z \sim N(0,1)}[f(\sqrt{q}\, z)]` by the split Gauss-Hermite rule.
+
+    Args:
+      f: elementwise function, smooth on each half-line (a kink at 0 is fine).
+      q: variance :math:`q \ge 0`, any shape; the result has its shape.
+      order: nodes per half-line (:func:`gaussian_rule`).
+    """
+    order = _check_order("order", order)
+    q = _as_float(q)
+    _check_nonneg("q", q, "a variance")
+    return _expect(q, order, f)[0]
+
+
+# --- input handling ------------------------------------------------------------------------------
+
+
+class _Static:
+    """An Activation as a jit static argument, keyed also on its functions (see analytic)."""
+
+    __slots__ = ("act",)
+
+    def __init__(self, act: _activations.Activation):
+        self.act = act
+
+    def __hash__(self) -> int:
+        return hash((self.act, id(self.act.fn), id(self.act.grad), id(self.act.grad2)))
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _Static)
+            and self.act == other.act
+            and self.act.fn is other.act.fn
+            and self.act.grad is other.act.grad
+            and self.act.grad2 is other.act.grad2
+        )
+
+
+def _resolve(activation: ActivationLike) -> _Static:
+    if isinstance(activation, _activations.Activation):
+        act = activation
+    elif isinstance(activation, str):
+        act = _activations.get(activation)  # ValueError naming the valid names
+    else:
+        raise TypeError(
+            "activation must be a name from gradflow.activations.names() or an Activation, "
+            f"got {type(activation).__name__}"
+        )
+    if any(k != 0.0 for k in act.kinks):
+        raise ValueError(
+            f"gradflow.meanfield splits its Gaussian integrals at 0 only; activation "
+            f"{act.name!r} has kinks at {act.kinks}"
+        )
+    return _Static(act)
+
+
+def _as_float(x: Any) -> Array:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    return x
+
+
+def _concrete(x: Any) -> np.ndarray | None:
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError, TypeError):
+        return None
+
+
+def _first_bad(host: np.ndarray, bad: np.ndarray) -> str:
+    return f"{host[bad].flat[0]!r}" if host.ndim else f"{float(host)!r}"
+
+
+def _check_nonneg(name: str, x: Any, meaning: str) -> None:
+    host = _concrete(x)
+    if host is None:
+        return
+    bad = ~(np.isfinite(host) & (host >= 0))
+    if bad.any():
+        raise ValueError(f"{name} ({meaning}) must be finite and >= 0, got {_first_bad(host, bad)}")
+
+
+def _check_positive(name: str, x: Any, meaning: str) -> None:
+    host = _concrete(x)
+    if host is None:
+        return
+    bad = ~(np.isfinite(host) & (host > 0))
+    if bad.any():
+        raise ValueError(f"{name} ({meaning}) must be finite and > 0, got {_first_bad(host, bad)}")
+
+
+def _check_correlation(name: str, x: Any) -> None:
+    host = _concrete(x)
+    if host is None:
+        return
+    bad = ~(np.isfinite(host) & (np.abs(host) <= 1))
+    if bad.any():
+        raise ValueError(f"{name} (a correlation) must lie in [-1, 1], got {_first_bad(host, bad)}")
+
+
+def _check_int(name: str, x: Any, minimum: int = 1) -> int:
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {x!r}")
+    return int(x)
+
+
+def _variances(sw2: Any, sb2: Any, *more: Any) -> tuple[Array, ...]:
+    _check_nonneg("sw2", sw2, "sigma_w^2 = N Var(W)")
+    _check_nonneg("sb2", sb2, "sigma_b^2 = Var(b)")
+    arrays = [_as_float(a) for a in (sw2, sb2, *more)]
+    dtype = jnp.result_type(*arrays)
+    return tuple(jnp.broadcast_arrays(*(a.astype(dtype) for a in arrays)))
+
+
+# --- the maps ------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _kink_delta(static: _Static) -> float:
+    """(phi'(0+) - phi'(0-)) phi(0): the weight of the delta in E[phi'' phi] at a kink at 0."""
+    act = static.act
+    if not act.kinks:
+        return 0.0
+    tiny = np.float32(1e-30)
+    with jax.ensure_compile_time_eval():  # called while tracing: evaluate eagerly
+        jump = float(act.grad(tiny)) - float(act.grad(-tiny))
+        return jump * float(act.fn(np.float32(0.0)))
+
+
+def _q_map_and_slope(q: Array, sw2: Array, sb2: Array, static: _Static, order: int):
+    r"""F(q) = sw2 E[phi^2] + sb2 and F'(q) = sw2 E[phi'^2 + phi phi''] (+ kink delta)."""
+    act = static.act
+    e_phi2, e_dphi2, e_phi_d2 = _expect(
+        q,
+        order,
+        lambda u: act.fn(u) ** 2,
+        lambda u: act.grad(u) ** 2,
+        lambda u: act.fn(u) * act.grad2(u),
+    )
+    slope = e_dphi2 + e_phi_d2
+    delta = _kink_delta(static)
+    if delta:
+        pos = q > 0
+        slope = slope + jnp.where(
+            pos, delta / jnp.sqrt(_TWO_PI * jnp.where(pos, q, 1.0)), jnp.sign(delta) * jnp.inf
+        )
+    return sw2 * e_phi2 + sb2, sw2 * slope, sw2 * e_dphi2
+
+
+def _tolerance(dtype) -> float:
+    return float(np.sqrt(np.finfo(dtype).eps))
+
+
+def _q_star_core(sw2, sb2, q0, static, order, num_iters):
+    """Returns (q*, chi1, chi_q) with implicit-function derivatives for q*."""
+
+    sw2_, sb2_ = jax.lax.stop_gradient(sw2), jax.lax.stop_gradient(sb2)
+
+    def step(_, q):
+        f, slope, _ = _q_map_and_slope(q, sw2_, sb2_, static, order)
+        d = slope - 1.0
+        contracting = d < 0
+        newton = q - (f - q) / jnp.where(contracting, d, -1.0)
+        # Newton below 0 happens only when F is convex and its attracting fixed point is 0.
+        q_new = jnp.where(contracting & jnp.isfinite(newton), jnp.maximum(newton, 0.0), f)
+        return jnp.where(jnp.isfinite(q_new), q_new, q)
+
+    q = jax.lax.fori_loop(0, num_iters, step, jax.lax.stop_gradient(q0))
+    f, slope, _ = _q_map_and_slope(q, sw2, sb2, static, order)
+    f_, slope_ = jax.lax.stop_gradient(f), jax.lax.stop_gradient(slope)
+    tol = _tolerance(q.dtype)
+    # (A length below 1e-30 counts as 0: the rule evaluates q = 0 at the scale 1e-30.)
+    big = jnp.maximum(q, f_)
+    converged = ((jnp.abs(f_ - q) <= tol * big) | (big <= 1e-30)) & (slope_ <= 1.0 + tol)
+    # Implicit function theorem: dq*/dtheta = dF/dtheta / (1 - F'(q*)); the value stays q.
+    denom = 1.0 - slope_
+    q_impl = q + (f - f_) / jnp.where(denom > 0, denom, jnp.inf)
+    # chi1 and chi_q at q*, with q* carrying its derivative.
+    _, slope_star, chi = _q_map_and_slope(q_impl, sw2, sb2, static, order)
+    nan = jnp.asarray(jnp.nan, q.dtype)
+    q_out = jnp.where(converged, q_impl, jnp.where(f_ > q, jnp.inf, nan))
+    return q_out, jnp.where(converged, chi, nan), jnp.where(converged, slope_star, nan)
+
+
+def _c_map_core(c, q, sw2, sb2, static, order, order_2d):
+    """(c_{l+1}, chi_c(c) = d c_{l+1} / d c) for two inputs of length q."""
+    act = static.act
+    e_pp, e_dd = _expect_2d(q, c, order_2d, (act.fn, act.fn), (act.grad, act.grad))
+    q_next = _q_map_and_slope(q, sw2, sb2, static, order)[0]
+    return (sw2 * e_pp + sb2) / q_next, sw2 * e_dd * q / q_next
+
+
+def _c_star_core(q_s, chi1_, sw2, sb2, static, order, order_2d, num_iters):
+    """c* by Newton from c = 0 (monotone: the c-map is convex and increasing on [0, 1])."""
+    finite = jnp.isfinite(q_s) & (q_s > 0)
+    q = jnp.where(finite, q_s, 1.0)
+    q_, sw2_, sb2_ = (jax.lax.stop_gradient(a) for a in (q, sw2, sb2))
+
+    def step(_, c):
+        f, slope = _c_map_core(c, q_, sw2_, sb2_, static, order, order_2d)
+        d = slope - 1.0
+        contracting = d < 0
+        newton = c - (f - c) / jnp.where(contracting, d, -1.0)
+        c_new = jnp.where(contracting & jnp.isfinite(newton), newton, f)
+        return jnp.clip(c_new, -1.0, 1.0)
+
+    c = jax.lax.fori_loop(0, num_iters, step, jnp.zeros_like(q_))
+    f, slope = _c_map_core(c, q, sw2, sb2, static, order, order_2d)
+    f_, slope_ = jax.lax.stop_gradient(f), jax.lax.stop_gradient(slope)
+    denom = 1.0 - slope_
+    c_impl = c + (f - f_) / jnp.where(denom > 0, denom, jnp.inf)
+    chi_c_val = _c_map_core(c_impl, q, sw2, sb2, static, order, order_2d)[1]
+    ordered = chi1_ <= 1.0
+    nan = jnp.asarray(jnp.nan, q.dtype)
+    c_out = jnp.where(ordered, 1.0, jnp.where(finite, c_impl, nan))
+    chi_c_out = jnp.where(ordered, chi1_, jnp.where(finite, chi_c_val, nan))
+    return c_out, chi_c_out
+
+
+def _neg_inv_log(x: Array) -> Array:
+    # xi = -1 / log(chi): inf at chi = 1, 0 at chi = 0.
+    safe = jnp.where(x > 0, x, 1.0)
+    return jnp.where(x > 0, -1.0 / jnp.log(safe), 0.0)
+
+
+# --- jitted cores (activation and orders static) -------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _q_map_jit(q, sw2, sb2, static, order):
+    return _q_map_and_slope(q, sw2, sb2, static, order)[0]
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _c_map_jit(c, q, sw2, sb2, static, order, order_2d):
+    return _c_map_core(c, q, sw2, sb2, static, order, order_2d)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _q_star_jit(sw2, sb2, q0, static, order, num_iters):
+    return _q_star_core(sw2, sb2, q0, static, order, num_iters)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _chi1_at_q_jit(q, sw2, static, order):
+    (e_dphi2,) = _expect(q, order, lambda u: static.act.grad(u) ** 2)
+    return sw2 * e_dphi2
+
+
+def _summary(sw2, sb2, q0, static, order, order_2d, num_iters, num_iters_c):
+    q_s, chi1_, chi_q = _q_star_core(sw2, sb2, q0, static, order, num_iters)
+    c_s, chi_c_ = _c_star_core(q_s, chi1_, sw2, sb2, static, order, order_2d, num_iters_c)
+    return {
+        "q_star": q_s,
+        "c_star": c_s,
+        "chi1": chi1_,
+        "chi_c": chi_c_,
+        "xi_q": jnp.where(jnp.isnan(chi_q), jnp.nan, _neg_inv_log(chi_q)),
+        "xi_c": jnp.where(jnp.isnan(chi_c_), jnp.nan, _neg_inv_log(chi_c_)),
+    }
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
+def _summary_jit(sw2, sb2, q0, static, order, order_2d, num_iters, num_iters_c, batch_size):
+    shape = sw2.shape
+    flat = [a.reshape(-1) for a in (sw2, sb2, q0)]
+    if batch_size and flat[0].size > batch_size:
+        out = jax.lax.map(
+            lambda args: _summary(*args, static, order, order_2d, num_iters, num_iters_c),
+            tuple(flat),
+            batch_size=batch_size,
+        )
+    else:
+        out = _summary(*flat, static, order, order_2d, num_iters, num_iters_c)
+    return {k: v.reshape(shape) for k, v in out.items()}
+
+
+# --- public API ----------------------------------------------------------------------------------
+
+
+def q_map(
+    q: Any, sw2: Any, sb2: Any, activation: ActivationLike, *, order: int = DEFAULT_ORDER
+) -> Array:
+    r"""One step of the length map, :math:`q^{l+1} = \sigma_w^2 E[\phi(\sqrt{q^l} z)^2] +
+    \sigma_b^2` (Poole et al. 2016, eq. 3).
+
+    Args:
+      q: pre-activation variance :math:`q^l > 0`.
+      sw2: :math:`\sigma_w^2 = N\operatorname{Var}(W) \ge 0`.
+      sb2: :math:`\sigma_b^2 = \operatorname{Var}(b) \ge 0`.
+      activation: a name from :func:`gradflow.activations.names` or an ``Activation``.
+      order: nodes per half-line of the Gaussian rule.
+
+    Returns:
+      :math:`q^{l+1}`, the broadcast shape of the inputs.
+    """
+    static = _resolve(activation)
+    order = _check_order("order", order)
+    _check_positive("q", q, "a pre-activation variance")
+    sw2, sb2, q = _variances(sw2, sb2, q)
+    return _q_map_jit(q, sw2, sb2, static, order)
+
+
+def c_map(
+    c: Any,
+    q: Any,
+    sw2: Any,
+    sb2: Any,
+    activation: ActivationLike,
+    *,
+    order: int = DEFAULT_ORDER,
+    order_2d: int = DEFAULT_ORDER_2D,
+) -> Array:
+    r"""One step of the correlation map for two inputs of equal length :math:`q` (Poole et al.
+    2016, eq. 5):
+
+    .. math::
+
+        c^{l+1} = \frac{\sigma_w^2 E[\phi(u_1)\phi(u_2)] + \sigma_b^2}{q^{l+1}}, \quad
+        u_1 = \sqrt q z_1,\ u_2 = \sqrt q (c z_1 + \sqrt{1-c^2} z_2),
+
+    with :math:`q^{l+1}` = :func:`q_map` of :math:`q` (at :math:`q = q^*`, :math:`c = 1` is a
+    fixed point). Integrated in polar coordinates split at the kink rays (module docstring).
+
+    Args:
+      c: correlation in :math:`[-1, 1]`; q: the common length :math:`q > 0`;
+      sw2, sb2, activation, order: as in :func:`q_map`; order_2d: radial nodes of the polar rule.
+    """
+    static = _resolve(activation)
+    order = _check_order("order", order)
+    order_2d = _check_order("order_2d", order_2d)
+    _check_correlation("c", c)
+    _check_positive("q", q, "a pre-activation variance")
+    sw2, sb2, q, c = _variances(sw2, sb2, q, c)
+    return _c_map_jit(c, q, sw2, sb2, static, order, order_2d)[0]
+
+
+def q_star(
+    sw2: Any,
+    sb2: Any,
+    activation: ActivationLike,
+    *,
+    q0: Any = 1.0,
+    order: int = DEFAULT_ORDER,
+    num_iters: int = 64,
+) -> Array:
+    r"""The fixed point :math:`q^* = \sigma_w^2 E[\phi(\sqrt{q^*} z)^2] + \sigma_b^2` reached from
+    :math:`q^0` = ``q0``.
+
+    Safeguarded Newton on :math:`F(q) - q` with :math:`F'(q) = \sigma_w^2 E[\phi'^2 +
+    \phi\phi'']` (plus :math:`\sigma_w^2 (\phi'(0^+)-\phi'(0^-))\phi(0)/\sqrt{2\pi q}` at a kink),
+    ``num_iters`` steps. ``inf`` where the length grows without bound (no finite fixed point, e.g.
+    ReLU with :math:`\sigma_w^2 > 2, \sigma_b^2 > 0`); 0 (to rounding) where the attracting
+    fixed point is 0 (odd activations with :math:`\sigma_b^2 = 0` in the ordered phase). ReLU:
+    :math:`q^* = \sigma_b^2 / (1 - \sigma_w^2/2)` (:func:`relu_q_star`).
+    Differentiable (implicit-function derivative :math:`\partial_\theta F / (1 - F'(q^*))`).
+
+    Args:
+      sw2, sb2: broadcastable arrays of :math:`\sigma_w^2, \sigma_b^2 \ge 0`.
+      activation: name or ``Activation``.
+      q0: starting length :math:`> 0`; order: Gaussian rule; num_iters: Newton steps.
+    """
+    static = _resolve(activation)
+    order = _check_order("order", order)
+    num_iters = _check_int("num_iters", num_iters)
+    _check_positive("q0", q0, "the starting pre-activation variance")
+    sw2, sb2, q0 = _variances(sw2, sb2, q0)
+    return _q_star_jit(sw2, sb2, q0, static, order, num_iters)[0]
+
+
+def chi1(
+    sw2: Any,
+    sb2: Any,
+    activation: ActivationLike,
+    *,
+    q: Any = None,
+    q0: Any = 1.0,
+    order: int = DEFAULT_ORDER,
+    num_iters: int = 64,
+) -> Array:
+    r""":math:`\chi_1 = \sigma_w^2 E[\phi'(\sqrt{q^*} z)^2]`, the per-layer factor of the
+    gradient variance (Schoenholz et al. 2017, eq. 6; Poole et al. 2016).
+
+    :math:`\chi_1 < 1`: ordered phase, gradients vanish like :math:`\chi_1^L`; :math:`> 1`:
+    chaotic, they explode. ReLU: :math:`\chi_1 = \sigma_w^2/2` (:func:`relu_chi1`). ``nan`` where
+    :math:`q^* = \infty`.
+
+    Args:
+      sw2, sb2, activation: as in :func:`q_star`.
+      q: evaluate at this length instead of :math:`q^*` (e.g. a layer's :math:`q^l`).
+      q0, order, num_iters: passed to :func:`q_star`.
+    """
+    static = _resolve(activation)
+    order = _check_order("order", order)
+    if q is not None:
+        _check_positive("q", q, "a pre-activation variance")
+        sw2, sb2, q = _variances(sw2, sb2, q)
+        return _chi1_at_q_jit(q, sw2, static, order)
+    num_iters = _check_int("num_iters", num_iters)
+    _check_positive("q0", q0, "the starting pre-activation variance")
+    sw2, sb2, q0 = _variances(sw2, sb2, q0)
+    return _q_star_jit(sw2, sb2, q0, static, order, num_iters)[1]
+
+
+class DepthScales(NamedTuple):
+    r"""Depth scales of Schoenholz et al. 2017: signals' lengths approach :math:`q^*` like
+    :math:`e^{-l/\xi_q}`, correlations approach :math:`c^*` like :math:`e^{-l/\xi_c}`."""
+
+    xi_q: Array
+    xi_c: Array
+
+
+def _summary_public(sw2, sb2, activation, q0, order, order_2d, num_iters, num_iters_c, batch):
+    static = _resolve(activation)
+    order = _check_order("order", order)
+    order_2d = _check_order("order_2d", order_2d)
+    num_iters = _check_int("num_iters", num_iters)
+    num_iters_c = _check_int("num_iters_c", num_iters_c)
+    _check_positive("q0", q0, "the starting pre-activation variance")
+    sw2, sb2, q0 = _variances(sw2, sb2, q0)
+    return _summary_jit(sw2, sb2, q0, static, order, order_2d, num_iters, num_iters_c, batch)
+
+
+def c_star(
+    sw2: Any,
+    sb2: Any,
+    activation: ActivationLike,
+    *,
+    q0: Any = 1.0,
+    order: int = DEFAULT_ORDER,
+    order_2d: int = DEFAULT_ORDER_2D,
+    num_iters: int = 64,
+    num_iters_c: int = 40,
+) -> Array:
+    r"""The attracting fixed point :math:`c^*` of the c-map at :math:`q = q^*` (Poole et al.
+    2016): 1 in the ordered phase (:math:`\chi_1 \le 1`), below 1 in the chaotic phase (0 for odd
+    activations with :math:`\sigma_b^2 = 0`). Newton from :math:`c = 0` with :math:`dc^{l+1}/dc =
+    \chi_c(c)`, ``num_iters_c`` steps; other arguments as in :func:`q_star` and :func:`c_map`.
+    """
+    return _summary_public(sw2, sb2, activation, q0, order, order_2d, num_iters, num_iters_c, None)[
+        "c_star"
+    ]
+
+
+def chi_c(
+    sw2: Any,
+    sb2: Any,
+    activation: ActivationLike,
+    *,
+    q0: Any = 1.0,
+    order: int = DEFAULT_ORDER,
+    order_2d: int = DEFAULT_ORDER_2D,
+    num_iters: int = 64,
+    num_iters_c: int = 40,
+) -> Array:
+    r""":math:`\chi_c = \sigma_w^2 E[\phi'(u_1^*)\phi'(u_2^*)]`, the slope of the c-map at
+    :math:`c^*` (Schoenholz et al. 2017, eq. 9); equals :math:`\chi_1` in the ordered phase."""
+    return _summary_public(sw2, sb2, activation, q0, order, order_2d, num_iters, num_iters_c, None)[
+        "chi_c"
+    ]
+
+
+def depth_scales(
+    sw2: Any,
+    sb2: Any,
+    activation: ActivationLike,
+    *,
+    q0: Any = 1.0,
+    order: int = DEFAULT_ORDER,
+    order_2d: int = DEFAULT_ORDER_2D,
+    num_iters: int = 64,
+    num_iters_c: int = 40,
+) -> DepthScales:
+    r"""The depth scales :math:`(\xi_q, \xi_c)` (Schoenholz et al. 2017, eqs. 5 and 9):
+
+    .. math::
+
+        \xi_q^{-1} = -\log\bigl(\chi_1 + \sigma_w^2 E[\phi''(\sqrt{q^*}z)\phi(\sqrt{q^*}z)]\bigr),
+        \qquad \xi_c^{-1} = -\log \chi_c.
+
+    :math:`\xi_c` diverges on the critical line :math:`\chi_1 = 1`; trainable depth is about
+    :math:`6\xi_c`. For kinked activations :math:`\phi''` includes the delta at the kink (zero for
+    all registered ones, since :math:`\phi(0) = 0` there). Arguments as in :func:`c_star`.
+    """
+    out = _summary_public(sw2, sb2, activation, q0, order, order_2d, num_iters, num_iters_c, None)
+    return DepthScales(out["xi_q"], out["xi_c"])
+
+
+class PhaseDiagram(NamedTuple):
+    r"""Mean-field quantities on a grid; every field but ``sw2``/``sb2`` has shape
+    ``(len(sb2), len(sw2))`` (rows: :math:`\sigma_b^2`, columns: :math:`\sigma_w^2`), ready for
+    ``plt.pcolormesh(pd.sw2, pd.sb2, pd.chi1)``."""
+
+    sw2: Array
+    sb2: Array
+    q_star: Array
+    c_star: Array
+    chi1: Array
+    chi_c: Array
+    xi_q: Array
+    xi_c: Array
+
+
+def phase_diagram(
+    sw2_grid: Any,
+    sb2_grid: Any,
+    activation: ActivationLike,
+    *,
+    q0: Any = 1.0,
+    order: int = DEFAULT_ORDER,
+    order_2d: int = 24,
+    num_iters: int = 64,
+    num_iters_c: int = 30,
+    batch_size: int = 1024,
+) -> PhaseDiagram:
+    r""":math:`q^*, c^*, \chi_1, \chi_c, \xi_q, \xi_c` on the grid ``sb2_grid x sw2_grid`` in one
+    jitted, vectorised call (Poole et al. 2016 fig. 3; Schoenholz et al. 2017 fig. 1).
+
+    The grid is flattened and mapped in batches of ``batch_size`` points (``jax.lax.map``) to bound
+    memory; ``order_2d`` defaults to 24 here (relative error :math:`\sim 10^{-7}` in the 2-D
+    integrals at :math:`q \le 4`, ample for a figure; pass 48 for the full accuracy).
+
+    Args:
+      sw2_grid: 1-D array of :math:`\sigma_w^2` values (columns).
+      sb2_grid: 1-D array of :math:`\sigma_b^2` values (rows).
+      activation: name or ``Activation``.
+      q0, order, order_2d, num_iters, num_iters_c: as in :func:`depth_scales`.
+      batch_size: grid points per vectorised batch.
+    """
+    for name, g in (("sw2_grid", sw2_grid), ("sb2_grid", sb2_grid)):
+        if np.ndim(g) != 1 or np.size(g) == 0:
+            raise ValueError(f"{name} must be a non-empty 1-D array, got shape {np.shape(g)}")
+    batch_size = _check_int("batch_size", batch_size)
+    sw2_grid, sb2_grid = _as_float(sw2_grid), _as_float(sb2_grid)
+    sw2, sb2 = jnp.meshgrid(sw2_grid, sb2_grid)
+    out = _summary_public(
+        sw2, sb2, activation, q0, order, order_2d, num_iters, num_iters_c, batch_size
+    )
+    return PhaseDiagram(sw2=sw2_grid, sb2=sb2_grid, **out)
+
+
+# --- the critical line ---------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
+def _critical_sw2_jit(sb2, lo, hi, static, order, num_iters, num_bisect):
+    def chi(s, b):
+        return _q_star_core(s, b, jnp.ones_like(s), static, order, num_iters)[1]
+
+    sb2_ = jax.lax.stop_gradient(sb2)
+
+    def step(_, bracket):
+        a, b = bracket
+        mid = jnp.sqrt(a * b)  # bisection in log sw2
+        below = chi(mid, sb2_) < 1.0  # nan (q* = inf) counts as above the line
+        return jnp.where(below, mid, a), jnp.where(below, b, mid)
+
+    lo = jnp.broadcast_to(lo, sb2.shape)
+    hi = jnp.broadcast_to(hi, sb2.shape)
+    chi_lo, chi_hi = chi(lo, sb2_), chi(hi, sb2_)
+    bracketed = (chi_lo < 1.0) & ~(chi_hi < 1.0)
+    a, b = jax.lax.fori_loop(0, num_bisect, step, (lo, hi))
+    # Implicit derivative d sw2_c / d sb2 = -(d chi1/d sb2) / (d chi1/d sw2), taken at a.
+    value, dchi_dsw2 = jax.jvp(lambda s: chi(s, sb2_), (a,), (jnp.ones_like(a),))
+    dchi_dsw2 = jax.lax.stop_gradient(dchi_dsw2)
+    chi_sb2 = chi(a, sb2)
+    safe = jnp.where(dchi_dsw2 > 0, dchi_dsw2, jnp.inf)
+    mid = 0.5 * (a + b)
+    out = mid - (chi_sb2 - jax.lax.stop_gradient(chi_sb2)) / safe
+    del value
+    return jnp.where(bracketed, out, jnp.nan)
+
+
+def critical_sw2(
+    sb2: Any,
+    activation: ActivationLike,
+    *,
+    bracket: tuple[float, float] = (1e-2, 1e3),
+    order: int = DEFAULT_ORDER,
+    num_iters: int = 64,
+    num_bisect: int = 60,
+) -> Array:
+    r"""The critical line: :math:`\sigma_w^2` with :math:`\chi_1(\sigma_w^2, \sigma_b^2) = 1`.
+
+    Bisection in :math:`\log\sigma_w^2` on ``bracket`` with ``num_bisect`` steps (relative
+    precision :math:`(hi/lo)^{2^{-n}}`, i.e. float rounding by default), treating
+    :math:`q^* = \infty` as above the line. tanh: 1 at :math:`\sigma_b^2 = 0`, increasing with
+    :math:`\sigma_b^2`; ReLU: 2 for every :math:`\sigma_b^2`. ``nan`` where the bracket does not
+    contain a crossing. Differentiable in ``sb2`` (implicit derivative
+    :math:`-\partial_{\sigma_b^2}\chi_1 / \partial_{\sigma_w^2}\chi_1`).
+
+    Args:
+      sb2: :math:`\sigma_b^2 \ge 0`, any shape.
+      activation: name or ``Activation``.
+      bracket: ``(lo, hi)`` with :math:`0 < lo < hi` bracketing the crossing.
+      order, num_iters: passed to :func:`q_star`; num_bisect: bisection steps.
+    """
+    static = _resolve(activation)
+    order = _check_order("order", order)
+    num_iters = _check_int("num_iters", num_iters)
+    num_bisect = _check_int("num_bisect", num_bisect)
+    lo, hi = (float(v) for v in bracket)
+    if not (0 < lo < hi < math.inf):
+        raise ValueError(f"bracket must be (lo, hi) with 0 < lo < hi < inf, got {bracket!r}")
+    _check_nonneg("sb2", sb2, "sigma_b^2 = Var(b)")
+    sb2 = _as_float(sb2)
+    lo_, hi_ = jnp.asarray(lo, sb2.dtype), jnp.asarray(hi, sb2.dtype)
+    return _critical_sw2_jit(sb2, lo_, hi_, static, order, num_iters, num_bisect)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _critical_point_jit(q, static, order):
+    act = static.act
+    e_phi2, e_dphi2 = _expect(q, order, lambda u: act.fn(u) ** 2, lambda u: act.grad(u) ** 2)
+    sw2 = 1.0 / e_dphi2
+    return sw2, q - sw2 * e_phi2
+
+
+def critical_point(
+    q_star: Any, activation: ActivationLike, *, order: int = DEFAULT_ORDER
+) -> tuple[Array, Array]:
+    r"""The point of the critical line whose fixed point is ``q_star`` (Pennington et al. 2017):
+
+    .. math::
+
+        \sigma_w^2 = 1 / E[\phi'(\sqrt{q^*}z)^2], \qquad
+        \sigma_b^2 = q^* - \sigma_w^2 E[\phi(\sqrt{q^*}z)^2],
+
+    so that :math:`\chi_1 = 1` and :math:`q^*` is the fixed point. Small :math:`q^*` is where
+    tanh nets with orthogonal weights reach dynamical isometry. A negative :math:`\sigma_b^2`
+    means no critical point has that :math:`q^*`. ReLU: :math:`(2, 0)` for every :math:`q^*`.
+
+    Returns:
+      ``(sw2, sb2)`` with the shape of ``q_star``.
+    """
+    static = _resolve(activation)
+    order = _check_order("order", order)
+    _check_positive("q_star", q_star, "a pre-activation variance")
+    return _critical_point_jit(_as_float(q_star), static, order)
+
+
+# --- closed forms (cross-checks) -----------------------------------------------------------------
+
+
+def relu_q_star(sw2: Any, sb2: Any, *, negative_slope: float = 0.0) -> Array:
+    r"""Closed-form :math:`q^*` of (leaky) ReLU: :math:`E[\phi(\sqrt q z)^2] = \tfrac{1+a^2}{2}q`,
+    so :math:`q^* = \sigma_b^2 / (1 - \sigma_w^2 (1+a^2)/2)`; ``inf`` where that is not positive
+    (0 when :math:`\sigma_b^2 = 0` below the critical point)."""
+    sw2, sb2 = _variances(sw2, sb2)
+    slope = sw2 * (1 + negative_slope**2) / 2
+    denom = 1.0 - slope
+    return jnp.where(denom > 0, sb2 / jnp.where(denom > 0, denom, 1.0), jnp.inf)
+
+
+def relu_chi1(sw2: Any, *, negative_slope: float = 0.0) -> Array:
+    r"""Closed-form :math:`\chi_1 = \sigma_w^2 (1 + a^2)/2` of (leaky) ReLU (independent of q)."""
+    _check_nonneg("sw2", sw2, "sigma_w^2 = N Var(W)")
+    return _as_float(sw2) * (1 + negative_slope**2) / 2
+
+
+def relu_c_map(c: Any, q: Any, sw2: Any, sb2: Any, *, negative_slope: float = 0.0) -> Array:
+    r"""Closed-form c-map of (leaky) ReLU via the arc-cosine kernel (Cho & Saul 2009):
+
+    .. math::
+
+        E[\mathrm{relu}(u_1)\mathrm{relu}(u_2)] = \frac{q}{2\pi}\bigl(\sqrt{1-c^2} +
+        (\pi - \arccos c)\, c\bigr),
+
+    and for slope :math:`a`, :math:`\phi = (1-a)\,\mathrm{relu} + a\,\mathrm{id}` gives
+    :math:`(1-a)^2 E[\mathrm{relu}\,\mathrm{relu}] + a q c`. Returns
+    :math:`(\sigma_w^2 E[\phi\phi] + \sigma_b^2) / (\sigma_w^2 \tfrac{1+a^2}{2} q + \sigma_b^2)`.
+    """
+    _check_correlation("c", c)
+    _check_positive("q", q, "a pre-activation variance")
+    sw2, sb2, q, c = _variances(sw2, sb2, q, c)
+    a = negative_slope
+    k_relu = q / (2 * math.pi) * (jnp.sqrt(1 - c * c) + (math.pi - jnp.arccos(c)) * c)
+    e_pp = (1 - a) ** 2 * k_relu + a * q * c
+    return (sw2 * e_pp + sb2) / (sw2 * (1 + a * a) / 2 * q + sb2)
+
+
+# --- propagation through depth: theory and measurement -------------------------------------------
+
+
+class Propagation(NamedTuple):
+    r"""Per-layer statistics, layer axis last (``l = 1..depth``).
+
+    Attributes:
+      q: :math:`q^l`, mean square pre-activation :math:`\frac1N\sum_i (h^l_i)^2`.
+      c: :math:`c^l`, correlation of the pre-activations of two inputs.
+      grad_var: :math:`\tilde q^l = \frac1N \sum_i (\partial C/\partial h^l_i)^2` for
+        :math:`C = g \cdot h^L` with :math:`g \sim N(0, I)` (so :math:`\tilde q^L = 1` in theory).
+    """
+
+    q: Array
+    c: Array
+    grad_var: Array
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7))
+def _propagate_jit(sw2, sb2, q0, c0, static, depth, order, order_2d):
+    act = static.act
+    q1 = sw2 * q0 + sb2
+    c1 = (sw2 * q0 * c0 + sb2) / q1
+
+    def layer(carry, _):
+        q, c = carry
+        (e_dphi2,) = _expect(q, order, lambda u: act.grad(u) ** 2)
+        c_next = _c_map_core(c, q, sw2, sb2, static, order, order_2d)[0]
+        q_next = _q_map_and_slope(q, sw2, sb2, static, order)[0]
+        return (q_next, jnp.clip(c_next, -1.0, 1.0)), (q, c, sw2 * e_dphi2)
+
+    _, (qs, cs, chis) = jax.lax.scan(layer, (q1, c1), None, length=depth)
+    # grad_var_l = prod_{k=l}^{L-1} chi(q_k), grad_var_L = 1.
+    factors = jnp.concatenate([chis[:-1], jnp.ones_like(chis[:1])])
+    grad_var = jnp.flip(jnp.cumprod(jnp.flip(factors, 0), axis=0), 0)
+    return Propagation(*(jnp.moveaxis(a, 0, -1) for a in (qs, cs, grad_var)))
+
+
+def propagate(
+    sw2: Any,
+    sb2: Any,
+    activation: ActivationLike,
+    depth: int,
+    *,
+    q0: Any = 1.0,
+    c0: Any = 0.5,
+    order: int = DEFAULT_ORDER,
+    order_2d: int = DEFAULT_ORDER_2D,
+) -> Propagation:
+    r"""Mean-field prediction of :func:`measure_propagation`: iterate the maps through ``depth``
+    layers and run the backward recursion.
+
+    Two inputs of mean square ``q0`` and correlation ``c0`` give :math:`q^1 = \sigma_w^2 q_0 +
+    \sigma_b^2`, :math:`c^1 = (\sigma_w^2 q_0 c_0 + \sigma_b^2)/q^1`; then
+    :math:`q^{l+1}` = :func:`q_map`, :math:`c^{l+1}` = :func:`c_map`, and backward
+    :math:`\tilde q^L = 1`, :math:`\tilde q^l = \tilde q^{l+1}\,\sigma_w^2 E[\phi'(\sqrt{q^l}z)^2]`
+    (:math:`= \tilde q^{l+1}\chi_1` at :math:`q^*`; Schoenholz et al. 2017, eq. 13, equal widths).
+
+    Returns:
+      :class:`Propagation` with arrays of shape ``(*broadcast(sw2, sb2, q0, c0).shape, depth)``.
+    """
+    static = _resolve(activation)
+    depth = _check_int("depth", depth)
+    order = _check_order("order", order)
+    order_2d = _check_order("order_2d", order_2d)
+    _check_positive("q0", q0, "the inputs' mean square")
+    _check_correlation("c0", c0)
+    sw2, sb2, q0, c0 = _variances(sw2, sb2, q0, c0)
+    return _propagate_jit(sw2, sb2, q0, c0, static, depth, order, order_2d)
+
+
+_WEIGHTS = ("gaussian", "orthogonal")
+
+
+def _check_weights(weights: str) -> str:
+    if weights not in _WEIGHTS:
+        raise ValueError(f"weights must be one of {_WEIGHTS}, got {weights!r}")
+    return weights
+
+
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9))
+def _measure_jit(key, sw2, sb2, q0, c0, static, width, depth, weights, dtype):
+    act = static.act
+    k_in, k_g, k_w, k_b = jax.random.split(key, 4)
+    # Two inputs with mean square q0 and correlation c0 exactly.
+    u, v = jax.random.normal(k_in, (2, width), dtype)
+    u = u / jnp.linalg.norm(u)
+    v = v - (v @ u) * u
+    v = v / jnp.linalg.norm(v)
+    scale = jnp.sqrt(width * q0)
+    x = jnp.stack([u, c0 * u + jnp.sqrt(1 - c0 * c0) * v]) * scale  # (2, width)
+    if weights == "gaussian":
+        w_init = _initializers.get("scaled_normal", scale=1.0)  # N(0, 1/N), scaled below
+        w_scale = jnp.sqrt(sw2)
+    else:
+        w_init = _initializers.get("orthogonal", gain=1.0)
+        w_scale = jnp.sqrt(sw2)
+    b_init = _initializers.get("normal", std=1.0)
+    ws = jax.vmap(lambda k: w_init(k, (width, width), dtype))(jax.random.split(k_w, depth))
+    bs = jax.vmap(lambda k: b_init(k, (width,), dtype))(jax.random.split(k_b, depth))
+    ws = ws * w_scale
+    bs = bs * jnp.sqrt(sb2)
+    g = jax.random.normal(k_g, (width,), dtype)
+
+    def forward(perturb):
+        # h^1 = x W^1 + b^1, h^{l+1} = phi(h^l) W^{l+1} + b^{l+1}; perturb_l is added to h^l so
+        # that d C / d perturb_l = d C / d h^l.
+        def layer(a, inputs):
+            w, b, p, first = inputs
+            h = jnp.where(first, a, act.fn(a)) @ w + b + p
+            return h, h
+
+        first = jnp.arange(depth) == 0
+        _, hs = jax.lax.scan(layer, x, (ws, bs, perturb, first))
+        return hs  # (depth, 2, width)
+
+    zeros = jnp.zeros((depth, 2, width), dtype)
+    hs, vjp = jax.vjp(forward, zeros)
+    cotangent = jnp.zeros_like(hs).at[-1, 0].set(g)  # C = g . h^L of the first input
+    (deltas,) = vjp(cotangent)
+    q = jnp.mean(hs**2, axis=-1)  # (depth, 2)
+    cross = jnp.mean(hs[:, 0] * hs[:, 1], axis=-1)
+    return Propagation(
+        q=jnp.mean(q, axis=-1),
+        c=cross / jnp.sqrt(q[:, 0] * q[:, 1]),
+        grad_var=jnp.mean(deltas[:, 0] ** 2, axis=-1),
+    )
+
+
+def measure_propagation(
+    key: Array,
+    sw2: Any,
+    sb2: Any,
+    activation: ActivationLike,
+    *,
+    width: int,
+    depth: int,
+    q0: Any = 1.0,
+    c0: Any = 0.5,
+    weights: str = "gaussian",
+    dtype: Any = None,
+) -> Propagation:
+    r"""Measured counterpart of :func:`propagate` on one sampled finite-width network.
+
+    Samples a ``depth``-layer, ``width``-wide net with :math:`W \sim N(0, \sigma_w^2/N)`
+    (``weights="gaussian"``, the ``scaled_normal`` initializer) or :math:`\sigma_w O` with
+    :math:`O` Haar orthogonal (``"orthogonal"``), biases :math:`N(0, \sigma_b^2)`, two inputs of
+    mean square ``q0`` and correlation ``c0`` exactly, and measures per layer the mean square
+    pre-activation :math:`q^l` (averaged over the two inputs), their correlation :math:`c^l`, and
+    :math:`\tilde q^l = \frac1N\|\partial C/\partial h^l\|^2` for :math:`C = g\cdot h^L` with
+    :math:`g \sim N(0, I)` drawn from ``key`` (one backward pass, first input). Jitted; vmap over
+    keys for several networks.
+
+    Returns:
+      :class:`Propagation` with arrays of shape ``(depth,)``.
+    """
+    static = _resolve(activation)
+    width = _check_int("width", width)
+    depth = _check_int("depth", depth)
+    weights = _check_weights(weights)
+    _check_positive("q0", q0, "the inputs' mean square")
+    _check_correlation("c0", c0)
+    sw2, sb2, q0, c0 = _variances(sw2, sb2, q0, c0)
+    dtype = jnp.dtype(dtype) if dtype is not None else sw2.dtype
+    if sw2.ndim:
+        raise ValueError(
+            f"sw2, sb2, q0 and c0 must be scalars here (vmap for grids), got {sw2.shape}"
+        )
+    return _measure_jit(key, sw2, sb2, q0, c0, static, width, depth, weights, dtype)

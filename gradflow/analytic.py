@@ -742,16 +742,94 @@ def _mlp_setup(params, x, dC_daL=None):
     return layers, x, dC_daL
 
 
-def _mlp_forward(layers, x, act, linear_readout):
-    zs, as_ = [], []
+#: Runs of at least this many consecutive layers of one shape go through one lax.scan, so that the
+#: compile time of a deep MLP does not grow with its depth (shorter runs are unrolled).
+_SCAN_MIN = 4
+
+
+def _runs(layers, linear_readout):
+    """(start, stop) of the runs of consecutive layers with equal kernel shapes; a linear readout
+    is a run of its own."""
+    runs: list[list] = []
+    n = len(layers)
+    for i, (kernel, _) in enumerate(layers):
+        readout = linear_readout and i == n - 1
+        if runs and not readout and runs[-1][2] == kernel.shape:
+            runs[-1][1] = i + 1
+        else:
+            runs.append([i, i + 1, None if readout else kernel.shape])
+    return [(start, stop) for start, stop, _ in runs]
+
+
+def _stack_runs(layers, linear_readout):
+    """Per run, the stacked kernels (n, fan_in, fan_out) and biases (n, fan_out)."""
+    return [
+        (jnp.stack([k for k, _ in layers[s:e]]), jnp.stack([b for _, b in layers[s:e]]))
+        for s, e in _runs(layers, linear_readout)
+    ]
+
+
+def _over_run(step, carry, xs, *, reverse=False):
+    """:func:`jax.lax.scan` over a long run, an unrolled loop over a short one (same result)."""
+    n = jax.tree.leaves(xs)[0].shape[0]
+    if n >= _SCAN_MIN:
+        return jax.lax.scan(step, carry, xs, reverse=reverse)
+    outs: list[Any] = [None] * n
+    for i in range(n - 1, -1, -1) if reverse else range(n):
+        carry, outs[i] = step(carry, jax.tree.map(lambda v, i=i: v[i], xs))
+    return carry, jax.tree.map(lambda *v: jnp.stack(v), *outs)
+
+
+def _forward_runs(runs, x, act, linear_readout):
+    """Per run, the stacked z^l and a^l."""
+    out = []
     a = x
-    for i, (kernel, bias) in enumerate(layers):
-        z = a @ kernel + bias
-        last = i == len(layers) - 1
-        a = z if (last and linear_readout) else act.fn(z).astype(z.dtype)
-        zs.append(z)
-        as_.append(a)
-    return zs, as_
+    for r, (kernels, biases) in enumerate(runs):
+        readout = linear_readout and r == len(runs) - 1
+
+        def step(a, kb, readout=readout):
+            z = a @ kb[0] + kb[1]
+            a = z if readout else act.fn(z).astype(z.dtype)
+            return a, (z, a)
+
+        a, z_and_a = _over_run(step, a, (kernels, biases))
+        out.append(z_and_a)
+    return out
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _mlp_forward_jit(runs, x, key, linear_readout):
+    return _forward_runs(runs, x, key.act, linear_readout)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _mlp_grads_jit(runs, x, g, key, linear_readout):
+    act = key.act
+    batch = jnp.broadcast_shapes(x.shape[:-1], g.shape[:-1])
+    x = jnp.broadcast_to(x, (*batch, x.shape[-1]))
+    upstream = jnp.broadcast_to(g, (*batch, g.shape[-1]))  # dC/da^l, from l = L down
+    fwd = _forward_runs(runs, x, act, linear_readout)
+    a_before = [x] + [a_run[-1] for _, a_run in fwd[:-1]]
+    out: list[Any] = [None] * len(runs)
+    for r in range(len(runs) - 1, -1, -1):
+        z_run, a_run = fwd[r]
+        a_prev = a_before[r][None]  # a run of 2+ layers is square: a^l all share one shape
+        if a_run.shape[0] > 1:
+            a_prev = jnp.concatenate([a_prev, a_run[:-1]], axis=0)
+        readout = linear_readout and r == len(runs) - 1
+
+        def step(up, xs, readout=readout):
+            kernel, z, a_in = xs
+            delta = up if readout else act.grad(z).astype(z.dtype) * up
+            return delta @ kernel.T, (delta, a_in[..., :, None] * delta[..., None, :])
+
+        upstream, out[r] = _over_run(step, upstream, (runs[r][0], z_run, a_prev), reverse=True)
+    return out, upstream
+
+
+def _flatten_runs(per_run):
+    # plain indexing: list(stacked) would compile one n-output unstack per depth
+    return [stacked[i] for stacked in per_run for i in range(stacked.shape[0])]
 
 
 def mlp_forward(
@@ -775,12 +853,9 @@ def mlp_forward(
     """
     act = _resolve(activation)
     layers, x, _ = _mlp_setup(params, x)
-    return _mlp_forward_jit(layers, x, _Static(act), bool(linear_readout))
-
-
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _mlp_forward_jit(layers, x, key, linear_readout):
-    return MLPForward(*_mlp_forward(layers, x, key.act, linear_readout))
+    runs = _stack_runs(layers, bool(linear_readout))
+    fwd = _mlp_forward_jit(runs, x, _Static(act), bool(linear_readout))
+    return MLPForward(z=_flatten_runs(z for z, _ in fwd), a=_flatten_runs(a for _, a in fwd))
 
 
 def mlp_grads(
@@ -826,26 +901,8 @@ def mlp_grads(
     """
     act = _resolve(activation)
     layers, x, g = _mlp_setup(params, x, dC_daL)
-    return _mlp_grads_jit(layers, x, g, _Static(act), bool(linear_readout))
-
-
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def _mlp_grads_jit(layers, x, g, key, linear_readout):
-    act = key.act
-    zs, as_ = _mlp_forward(layers, x, act, linear_readout)
-    n = len(layers)
-    deltas: list[Array] = [None] * n  # type: ignore[list-item]
-    upstream = g  # dC/da^l
-    for i in range(n - 1, -1, -1):
-        if i == n - 1 and linear_readout:
-            delta = jnp.broadcast_to(upstream, jnp.broadcast_shapes(upstream.shape, zs[i].shape))
-        else:
-            delta = act.grad(zs[i]).astype(zs[i].dtype) * upstream
-        deltas[i] = delta
-        upstream = delta @ layers[i][0].T
-    inputs = [x, *as_[:-1]]
-    kernels = [a_prev[..., :, None] * d[..., None, :] for a_prev, d in zip(inputs, deltas)]
-    # broadcast so that every kernel gradient has the full batch shape
-    batch = deltas[0].shape[:-1]
-    kernels = [jnp.broadcast_to(k, batch + k.shape[-2:]) for k in kernels]
-    return MLPGrads(kernel=kernels, bias=deltas, input=upstream)
+    runs = _stack_runs(layers, bool(linear_readout))
+    out, dx = _mlp_grads_jit(runs, x, g, _Static(act), bool(linear_readout))
+    return MLPGrads(
+        kernel=_flatten_runs(k for _, k in out), bias=_flatten_runs(d for d, _ in out), input=dx
+    )

@@ -426,7 +426,8 @@ def test_deep_linear_scaled_identity_gain(gain):
 
 # --- the MLP ------------------------------------------------------------------------------------
 
-WIDTHS = (5, 7, 6, 3)
+# (5, 6), four (6, 6) layers (one lax.scan: analytic._SCAN_MIN = 4), then (6, 3): both code paths.
+WIDTHS = (5, 6, 6, 6, 6, 6, 3)
 
 
 def _mlp(seed, batch=4, dtype=np.float64):
@@ -465,12 +466,15 @@ def _mlp_suite(params, x, g, name):
     return {r: _mlp_closed_and_autodiff(params, x, g, act, r) for r in (False, True)}
 
 
-@pytest.mark.parametrize("name", ALL)
+# The activation enters the MLP only through act.fn and act.grad, tested for every activation above;
+# here the matrix recursion, for a saturating, a zero-centred, a kinked and a non-monotone one.
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu", "gelu"])
 @given(seed=SEEDS, linear_readout=st.booleans())
 @x64_given
 def test_mlp_grads_match_autodiff(x64, name, seed, linear_readout):
     # delta^l = Sigma'(z^l) W^{l+1} delta^{l+1} against jax.vmap(jax.grad) of an independent
-    # forward pass, widths 5-7-6-3, with and without a linear readout (one compile for both).
+    # forward pass, widths WIDTHS, with and without a linear readout (one compile for both).
+    assert analytic._SCAN_MIN <= 4  # WIDTHS exercises the scanned path
     params, x, g = _mlp(seed)
     closed, (ref_params, ref_x) = _mlp_suite(params, x, g, name)[linear_readout]
     for layer, (ref_kernel, ref_bias) in enumerate(ref_params):
@@ -486,7 +490,7 @@ def test_mlp_forward_and_dict_params(x64):
     fwd = analytic.mlp_forward(params, x, "tanh")
     a = x
     for (kernel, bias), z_l, a_l in zip(params, fwd.z, fwd.a):
-        np.testing.assert_allclose(z_l, a @ kernel + bias, rtol=1e-14)
+        np.testing.assert_allclose(z_l, a @ kernel + bias, rtol=1e-14, atol=1e-14)
         a = np.tanh(z_l)
         np.testing.assert_allclose(a_l, a, rtol=1e-14)
     as_dicts = [{"kernel": k, "bias": bb} for k, bb in params]
@@ -603,10 +607,10 @@ def test_mlp_bad_input_raises():
         analytic.mlp_grads([], x, g, "relu")
     with pytest.raises(TypeError, match=r"list of \(kernel, bias\) pairs"):
         analytic.mlp_forward({"kernel": 1}, x, "relu")
-    with pytest.raises(ValueError, match=r"layer 1: fan_in 6 does not match fan_out 7 of layer 0"):
-        analytic.mlp_forward([params[0], params[2]], x, "relu")
+    with pytest.raises(ValueError, match=r"layer 1: fan_in 6 does not match fan_out 3 of layer 0"):
+        analytic.mlp_forward([params[-1], params[-1]], x, "relu")
     with pytest.raises(ValueError, match=r"layer 0: need kernel \(fan_in, fan_out\)"):
-        analytic.mlp_forward([(params[0][0], params[1][1])], x, "relu")
+        analytic.mlp_forward([(params[0][0], params[-1][1])], x, "relu")
     with pytest.raises(ValueError, match=r"x must be \(\.\.\., fan_in\) with fan_in=5"):
         analytic.mlp_forward(params, x[:, :4], "relu")
     with pytest.raises(ValueError, match=r"dC_daL must be \(\.\.\., fan_out\) with fan_out=3"):

@@ -287,11 +287,14 @@ def runtimes_table(
     if modes:
         rows.append(["total", *(sum(seconds[m].values()) for m in modes)])
     tables_dir = Path(tables_dir)
-    out = [
-        _experiment.latex_table(
-            rows, ["experiment", *(f"{m} (s)" for m in modes)], tables_dir / "runtimes.tex"
-        )
-    ]
+    table = _experiment.latex_table(
+        rows, ["experiment", *(f"{m} (s)" for m in modes)], tables_dir / "runtimes.tex"
+    )
+    if modes and table.is_file():  # a rule above the total (only process 0 writes)
+        text = table.read_text()
+        i = text.rindex("\ntotal &")
+        _experiment.write_atomic(table, text[:i] + "\n\\midrule" + text[i:])
+    out = [table]
     macros: dict[str, float | int] = {}
     for m in modes:
         macros[f"runtimes{m.capitalize()}Total"] = sum(seconds[m].values())

@@ -15,7 +15,7 @@ Two jobs, both pure Python (no LaTeX needed to import or test this module):
   ``gradflow reproduce``, see :mod:`gradflow.cli`) into ``paper/tables/runtimes.tex`` and its number
   macros, so the paper's wall-time figures are generated, never typed::
 
-      python -m gradflow.paper generate --root .
+      python -m gradflow.paper generate --root . --mode quick
 
 The paper includes these generated files under ``\IfFileExists`` guards, so it builds before they
 exist.
@@ -37,6 +37,7 @@ from gradflow import experiment as _experiment
 __all__ = [
     "LogReport",
     "Overfull",
+    "build_macros",
     "check_log",
     "generate",
     "main",
@@ -305,14 +306,35 @@ def runtimes_table(
     return out
 
 
-def generate(root: str | os.PathLike = ".") -> list[Path]:
+def build_macros(tables_dir: str | os.PathLike, mode: str) -> Path:
+    r"""Write ``build_macros.tex``: ``\gradflowVersion`` (:data:`gradflow.__version__`) and
+    ``\gradflowMode`` (``quick`` or ``full``: which configurations made the figures and tables).
+
+    Raises:
+      ValueError: ``mode`` not ``"quick"`` or ``"full"``.
+    """
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    import gradflow
+
+    return _experiment.write_macros(
+        Path(tables_dir) / "build_macros.tex",
+        {"gradflowVersion": gradflow.__version__, "gradflowMode": mode},
+    )
+
+
+def generate(root: str | os.PathLike = ".", *, mode: str | None = None) -> list[Path]:
     """Write every generated paper input whose source exists under ``root``:
-    ``paper/tables/runtimes*.tex`` from ``results/runtimes.json``. Returns the written paths."""
+    ``paper/tables/runtimes*.tex`` from ``results/runtimes.json``, and, when ``mode`` is given,
+    ``paper/tables/build_macros.tex`` (:func:`build_macros`). Returns the written paths."""
     root = Path(root)
+    tables = root / "paper" / "tables"
     out: list[Path] = []
     runtimes = root / "results" / "runtimes.json"
     if runtimes.is_file():
-        out += runtimes_table(runtimes, root / "paper" / "tables")
+        out += runtimes_table(runtimes, tables)
+    if mode is not None:
+        out.append(build_macros(tables, mode))
     return out
 
 
@@ -337,10 +359,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p = sub.add_parser("generate", help="write paper/tables/runtimes*.tex from results/")
     p.add_argument("--root", default=".", help="the root of results/ and paper/ (default: .)")
+    p.add_argument(
+        "--mode",
+        choices=_MODES,
+        help="the configurations the figures came from (writes tables/build_macros.tex)",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "generate":
-        for path in generate(args.root):
+        for path in generate(args.root, mode=args.mode):
             print(f"wrote {path}")
         return 0
     try:

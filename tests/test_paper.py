@@ -219,6 +219,13 @@ def test_generate_writes_what_exists(tmp_path):
     assert sorted(p.name for p in written) == ["runtimes.tex", "runtimes_macros.tex"]
     assert all(p.parent == tmp_path / "paper" / "tables" for p in written)
     assert paper.main(["generate", "--root", str(tmp_path)]) == 0
+    written = paper.generate(tmp_path, mode="quick")
+    assert written[-1].name == "build_macros.tex"
+    text = written[-1].read_text()
+    assert r"\newcommand{\gradflowMode}{quick}" in text
+    assert rf"\newcommand{{\gradflowVersion}}{{{gf.__version__}}}" in text
+    with pytest.raises(ValueError, match="mode must be one of"):
+        paper.build_macros(tmp_path, "medium")
 
 
 # ----------------------------------------------------------------------------- the source

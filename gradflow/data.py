@@ -101,7 +101,8 @@ def load_digits(
     Args:
       scale: ``"unit"`` -- pixels (0..16) divided by 16, in :math:`[0, 1]`; ``"standardize"`` --
         each pixel minus its mean, divided by its standard deviation, both computed on the returned
-        training examples only (pixels constant on the training set are only centred).
+        training examples only (pixels constant on the training set are only centred, in the
+        ``"unit"`` scale).
       test_fraction: share of the 1,797 images held out, in ``(0, 1)``.
       n_train, n_test: keep only this many examples of each split (``None``: all).
       seed: split seed.
@@ -140,9 +141,8 @@ def load_digits(
         x_tr, y_tr = x_tr[:n_train], y_tr[:n_train]
     if n_test is not None:
         x_te, y_te = x_te[:n_test], y_te[:n_test]
-    if scale == "unit":
-        x_tr, x_te = x_tr / _DIGITS_MAX, x_te / _DIGITS_MAX
-    else:
+    x_tr, x_te = x_tr / _DIGITS_MAX, x_te / _DIGITS_MAX
+    if scale == "standardize":
         mean = x_tr.mean(axis=0, dtype=np.float64)
         std = x_tr.std(axis=0, dtype=np.float64)
         std = np.where(std > 0, std, 1.0)
@@ -179,6 +179,11 @@ def adding_problem(
     """
     n = _int("adding_problem", "n", n, 1)
     length = _int("adding_problem", "length", length, 2)
+    return _adding(key, n, length, jnp.dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _adding(key: jax.Array, n: int, length: int, dtype: Any) -> tuple[jax.Array, jax.Array]:
     k_val, k_first, k_second = jax.random.split(key, 3)
     values = jax.random.uniform(k_val, (n, length), dtype=dtype)
     half = length // 2

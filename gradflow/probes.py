@@ -820,54 +820,62 @@ def plot_report(
         v = np.asarray(getattr(report, k), dtype=np.float64).reshape(-1, L)
         return np.median(v, 0), np.quantile(v, 0.1, 0), np.quantile(v, 0.9, 0)
 
-    fig, (ax_g, ax_s) = plotting.figure(1, 2, width="text", aspect=0.62)
-    series = [
-        ("weight_grad_norm", r"$\|\partial C/\partial W_l\|$", plotting.COLORS[0], "o"),
-        ("bias_grad_norm", r"$\|\partial C/\partial b_l\|$ (speed)", plotting.COLORS[1], "s"),
-        ("preact_grad_norm", r"$\|\delta_l\|$ per example", plotting.COLORS[2], "^"),
-    ]
-    for k, label, color, marker in series:
-        med, lo, hi = band(k)
-        if not np.any(np.isfinite(med) & (med > 0)):
-            continue
-        ax_g.plot(layer, med, marker=marker, color=color, label=label)
-        if draws > 1:
-            ax_g.fill_between(layer, lo, hi, color=color, alpha=0.2, linewidth=0)
-    ref = band(stat)[0][-1]
-    if np.isfinite(ref) and ref > 0:
-        ax_g.axhspan(
-            ref * vanishing,
-            ref * exploding,
-            color="0.85",
-            alpha=0.5,
-            zorder=0,
-            label=f"healthy band ({stat})",
-        )
-    ax_g.set_yscale("log")
-    ax_g.set_xlabel("layer (input → readout)")
-    ax_g.set_ylabel("gradient norm")
-    ax_g.set_title("gradient norms per layer")
-    ax_g.legend(loc="best")
+    labels = verdict(
+        LayerReport(
+            **{k: band(k)[0] if k != "loss" else np.zeros(()) for k in STATS},
+            layer_names=tuple(names),
+        ),
+        vanishing=vanishing,
+        exploding=exploding,
+        stat=stat,
+    )
+    counts = [f"{int((labels == v).sum())} {v}" for v in ("vanishing", "exploding")]
+    fig, (ax_g, ax_s) = plotting.figure(1, 2, width="text", aspect=0.7)
+    with plotting.style():
+        series = [
+            ("weight_grad_norm", r"$\|\partial C/\partial W_l\|$", plotting.COLORS[0], "o"),
+            ("bias_grad_norm", r"$\|\partial C/\partial b_l\|$ (speed)", plotting.COLORS[1], "s"),
+            ("preact_grad_norm", r"$\|\delta_l\|$ per example", plotting.COLORS[2], "^"),
+        ]
+        for k, label, color, marker in series:
+            med, lo, hi = band(k)
+            if not np.any(np.isfinite(med) & (med > 0)):
+                continue  # e.g. no biases
+            ax_g.plot(layer, med, marker=marker, color=color, label=label)
+            if draws > 1:
+                ax_g.fill_between(layer, lo, hi, color=color, alpha=0.2, linewidth=0)
+        ref = band(stat)[0][-1]
+        if np.isfinite(ref) and ref > 0:
+            ax_g.axhspan(
+                ref * vanishing,
+                ref * exploding,
+                color="0.5",
+                alpha=0.12,
+                linewidth=0,
+                zorder=0,
+                label=f"healthy band of {stat}",
+            )
+        ax_g.set_yscale("log")
+        ax_g.set_ylabel("gradient norm")
+        ax_g.set_title(f"gradients ({', '.join(counts)} of {L} layers)")
 
-    for k, label, color in (
-        ("avg_channel_var", "avg. channel variance", plotting.COLORS[0]),
-        ("avg_sq_channel_mean", "avg. squared channel mean", plotting.COLORS[1]),
-    ):
-        med, lo, hi = band(k)
-        ax_s.plot(layer, med, marker="o", color=color, label=label)
-        if draws > 1:
-            ax_s.fill_between(layer, lo, hi, color=color, alpha=0.2, linewidth=0)
-    spp = np.concatenate([band(k)[0] for k in ("avg_channel_var", "avg_sq_channel_mean")])
-    plotting.log_axis_if_spans(ax_s, spp)
-    ax_s.set_xlabel("layer (input → readout)")
-    ax_s.set_ylabel("statistic of layer output $h_l$")
-    ax_s.set_title("signal propagation")
-    ax_s.legend(loc="best")
-    for ax in (ax_g, ax_s):
-        ax.set_xticks(layer)
-        if L > 12:
-            ax.set_xticks(layer[:: max(1, L // 10)])
-    if title:
-        fig.suptitle(title)
-    del names
+        for k, label, color in (
+            ("avg_channel_var", "avg. channel variance", plotting.COLORS[0]),
+            ("avg_sq_channel_mean", "avg. squared channel mean", plotting.COLORS[1]),
+        ):
+            med, lo, hi = band(k)
+            ax_s.plot(layer, med, marker="o", color=color, label=label)
+            if draws > 1:
+                ax_s.fill_between(layer, lo, hi, color=color, alpha=0.2, linewidth=0)
+        spp = np.concatenate([band(k)[0] for k in ("avg_channel_var", "avg_sq_channel_mean")])
+        plotting.log_axis_if_spans(ax_s, spp)
+        ax_s.set_ylabel("statistic of layer output $h_l$")
+        ax_s.set_title("signal propagation (Brock et al. 2021)")
+        for ax in (ax_g, ax_s):
+            ax.set_xlabel("layer (input $\\to$ readout)")
+            ax.set_xticks(layer[:: max(1, -(-L // 10))])
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+        if title:
+            what = f" (median and 10-90% over {draws} draws)" if draws > 1 else ""
+            fig.suptitle(title + what)
     return plotting.savefig(fig, path)

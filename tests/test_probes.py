@@ -1,0 +1,536 @@
+"""Tests for gradflow.probes: probe == autodiff for every model, Nielsen's speeds on digits,
+verdicts on the textbook regimes, gradients through time, history checks, the report."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import gradflow as gf
+from gradflow import models, probes
+
+KEY = jax.random.key(0)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return gf.data.load_digits(n_train=1000)
+
+
+def _f64(tree):
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
+
+
+def _init_seeds(model, x, keys):
+    """Variables for every key, stacked on a leading axis (eager init: the compiled random ops
+    are shared between seeds and models, which keeps the suite fast on CPU)."""
+    vs = [model.init(k, x[:1]) for k in keys]
+    return jax.tree.map(lambda *a: jnp.stack(a), *vs)
+
+
+def test_vmap_over_seeds_with_init_inside():
+    """The documented pattern: jax.vmap(lambda k: probe(model, model.init(k, x), x, y))(keys)."""
+    model = models.MLP(widths=(4, 4), out=3, activation="tanh")
+    x = jax.random.normal(KEY, (8, 2))
+    y = jnp.arange(8) % 3
+    keys = jax.random.split(KEY, 3)
+    r = jax.jit(jax.vmap(lambda k: probes.probe(model, model.init(k, x), x, y)))(keys)
+    assert r.weight_grad_norm.shape == (3, 3) and r.loss.shape == (3,)
+    assert r.layer_names == ("dense_0", "dense_1", "dense_2")
+    one = probes.probe(model, model.init(keys[1], x), x, y)
+    np.testing.assert_allclose(r.weight_grad_norm[1], one.weight_grad_norm, rtol=1e-5)
+    np.testing.assert_allclose(r.act_var[1], one.act_var, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------ probe == autodiff
+
+CASES = {
+    "chain": (models.Chain(depth=5), (7, 1), "mse", False),
+    "mlp_sigmoid": (
+        models.MLP(widths=(6, 5), out=3, activation="sigmoid", bias_init="normal"),
+        (7, 4),
+        "sigmoid_cross_entropy",
+        False,
+    ),
+    "mlp_relu": (models.MLP(widths=(6, 6), out=3), (7, 4), "softmax_cross_entropy", False),
+    "mlp_batch": (
+        models.MLP(widths=(6, 6), out=3, activation="tanh", norm="batch"),
+        (7, 4),
+        "softmax_cross_entropy",
+        True,
+    ),
+    "mlp_layer_residual": (
+        models.MLP(widths=(6, 6), out=3, activation="tanh", norm="layer", residual=True),
+        (7, 4),
+        "mse",
+        False,
+    ),
+    "deep_linear": (models.DeepLinear(width=4, depth=3, out=3), (7, 4), "mse", False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_probe_matches_autodiff(case, x64):
+    model, shape, loss, train = CASES[case]
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=shape))
+    out_dim = 1 if isinstance(model, models.Chain) else 3
+    y = jnp.asarray(rng.integers(0, 3, size=shape[0]), jnp.int32) if out_dim == 3 else None
+    y = y if y is not None else jnp.asarray(rng.uniform(size=(shape[0], 1)))
+    if loss == "mse" and out_dim == 3:
+        y = jnp.asarray(rng.normal(size=(shape[0], 3)))
+    v = _f64(model.init(KEY, x))
+    report = probes.probe(model, v, x, y, loss=loss, train=train)
+    loss_fn = probes.get_loss(loss)
+    mutable = ["batch_stats"] if train else []
+
+    # params: jax.grad of the plain model (no perturbations, no sow)
+    def cost_params(params):
+        out = model.apply({**v, "params": params}, x, train=train, mutable=mutable or False)
+        return loss_fn(out[0] if train else out, y)
+
+    g_params = jax.jit(jax.grad(cost_params))(v["params"])
+    # pre-activations: jax.grad with respect to the zero perturbations
+    perts = models.perturbations(model, v, x, train=train)
+
+    def cost_perts(p):
+        v2 = {**v, "perturbations": p}
+        out, state = model.apply(v2, x, train=train, mutable=["intermediates", *mutable])
+        return loss_fn(out, y), state["intermediates"]
+
+    (c, inter), g_perts = jax.jit(jax.value_and_grad(cost_perts, has_aux=True))(perts)
+    np.testing.assert_allclose(report.loss, c, rtol=1e-12)
+    names = model.layer_names()
+    assert report.layer_names == names
+    B = shape[0]
+    for i, name in enumerate(names):
+        gp = g_params[name]
+        np.testing.assert_allclose(
+            report.weight_grad_norm[i], np.linalg.norm(gp["kernel"]), rtol=1e-10
+        )
+        if "bias" in gp:
+            np.testing.assert_allclose(
+                report.bias_grad_norm[i], np.linalg.norm(gp["bias"]), rtol=1e-8, atol=1e-15
+            )
+        else:
+            assert np.isnan(report.bias_grad_norm[i])  # bias-free layer
+        delta = B * np.asarray(g_perts[name]["z"])  # per-example delta (Nielsen)
+        dn = np.linalg.norm(delta, axis=-1)
+        np.testing.assert_allclose(report.preact_grad_norm[i], dn.mean(), rtol=1e-10)
+        np.testing.assert_allclose(report.preact_grad_norm_std[i], dn.std(), rtol=1e-8, atol=1e-15)
+        if "bias" in gp and not train:
+            # dC/db_l is the batch mean of the per-example deltas
+            np.testing.assert_allclose(delta.mean(0), gp["bias"], rtol=1e-10, atol=1e-15)
+        h = np.asarray(inter[name]["act"][0])
+        u = np.asarray(inter[name]["preact"][0])
+        act = model.layer_activations()[i]
+        np.testing.assert_allclose(report.act_mean[i], h.mean(), rtol=1e-10, atol=1e-15)
+        np.testing.assert_allclose(report.act_var[i], h.var(), rtol=1e-10)
+        np.testing.assert_allclose(
+            report.avg_sq_channel_mean[i], (h.mean(0) ** 2).mean(), rtol=1e-9
+        )
+        np.testing.assert_allclose(report.avg_channel_var[i], h.var(0).mean(), rtol=1e-10)
+        np.testing.assert_allclose(report.preact_sq_mean[i], (u**2).mean(), rtol=1e-10)
+        slope = np.abs(np.asarray(act.grad(u))) / act.sup_grad
+        np.testing.assert_allclose(report.saturated_frac[i], (slope < 0.01).mean(), atol=1e-12)
+        np.testing.assert_allclose(report.dead_frac[i], (slope == 0).all(0).mean(), atol=1e-12)
+        np.testing.assert_allclose(
+            report.weight_norm[i], np.linalg.norm(v["params"][name]["kernel"]), rtol=1e-12
+        )
+
+
+@pytest.fixture(scope="module")
+def nielsen(digits):
+    """Nielsen ch. 5 on digits: sigmoid [64, 30, 30, 30, 30, 10], weights N(0, 1/n_in), biases
+    N(0, 1), sigmoid cross-entropy, the first 1000 training examples; 20 seeds, vmapped."""
+    model = models.MLP(
+        widths=(30, 30, 30, 30),
+        out=10,
+        activation="sigmoid",
+        kernel_init="lecun_normal",
+        bias_init="normal",
+    )
+    x, y = digits.x_train, digits.y_train
+    keys = jax.random.split(jax.random.key(2024), 20)
+    v = _init_seeds(model, x, keys)
+    report = jax.vmap(lambda v: probes.probe(model, v, x, y, loss="sigmoid_cross_entropy"))(v)
+    return model, x, y, v, report
+
+
+def test_probe_matches_closed_form_mlp_backprop(nielsen):
+    """Nielsen's delta^L = a - y and BP2 (gradflow.analytic.mlp_grads), per example."""
+    model, x, y, vs, reports = nielsen
+    v = jax.tree.map(lambda a: a[0], vs)
+    report = jax.tree.map(lambda a: a[0], reports)
+    layers = [v["params"][n] for n in model.layer_names()]
+    logits = model.apply(v, x)
+    d_aL = jax.nn.sigmoid(logits) - jax.nn.one_hot(y, 10)  # delta^L = a - y on the logits
+    g = gf.analytic.mlp_grads(layers, x, d_aL, "sigmoid", linear_readout=True)
+    for i, delta in enumerate(g.bias):
+        np.testing.assert_allclose(
+            report.preact_grad_norm[i], np.linalg.norm(delta, axis=-1).mean(), rtol=1e-4
+        )
+        np.testing.assert_allclose(
+            report.bias_grad_norm[i], np.linalg.norm(delta.mean(0)), rtol=1e-4
+        )
+
+
+# --------------------------------------------------------------------------------- losses
+
+
+@given(
+    logits=st.lists(st.floats(-20, 20), min_size=12, max_size=12),
+    labels=st.lists(st.integers(0, 3), min_size=3, max_size=3),
+)
+def test_losses_give_nielsen_output_deltas(logits, labels):
+    """Per-example B dC/dz^L: sigmoid CE -> sigma(z) - y, softmax CE -> softmax(z) - y,
+    quadratic -> z - y (one-hot y for integer labels)."""
+    z = jnp.asarray(logits, jnp.float32).reshape(3, 4)
+    y = jnp.asarray(labels, jnp.int32)
+    onehot = jax.nn.one_hot(y, 4)
+    expected = {
+        "sigmoid_cross_entropy": jax.nn.sigmoid(z) - onehot,
+        "softmax_cross_entropy": jax.nn.softmax(z) - onehot,
+        "mse": z - onehot,
+    }
+    for name, want in expected.items():
+        got = 3 * _loss_grad(name, z, y)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@jax.jit
+def _all_loss_grads(z, y):
+    return {n: jax.grad(probes.get_loss(n))(z, y) for n in probes.LOSSES}
+
+
+def _loss_grad(name, z, y):
+    return _all_loss_grads(z, y)[name]
+
+
+def test_loss_targets_and_errors():
+    z = jnp.array([[0.0, 1.0], [2.0, -1.0]])
+    # real targets of the logits' shape; (B,) real targets for a single output
+    assert float(probes.mse(z, jnp.zeros((2, 2)))) == pytest.approx(0.5 * (1 + 4 + 1) / 2)
+    assert float(probes.mse(z[:, :1], jnp.array([1.0, 2.0]))) == pytest.approx(0.25)
+    soft = probes.softmax_cross_entropy(z, jax.nn.one_hot(jnp.array([1, 0]), 2))
+    hard = probes.softmax_cross_entropy(z, jnp.array([1, 0]))
+    np.testing.assert_allclose(soft, hard, rtol=1e-6)
+
+    def custom(out, y):
+        return jnp.mean(out)
+
+    assert probes.get_loss(custom) is custom
+    with pytest.raises(ValueError, match="unknown loss 'hinge'; valid: softmax_cross_entropy"):
+        probes.get_loss("hinge")
+    with pytest.raises(TypeError, match="loss must be a name"):
+        probes.get_loss(3)
+    with pytest.raises(ValueError, match=r"integer labels must have shape \(2,\)"):
+        probes.sigmoid_cross_entropy(z, jnp.array([[1], [0]]))
+    with pytest.raises(ValueError, match=r"real targets must have the logits' shape \(2, 2\)"):
+        probes.mse(z, jnp.zeros((2, 3)))
+
+
+# ---------------------------------------------------------------------- Nielsen on digits
+
+
+def test_nielsen_speeds_increase_toward_the_output_in_every_seed(nielsen):
+    """His MNIST draw: hidden-layer speeds 0.003, 0.017, 0.070, 0.285 -- each layer several
+    times faster than the one before. On digits, in every one of 20 seeds."""
+    _, x, _, _, r = nielsen
+    assert x.shape == (1000, 64)
+    speeds = np.asarray(r.bias_grad_norm)
+    assert speeds.shape == (20, 5)
+    ratios = speeds[:, 1:4] / speeds[:, :3]  # consecutive hidden layers
+    assert ratios.min() > 3.0, ratios.min()  # measured: min 3.6, median 5 per layer
+    median = np.median(speeds[:, :4], axis=0)
+    nielsen = np.array([0.003, 0.017, 0.070, 0.285])
+    assert np.all((median > nielsen / 2) & (median < nielsen * 2)), median
+    assert np.all(probes.verdict(r, stat="bias_grad_norm")[:, 0] == "vanishing")
+
+
+class _UnhashableLoss:
+    """A callable loss that cannot be hashed (defines __eq__ only)."""
+
+    def __eq__(self, other):
+        return isinstance(other, _UnhashableLoss)
+
+    __hash__ = None
+
+    def __call__(self, out, y):
+        return probes.mse(out, y)
+
+
+def test_probe_with_an_unhashable_loss_still_works():
+    model = models.MLP(widths=(4,), out=2)
+    x, y = jnp.ones((3, 2)), jnp.zeros((3, 2))
+    v = model.init(KEY, x)
+    r = probes.probe(model, v, x, y, loss=_UnhashableLoss())
+    np.testing.assert_allclose(r.loss, probes.probe(model, v, x, y, loss="mse").loss, rtol=1e-6)
+
+
+def test_probe_is_cached_per_model():
+    model = models.MLP(widths=(4,), out=2)
+    x, y = jnp.ones((3, 2)), jnp.array([0, 1, 1])
+    probes.probe(model, model.init(KEY, x), x, y)
+    before = probes._cached.cache_info()
+    probes.probe(models.MLP(widths=[4], out=2), model.init(jax.random.key(1), x), x, y)
+    after = probes._cached.cache_info()
+    assert after.hits == before.hits + 1 and after.misses == before.misses
+
+
+# ------------------------------------------------------------------------ verdicts, depth 20
+
+
+@pytest.fixture(scope="module")
+def depth20(digits):
+    """Depth-20 MLPs (19 hidden layers of width 32) on 256 digits, 3 seeds each."""
+    x, y = digits.x_train[:256], digits.y_train[:256]
+    keys = jax.random.split(jax.random.key(7), 3)
+    widths = (32,) * 19
+    sig = dict(activation="sigmoid", kernel_init="lecun_normal", bias_init="zeros")
+    configs = {
+        "relu_he": (models.MLP(widths, 10, activation="relu", kernel_init="he_normal"), False),
+        "sigmoid": (models.MLP(widths, 10, **sig), False),
+        "sigmoid_batchnorm": (models.MLP(widths, 10, norm="batch", **sig), True),
+        "sigmoid_residual": (models.MLP(widths, 10, residual=True, **sig), False),
+    }
+    out = {}
+    for name, (model, train) in configs.items():
+        reports = [probes.probe(model, model.init(k, x[:1]), x, y, train=train) for k in keys]
+        out[name] = jax.tree.map(lambda *a: jnp.stack(a), *reports)
+    return out
+
+
+def test_relu_he_depth_20_is_healthy(depth20):
+    r = depth20["relu_he"]
+    assert np.all(probes.verdict(r) == "healthy")
+    ratio = np.asarray(r.preact_grad_norm[:, 0] / r.preact_grad_norm[:, -1])
+    assert np.all((ratio > 0.1) & (ratio < 10))
+
+
+def test_sigmoid_lecun_depth_20_is_vanishing(depth20):
+    r = depth20["sigmoid"]
+    v = probes.verdict(r)
+    assert np.all(v[:, :10] == "vanishing") and np.all(v[:, -1] == "healthy")
+    ratio = np.asarray(r.preact_grad_norm[:, 0] / r.preact_grad_norm[:, -1])
+    assert np.all(ratio < 1e-8)  # measured ~1e-12: at most 1/4 per sigmoid layer
+    # the same from the weight gradients (what the optimiser sees)
+    assert np.all(probes.verdict(r, stat="weight_grad_norm")[:, 0] == "vanishing")
+
+
+def test_batchnorm_and_residual_cut_the_first_to_last_ratio(depth20):
+    def ratio(r):
+        g = np.asarray(r.preact_grad_norm)
+        return g[:, 0] / g[:, -1]
+
+    plain = ratio(depth20["sigmoid"])
+    for variant in ("sigmoid_batchnorm", "sigmoid_residual"):
+        fixed = ratio(depth20[variant])
+        assert np.all(fixed > 1e6 * plain), (variant, fixed, plain)
+        assert np.all(probes.verdict(depth20[variant])[:, 0] == "healthy")
+    # BatchNorm right after the affine map removes the bias: dC/db is zero in train mode
+    assert float(np.max(depth20["sigmoid_batchnorm"].bias_grad_norm[:, :-1])) < 1e-5
+
+
+def test_exploding_chain_is_exploding():
+    """Seed 001: w_j = 100 and z_j = 0, so every backward factor is 100 * 1/4 = 25."""
+    depth = 20
+    w, b = gf.analytic.exploding_chain(depth, 0.5)
+    model = models.Chain(depth=depth)
+    x, y = jnp.array([[0.5]]), jnp.array([[0.0]])
+    r = probes.probe(model, models.chain_params(w, b), x, y, loss="mse")
+    v = probes.verdict(r)
+    assert v[0] == "exploding" and v[-1] == "healthy"
+    assert list(v).count("exploding") == depth - 2  # ratios 25^(L-1-j) > 100 for j <= L-3
+    g = np.asarray(r.preact_grad_norm, np.float64)
+    np.testing.assert_allclose(g[:-1] / g[1:], 25.0, rtol=1e-5)
+    closed = gf.analytic.chain_grads(w, b, 0.5, 0.5, "sigmoid").bias  # dC/da_L = a_L - y = 1/2
+    np.testing.assert_allclose(r.bias_grad_norm, np.abs(closed), rtol=1e-5)
+
+
+# ------------------------------------------------------------------------- through time
+
+
+def test_rnn_gradients_decay_geometrically_and_lstm_slower():
+    """Pascanu et al. 2013: ||dC/dh_t|| <= lambda_1(U) sup|tanh'| ||dC/dh_{t+1}|| for a vanilla
+    tanh RNN (loss on the last output only); the LSTM's additive cell path decays far slower."""
+    T, gain = 40, 0.9
+    x, y = gf.data.adding_problem(jax.random.key(0), 64, T)
+    vanilla = models.RNN(
+        hidden=32, out=1, recurrent_init=gf.initializers.get("orthogonal", gain=gain)
+    )
+    lstm = models.RNN(hidden=32, out=1, cell="lstm")
+    rv = probes.probe_rnn(vanilla, vanilla.init(KEY, x), x, y)
+    rl = probes.probe_rnn(lstm, lstm.init(KEY, x), x, y)
+    gv, gl = np.asarray(rv.hidden_grad_norm), np.asarray(rl.hidden_grad_norm)
+    assert gv.shape == gl.shape == (T,)
+    # every step back multiplies the per-example gradient by at most lambda_1(U) * 1
+    assert np.all(gv[:-1] <= gain * gv[1:] * (1 + 1e-5))
+    rate_v, rate_l = float(probes.time_decay_rate(gv)), float(probes.time_decay_rate(gl))
+    assert rate_v < gain  # measured 0.72
+    # geometric: log-norm is linear in t (R^2 of the fit)
+    logg = np.log(gv)
+    fit = np.polyval(np.polyfit(np.arange(T), logg, 1), np.arange(T))
+    assert 1 - np.sum((logg - fit) ** 2) / np.sum((logg - logg.mean()) ** 2) > 0.95
+    assert rate_l > rate_v + 0.1  # measured 0.89 vs 0.72
+    assert gl[0] / gl[-1] > 1e2 * gv[0] / gv[-1]  # measured ~1e3 times more gradient at t = 1
+    assert float(rv.param_grad_norm) > 0 and np.all(np.asarray(rv.hidden_norm) > 0)
+    with pytest.raises(TypeError, match=r"use gradflow\.probes\.probe_rnn"):
+        probes.probe(vanilla, vanilla.init(KEY, x), x, y)
+    with pytest.raises(TypeError, match=r"probe_rnn takes a gradflow\.models\.RNN"):
+        probes.probe_rnn(models.MLP(widths=(3,), out=1), {}, x, y)
+
+
+@pytest.mark.parametrize("cell", ["vanilla", "lstm"])
+def test_probe_rnn_matches_autodiff(cell, x64):
+    model = models.RNN(hidden=3, out=2, cell=cell)
+    rng = np.random.default_rng(1)
+    x, y = jnp.asarray(rng.normal(size=(5, 7, 2))), jnp.asarray(rng.normal(size=(5, 2)))
+    v = _f64(model.init(KEY, x))
+    r = probes.probe_rnn(model, v, x, y)
+    perts = models.perturbations(model, v, x)
+
+    @jax.jit
+    def grads(params, perts):
+        def cost(params, perts):
+            return probes.mse(model.apply({"params": params, "perturbations": perts}, x), y)
+
+        return jax.value_and_grad(cost, argnums=(0, 1))(params, perts)
+
+    c, (gp, gz) = grads(v["params"], perts)
+    dh = 5 * np.linalg.norm(np.asarray(gz["rnn"]["h"]), axis=-1)  # (B, T): per-example
+    np.testing.assert_allclose(r.loss, c, rtol=1e-12)
+    np.testing.assert_allclose(r.hidden_grad_norm, dh.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(r.hidden_grad_norm_std, dh.std(0), rtol=1e-8)
+    flat = np.concatenate([np.ravel(a) for a in jax.tree.leaves(gp)])
+    np.testing.assert_allclose(r.param_grad_norm, np.linalg.norm(flat), rtol=1e-10)
+    _, state = model.apply(v, x, mutable=["intermediates"])
+    h = np.asarray(state["intermediates"]["rnn"]["h"][0])
+    np.testing.assert_allclose(r.hidden_norm, np.linalg.norm(h, axis=-1).mean(0), rtol=1e-10)
+    # the last step's gradient comes straight from the readout: dC_x/dh_T = W_out (out_x - y_x)
+    out = np.asarray(model.apply(v, x))
+    direct = (out - np.asarray(y)) @ np.asarray(v["params"]["readout"]["kernel"]).T
+    np.testing.assert_allclose(dh[:, -1], np.linalg.norm(direct, axis=-1), rtol=1e-10)
+
+
+def test_time_decay_rate_recovers_a_geometric_rate():
+    t = jnp.arange(30.0)
+    np.testing.assert_allclose(probes.time_decay_rate(0.8 ** (29 - t)), 0.8, rtol=1e-5)
+    # underflowed steps are left out of the fit
+    g = jnp.where(t < 5, 0.0, 0.5 ** (29 - t))
+    np.testing.assert_allclose(probes.time_decay_rate(g), 0.5, rtol=1e-5)
+    assert np.isnan(probes.time_decay_rate(jnp.array([0.0, 0.0, 1.0])))
+
+
+# ------------------------------------------------------------------------------ verdict
+
+
+def _report(g, **extra):
+    g = jnp.asarray(g, jnp.float32)
+    fields = {k: g for k in probes.STATS if k != "loss"}
+    fields.update(extra)
+    return probes.LayerReport(loss=jnp.float32(1.0), layer_names=(), **fields)
+
+
+def test_verdict_thresholds_are_configurable():
+    r = _report([1e-4, 5e-3, 0.5, 50.0, 500.0, jnp.inf, 1.0])
+    assert list(probes.verdict(r)) == [
+        "vanishing", "vanishing", "healthy", "healthy", "exploding", "exploding", "healthy",
+    ]  # fmt: skip
+    assert list(probes.verdict(r, vanishing=1e-3, exploding=1e3)) == [
+        "vanishing", "healthy", "healthy", "healthy", "healthy", "exploding", "healthy",
+    ]  # fmt: skip
+    nan = _report([1.0, 1.0], bias_grad_norm=jnp.array([jnp.nan, 1.0]))
+    assert list(probes.verdict(nan, stat="bias_grad_norm")) == ["exploding", "healthy"]
+    with pytest.raises(ValueError, match="unknown stat 'act_mean'"):
+        probes.verdict(r, stat="act_mean")
+    with pytest.raises(ValueError, match="vanishing < 1 < exploding"):
+        probes.verdict(r, vanishing=2.0)
+    with pytest.raises(ValueError, match="exploding threshold must be a finite float > 0"):
+        probes.verdict(r, exploding=-1.0)
+
+
+# ------------------------------------------------------------------------- check_history
+
+
+def test_check_history_healthy_and_each_sign():
+    T = 30
+    healthy = {
+        "loss": np.linspace(2.0, 0.5, T),
+        "param_norm": np.full((T, 3), 10.0),
+        "update_norm": np.full((T, 3), 0.01),
+        "grad_norm": np.full((T, 3), 0.5),
+        "accuracy": np.zeros(T),  # other keys are ignored
+    }
+    assert probes.check_history(healthy) == ()
+    h = dict(healthy, loss=np.r_[np.linspace(2.0, 0.5, 20), np.nan, np.full(9, np.nan)])
+    (sign,) = probes.check_history(h)
+    assert sign.kind == "loss_nonfinite" and sign.step == 20
+    pn = healthy["param_norm"].copy()
+    pn[25, 1] = np.inf
+    assert [s.kind for s in probes.check_history(dict(healthy, param_norm=pn))] == [
+        "weights_nonfinite"
+    ]
+    un = healthy["update_norm"].copy()
+    un[7, 2] = 8.0  # 0.8 of the weight norm
+    (sign,) = probes.check_history(dict(healthy, update_norm=un))
+    assert (sign.kind, sign.step, sign.layers) == ("large_updates", 7, (2,))
+    assert probes.check_history(dict(healthy, update_norm=un), update_ratio=1.0) == ()
+    gn = healthy["grad_norm"].copy()
+    gn[3, 0] = 5.0  # an isolated spike is not persistent
+    gn[12:24, 1] = 2.0  # 12 consecutive steps above 1
+    (sign,) = probes.check_history(dict(healthy, grad_norm=gn))
+    assert (sign.kind, sign.step, sign.layers) == ("grad_norm_above_threshold", 12, (1,))
+    assert probes.check_history(dict(healthy, grad_norm=gn), window=13) == ()
+    loss = healthy["loss"].copy()
+    loss[15] = 40.0
+    (sign,) = probes.check_history(dict(healthy, loss=loss))
+    assert sign.kind == "loss_spike" and sign.step == 15 and "running minimum" in sign.message
+
+
+def test_check_history_accepts_per_step_records_and_rejects_bad_input():
+    steps = [{"loss": 1.0, "grad_norm": [2.0, 0.1]} for _ in range(10)]
+    (sign,) = probes.check_history(steps)
+    assert sign.kind == "grad_norm_above_threshold" and sign.layers == (0,)
+    with pytest.raises(ValueError, match="history has none of the keys loss, param_norm"):
+        probes.check_history({"acc": [1.0]})
+    with pytest.raises(ValueError, match="same number of steps"):
+        probes.check_history({"loss": [1.0, 2.0], "grad_norm": [[1.0]]})
+    with pytest.raises(ValueError, match="step 1 lacks"):
+        probes.check_history([{"loss": 1.0}, {"acc": 2.0}])
+    with pytest.raises(TypeError, match="mapping of per-step arrays"):
+        probes.check_history(3.0)
+    with pytest.raises(ValueError, match="window must be an int >= 1"):
+        probes.check_history({"loss": [1.0]}, window=0)
+
+
+# ------------------------------------------------------------------------------- report
+
+
+def test_format_report_and_frame(nielsen):
+    batched = nielsen[-1]
+    r = jax.tree.map(lambda a: a[0], batched)
+    table = probes.format_report(r)
+    lines = table.splitlines()
+    assert len(lines) == 3 + 5
+    assert "|dC/db|" in lines[1] and "verdict" in lines[1]
+    assert lines[3].startswith("dense_0") and lines[3].endswith("vanishing")
+    assert lines[-1].startswith("dense_4") and lines[-1].endswith("healthy")
+    assert f"{float(r.bias_grad_norm[0]):.2e}" in lines[3]
+    assert "median over 20 draws" in probes.format_report(batched)
+    df = probes.to_frame(batched)
+    assert len(df) == 20 * 5 and set(df["verdict"]) <= {"vanishing", "healthy", "exploding"}
+    np.testing.assert_allclose(
+        df.loc[(df.draw == 2) & (df.layer == 1), "bias_grad_norm"], batched.bias_grad_norm[2, 1]
+    )
+
+
+def test_plot_report_writes_pdf_and_png(nielsen, tmp_path):
+    r = nielsen[-1]
+    paths = probes.plot_report(r, tmp_path / "report", title="sigmoid [64, 30, 30, 30, 30, 10]")
+    assert sorted(p.suffix for p in paths) == [".pdf", ".png"]
+    assert all(p.stat().st_size > 1000 for p in paths)

@@ -46,7 +46,6 @@ import inspect
 import math
 import numbers
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -219,31 +218,29 @@ def _accepts_train(model: nn.Module) -> bool:
         return False
 
 
-def _natural_key(name: str) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+def _layer_paths(model: nn.Module, found: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Paths (tuples of module names) of the layers, in forward order.
 
-
-def _layer_paths(model: nn.Module, perts: Mapping) -> list[tuple[str, ...]]:
-    """Paths (tuples of module names) of the layers that perturb ``"z"``, in forward order."""
-    flat = traverse_util.flatten_dict(perts)
-    paths = [k[:-1] for k in flat if k[-1] == "z"]
-    order = getattr(model, "layer_names", None)
-    if callable(order):
-        names = tuple(order())
-        by_name = {"/".join(p): p for p in paths}
-        missing = [n for n in names if n not in by_name]
-        if missing:
-            raise ValueError(
-                f"{type(model).__name__}.layer_names() lists {missing} but the model perturbs "
-                f"no 'z' there (found {sorted(by_name)})"
-            )
-        return [by_name[n] for n in names]
-    if not paths:
+    ``found``: the paths of the blocks that sowed ``"act"``, in the order they ran (Flax keeps the
+    creation order of a collection). ``model.layer_names()``, when defined, fixes the order.
+    """
+    if not found:
         raise ValueError(
-            f"{type(model).__name__} exposes no pre-activations: build it from "
-            "gradflow.models.DenseBlock (or call self.perturb('z', z) in each layer)"
+            f"{type(model).__name__} exposes no layers: build it from "
+            "gradflow.models.DenseBlock (perturb 'z', sow 'preact', 'slope', 'act')"
         )
-    return sorted(paths, key=lambda p: _natural_key("/".join(p)))
+    order = getattr(model, "layer_names", None)
+    if not callable(order):
+        return list(found)
+    names = tuple(order())
+    by_name = {"/".join(p): p for p in found}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ValueError(
+            f"{type(model).__name__}.layer_names() lists {missing} but found only the layers "
+            f"{list(by_name)}"
+        )
+    return [by_name[n] for n in names]
 
 
 def _strip(variables: Mapping) -> dict:
@@ -273,20 +270,28 @@ def _make_probe(model: nn.Module, loss_fn: LossFn, train: bool, layers: tuple | 
         if train and "batch_stats" in variables:
             mutable.append("batch_stats")
         perts = _models.perturbations(model, variables, x, **kw)
-        paths = (
-            [tuple(n.split("/")) for n in layers]
-            if layers is not None
-            else _layer_paths(model, perts)
-        )
+        found: list[tuple[str, ...]] = []
 
         def cost(params, perts):
             v = {**variables, "params": params, "perturbations": perts}
             out, state = model.apply(v, x, mutable=mutable, **kw)
+            # record the forward order at trace time (pytree flattening would sort the names)
+            flat = traverse_util.flatten_dict(state["intermediates"])
+            found[:] = [k[:-1] for k in flat if k[-1] == "act"]
             return loss_fn(out, y), state["intermediates"]
 
         (c, inter), (g_params, g_perts) = jax.value_and_grad(cost, argnums=(0, 1), has_aux=True)(
             variables["params"], perts
         )
+        if layers is not None:
+            paths = [tuple(n.split("/")) for n in layers]
+            unknown = [n for n, p in zip(layers, paths) if p not in found]
+            if unknown:
+                raise ValueError(
+                    f"unknown layers {unknown}; the model has {['/'.join(p) for p in found]}"
+                )
+        else:
+            paths = _layer_paths(model, found)
         rows = []
         for path in paths:
             p = _get(variables["params"], path)
@@ -368,7 +373,9 @@ def probe(
       train: passed to the model; with BatchNorm, ``True`` uses batch statistics, i.e. the
         gradients a training step sees (updated statistics are discarded), ``False`` the running
         averages (at initialisation, mean 0 and variance 1: BatchNorm then does almost nothing).
-      layers: layer names to report (default ``model.layer_names()``).
+      layers: names of the layers to report, nested ones as ``"outer/inner"`` (default
+        ``model.layer_names()``, else every :class:`~gradflow.models.DenseBlock` in the order
+        the blocks run).
 
     Returns:
       :class:`LayerReport` with arrays ``(L,)`` (``(..., L)`` under vmap).

@@ -3,6 +3,7 @@ verdicts on the textbook regimes, gradients through time, history checks, the re
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -270,6 +271,35 @@ def test_probe_with_an_unhashable_loss_still_works():
     v = model.init(KEY, x)
     r = probes.probe(model, v, x, y, loss=_UnhashableLoss())
     np.testing.assert_allclose(r.loss, probes.probe(model, v, x, y, loss="mse").loss, rtol=1e-6)
+
+
+class _Custom(nn.Module):
+    """A user's module built from DenseBlocks, without layer_names(): forward order is found."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = models.DenseBlock(4, activation="tanh", name="block_10")(x)
+        h = models.MLP(widths=(3,), out=3, activation="tanh", name="inner")(h)
+        return models.DenseBlock(2, name="a_head")(h)
+
+
+def test_probe_finds_the_layers_of_a_custom_module():
+    model = _Custom()
+    x, y = jax.random.normal(KEY, (5, 2)), jnp.array([0, 1, 1, 0, 1])
+    v = model.init(KEY, x)
+    r = probes.probe(model, v, x, y)
+    assert r.layer_names == ("block_10", "inner/dense_0", "inner/dense_1", "a_head")
+    g = jax.grad(lambda p: probes.softmax_cross_entropy(model.apply({"params": p}, x), y))(
+        v["params"]
+    )
+    np.testing.assert_allclose(
+        r.weight_grad_norm[1], jnp.linalg.norm(g["inner"]["dense_0"]["kernel"]), rtol=1e-5
+    )
+    sub = probes.probe(model, v, x, y, layers=["inner/dense_1", "block_10"])
+    assert sub.layer_names == ("inner/dense_1", "block_10")
+    np.testing.assert_allclose(sub.weight_grad_norm, r.weight_grad_norm[jnp.array([2, 0])])
+    with pytest.raises(ValueError, match=r"unknown layers \['dense_0'\]; the model has"):
+        probes.probe(model, v, x, y, layers=["dense_0"])
 
 
 def test_probe_is_cached_per_model():

@@ -348,7 +348,7 @@ def _concrete(x: Any) -> np.ndarray | None:
 
 
 def _first_bad(host: np.ndarray, bad: np.ndarray) -> str:
-    return f"{host[bad].flat[0]!r}" if host.ndim else f"{float(host)!r}"
+    return repr(float(host[bad].flat[0] if host.ndim else host))
 
 
 def _check_nonneg(name: str, x: Any, meaning: str) -> None:
@@ -462,22 +462,33 @@ def _q_star_core(sw2, sb2, q0, static, order, num_iters):
     return q_out, jnp.where(converged, chi, nan), jnp.where(converged, slope_star, nan)
 
 
-def _c_map_core(c, q, sw2, sb2, static, order, order_2d):
+def _c_norm(q, sw2, sb2, static, order_2d):
+    """q^{l+1} by the same 2-D rule as the c-map numerator at c = 1, so that c = 1 is exactly a
+    fixed point of the discretised c-map (identical inputs stay identical) and the quadrature
+    error of the 2-D rule cancels in the ratio near c = 1."""
+    act = static.act
+    (e_pp,) = _expect_2d(q, jnp.ones_like(q), order_2d, (act.fn, act.fn))
+    return sw2 * e_pp + sb2
+
+
+def _c_map_core(c, q, sw2, sb2, static, order_2d, norm=None):
     """(c_{l+1}, chi_c(c) = d c_{l+1} / d c) for two inputs of length q."""
     act = static.act
     e_pp, e_dd = _expect_2d(q, c, order_2d, (act.fn, act.fn), (act.grad, act.grad))
-    q_next = _q_map_and_slope(q, sw2, sb2, static, order)[0]
-    return (sw2 * e_pp + sb2) / q_next, sw2 * e_dd * q / q_next
+    if norm is None:
+        norm = _c_norm(q, sw2, sb2, static, order_2d)
+    return (sw2 * e_pp + sb2) / norm, sw2 * e_dd * q / norm
 
 
-def _c_star_core(q_s, chi1_, sw2, sb2, static, order, order_2d, num_iters):
+def _c_star_core(q_s, chi1_, sw2, sb2, static, order_2d, num_iters):
     """c* by Newton from c = 0 (monotone: the c-map is convex and increasing on [0, 1])."""
     finite = jnp.isfinite(q_s) & (q_s > 0)
     q = jnp.where(finite, q_s, 1.0)
     q_, sw2_, sb2_ = (jax.lax.stop_gradient(a) for a in (q, sw2, sb2))
+    norm_ = _c_norm(q_, sw2_, sb2_, static, order_2d)
 
     def step(_, c):
-        f, slope = _c_map_core(c, q_, sw2_, sb2_, static, order, order_2d)
+        f, slope = _c_map_core(c, q_, sw2_, sb2_, static, order_2d, norm_)
         d = slope - 1.0
         contracting = d < 0
         newton = c - (f - c) / jnp.where(contracting, d, -1.0)
@@ -485,11 +496,12 @@ def _c_star_core(q_s, chi1_, sw2, sb2, static, order, order_2d, num_iters):
         return jnp.clip(c_new, -1.0, 1.0)
 
     c = jax.lax.fori_loop(0, num_iters, step, jnp.zeros_like(q_))
-    f, slope = _c_map_core(c, q, sw2, sb2, static, order, order_2d)
+    norm = _c_norm(q, sw2, sb2, static, order_2d)
+    f, slope = _c_map_core(c, q, sw2, sb2, static, order_2d, norm)
     f_, slope_ = jax.lax.stop_gradient(f), jax.lax.stop_gradient(slope)
     denom = 1.0 - slope_
     c_impl = c + (f - f_) / jnp.where(denom > 0, denom, jnp.inf)
-    chi_c_val = _c_map_core(c_impl, q, sw2, sb2, static, order, order_2d)[1]
+    chi_c_val = _c_map_core(c_impl, q, sw2, sb2, static, order_2d, norm)[1]
     ordered = chi1_ <= 1.0
     nan = jnp.asarray(jnp.nan, q.dtype)
     c_out = jnp.where(ordered, 1.0, jnp.where(finite, c_impl, nan))
@@ -511,9 +523,9 @@ def _q_map_jit(q, sw2, sb2, static, order):
     return _q_map_and_slope(q, sw2, sb2, static, order)[0]
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6))
-def _c_map_jit(c, q, sw2, sb2, static, order, order_2d):
-    return _c_map_core(c, q, sw2, sb2, static, order, order_2d)
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _c_map_jit(c, q, sw2, sb2, static, order_2d):
+    return _c_map_core(c, q, sw2, sb2, static, order_2d)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5))
@@ -529,7 +541,7 @@ def _chi1_at_q_jit(q, sw2, static, order):
 
 def _summary(sw2, sb2, q0, static, order, order_2d, num_iters, num_iters_c):
     q_s, chi1_, chi_q = _q_star_core(sw2, sb2, q0, static, order, num_iters)
-    c_s, chi_c_ = _c_star_core(q_s, chi1_, sw2, sb2, static, order, order_2d, num_iters_c)
+    c_s, chi_c_ = _c_star_core(q_s, chi1_, sw2, sb2, static, order_2d, num_iters_c)
     return {
         "q_star": q_s,
         "c_star": c_s,
@@ -588,7 +600,6 @@ def c_map(
     sb2: Any,
     activation: ActivationLike,
     *,
-    order: int = DEFAULT_ORDER,
     order_2d: int = DEFAULT_ORDER_2D,
 ) -> Array:
     r"""One step of the correlation map for two inputs of equal length :math:`q` (Poole et al.
@@ -599,20 +610,22 @@ def c_map(
         c^{l+1} = \frac{\sigma_w^2 E[\phi(u_1)\phi(u_2)] + \sigma_b^2}{q^{l+1}}, \quad
         u_1 = \sqrt q z_1,\ u_2 = \sqrt q (c z_1 + \sqrt{1-c^2} z_2),
 
-    with :math:`q^{l+1}` = :func:`q_map` of :math:`q` (at :math:`q = q^*`, :math:`c = 1` is a
-    fixed point). Integrated in polar coordinates split at the kink rays (module docstring).
+    with :math:`q^{l+1}` = :func:`q_map` of :math:`q`. Integrated in polar coordinates split at
+    the kink rays (module docstring); :math:`q^{l+1}` is integrated by the same rule at
+    :math:`c = 1`, so that ``c_map(1, q, ...) == 1`` exactly (identical inputs stay identical)
+    and the quadrature error cancels near :math:`c = 1`.
 
     Args:
       c: correlation in :math:`[-1, 1]`; q: the common length :math:`q > 0`;
-      sw2, sb2, activation, order: as in :func:`q_map`; order_2d: radial nodes of the polar rule.
+      sw2, sb2, activation: as in :func:`q_map`; order_2d: radial nodes of the polar rule
+      (``order_2d // 2`` angular nodes on each of its four arcs).
     """
     static = _resolve(activation)
-    order = _check_order("order", order)
     order_2d = _check_order("order_2d", order_2d)
     _check_correlation("c", c)
     _check_positive("q", q, "a pre-activation variance")
     sw2, sb2, q, c = _variances(sw2, sb2, q, c)
-    return _c_map_jit(c, q, sw2, sb2, static, order, order_2d)[0]
+    return _c_map_jit(c, q, sw2, sb2, static, order_2d)[0]
 
 
 def q_star(
@@ -986,7 +999,7 @@ def _propagate_jit(sw2, sb2, q0, c0, static, depth, order, order_2d):
     def layer(carry, _):
         q, c = carry
         (e_dphi2,) = _expect(q, order, lambda u: act.grad(u) ** 2)
-        c_next = _c_map_core(c, q, sw2, sb2, static, order, order_2d)[0]
+        c_next = _c_map_core(c, q, sw2, sb2, static, order_2d)[0]
         q_next = _q_map_and_slope(q, sw2, sb2, static, order)[0]
         return (q_next, jnp.clip(c_next, -1.0, 1.0)), (q, c, sw2 * e_dphi2)
 

@@ -888,7 +888,8 @@ def mlp_grads(
 
     Every leading axis of ``x`` and ``dC_daL`` is an independent example: the gradients are per
     example, equal to ``jax.vmap(jax.grad(...))`` of a cost whose gradient at :math:`a^L` is
-    ``dC_daL``. Sum them over the batch for a summed cost (divide for a mean).
+    ``dC_daL``. Sum them over the batch for a summed cost (divide for a mean). Consecutive layers
+    of one shape run through one :func:`jax.lax.scan`, so compile time does not grow with depth.
 
     Args:
       params, x, activation, linear_readout: as in :func:`mlp_forward`.

@@ -145,13 +145,14 @@ def _sigmoid() -> Activation:
 
 
 def _tanh() -> Activation:
+    # (1 - t)(1 + t) rather than 1 - t^2: full relative precision where tanh saturates.
     def grad(x):
         t = jnp.tanh(_float(x))
-        return 1 - t * t
+        return (1 - t) * (1 + t)
 
     def grad2(x):
         t = jnp.tanh(_float(x))
-        return -2 * t * (1 - t * t)
+        return -2 * t * (1 - t) * (1 + t)
 
     return Activation(
         name="tanh",
@@ -202,10 +203,22 @@ def _leaky_relu(negative_slope: float = 0.01) -> Activation:
     )
 
 
+@jax.custom_jvp
+def _expm1(x):
+    """expm1 with derivative exp(x) (JAX uses expm1(x) + 1: 0 below ~-17 in float32)."""
+    return jnp.expm1(x)
+
+
+@_expm1.defjvp
+def _expm1_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return jnp.expm1(x), jnp.exp(x) * dx
+
+
 def _elu_family(name: str, alpha: float, scale: float, params) -> Activation:
     def fn(x):
         x = _float(x)
-        return scale * jnp.where(x > 0, x, alpha * jnp.expm1(jnp.minimum(x, 0)))
+        return scale * jnp.where(x > 0, x, alpha * _expm1(jnp.minimum(x, 0)))
 
     def grad(x):
         x = _float(x)

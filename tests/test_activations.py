@@ -118,3 +118,17 @@ def test_bad_input():
         gf.activations.get("elu", alpha=-1.0)
     with pytest.raises(TypeError, match="must be a name or an Activation"):
         gf.activations.get(3)
+
+
+@pytest.mark.parametrize("name", ["elu", "selu"])
+def test_autodiff_of_fn_exact_in_the_far_tail(name):
+    # d/dx expm1 must be exp(x), not expm1(x) + 1 (which is 0 below x ~ -17 in float32)
+    act = gf.activations.get(name)
+    x = jnp.array([-16.0, -30.0, -80.0], dtype=jnp.float32)
+    np.testing.assert_allclose(jax.vmap(jax.grad(act.fn))(x), act.grad(x), rtol=1e-6)
+
+
+def test_tanh_grad_precise_in_saturation(x64):
+    z = jnp.float64(8.0)
+    exact = 1.0 / np.cosh(8.0) ** 2
+    assert float(gf.activations.get("tanh").grad(z)) == pytest.approx(exact, rel=1e-13)

@@ -283,7 +283,17 @@ def _experiment_source(name: str) -> str | None:
 
 
 def _landed() -> list[str]:
-    return [n for n in gf.experiment.names() if _experiment_source(n) is not None]
+    """Registered experiments whose module exists and defines its Experiment."""
+    out = []
+    for name in gf.experiment.names():
+        if _experiment_source(name) is None:
+            continue
+        try:
+            gf.experiment.get(name)
+        except (ImportError, AttributeError, ValueError):
+            continue  # a placeholder module (only a docstring) or one being written
+        out.append(name)
+    return out
 
 
 def _produced_by_experiment(path: str) -> str | None:

@@ -810,8 +810,8 @@ def phase_diagram(
     jitted, vectorised call (Poole et al. 2016 fig. 3; Schoenholz et al. 2017 fig. 1).
 
     The grid is flattened and mapped in batches of ``batch_size`` points (``jax.lax.map``) to bound
-    memory; ``order_2d`` defaults to 24 here (relative error :math:`\sim 10^{-7}` in the 2-D
-    integrals at :math:`q \le 4`, ample for a figure; pass 48 for the full accuracy).
+    memory; ``order_2d`` defaults to 24 here (relative error of the 2-D integrals below
+    :math:`10^{-6}` at :math:`q \le 4`, ample for a figure; pass 48 for :math:`\sim 10^{-11}`).
 
     Args:
       sw2_grid: 1-D array of :math:`\sigma_w^2` values (columns).

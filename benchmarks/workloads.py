@@ -1,0 +1,1027 @@
+"""The four workloads, their configurations (full and quick), and how each way is measured.
+
+Every workload function takes its configuration and an :class:`Options` and returns a plain dict
+(see :func:`result`): the configuration, the :class:`~benchmarks.harness.Measurement` of each way,
+the correctness checks run before timing, and the targets of issue 9 with the measured ratios.
+
+Ways (``method`` ids):
+
+* ``gradflow`` -- the program :func:`gradflow.sweep.run` compiles: ``jax.jit(jax.vmap(one))`` over
+  a 1-D mesh of every device with ``NamedSharding(mesh, P("sweep"))`` on the run axis, run ``i``
+  seeded with ``jax.random.key(seed_i)``; ``one`` is the gradflow call a user writes
+  (:func:`gradflow.probes.probe` of ``model.init``, or :func:`gradflow.training.train_fn`).
+* ``gradflow_blocked`` -- a proposed change to :mod:`gradflow.sweep`, measured as a local variant:
+  the same ``one`` mapped over the device's runs in cache-sized blocks, ``jax.lax.map(one, seeds,
+  batch_size=block)`` inside :func:`jax.shard_map`, still one compiled program.
+* ``gradflow_topk_sampling`` -- a proposed change to :mod:`gradflow.training`: minibatches drawn
+  as the indices of the ``batch`` largest of ``n`` uniforms (``lax.top_k``) instead of
+  ``jax.random.choice(..., replace=False)``, which sorts a full permutation every step. Same
+  distribution (a uniformly random ordered subset); measured by patching ``jax.random.choice``
+  while the variant is traced.
+* ``gradflow_sweep_run`` -- :func:`gradflow.sweep.run` end to end, once (it compiles on every call
+  and writes its parquet store); compile, run and write times from its metadata.
+* ``naive_jax`` -- ``jax.jit(one)`` called once per seed (and learning rate) in a Python loop.
+* ``pytorch`` -- :mod:`benchmarks.torch_baselines`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+import statistics
+import tempfile
+import time
+import unittest.mock
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import gradflow as gf
+from benchmarks import harness
+from benchmarks.harness import Measurement
+
+__all__ = [
+    "FULL",
+    "QUICK",
+    "TARGETS",
+    "ChainSweep",
+    "Options",
+    "ProbeSweep",
+    "TrainSweep",
+    "run_workload",
+    "torch_available",
+]
+
+#: Digits-shaped inputs: 64 features, 10 classes.
+IN_FEATURES, CLASSES = 64, 10
+_GRAD_STATS = ("weight_grad_norm", "bias_grad_norm", "preact_grad_norm")
+
+
+def torch_available() -> bool:
+    """Whether ``import torch`` works (the ``bench`` extra)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------ configurations
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSweep:
+    """Per-layer gradient report at init for many seeds of one MLP (workloads 1 and 2).
+
+    ``depth`` hidden layers of ``width`` units (``phi``), a linear readout to 10 classes, batch
+    ``batch`` of digits, kernels ``lecun_normal``, biases ``bias_init``. ``block``: seeds per
+    block of the ``gradflow_blocked`` variant (None: no variant). ``naive_timed`` /
+    ``torch_timed``: seeds the loops time (None: all). FLOPs per network:
+    ``6 * batch * width**2 * depth`` (forward, and backward for activations and weights).
+    """
+
+    title: str
+    seeds: int
+    depth: int
+    width: int
+    batch: int
+    activation: str = "sigmoid"
+    bias_init: str = "normal"
+    block: int | None = None
+    naive_timed: int | None = None
+    torch_timed: int | None = None
+    sweep_run: bool = False
+    fast_rng_variant: bool = False
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return (IN_FEATURES, *(self.width,) * self.depth, CLASSES)
+
+    @property
+    def flops_per_run(self) -> float:
+        return 6.0 * self.batch * self.width**2 * self.depth
+
+    def model(self) -> gf.models.MLP:
+        return gf.models.MLP(
+            widths=(self.width,) * self.depth,
+            out=CLASSES,
+            activation=self.activation,
+            kernel_init="lecun_normal",
+            bias_init=self.bias_init,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSweep:
+    """``seeds x learning_rates`` networks trained with SGD on digits (workload 3).
+
+    ``depth`` hidden ``tanh`` layers of ``width``, ``lecun_normal`` kernels, zero biases; minibatch
+    ``batch``; every ``record_every`` steps the records of :func:`gradflow.training.train_fn`
+    (per-layer gradient, update and parameter norms; train and test loss and accuracy).
+    """
+
+    title: str
+    seeds: int
+    learning_rates: tuple[float, ...]
+    depth: int
+    width: int
+    steps: int
+    record_every: int
+    batch: int
+    activation: str = "tanh"
+    naive_timed: int | None = None
+    torch_timed: int | None = None
+    sweep_run: bool = False
+    topk_variant: bool = True
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return (IN_FEATURES, *(self.width,) * self.depth, CLASSES)
+
+    @property
+    def runs(self) -> list[tuple[float, int]]:
+        """``(learning_rate, seed)`` in :func:`gradflow.sweep.run` order (seeds innermost)."""
+        return [(lr, s) for lr in self.learning_rates for s in range(self.seeds)]
+
+    @property
+    def flops_per_run(self) -> float:
+        return 6.0 * self.batch * self.width**2 * self.depth * self.steps
+
+    def config(self, *, batch_size: int | str | None = "default", steps: int | None = None):
+        return gf.training.TrainConfig(
+            model=gf.models.MLP(
+                widths=(self.width,) * self.depth,
+                out=CLASSES,
+                activation=self.activation,
+                kernel_init="lecun_normal",
+                bias_init="zeros",
+            ),
+            optimizer="sgd",
+            loss="softmax_cross_entropy",
+            steps=self.steps if steps is None else steps,
+            batch_size=self.batch if batch_size == "default" else batch_size,
+            record_every=self.record_every,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainSweep:
+    """Gradients of ``chains`` one-neuron chains of depth ``depth`` (workload 4).
+
+    :math:`w, b \\sim N(0, 1)` (the seeds' draw), :math:`x \\sim U(0, 1)`,
+    :math:`\\partial C/\\partial a_L \\sim N(0, 1)`, all float32.
+    """
+
+    title: str
+    chains: int
+    depth: int
+    activation: str = "sigmoid"
+    naive_timed: int | None = None
+
+
+FULL: dict[str, Any] = {
+    "w1": ProbeSweep(
+        "probe sweep, research size", seeds=1024, depth=10, width=30, batch=64, block=64,
+        sweep_run=True, fast_rng_variant=True,
+    ),
+    "w2": ProbeSweep(
+        "probe sweep, large", seeds=32, depth=50, width=256, batch=256, activation="tanh",
+        bias_init="zeros", block=8,
+    ),
+    "w3": TrainSweep(
+        "training sweep", seeds=16, learning_rates=(0.01, 0.03, 0.1, 0.3), depth=20, width=64,
+        steps=200, record_every=10, batch=64, naive_timed=8, torch_timed=8,
+    ),
+    "w4": ChainSweep("analytic chain gradients", chains=10_000, depth=100),
+}  # fmt: skip
+
+QUICK: dict[str, Any] = {
+    "w1": ProbeSweep(
+        "probe sweep, research size (quick)", seeds=64, depth=3, width=8, batch=16, block=16,
+        sweep_run=True, fast_rng_variant=True,
+    ),
+    "w2": ProbeSweep(
+        "probe sweep, large (quick)", seeds=4, depth=4, width=32, batch=32, activation="tanh",
+        bias_init="zeros", block=2,
+    ),
+    "w3": TrainSweep(
+        "training sweep (quick)", seeds=2, learning_rates=(0.03, 0.3), depth=3, width=8,
+        steps=20, record_every=10, batch=16, naive_timed=2, torch_timed=2,
+    ),
+    "w4": ChainSweep("analytic chain gradients (quick)", chains=200, depth=10),
+}  # fmt: skip
+
+#: Issue 9's targets: (workload, what, threshold). "pytorch"/"naive_jax": speed-up of gradflow
+#: (baseline median / gradflow median); "peak_fraction": achieved FLOP/s / matmul peak.
+TARGETS: tuple[tuple[str, str, float], ...] = (
+    ("w1", "pytorch", 20.0),
+    ("w1", "naive_jax", 5.0),
+    ("w2", "pytorch", 1.5),
+    ("w2", "peak_fraction", 0.5),
+    ("w3", "pytorch", 10.0),
+)
+
+
+@dataclasses.dataclass
+class Options:
+    """How to measure: repeats (median of), a per-way time budget, torch threads, profiling."""
+
+    repeats: int = 5
+    budget_s: float = 60.0
+    min_repeats: int = 3
+    torch_threads: int | None = None  # None: the faster of 1 and every core (calibrated)
+    torch: bool = True
+    profile: bool = False
+    peak_gflops: float | None = None
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _mesh() -> tuple[Mesh, NamedSharding]:
+    mesh = Mesh(np.asarray(jax.devices()), ("sweep",))
+    return mesh, NamedSharding(mesh, PartitionSpec("sweep"))
+
+
+def _padded(values: np.ndarray, n_devices: int) -> np.ndarray:
+    """Pad the run axis to a multiple of the device count by repeating the last run."""
+    pad = -len(values) % n_devices
+    return np.concatenate([values, np.repeat(values[-1:], pad, axis=0)]) if pad else values
+
+
+def _sharded_program(one: Callable, n_args: int) -> tuple[Callable, NamedSharding]:
+    """``jit(vmap(one))``, arguments and outputs sharded on the run axis (as gradflow.sweep)."""
+    _, sharding = _mesh()
+    shardings = (sharding,) * n_args
+    return jax.jit(jax.vmap(one), in_shardings=shardings, out_shardings=sharding), sharding
+
+
+def _blocked_program(one: Callable, block: int, n_args: int) -> Callable:
+    """One program: each device maps ``one`` over its runs ``block`` at a time (vmapped)."""
+    mesh, _ = _mesh()
+    spec = PartitionSpec("sweep")
+
+    def per_device(*args):
+        n = args[0].shape[0]
+        return jax.lax.map(lambda a: one(*a), args, batch_size=min(block, n))
+
+    return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(spec,) * n_args, out_specs=spec))
+
+
+def _jax_way(
+    method: str,
+    label: str,
+    jitted: Callable,
+    args: Sequence[np.ndarray],
+    total: int,
+    options: Options,
+    *,
+    notes: str = "",
+    trace: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> tuple[Measurement, Any]:
+    """Compile ahead of time, then time ``to_host(compiled(*args))[:total]``."""
+    n_dev = len(jax.devices())
+    padded = [_padded(np.asarray(a), n_dev) for a in args]
+    with trace():
+        compiled, compile_s = harness.compile_jax(jitted, *padded)
+
+    def go():
+        return jax.tree.map(lambda v: v[:total], harness.to_host(compiled(*padded)))
+
+    times, out = harness.measure(
+        go, repeats=options.repeats, budget_s=options.budget_s, min_repeats=options.min_repeats
+    )
+    return Measurement(method, label, times, compile_s, total, total, notes), (out, compiled)
+
+
+def _loop_way(
+    method: str,
+    label: str,
+    run_all: Callable[[], Any],
+    first_call: Callable[[], Any] | None,
+    timed: int,
+    total: int,
+    options: Options,
+    *,
+    notes: str = "",
+    calls: int | None = None,
+) -> tuple[Measurement, Any]:
+    """Time a Python loop over ``timed`` runs (``first_call`` compiles, if anything does).
+
+    ``calls``: calls per repeat (default ``timed``); compile time = first call - one call.
+    """
+    first_s = None
+    if first_call is not None:
+        t0 = time.perf_counter()
+        first_call()
+        first_s = time.perf_counter() - t0
+    times, out = harness.measure(
+        run_all,
+        repeats=options.repeats,
+        budget_s=options.budget_s,
+        min_repeats=options.min_repeats,
+        warmup=first_call is None,
+    )
+    compile_s = None
+    if first_s is not None:
+        compile_s = max(first_s - statistics.median(times) / (calls or timed), 0.0)
+    if timed < total:
+        sub = f"timed on {timed} of {total} runs, scaled x{total / timed:g}"
+        notes = f"{notes}; {sub}" if notes else sub
+    return Measurement(method, label, times, compile_s, timed, total, notes), out
+
+
+def _rel_err(a: Any, b: Any) -> float:
+    """max |a - b| / max |b| (0 when both are zero)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = np.max(np.abs(b)) if b.size else 0.0
+    if not np.all(np.isfinite(a) == np.isfinite(b)):
+        return float("inf")
+    ok = np.isfinite(b)
+    diff = np.max(np.abs(a[ok] - b[ok])) if ok.any() else 0.0
+    return float(diff / scale) if scale > 0 else float(diff)
+
+
+def _check(name: str, err: float, tol: float, note: str = "") -> dict[str, Any]:
+    return {"check": name, "max_rel_err": err, "tol": tol, "ok": bool(err <= tol), "note": note}
+
+
+def _torch_threads(options: Options, calibrate: Callable[[], Any]) -> tuple[int, dict[int, float]]:
+    """torch's intra-op thread count: ``options.torch_threads``, else the faster of 1 and every
+    core on a short ``calibrate()`` run (each timed after one warm-up call).
+
+    Small-op loops usually run fastest on one thread, large matmuls on all cores; on a loaded
+    machine OpenMP's spinning threads can make "all cores" many times slower. Calibrating gives
+    PyTorch its best setting on the machine at hand.
+    """
+    from benchmarks import torch_baselines as tb
+
+    if options.torch_threads is not None:
+        tb.set_threads(options.torch_threads)
+        return options.torch_threads, {}
+    timings = {}
+    for n in sorted({1, os.cpu_count() or 1}):
+        tb.set_threads(n)
+        calibrate()
+        t0 = time.perf_counter()
+        calibrate()
+        timings[n] = time.perf_counter() - t0
+    best = min(timings, key=timings.get)
+    tb.set_threads(best)
+    return best, timings
+
+
+def _threads_note(threads: int, timings: dict[int, float]) -> str:
+    if not timings:
+        return f"torch threads {threads} (--torch-threads)"
+    cal = ", ".join(f"{n}: {t:.3g} s" for n, t in timings.items())
+    return f"torch threads {threads} (fastest in calibration {cal})"
+
+
+@functools.cache
+def _digits():
+    return gf.data.load_digits()
+
+
+# ------------------------------------------------------------------------------ probe sweeps
+
+
+def _probe_one(model: gf.models.MLP, x: jax.Array, y: jax.Array) -> Callable:
+    def one(seed):
+        return gf.probes.probe(model, model.init(jax.random.key(seed), x), x, y)
+
+    return one
+
+
+def probe_sweep(cfg: ProbeSweep, options: Options) -> dict[str, Any]:
+    """Workloads 1 and 2: see :class:`ProbeSweep`."""
+    data = _digits()
+    x, y = jnp.asarray(data.x_train[: cfg.batch]), jnp.asarray(data.y_train[: cfg.batch])
+    model = cfg.model()
+    one = _probe_one(model, x, y)
+    seeds = np.arange(cfg.seeds, dtype=np.uint32)
+    measurements: list[Measurement] = []
+    checks: list[dict[str, Any]] = []
+
+    program, _ = _sharded_program(one, 1)
+    m, (ref, _) = _jax_way(
+        "gradflow",
+        "jit(vmap(probe(model, model.init(key(seed)))) sharded over devices",
+        program,
+        [seeds],
+        cfg.seeds,
+        options,
+        notes="all 13 LayerReport statistics (the other ways compute only the 3 gradient norms)",
+    )
+    measurements.append(m)
+
+    if cfg.block:
+        m, (out, _) = _jax_way(
+            "gradflow_blocked",
+            f"proposed sweep change: lax.map over blocks of {cfg.block} vmapped seeds",
+            _blocked_program(one, cfg.block, 1),
+            [seeds],
+            cfg.seeds,
+            options,
+        )
+        measurements.append(m)
+        err = max(_rel_err(getattr(out, s), getattr(ref, s)) for s in _GRAD_STATS)
+        checks.append(_check("gradflow_blocked == gradflow (same seeds)", err, 1e-3))
+
+    if cfg.block and cfg.fast_rng_variant:
+        m, (out, _) = _jax_way(
+            "gradflow_blocked_fast_rng",
+            f"blocks of {cfg.block}, traced with jax_threefry_partitionable=False",
+            _blocked_program(one, cfg.block, 1),
+            [seeds],
+            cfg.seeds,
+            options,
+            trace=functools.partial(jax.threefry_partitionable, False),
+            notes="other random numbers than the default mode (same distribution)",
+        )
+        measurements.append(m)
+
+    if cfg.sweep_run:
+        measurements.append(_probe_sweep_run(cfg, model, x, y))
+
+    jitted = jax.jit(one)
+    timed = min(cfg.naive_timed or cfg.seeds, cfg.seeds)
+
+    def naive():
+        outs = jax.device_get([jitted(s) for s in seeds[:timed]])
+        return {s: np.stack([getattr(o, s) for o in outs]) for s in ("loss", *_GRAD_STATS)}
+
+    m, out = _loop_way(
+        "naive_jax",
+        "jax.jit(probe) called once per seed in a Python loop",
+        naive,
+        lambda: jax.block_until_ready(jitted(seeds[0])),
+        timed,
+        cfg.seeds,
+        options,
+    )
+    measurements.append(m)
+    err = max(_rel_err(out[s], getattr(ref, s)[:timed]) for s in _GRAD_STATS)
+    checks.append(_check("naive_jax == gradflow (same seeds)", err, 1e-3))
+
+    if options.torch and torch_available():
+        measurements.append(_probe_torch(cfg, model, data, x, y, ref, checks, options))
+
+    extra = {}
+    if options.profile:
+        extra["breakdown"] = _probe_breakdown(cfg, model, x, y, options)
+        extra["profile"] = _profile(program, [seeds], _PROBE_CATEGORIES)
+    return result(cfg, measurements, checks, extra)
+
+
+def _probe_torch(cfg, model, data, x, y, ref, checks, options) -> Measurement:
+    import torch
+
+    from benchmarks import torch_baselines as tb
+
+    # Same numbers as gradflow for the same parameters (seeds 0 and 1)?
+    errs = []
+    xt = np.array(x, np.float32)
+    for s in range(min(2, cfg.seeds)):
+        params = model.init(jax.random.key(np.uint32(s)), x)["params"]
+        rep = tb.probe(
+            tb.from_jax(params),
+            torch.from_numpy(xt),
+            torch.from_numpy(np.asarray(y, np.int64)),
+            cfg.activation,
+        )
+        errs += [_rel_err(rep[k], getattr(ref, k)[s]) for k in ("loss", *_GRAD_STATS)]
+    checks.append(_check("pytorch == gradflow (same parameters, 2 seeds)", max(errs), 1e-3))
+    timed = min(cfg.torch_timed or cfg.seeds, cfg.seeds)
+
+    def sweep(n):
+        return tb.probe_sweep(
+            range(n), cfg.widths, xt, np.asarray(y), cfg.activation, bias_init=cfg.bias_init
+        )
+
+    threads, timings = _torch_threads(options, lambda: sweep(min(2, timed)))
+
+    def run():
+        return sweep(timed)
+
+    m, out = _loop_way(
+        "pytorch",
+        "Python loop over seeds: nn.Linear + nn.init, backward(), .grad, tensor hooks",
+        run,
+        None,
+        timed,
+        cfg.seeds,
+        options,
+        notes=_threads_note(threads, timings),
+    )
+    # Same distribution over seeds (different random streams): per-layer medians.
+    med = {k: np.median(out[k], 0) for k in _GRAD_STATS}
+    ref_med = {k: np.median(getattr(ref, k)[:timed], 0) for k in _GRAD_STATS}
+    spread = max(_rel_err(np.log(med[k]), np.log(ref_med[k])) for k in _GRAD_STATS)
+    checks.append(
+        _check(
+            "pytorch vs gradflow: per-layer median over seeds (log scale, own random streams)",
+            spread,
+            0.25,
+            "informative: differs by sampling noise",
+        )
+    )
+    return m
+
+
+def _probe_sweep_run(cfg: ProbeSweep, model, x, y) -> Measurement:
+    """gradflow.sweep.run end to end, once: compile + run + tidy table + parquet store."""
+
+    def fn(hparams, key):
+        rep = gf.probes.probe(model, model.init(key, x), x, y)
+        return {s: getattr(rep, s) for s in gf.probes.STATS}
+
+    with tempfile.TemporaryDirectory() as workdir:
+        t0 = time.perf_counter()
+        gf.sweep.run(fn, grid={}, seeds=range(cfg.seeds), workdir=workdir, progress=False)
+        wall = time.perf_counter() - t0
+        meta = gf.sweep.load_metadata(workdir)
+    groups = meta["sessions"][-1]["groups"]
+    compile_s = sum(g["compile_s"] for g in groups)
+    run_s = sum(g["run_s"] for g in groups)
+    write_s = sum(g["write_s"] for g in groups)
+    return Measurement(
+        "gradflow_sweep_run",
+        "gradflow.sweep.run(fn, grid={}, seeds=range(n)) end to end, one call",
+        [run_s + write_s],
+        compile_s,
+        cfg.seeds,
+        cfg.seeds,
+        notes=(
+            f"one call (it compiles every time): wall {wall:.2f} s = compile {compile_s:.2f} + "
+            f"run and tidy table {run_s:.2f} + parquet write {write_s:.2f} + setup; "
+            "time = run + write"
+        ),
+        extra={"wall_s": wall, "run_s": run_s, "write_s": write_s},
+    )
+
+
+def _probe_breakdown(cfg, model, x, y, options) -> dict[str, Any]:
+    """Where the gradflow program's time goes: init (random numbers) vs probe, threefry mode."""
+    seeds = np.arange(cfg.seeds, dtype=np.uint32)
+    out: dict[str, Any] = {}
+
+    def timed(f, *args):
+        compiled, compile_s = harness.compile_jax(jax.jit(f), *args)
+        times, res = harness.measure(
+            lambda: harness.to_host(compiled(*args)), repeats=options.repeats, min_repeats=3
+        )
+        return {"median_s": statistics.median(times), "compile_s": compile_s}, res
+
+    init = jax.vmap(lambda s: model.init(jax.random.key(s), x))
+    out["init_only"], params = timed(init, seeds)
+    out["probe_only"], _ = timed(jax.vmap(lambda v: gf.probes.probe(model, v, x, y)), params)
+    one = _probe_one(model, x, y)
+    with jax.threefry_partitionable(False):
+        out["gradflow_threefry_partitionable_false"], _ = timed(jax.vmap(one), seeds)
+        if cfg.block:
+            out["blocked_threefry_partitionable_false"], _ = timed(
+                lambda s: jax.lax.map(one, s, batch_size=cfg.block), seeds
+            )
+    return out
+
+
+# ----------------------------------------------------------------------------- training sweep
+
+
+def _choice_top_k(original):
+    """``jax.random.choice`` drawing ``k`` of ``n`` without replacement as top_k of uniforms."""
+
+    @functools.wraps(original)
+    def choice(key, a, shape=(), replace=True, p=None, axis=0, mode=None):
+        if replace or p is not None or not isinstance(a, int) or len(shape) != 1:
+            return original(key, a, shape, replace, p, axis, mode)
+        return jax.lax.top_k(jax.random.uniform(key, (a,)), shape[0])[1]
+
+    return choice
+
+
+def train_sweep(cfg: TrainSweep, options: Options) -> dict[str, Any]:
+    """Workload 3: see :class:`TrainSweep`."""
+    data = _digits()
+    fn = gf.training.train_fn(cfg.config(), data)
+    runs = cfg.runs
+    lrs = np.asarray([r[0] for r in runs], np.float32)
+    seeds = np.asarray([r[1] for r in runs], np.uint32)
+    n = len(runs)
+
+    def one(lr, seed):
+        return fn({"learning_rate": lr}, jax.random.key(seed))
+
+    measurements: list[Measurement] = []
+    checks: list[dict[str, Any]] = []
+    program, _ = _sharded_program(one, 2)
+    m, (ref, _) = _jax_way(
+        "gradflow",
+        "jit(vmap(train_fn)) over (learning rate, seed), sharded over devices",
+        program,
+        [lrs, seeds],
+        n,
+        options,
+        notes="records also train/test loss and accuracy on the full sets and parameter norms",
+    )
+    measurements.append(m)
+
+    if cfg.topk_variant:
+        patch = functools.partial(
+            unittest.mock.patch.object, jax.random, "choice", _choice_top_k(jax.random.choice)
+        )
+        m, (out, _) = _jax_way(
+            "gradflow_topk_sampling",
+            "proposed training change: minibatch = top_k of uniforms (no per-step sort)",
+            _sharded_program(one, 2)[0],
+            [lrs, seeds],
+            n,
+            options,
+            trace=patch,
+        )
+        measurements.append(m)
+        acc, acc_ref = (
+            np.nanmedian(out["test_accuracy"][:, -1]),
+            np.nanmedian(ref["test_accuracy"][:, -1]),
+        )
+        checks.append(
+            _check(
+                "gradflow_topk_sampling vs gradflow: median final test accuracy",
+                abs(float(acc) - float(acc_ref)),
+                0.05,
+                f"{acc:.3f} vs {acc_ref:.3f}; informative: other minibatches, same distribution",
+            )
+        )
+
+    if cfg.sweep_run:
+        measurements.append(_train_sweep_run(cfg, fn))
+
+    jitted = jax.jit(one)
+    timed_runs = _subset(cfg, cfg.naive_timed)
+
+    def naive():
+        outs = jax.device_get([jitted(np.float32(lr), np.uint32(s)) for lr, s in timed_runs])
+        return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
+
+    m, out = _loop_way(
+        "naive_jax",
+        "jax.jit(train_fn) called once per (learning rate, seed) in a Python loop",
+        naive,
+        lambda: jax.block_until_ready(jitted(lrs[0], seeds[0])),
+        len(timed_runs),
+        n,
+        options,
+    )
+    measurements.append(m)
+    idx = [runs.index(r) for r in timed_runs]
+    err = _rel_err(out["grad_norm"][:, 0], ref["grad_norm"][idx, 0])
+    checks.append(_check("naive_jax == gradflow: first record of grad_norm", err, 1e-3))
+
+    if options.torch and torch_available():
+        measurements.append(_train_torch(cfg, data, ref, checks, options))
+
+    extra = {}
+    if options.profile:
+        extra["profile"] = _profile(program, [lrs, seeds], _TRAIN_CATEGORIES)
+    return result(cfg, measurements, checks, extra)
+
+
+def _subset(cfg: TrainSweep, timed: int | None) -> list[tuple[float, int]]:
+    """The first seeds of every learning rate: ``timed`` runs covering each learning rate."""
+    if timed is None or timed >= len(cfg.runs):
+        return cfg.runs
+    per_lr = max(1, timed // len(cfg.learning_rates))
+    return [(lr, s) for lr in cfg.learning_rates for s in range(min(per_lr, cfg.seeds))]
+
+
+def _train_torch(cfg: TrainSweep, data, ref, checks, options) -> Measurement:
+    from benchmarks import torch_baselines as tb
+
+    # Same records as gradflow for the same parameters, full batch (no sampling), 2 records.
+    steps = 2 * cfg.record_every
+    check_cfg = cfg.config(batch_size=None, steps=steps)
+    lr, key = 0.1, jax.random.key(np.uint32(0))
+    state = gf.training.init_state(check_cfg, data.x_train, key, {"learning_rate": lr})
+    want = jax.jit(gf.training.train_fn(check_cfg, data))({"learning_rate": lr}, key)
+    got = tb.train(
+        tb.from_jax(state.params),
+        lr,
+        data,
+        activation=cfg.activation,
+        steps=steps,
+        batch_size=None,
+        record_every=cfg.record_every,
+    )
+    keys = ("grad_norm", "update_norm", "param_norm", "loss", "test_accuracy", "batch_loss")
+    err = max(_rel_err(got[k], np.asarray(want[k])) for k in keys)
+    checks.append(
+        _check(f"pytorch == gradflow (same parameters, full batch, {steps} steps)", err, 1e-3)
+    )
+    timed_runs = _subset(cfg, cfg.torch_timed)
+
+    def sweep(runs, steps):
+        return tb.train_sweep(
+            runs,
+            cfg.widths,
+            data,
+            activation=cfg.activation,
+            steps=steps,
+            batch_size=cfg.batch,
+            record_every=cfg.record_every,
+        )
+
+    threads, timings = _torch_threads(
+        options, lambda: sweep(timed_runs[:1], min(cfg.steps, 2 * cfg.record_every))
+    )
+
+    def run():
+        return sweep(timed_runs, cfg.steps)
+
+    m, out = _loop_way(
+        "pytorch",
+        "Python loop over (learning rate, seed): SGD, backward(), per-layer .grad norms",
+        run,
+        None,
+        len(timed_runs),
+        len(cfg.runs),
+        options,
+        notes=_threads_note(threads, timings),
+    )
+    acc = np.median([o["test_accuracy"][-1] for o in out])
+    idx = [cfg.runs.index(r) for r in timed_runs]
+    acc_ref = np.nanmedian(ref["test_accuracy"][idx, -1])
+    checks.append(
+        _check(
+            "pytorch vs gradflow: median final test accuracy (own random streams)",
+            abs(float(acc) - float(acc_ref)),
+            0.1,
+            f"{acc:.3f} vs {acc_ref:.3f}; informative",
+        )
+    )
+    return m
+
+
+def _train_sweep_run(cfg: TrainSweep, fn) -> Measurement:
+    with tempfile.TemporaryDirectory() as workdir:
+        t0 = time.perf_counter()
+        gf.sweep.run(
+            fn,
+            grid={"learning_rate": list(cfg.learning_rates)},
+            seeds=range(cfg.seeds),
+            workdir=workdir,
+            axes=gf.training.sweep_axes(fn, {"learning_rate": 0.1}),
+            progress=False,
+        )
+        wall = time.perf_counter() - t0
+        groups = gf.sweep.load_metadata(workdir)["sessions"][-1]["groups"]
+    compile_s = sum(g["compile_s"] for g in groups)
+    run_s = sum(g["run_s"] for g in groups)
+    write_s = sum(g["write_s"] for g in groups)
+    return Measurement(
+        "gradflow_sweep_run",
+        "gradflow.sweep.run(train_fn, grid={learning_rate}, seeds) end to end, one call",
+        [run_s + write_s],
+        compile_s,
+        len(cfg.runs),
+        len(cfg.runs),
+        notes=f"one call: wall {wall:.2f} s, compile {compile_s:.2f} s; time = run + write",
+        extra={"wall_s": wall, "run_s": run_s, "write_s": write_s},
+    )
+
+
+# ------------------------------------------------------------------------------ analytic chain
+
+
+def _chain_inputs(cfg: ChainSweep) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(0)
+    shape = (cfg.chains, cfg.depth)
+    w = rng.standard_normal(shape, dtype=np.float32)
+    b = rng.standard_normal(shape, dtype=np.float32)
+    x = rng.uniform(size=cfg.chains).astype(np.float32)
+    g = rng.standard_normal(cfg.chains, dtype=np.float32)
+    return w, b, x, g
+
+
+def _chain_output(act: gf.activations.Activation):
+    def output(w, b, x):
+        def step(a, wb):
+            a = act.fn(wb[0] * a + wb[1])
+            return a, None
+
+        return jax.lax.scan(step, x, (w, b))[0]
+
+    return output
+
+
+def chain_sweep(cfg: ChainSweep, options: Options) -> dict[str, Any]:
+    """Workload 4: see :class:`ChainSweep`."""
+    w, b, x, g = _chain_inputs(cfg)
+    act = gf.activations.get(cfg.activation)
+    out_fn = _chain_output(act)
+    measurements: list[Measurement] = []
+    checks: list[dict[str, Any]] = []
+
+    def closed():
+        return harness.to_host(gf.analytic.chain_grads(w, b, x, g, cfg.activation))
+
+    m, ref = _loop_way(
+        "gradflow",
+        "gradflow.analytic.chain_grads (closed form, one call on the (N, L) batch)",
+        closed,
+        closed,
+        cfg.chains,
+        cfg.chains,
+        options,
+        calls=1,
+    )
+    measurements.append(m)
+
+    def closed_log():
+        return harness.to_host(gf.analytic.chain_log_grads(w, b, x, g, cfg.activation))
+
+    m, _ = _loop_way(
+        "gradflow_log",
+        "gradflow.analytic.chain_log_grads (closed form in the log domain)",
+        closed_log,
+        closed_log,
+        cfg.chains,
+        cfg.chains,
+        options,
+        calls=1,
+    )
+    measurements.append(m)
+
+    def grads_one(w_, b_, x_, g_):
+        return jax.grad(lambda ww, bb: g_ * out_fn(ww, bb, x_), argnums=(0, 1))(w_, b_)
+
+    program = jax.jit(jax.vmap(grads_one))
+    m, (auto, _) = _jax_way(
+        "jax_grad",
+        "jit(vmap(jax.grad)) through the chain (lax.scan)",
+        program,
+        [w, b, x, g],
+        cfg.chains,
+        options,
+    )
+    measurements.append(m)
+    scale = np.max(np.abs(auto[1]), axis=-1, keepdims=True)
+    scale = np.where(scale > 0, scale, 1.0)
+    err = max(
+        _rel_err(ref.bias / scale, auto[1] / scale),
+        _rel_err(ref.weight / scale, auto[0] / scale),
+    )
+    checks.append(_check("chain_grads == jax.grad (relative to each chain's largest)", err, 1e-4))
+
+    jitted = jax.jit(grads_one)
+    timed = min(cfg.naive_timed or cfg.chains, cfg.chains)
+
+    def naive():
+        outs = jax.device_get([jitted(w[i], b[i], x[i], g[i]) for i in range(timed)])
+        return np.stack([o[1] for o in outs])
+
+    m, _ = _loop_way(
+        "naive_jax",
+        "jax.jit(jax.grad) called once per chain in a Python loop",
+        naive,
+        lambda: jax.block_until_ready(jitted(w[0], b[0], x[0], g[0])),
+        timed,
+        cfg.chains,
+        options,
+    )
+    measurements.append(m)
+
+    if options.torch and torch_available():
+        from benchmarks import torch_baselines as tb
+
+        threads, timings = _torch_threads(
+            options, lambda: tb.chain_grads(w, b, x, g, cfg.activation)
+        )
+        m, out = _loop_way(
+            "pytorch",
+            "torch autograd through the batched chain (N, L) tensors, loop over layers",
+            lambda: tb.chain_grads(w, b, x, g, cfg.activation),
+            None,
+            cfg.chains,
+            cfg.chains,
+            options,
+            notes=_threads_note(threads, timings),
+            calls=1,
+        )
+        measurements.append(m)
+        err = _rel_err(out[0] / scale, auto[1] / scale)
+        checks.append(_check("pytorch autograd == jax.grad", err, 1e-4))
+    return result(cfg, measurements, checks, {})
+
+
+# ---------------------------------------------------------------------------------- profiling
+
+_PROBE_CATEGORIES = (
+    ("random numbers (init)", r"random|threefry|erf_inv|init"),
+    ("backward pass", r"transpose\(jvp"),
+    ("forward pass", r"jvp\("),
+    ("statistics", r"."),
+)
+_TRAIN_CATEGORIES = (
+    ("minibatch sampling (threefry + permutation sort)", r"_shuffle|sort|random|threefry|choice"),
+    ("divergence masking", r"_where|select_n"),
+    ("records: evaluate train+test, norms", r"^(?!.*while/body.*while/body)"),
+    ("train step: backward", r"transpose\(jvp"),
+    ("train step: forward", r"jvp\("),
+    ("train step: optimizer, norms, gather", r"."),
+)
+
+
+def _profile(program, args, categories) -> dict[str, Any]:
+    """Per-category device time of one call of the gradflow program (jax.profiler trace).
+
+    XLA op names are mapped to their JAX source through the compiled HLO's ``op_name``
+    metadata, then to the first matching category regex.
+    """
+    import glob
+    import gzip
+    import json
+    import re
+
+    n_dev = len(jax.devices())
+    padded = [_padded(np.asarray(a), n_dev) for a in args]
+    compiled = program.lower(*padded).compile()
+    source = {}
+    for line in compiled.as_text().splitlines():
+        hit = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = .*op_name=\"([^\"]+)\"", line)
+        if hit:
+            source[hit.group(1)] = hit.group(2)
+    jax.block_until_ready(compiled(*padded))
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d):
+            jax.block_until_ready(compiled(*padded))
+        files = glob.glob(os.path.join(d, "**", "*.trace.json.gz"), recursive=True)
+        if not files:
+            return {"error": "the profiler wrote no trace.json.gz"}
+        with gzip.open(files[0]) as f:
+            events = json.load(f)["traceEvents"]
+    totals: dict[str, float] = {}
+    for e in events:
+        if e.get("ph") != "X" or e["name"] not in source:
+            continue
+        src = source[e["name"]]
+        label = next(lbl for lbl, rx in categories if re.search(rx, src))
+        totals[label] = totals.get(label, 0.0) + e["dur"] / 1e6
+    total = sum(totals.values())
+    return {
+        "op_time_s": total,
+        "categories": {
+            k: {"s": v, "share": v / total if total else 0.0}
+            for k, v in sorted(totals.items(), key=lambda kv: -kv[1])
+        },
+    }
+
+
+# --------------------------------------------------------------------------------- the results
+
+
+def result(cfg, measurements: list[Measurement], checks, extra) -> dict[str, Any]:
+    """The workload's results: config, measurements, speed-ups of every gradflow way."""
+    by = {m.method: m for m in measurements}
+    speedups: dict[str, dict[str, float]] = {}
+    for m in measurements:
+        if not m.method.startswith("gradflow"):
+            continue
+        speedups[m.method] = {
+            base: by[base].median_s / m.median_s
+            for base in ("pytorch", "naive_jax", "jax_grad")
+            if base in by and m.median_s > 0
+        }
+    out = {
+        "title": cfg.title,
+        "kind": type(cfg).__name__,
+        "config": dataclasses.asdict(cfg),
+        "measurements": [m.to_json() for m in measurements],
+        "speedups": speedups,
+        "checks": checks,
+        **extra,
+    }
+    flops = getattr(cfg, "flops_per_run", None)
+    if flops is not None:
+        runs = cfg.seeds if isinstance(cfg, ProbeSweep) else len(cfg.runs)
+        out["flops_per_run"] = flops
+        out["gflops"] = {m.method: flops * runs / m.median_s / 1e9 for m in measurements}
+    return out
+
+
+_RUNNERS = {ProbeSweep: probe_sweep, TrainSweep: train_sweep, ChainSweep: chain_sweep}
+
+
+def run_workload(cfg: Any, options: Options) -> dict[str, Any]:
+    """Measure one workload configuration (any of :data:`FULL` / :data:`QUICK`)."""
+    try:
+        runner = _RUNNERS[type(cfg)]
+    except KeyError:
+        raise TypeError(f"unknown workload configuration {cfg!r}") from None
+    return runner(cfg, options)

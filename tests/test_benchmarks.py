@@ -1,0 +1,127 @@
+"""Smoke test of the benchmark harness at toy sizes: every way runs, agrees, and is reported.
+
+No timing assertions (timings are the benchmark's output, not a property). The JAX parts run
+without torch; the PyTorch ways are exercised only when torch is installed (``bench`` extra).
+Random streams are traced with ``jax_threefry_partitionable=False`` here only to keep the
+compiles short; the benchmark itself measures JAX's default.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+try:
+    import benchmarks  # noqa: F401
+except ImportError:  # pytest run from elsewhere than the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import harness, report, run, workloads
+
+TOY = {
+    "w1": workloads.ProbeSweep(
+        "toy probe", seeds=4, depth=1, width=4, batch=8, block=2, torch_timed=2,
+    ),
+    "w3": workloads.TrainSweep(
+        "toy training", seeds=2, learning_rates=(0.1,), depth=1, width=4, steps=4,
+        record_every=2, batch=8, naive_timed=1, torch_timed=1, topk_variant=False,
+    ),
+    "w4": workloads.ChainSweep("toy chains", chains=6, depth=3, naive_timed=2),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def results():
+    options = workloads.Options(
+        repeats=1,
+        budget_s=0.0,
+        min_repeats=1,
+        torch_threads=1,
+        torch=workloads.torch_available(),
+    )
+    with jax.threefry_partitionable(False):
+        out = {k: workloads.run_workload(cfg, options) for k, cfg in TOY.items()}
+    return {
+        "command": "pytest",
+        "quick": True,
+        "machine": harness.machine_info(),
+        "options": vars(options).copy(),
+        "workloads": out,
+        "matmul_peak": {"start": harness.matmul_peak(64, repeats=2)},
+        "matmul_peak_gflops": 1.0,
+        "json_name": "results.json",
+    }
+
+
+def test_every_way_runs_and_agrees(results):
+    expected = {
+        "w1": {"gradflow", "gradflow_blocked", "naive_jax"},
+        "w3": {"gradflow", "naive_jax"},
+        "w4": {"gradflow", "gradflow_log", "jax_grad", "naive_jax"},
+    }
+    for key, w in results["workloads"].items():
+        methods = {m["method"] for m in w["measurements"]}
+        assert expected[key] <= methods, (key, methods)
+        for m in w["measurements"]:
+            assert m["median_s"] > 0 and np.isfinite(m["median_s"]), m
+            assert m["repeats"] >= 1
+        for c in w["checks"]:
+            if "informative" not in c["note"]:
+                assert c["ok"], c
+        assert "naive_jax" in w["speedups"]["gradflow"]
+    w3 = results["workloads"]["w3"]["measurements"]
+    naive = next(m for m in w3 if m["method"] == "naive_jax")
+    assert naive["scale"] == 2.0  # timed 1 of 2 runs
+
+
+def test_pytorch_ways_agree_with_gradflow(results):
+    pytest.importorskip("torch")
+    for w in results["workloads"].values():
+        assert "pytorch" in {m["method"] for m in w["measurements"]}
+        assert any(c["check"].startswith("pytorch") for c in w["checks"])
+
+
+def test_report_written(results, tmp_path):
+    md, js = tmp_path / "RESULTS.md", tmp_path / "results.json"
+    report.write(results, md, js)
+    text = md.read_text()
+    for key, w in results["workloads"].items():
+        assert f"## {key}: {w['title']}" in text
+    assert "w1 | >= 20x PyTorch" in text or not workloads.torch_available()
+    assert "| w1 | >= 5x naive JAX |" in text
+    loaded = json.loads(js.read_text())
+    assert {t["workload"] for t in loaded["targets"]} == {"w1", "w3"}
+    assert loaded["workloads"]["w1"]["config"]["seeds"] == 4
+
+
+def test_measure_and_scaling():
+    calls = []
+    times, out = harness.measure(lambda: calls.append(1) or len(calls), repeats=3)
+    assert len(times) == 3 and out == 4 and len(calls) == 4  # one warm-up
+    m = harness.Measurement("x", "x", [1.0, 3.0, 2.0], None, timed=2, total=8)
+    assert m.median_s == pytest.approx(8.0) and m.min_s == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        harness.measure(lambda: None, repeats=0)
+
+
+def test_top_k_choice_draws_distinct_indices():
+    choice = workloads._choice_top_k(jax.random.choice)
+    idx = np.asarray(choice(jax.random.key(0), 50, (20,), replace=False))
+    assert idx.shape == (20,) and len(set(idx.tolist())) == 20
+    assert idx.min() >= 0 and idx.max() < 50
+    with_replacement = choice(jax.random.key(0), 50, (20,))  # falls back to jax.random.choice
+    np.testing.assert_array_equal(with_replacement, jax.random.choice(jax.random.key(0), 50, (20,)))
+
+
+def test_run_rejects_bad_flags():
+    with pytest.raises(SystemExit, match=r"unknown workload\(s\) \['w9'\]"):
+        run.main(["--only", "w1,w9"])
+    with pytest.raises(SystemExit, match="--repeats must be >= 1"):
+        run.main(["--repeats", "0"])
+    with pytest.raises(TypeError, match="unknown workload configuration"):
+        workloads.run_workload(object(), workloads.Options())

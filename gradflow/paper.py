@@ -35,8 +35,10 @@ from pathlib import Path
 from gradflow import experiment as _experiment
 
 __all__ = [
+    "BENCHMARK_WAYS",
     "LogReport",
     "Overfull",
+    "benchmarks_table",
     "build_macros",
     "check_log",
     "generate",
@@ -306,6 +308,92 @@ def runtimes_table(
     return out
 
 
+_WORDS = ("Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine")
+
+#: The ways of :mod:`benchmarks` the paper's table shows, in order, with their column labels.
+BENCHMARK_WAYS = (("gradflow", "gradflow"), ("naive_jax", "naive JAX"), ("pytorch", "PyTorch"))
+
+
+def _macro_key(key: str) -> str:
+    """``"w1"`` -> ``"WorkloadOne"``; other keys camel-cased, digits spelled out."""
+    m = re.fullmatch(r"w(\d+)", key)
+    if m:
+        return "Workload" + "".join(_WORDS[int(d)] for d in m.group(1))
+    return "".join(_WORDS[int(c)] if c.isdigit() else c for c in _camel(key))
+
+
+def benchmarks_table(results_json: str | os.PathLike, tables_dir: str | os.PathLike) -> list[Path]:
+    r"""Write ``benchmarks.tex`` and ``benchmarks_macros.tex`` into ``tables_dir`` from the
+    ``results.json`` that ``python -m benchmarks.run`` (``make bench``) writes.
+
+    Table: one row per workload (its title), the median wall time in milliseconds of each way of
+    :data:`BENCHMARK_WAYS` that ran, and gradflow's speed-up over the naive JAX loop and the
+    PyTorch loop (the other way's median over gradflow's). Macros:
+    ``enchmarks<Workload>SpeedupPytorch`` / ``...SpeedupNaiveJax`` (e.g.
+    ``enchmarksWorkloadOneSpeedupPytorch``), ``enchmarks<Workload>PeakFraction`` where FLOPs
+    were counted, ``enchmarksMatmulPeak`` (GFLOP/s), ``enchmarksCpus`` (usable CPUs),
+    ``enchmarksLoadAverage`` (one-minute load average when the run started) and
+    ``enchmarksQuick`` (1 for the quick sizes, else 0).
+
+    Raises:
+      FileNotFoundError: no ``results_json``.
+      ValueError: the file is not in that format.
+    """
+    path = Path(results_json)
+    if not path.is_file():
+        raise FileNotFoundError(f"no benchmark results at {path}: run `make bench` first")
+    try:
+        data = json.loads(path.read_text())
+        workloads = data["workloads"]
+        machine = data["machine"]
+        if not isinstance(workloads, dict) or not workloads:
+            raise TypeError("no workloads")
+        per: dict[str, tuple[str, dict[str, float], dict[str, float], float | None]] = {}
+        for key, w in workloads.items():
+            medians = {m["method"]: float(m["median_s"]) for m in w["measurements"]}
+            speedups = {k: float(v) for k, v in w.get("speedups", {}).get("gradflow", {}).items()}
+            gflops = w.get("gflops", {}).get("gradflow")
+            per[key] = (str(w["title"]), medians, speedups, gflops)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(
+            f"{path} is not a benchmarks results file (benchmarks.report.write): "
+            f"{type(e).__name__}: {e}"
+        ) from None
+    ways = [(m, label) for m, label in BENCHMARK_WAYS if any(m in v[1] for v in per.values())]
+    rows = []
+    for title, medians, speedups, _ in per.values():
+        times = [1e3 * medians[m] if m in medians else "--" for m, _ in ways]
+        ups = [speedups.get(b, "--") for b in ("naive_jax", "pytorch")]
+        rows.append([title, *times, *ups])
+    columns = [
+        "workload",
+        *(f"{label} (ms)" for _, label in ways),
+        "vs naive JAX",
+        "vs PyTorch",
+    ]
+    tables_dir = Path(tables_dir)
+    out = [_experiment.latex_table(rows, columns, tables_dir / "benchmarks.tex")]
+    peak = data.get("matmul_peak_gflops")
+    macros: dict[str, float | int] = {}
+    for key, (_, _, speedups, gflops) in per.items():
+        k = _macro_key(key)
+        if "pytorch" in speedups:
+            macros[f"benchmarks{k}SpeedupPytorch"] = speedups["pytorch"]
+        if "naive_jax" in speedups:
+            macros[f"benchmarks{k}SpeedupNaiveJax"] = speedups["naive_jax"]
+        if gflops is not None and peak:
+            macros[f"benchmarks{k}PeakFraction"] = float(gflops) / float(peak)
+    if peak:
+        macros["benchmarksMatmulPeak"] = float(peak)
+    if machine.get("cpu_usable") is not None:
+        macros["benchmarksCpus"] = int(machine["cpu_usable"])
+    if machine.get("load_average"):
+        macros["benchmarksLoadAverage"] = float(machine["load_average"][0])
+    macros["benchmarksQuick"] = int(bool(data.get("quick", False)))
+    out.append(_experiment.write_macros(tables_dir / "benchmarks_macros.tex", macros))
+    return out
+
+
 def build_macros(tables_dir: str | os.PathLike, mode: str) -> Path:
     r"""Write ``build_macros.tex``: ``\gradflowVersion`` (:data:`gradflow.__version__`) and
     ``\gradflowMode`` (``quick`` or ``full``: which configurations made the figures and tables).
@@ -325,7 +413,8 @@ def build_macros(tables_dir: str | os.PathLike, mode: str) -> Path:
 
 def generate(root: str | os.PathLike = ".", *, mode: str | None = None) -> list[Path]:
     """Write every generated paper input whose source exists under ``root``:
-    ``paper/tables/runtimes*.tex`` from ``results/runtimes.json``, and, when ``mode`` is given,
+    ``paper/tables/runtimes*.tex`` from ``results/runtimes.json``,
+    ``paper/tables/benchmarks*.tex`` from ``benchmarks/results.json``, and, when ``mode`` is given,
     ``paper/tables/build_macros.tex`` (:func:`build_macros`). Returns the written paths."""
     root = Path(root)
     tables = root / "paper" / "tables"
@@ -333,6 +422,9 @@ def generate(root: str | os.PathLike = ".", *, mode: str | None = None) -> list[
     runtimes = root / "results" / "runtimes.json"
     if runtimes.is_file():
         out += runtimes_table(runtimes, tables)
+    bench = root / "benchmarks" / "results.json"
+    if bench.is_file():
+        out += benchmarks_table(bench, tables)
     if mode is not None:
         out.append(build_macros(tables, mode))
     return out

@@ -211,12 +211,81 @@ def test_runtimes_table_rejects_bad_input(tmp_path):
         paper.runtimes_table(bad, tmp_path)
 
 
+BENCH = {
+    "quick": False,
+    "machine": {"cpu_usable": 2, "load_average": [0.5, 0.4, 0.3]},
+    "matmul_peak_gflops": 100.0,
+    "workloads": {
+        "w1": {
+            "title": "probe sweep, research size",
+            "measurements": [
+                {"method": "gradflow", "median_s": 0.01},
+                {"method": "gradflow_blocked", "median_s": 0.005},
+                {"method": "naive_jax", "median_s": 0.06},
+                {"method": "pytorch", "median_s": 0.4},
+            ],
+            "speedups": {"gradflow": {"pytorch": 40.0, "naive_jax": 6.0}},
+            "gflops": {"gradflow": 55.0},
+        },
+        "w4": {
+            "title": "analytic chain gradients",
+            "measurements": [
+                {"method": "gradflow", "median_s": 0.002},
+                {"method": "naive_jax", "median_s": 0.02},
+            ],
+            "speedups": {"gradflow": {"naive_jax": 10.0}},
+        },
+    },
+}
+
+
+def test_benchmarks_table(tmp_path):
+    src = tmp_path / "results.json"
+    src.write_text(json.dumps(BENCH))
+    tex, macros = paper.benchmarks_table(src, tmp_path / "tables")
+    body = [ln for ln in tex.read_text().splitlines() if ln.endswith(r"\\")]
+    assert body[0] == (
+        r"workload & gradflow (ms) & naive JAX (ms) & PyTorch (ms) & vs naive JAX & "
+        r"vs PyTorch \\"
+    )
+    # proposed variants (gradflow_blocked) are not in the paper's table; a missing way is --
+    assert body[1] == r"probe sweep, research size & 10 & 60 & 400 & 6 & 40 \\"
+    assert body[2] == r"analytic chain gradients & 2 & 20 & -- & 10 & -- \\"
+    m = macros.read_text()
+    for line in (
+        r"\newcommand{\benchmarksWorkloadOneSpeedupPytorch}{40}",
+        r"\newcommand{\benchmarksWorkloadOneSpeedupNaiveJax}{6}",
+        r"\newcommand{\benchmarksWorkloadOnePeakFraction}{0.55}",
+        r"\newcommand{\benchmarksWorkloadFourSpeedupNaiveJax}{10}",
+        r"\newcommand{\benchmarksMatmulPeak}{100}",
+        r"\newcommand{\benchmarksCpus}{2}",
+        r"\newcommand{\benchmarksLoadAverage}{0.5}",
+        r"\newcommand{\benchmarksQuick}{0}",
+    ):
+        assert line in m, line
+    assert "WorkloadFourSpeedupPytorch" not in m
+
+
+def test_benchmarks_table_rejects_bad_input(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make bench"):
+        paper.benchmarks_table(tmp_path / "none.json", tmp_path)
+    bad = tmp_path / "results.json"
+    for text in ("{", json.dumps({"machine": {}}), json.dumps({**BENCH, "workloads": {}})):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match="not a benchmarks results file"):
+            paper.benchmarks_table(bad, tmp_path)
+
+
 def test_generate_writes_what_exists(tmp_path):
     assert paper.generate(tmp_path) == []
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "runtimes.json").write_text(json.dumps(RUNTIMES))
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "results.json").write_text(json.dumps(BENCH))
     written = paper.generate(tmp_path)
-    assert sorted(p.name for p in written) == ["runtimes.tex", "runtimes_macros.tex"]
+    assert sorted(p.name for p in written) == [
+        "benchmarks.tex", "benchmarks_macros.tex", "runtimes.tex", "runtimes_macros.tex",
+    ]  # fmt: skip
     assert all(p.parent == tmp_path / "paper" / "tables" for p in written)
     assert paper.main(["generate", "--root", str(tmp_path)]) == 0
     written = paper.generate(tmp_path, mode="quick")

@@ -507,6 +507,7 @@ def _prose(body: str) -> tuple[str, str]:
     t = re.sub(r"\\(?:no)?cite[a-zA-Z]*\*?(?:\[[^\]]*\]){0,2}\{[^}]*\}", " ", t)
     t = re.sub(r"\\includegraphics(?:\[[^\]]*\])?\{[^}]*\}", " ", t)
     t = re.sub(r"\\href\{[^}]*\}", " ", t)
+    t = re.sub(r"\\ifnum\\[A-Za-z]+\s*[=<>]\s*-?\d+", " ", t)  # TeX conditionals on macros
     display = r"\\begin\{(equation|align|gather|multline)(\*?)\}(.*?)\\end\{\1\2\}"
     math = [m[2] for m in re.findall(display, t, flags=re.S)]
     t = re.sub(display, " ", t, flags=re.S)

@@ -247,15 +247,24 @@ def _expect(q: Array, order: int, *fs: Callable[[Array], Array]) -> list[Array]:
     return [jnp.sum(w * f(u), axis=-1) for f in fs]
 
 
-def _expect_2d(q: Array, c: Array, order_2d: int, *pairs: tuple[Callable, Callable]) -> list[Array]:
-    """E[f(u1) g(u2)] for each pair (f, g): polar rule split at the four kink rays."""
+def _angle(c: Array) -> Array:
+    """theta_0 = arccos(c), the angle between the two inputs."""
+    return jnp.arccos(jnp.clip(c, -1.0, 1.0))
+
+
+def _angle_from_gap(d: Array) -> Array:
+    """theta_0 from d = 1 - c, accurate for small d: arccos(1 - d) = 2 arcsin(sqrt(d / 2))."""
+    return 2.0 * jnp.arcsin(jnp.sqrt(jnp.clip(d, 0.0, 2.0) / 2.0))
+
+
+def _expect_2d(q: Array, t0: Array, order_2d: int, *fns: Callable) -> list[Array]:
+    """E[f(u1, u2)] for each f, inputs at angle t0 = arccos(c): polar rule split at the four
+    kink rays u1 = 0 and u2 = 0."""
     dtype = q.dtype
     r, wr = _half_range_rule(order_2d, 1)  # weights sum to 1 = int_0^inf r e^{-r^2/2} dr
     x, wx = _legendre_rule(max(order_2d // 2, 2))
     r, wr = jnp.asarray(r, dtype), jnp.asarray(wr / _TWO_PI, dtype)
     x, wx = jnp.asarray(x, dtype), jnp.asarray(wx, dtype)
-    c = jnp.clip(c, -1.0, 1.0)
-    t0 = jnp.arccos(c)
     half_pi = jnp.asarray(0.5 * math.pi, dtype)
     rays = jnp.stack(
         jnp.broadcast_arrays(
@@ -272,7 +281,7 @@ def _expect_2d(q: Array, c: Array, order_2d: int, *pairs: tuple[Callable, Callab
     u1 = scale * jnp.cos(theta)[..., None] * r  # (..., 4, n_theta, n_r)
     u2 = scale * jnp.cos(theta - t0[..., None, None])[..., None] * r
     weight = w_theta[..., None] * wr
-    return [jnp.sum(weight * f(u1) * g(u2), axis=(-3, -2, -1)) for f, g in pairs]
+    return [jnp.sum(weight * f(u1, u2), axis=(-3, -2, -1)) for f in fns]
 
 
 def gaussian_expectation(
@@ -463,56 +472,74 @@ def _q_star_core(sw2, sb2, q0, static, order, num_iters):
 
 
 def _c_norm(q, sw2, sb2, static, order_2d):
-    """q^{l+1} by the same 2-D rule as the c-map numerator at c = 1, so that c = 1 is exactly a
-    fixed point of the discretised c-map (identical inputs stay identical) and the quadrature
-    error of the 2-D rule cancels in the ratio near c = 1."""
+    """q^{l+1} by the same 2-D rule as the c-map at c = 1 (see _c_map_core)."""
     act = static.act
-    (e_pp,) = _expect_2d(q, jnp.ones_like(q), order_2d, (act.fn, act.fn))
+    (e_pp,) = _expect_2d(q, jnp.zeros_like(q), order_2d, lambda u1, u2: act.fn(u1) ** 2)
     return sw2 * e_pp + sb2
 
 
-def _c_map_core(c, q, sw2, sb2, static, order_2d, norm=None):
-    """(c_{l+1}, chi_c(c) = d c_{l+1} / d c) for two inputs of length q."""
+def _c_map_core(t0, q, sw2, sb2, static, order_2d, norm=None):
+    """(1 - c_{l+1}, chi_c(c) = d c_{l+1} / d c) for two inputs of length q at angle t0.
+
+    1 - c_{l+1} = sw2 E[(phi(u1) - phi(u2))^2] / 2 / q_{l+1}: free of the cancellation in
+    1 - (sw2 E[phi(u1) phi(u2)] + sb2) / q_{l+1}, so c* close to 1 (near the critical line) is
+    resolved in float32; q_{l+1} is integrated by the same rule at c = 1, so c = 1 is exactly a
+    fixed point of the discretised map.
+    """
     act = static.act
-    e_pp, e_dd = _expect_2d(q, c, order_2d, (act.fn, act.fn), (act.grad, act.grad))
+    e_gap, e_dd = _expect_2d(
+        q,
+        t0,
+        order_2d,
+        lambda u1, u2: (act.fn(u1) - act.fn(u2)) ** 2,
+        lambda u1, u2: act.grad(u1) * act.grad(u2),
+    )
     if norm is None:
         norm = _c_norm(q, sw2, sb2, static, order_2d)
-    return (sw2 * e_pp + sb2) / norm, sw2 * e_dd * q / norm
+    return 0.5 * sw2 * e_gap / norm, sw2 * e_dd * q / norm
 
 
 def _c_star_core(q_s, chi1_, sw2, sb2, static, order_2d, num_iters):
-    """c* by Newton from c = 0 (monotone: the c-map is convex and increasing on [0, 1])."""
+    """c* by Newton from c = 0 (monotone: the c-map is convex and increasing on [0, 1]),
+    iterating on the gap d = 1 - c."""
     finite = jnp.isfinite(q_s) & (q_s > 0)
     q = jnp.where(finite, q_s, 1.0)
     q_, sw2_, sb2_ = (jax.lax.stop_gradient(a) for a in (q, sw2, sb2))
     norm_ = _c_norm(q_, sw2_, sb2_, static, order_2d)
 
-    def step(_, c):
-        f, slope = _c_map_core(c, q_, sw2_, sb2_, static, order_2d, norm_)
-        d = slope - 1.0
-        contracting = d < 0
-        newton = c - (f - c) / jnp.where(contracting, d, -1.0)
-        c_new = jnp.where(contracting & jnp.isfinite(newton), newton, f)
-        return jnp.clip(c_new, -1.0, 1.0)
+    def step(_, d):
+        # G(c) = f(c) - c = d - gap(d); dG/dc = chi_c - 1.
+        gap, slope = _c_map_core(_angle_from_gap(d), q_, sw2_, sb2_, static, order_2d, norm_)
+        g = d - gap
+        contracting = slope < 1.0
+        newton = d - g / jnp.where(contracting, 1.0 - slope, 1.0)
+        d_new = jnp.where(contracting & jnp.isfinite(newton), newton, gap)
+        return jnp.clip(d_new, 0.0, 2.0)
 
-    c = jax.lax.fori_loop(0, num_iters, step, jnp.zeros_like(q_))
+    d = jax.lax.fori_loop(0, num_iters, step, jnp.ones_like(q_))
     norm = _c_norm(q, sw2, sb2, static, order_2d)
-    f, slope = _c_map_core(c, q, sw2, sb2, static, order_2d, norm)
-    f_, slope_ = jax.lax.stop_gradient(f), jax.lax.stop_gradient(slope)
+    gap, slope = _c_map_core(_angle_from_gap(d), q, sw2, sb2, static, order_2d, norm)
+    gap_, slope_ = jax.lax.stop_gradient(gap), jax.lax.stop_gradient(slope)
     denom = 1.0 - slope_
-    c_impl = c + (f - f_) / jnp.where(denom > 0, denom, jnp.inf)
-    chi_c_val = _c_map_core(c_impl, q, sw2, sb2, static, order_2d, norm)[1]
+    # implicit derivative of c* = 1 - d* (the value stays 1 - d)
+    d_impl = d + (gap - gap_) / jnp.where(denom > 0, denom, jnp.inf)
     ordered = chi1_ <= 1.0
+    ok = finite & ~ordered & (d > 0)
+    chi_c_val = _c_map_core(
+        _angle_from_gap(jnp.where(ok, d_impl, 1.0)), q, sw2, sb2, static, order_2d, norm
+    )[1]
     nan = jnp.asarray(jnp.nan, q.dtype)
-    c_out = jnp.where(ordered, 1.0, jnp.where(finite, c_impl, nan))
-    chi_c_out = jnp.where(ordered, chi1_, jnp.where(finite, chi_c_val, nan))
+    c_out = jnp.where(ordered, 1.0, jnp.where(finite, 1.0 - d_impl, nan))
+    # A stable c* has chi_c < 1; within quadrature/rounding resolution of the critical line
+    # (|chi1 - 1| below ~1e-5 in float32) it may come out >= 1: report the line (xi_c = inf).
+    chi_c_out = jnp.where(ordered, chi1_, jnp.where(finite, jnp.minimum(chi_c_val, 1.0), nan))
     return c_out, chi_c_out
 
 
 def _neg_inv_log(x: Array) -> Array:
-    # xi = -1 / log(chi): inf at chi = 1, 0 at chi = 0.
-    safe = jnp.where(x > 0, x, 1.0)
-    return jnp.where(x > 0, -1.0 / jnp.log(safe), 0.0)
+    # xi = -1 / log(chi): +inf at chi >= 1 (the critical line), 0 at chi = 0.
+    safe = jnp.where((x > 0) & (x < 1), x, 0.5)
+    return jnp.where(x >= 1, jnp.inf, jnp.where(x > 0, -1.0 / jnp.log(safe), 0.0))
 
 
 # --- jitted cores (activation and orders static) -------------------------------------------------
@@ -525,7 +552,8 @@ def _q_map_jit(q, sw2, sb2, static, order):
 
 @functools.partial(jax.jit, static_argnums=(4, 5))
 def _c_map_jit(c, q, sw2, sb2, static, order_2d):
-    return _c_map_core(c, q, sw2, sb2, static, order_2d)
+    gap, slope = _c_map_core(_angle(c), q, sw2, sb2, static, order_2d)
+    return 1.0 - gap, slope
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5))
@@ -772,7 +800,8 @@ def depth_scales(
         \qquad \xi_c^{-1} = -\log \chi_c.
 
     :math:`\xi_c` diverges on the critical line :math:`\chi_1 = 1`; trainable depth is about
-    :math:`6\xi_c`. For kinked activations :math:`\phi''` includes the delta at the kink (zero for
+    :math:`6\xi_c`; within rounding of the line (:math:`|\chi_1 - 1| \lesssim 10^{-5}` in float32)
+    it is ``inf``. For kinked activations :math:`\phi''` includes the delta at the kink (zero for
     all registered ones, since :math:`\phi(0) = 0` there). Arguments as in :func:`c_star`.
     """
     out = _summary_public(sw2, sb2, activation, q0, order, order_2d, num_iters, num_iters_c, None)
@@ -999,7 +1028,7 @@ def _propagate_jit(sw2, sb2, q0, c0, static, depth, order, order_2d):
     def layer(carry, _):
         q, c = carry
         (e_dphi2,) = _expect(q, order, lambda u: act.grad(u) ** 2)
-        c_next = _c_map_core(c, q, sw2, sb2, static, order_2d)[0]
+        c_next = 1.0 - _c_map_core(_angle(c), q, sw2, sb2, static, order_2d)[0]
         q_next = _q_map_and_slope(q, sw2, sb2, static, order)[0]
         return (q_next, jnp.clip(c_next, -1.0, 1.0)), (q, c, sw2 * e_dphi2)
 

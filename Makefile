@@ -7,6 +7,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 EXTRAS ?= test
 export MPLBACKEND := Agg
+# One BLAS thread per process: the test runner uses both cores with two workers, and JAX's QR
+# (orthogonal init) slows down ~100x when OpenBLAS threads oversubscribe the cores.
+OPENBLAS_NUM_THREADS ?= 1
+export OPENBLAS_NUM_THREADS
 
 .PHONY: venv test reproduce reproduce-quick paper bench lint lock clean help
 

@@ -592,6 +592,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     print()
     print(_summary_table(outcomes, mode))
     print(f"timings: {_rel(root / RUNTIMES)}")
+    if (root / "experiments" / "__init__.py").is_file():  # in the gradflow checkout
+        index = _experiment.write_index(root)
+        print(f"experiments index: {_rel(index)}")
     failed = [o.name for o in outcomes if o.error]
     if failed:
         _error(f"{len(failed)} experiment(s) failed: {', '.join(failed)}; paper not built")

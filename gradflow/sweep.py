@@ -757,7 +757,7 @@ def run(
     axes: Mapping[str, Sequence[str]] | None = None,
     name: str | None = None,
     config: Mapping[str, Any] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> pd.DataFrame:
     """Evaluate ``fn(hparams, key)`` on every point of ``grid`` x ``seeds``; store a tidy table.
 
@@ -781,7 +781,8 @@ def run(
       name: a name for the sweep, recorded in the metadata (part of the config).
       config: any JSON-serialisable settings fn depends on (part of the config, so a changed
         setting is never mixed into an old store).
-      progress: show a progress bar over chunks (process 0 only).
+      progress: show a progress bar over chunks (process 0 only): ``True`` always, ``False``
+        never, ``None`` (default) only when stderr is a terminal (no redraws in logs and CI).
 
     Returns:
       The table of the whole sweep (completed chunks of earlier sessions included), as
@@ -868,8 +869,8 @@ def run(
     bar = tqdm(
         total=n_groups * n_chunks,
         initial=int(done.sum()),
-        # None: tqdm hides the bar when stderr is not a terminal (logs, CI) instead of redrawing
-        disable=None if (progress and lead) else True,
+        # tqdm's disable=None hides the bar when stderr is not a terminal
+        disable=True if not lead else (None if progress is None else not progress),
         desc=name or "sweep",
         unit="chunk",
         dynamic_ncols=True,

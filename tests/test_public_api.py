@@ -1,0 +1,88 @@
+"""The public surface researchers type (DESIGN.md API contract): a rename is a visible decision."""
+
+import pytest
+
+import gradflow as gf
+
+CONTRACT = {
+    "activations": ["Activation", "get", "names", "register"],
+    "initializers": ["get", "names", "weight_variance"],
+    "analytic": [
+        "chain_forward",
+        "chain_grads",
+        "chain_log_grads",
+        "gradient_bound",
+        "exploding_chain",
+        "deep_linear_gain",
+        "scaled_identity_mlp",
+        "mlp_forward",
+        "mlp_grads",
+    ],
+    "meanfield": [
+        "q_map",
+        "c_map",
+        "q_star",
+        "c_star",
+        "chi1",
+        "depth_scales",
+        "critical_sw2",
+        "phase_diagram",
+    ],
+    "spectra": ["jacobian_singular_values", "jacobian_moments"],
+    "models": ["Chain", "MLP", "DeepLinear", "RNN"],
+    "probes": [
+        "probe",
+        "probe_rnn",
+        "verdict",
+        "check_history",
+        "format_report",
+        "plot_report",
+        "LayerReport",
+    ],
+    "optim": [
+        "clip_by_value",
+        "clip_by_global_norm",
+        "clip_by_layer_norm",
+        "adaptive_grad_clip",
+        "add_l1_decay",
+        "add_l2_decay",
+        "decay_mask",
+        "monitor_grad_stats",
+        "telemetry",
+        "make_optimizer",
+    ],
+    "data": ["load_digits", "adding_problem", "teacher_student"],
+    "training": ["TrainState", "TrainConfig", "train_fn", "fit", "evaluate"],
+    "sweep": ["run", "load"],
+    "plotting": ["style", "figure", "savefig", "COLORS"],
+    "experiment": [
+        "Experiment",
+        "get",
+        "names",
+        "registry",
+        "layout",
+        "write_macros",
+        "latex_table",
+    ],
+}
+
+
+def test_modules_reexported():
+    assert set(CONTRACT) <= set(gf.__all__)
+    assert gf.__version__
+
+
+@pytest.mark.parametrize("module", sorted(CONTRACT))
+def test_contract_names(module):
+    mod = getattr(gf, module)
+    missing = [n for n in CONTRACT[module] if not hasattr(mod, n)]
+    assert not missing, f"gradflow.{module} lacks {missing}"
+    if hasattr(mod, "__all__"):
+        undefined = [n for n in mod.__all__ if not hasattr(mod, n)]
+        assert not undefined, f"gradflow.{module}.__all__ names undefined {undefined}"
+
+
+def test_activation_contract_values():
+    act = gf.activations.get("sigmoid")
+    assert act.sup_grad == 0.25 and act.name == "sigmoid"
+    assert gf.initializers.weight_variance("xavier_normal", 30, 10) == pytest.approx(2 / 40)

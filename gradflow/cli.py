@@ -595,6 +595,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     if (root / "experiments" / "__init__.py").is_file():  # in the gradflow checkout
         index = _experiment.write_index(root)
         print(f"experiments index: {_rel(index)}")
+    if (root / PAPER_TEX).exists():  # runtime and benchmark tables, build record for the paper
+        from gradflow import paper as _paper
+
+        _paper.generate(root, mode=mode)
     failed = [o.name for o in outcomes if o.error]
     if failed:
         _error(f"{len(failed)} experiment(s) failed: {', '.join(failed)}; paper not built")

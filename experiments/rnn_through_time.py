@@ -616,7 +616,7 @@ def _plot_adding(data: dict, figures_dir: Path) -> list[Path]:
     ax_loss.axhline(theory["recent_only_loss"], color="k", ls="--", lw=0.8,
                     label="recent number only: 1/12")  # fmt: skip
     ax_loss.axhline(top, color="0.5", lw=0.6)
-    ax_loss.text(steps[-1], top * 1.1, f"divergence: loss > {top:g} or non-finite", ha="right",
+    ax_loss.text(steps[-1], top * 1.1, f"diverged: loss > {top:g}", ha="right",
                  va="bottom", fontsize=6, color="0.3")  # fmt: skip
     ax_loss.set_yscale("log")
     ax_loss.set_ylim(top=top * 2.5)

@@ -254,6 +254,8 @@ def fmt(x: Any, digits: int = 3) -> str:
     if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
         mant, exp = f"{x:.{max(digits - 1, 0)}e}".split("e")
         return f"{mant}\\times10^{{{int(exp)}}}"
+    if abs(x) >= 10**digits:  # e.g. 5710, not "5.71e+03" (which LaTeX would print literally)
+        return f"{round(x):d}"
     return f"{x:.{digits}g}"
 
 

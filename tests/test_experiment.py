@@ -80,6 +80,7 @@ def test_macros_and_tables(tmp_path):
     text = p.read_text()
     assert r"\newcommand{\ratioA}{4.23}" in text
     assert r"\newcommand{\tiny}{\ensuremath{1.50\times10^{-30}}}" in text
+    assert gf.experiment.fmt(5710.4) == "5710" and gf.experiment.fmt(12.345) == "12.3"
     assert r"\newcommand{\n}{20}" in text and r"\newcommand{\bad}{--}" in text
     with pytest.raises(ValueError, match="letters only"):
         gf.experiment.write_macros(tmp_path / "m.tex", {"ratio_1": 1.0})

@@ -439,8 +439,10 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
         ax_r.set_title("(a) gradient ratio at init (○ a seed, | median)", loc="left")
         handles = [Line2D([], [], color=gf.plotting.COLORS[_KIND_COLOR[k]], marker="s", lw=0,
                           label=k) for k in CLASSES if k in set(s["kind"])]  # fmt: skip
-        ax_r.legend(handles=handles, loc="lower center", fontsize=6, title="remedy class",
-                    title_fontsize=6, ncols=2, handletextpad=0.2)  # fmt: skip
+        tall = len(names) >= 6  # room for a titled legend between the clusters of dots
+        ax_r.legend(handles=handles, loc="lower center", fontsize=6, handletextpad=0.2,
+                    title="remedy class" if tall else None, title_fontsize=6,
+                    ncols=2 if tall else len(handles), columnspacing=1.0)  # fmt: skip
 
         # (b) final test accuracy at the chosen learning rate, numbers in a column at the right
         seeds = int(s["seeds"].max())

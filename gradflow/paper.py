@@ -41,6 +41,7 @@ __all__ = [
     "benchmarks_table",
     "build_macros",
     "check_log",
+    "check_tables",
     "generate",
     "main",
     "parse_log",
@@ -227,6 +228,46 @@ def check_log(path: str | os.PathLike, *, width: int = MAX_PRINT_LINE) -> LogRep
             "`gradflow reproduce`)"
         )
     return parse_log(path.read_text(encoding="utf-8", errors="replace"), width=width)
+
+
+_SCI = re.compile(r"(?<![\w\\])[-+]?\d+(?:\.\d+)?[eE][-+]?\d+\b")
+_TEXT_MINUS = re.compile(r"^-\s*\d")
+_NONFINITE = re.compile(r"^(?:nan|-?inf|NaN|-?Inf)$")
+
+
+def _outside_math(cell: str) -> str:
+    return re.sub(r"\$[^$]*\$", " ", cell)
+
+
+def check_tables(tables_dir: str | os.PathLike) -> list[str]:
+    r"""Formatting slips in the generated ``*.tex`` files of ``tables_dir``, one line each: Python
+    scientific notation (``2.8e+02``: LaTeX prints it literally), a negative number in text mode
+    (``-0.567`` prints a hyphen, not a minus sign: wrap it in ``$...$``; not checked in
+    ``*_macros.tex``, whose values may be used in math), and ``nan``/``inf`` cells. Math
+    (``$...$``) is left alone. Returns ``[]`` when there is nothing to report.
+    """
+    out = []
+    for path in sorted(Path(tables_dir).glob("*.tex")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line.lstrip().startswith("%"):
+                continue
+            if path.name.endswith("_macros.tex"):
+                m = re.fullmatch(r"\\newcommand\{\\(\w+)\}\{(.*)\}", line.strip())
+                cells = [m.group(2)] if m else []
+            elif line.rstrip().endswith("\\\\"):
+                cells = line.rstrip()[:-2].split("&")
+            else:
+                continue
+            for cell in cells:
+                text = _outside_math(cell).strip()
+                where = f"{path.name}:{n}"
+                if _SCI.search(text):
+                    out.append(f"{where}: scientific notation in text: {cell.strip()!r}")
+                elif _TEXT_MINUS.match(text) and not path.name.endswith("_macros.tex"):
+                    out.append(f"{where}: text-mode minus (a hyphen): {cell.strip()!r}")
+                elif _NONFINITE.match(text):
+                    out.append(f"{where}: non-finite value: {cell.strip()!r}")
+    return out
 
 
 # --- generated inputs ---------------------------------------------------------------------------
@@ -449,6 +490,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="PT",
         help="overfull boxes up to PT points are tolerated (default: 1.0)",
     )
+    p.add_argument(
+        "--tables",
+        metavar="DIR",
+        help="also report formatting slips in the generated tables of DIR (gradflow.paper."
+        "check_tables): warnings, or problems with --strict-tables",
+    )
+    p.add_argument(
+        "--strict-tables", action="store_true", help="count table formatting slips as problems"
+    )
     p = sub.add_parser("generate", help="write paper/tables/runtimes*.tex from results/")
     p.add_argument("--root", default=".", help="the root of results/ and paper/ (default: .)")
     p.add_argument(
@@ -468,6 +518,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"gradflow.paper: error: {e}", file=sys.stderr)
         return 2
+    slips = check_tables(args.tables) if args.tables else []
+    if slips and args.strict_tables:
+        problems = problems + slips
+    elif slips:
+        print(f"{args.tables}: {len(slips)} formatting warning(s):", file=sys.stderr)
+        for line in slips:
+            print(f"  {line}", file=sys.stderr)
     if problems:
         print(f"{args.log}: {len(problems)} problem(s):", file=sys.stderr)
         for line in problems:

@@ -80,16 +80,18 @@ def test_macros_and_tables(tmp_path):
     text = p.read_text()
     assert r"\newcommand{\ratioA}{4.23}" in text
     assert r"\newcommand{\tiny}{\ensuremath{1.50\times10^{-30}}}" in text
+    neg = gf.experiment.write_macros(tmp_path / "n.tex", {"neg": -0.306}).read_text()
+    assert r"\newcommand{\neg}{\ensuremath{-0.306}}" in neg
     assert gf.experiment.fmt(5710.4) == "5710" and gf.experiment.fmt(12.345) == "12.3"
     assert r"\newcommand{\n}{20}" in text and r"\newcommand{\bad}{--}" in text
     with pytest.raises(ValueError, match="letters only"):
         gf.experiment.write_macros(tmp_path / "m.tex", {"ratio_1": 1.0})
     t = gf.experiment.latex_table(
-        [["relu_he", 0.5, 1e-9], ["$\\sigma$", 2, 3.0]], ["init", "a", "b%"], tmp_path / "t.tex"
+        [["relu_he", 0.5, 1e-9], ["$\\sigma$", 2, -3.0]], ["init", "a", "b%"], tmp_path / "t.tex"
     )
     body = t.read_text()
     assert r"relu\_he & 0.5 & $1.00\times10^{-9}$ \\" in body
-    assert r"$\sigma$ & 2 & 3 \\" in body and r"init & a & b\% \\" in body
+    assert r"$\sigma$ & 2 & $-3$ \\" in body and r"init & a & b\% \\" in body
     assert "\\begin{tabular}{lrr}" in body
     with pytest.raises(ValueError, match="every row must have 3 cells"):
         gf.experiment.latex_table([[1, 2]], ["a", "b", "c"], tmp_path / "t.tex")

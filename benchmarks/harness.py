@@ -6,8 +6,9 @@ Protocol (the same for every way of computing a workload):
   (:func:`compile_jax`); never inside the timed repeats. For a loop of jitted calls (naive JAX) it
   is the first call minus one steady-state call. PyTorch has no compile step (eager).
 * **repeats** -- the whole computation, from inputs on the host to results on the host as NumPy
-  arrays (so asynchronous dispatch cannot hide work), run ``repeats`` times after one untimed
-  warm-up; the reported time is the **median** (:class:`Measurement`). A time budget ends the
+  arrays (so asynchronous dispatch cannot hide work), run ``repeats`` times after one warm-up
+  (which counts as a repeat when it alone takes over a tenth of the budget: a long computation);
+  the reported time is the **median** (:class:`Measurement`). A time budget ends the
   repeats early (never below ``min_repeats``); the number actually run is reported.
 * **subsets** -- a Python loop whose full length would take minutes (the PyTorch and naive-JAX
   training loops) may time a prefix of ``timed`` of its ``total`` runs; the median is then scaled
@@ -108,26 +109,34 @@ def measure(
     repeats: int,
     budget_s: float = float("inf"),
     min_repeats: int = 3,
-    warmup: bool = True,
+    warmup: bool | None = None,
 ) -> tuple[list[float], Any]:
     """Time ``fn()`` (which must return host results) ``repeats`` times after one warm-up.
 
     Stops early once the timed repeats have used ``budget_s`` seconds, but never before
-    ``min(min_repeats, repeats)`` repeats. Returns ``(times, last_result)``.
+    ``min(min_repeats, repeats)`` repeats. ``warmup=None`` (auto): the warm-up call is timed and,
+    if it took more than a tenth of ``budget_s`` (a long computation, whose one-time costs are
+    negligible), it counts as the first repeat. Returns ``(times, last_result)``.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    result = fn() if warmup else None
     times: list[float] = []
-    spent = 0.0
-    for i in range(repeats):
+    result = None
+    if warmup or warmup is None:
+        t0 = time.perf_counter()
+        result = fn()
+        dt = time.perf_counter() - t0
+        if warmup is None and dt > budget_s / 10:
+            times.append(dt)
+    spent = sum(times)
+    while len(times) < repeats:
+        if spent > budget_s and len(times) >= min(min_repeats, repeats):
+            break
         t0 = time.perf_counter()
         result = fn()
         dt = time.perf_counter() - t0
         times.append(dt)
         spent += dt
-        if spent > budget_s and i + 1 >= min(min_repeats, repeats):
-            break
     return times, result
 
 

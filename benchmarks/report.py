@@ -220,6 +220,10 @@ def markdown(results: dict[str, Any]) -> str:
             ]
             for k, v in p["categories"].items():
                 lines.append(f"- {k}: {_fmt_s(v['s'])} ({v['share']:.0%})")
+            if p.get("top_sources"):
+                lines += ["", "Largest single sources (HLO op_name, dense_* = every layer):", ""]
+                for k, v in p["top_sources"].items():
+                    lines.append(f"- `{k}`: {_fmt_s(v)}")
     return "\n".join(lines) + "\n"
 
 

@@ -105,7 +105,7 @@ def run(config: dict, results_dir: Path) -> None:
     """Evaluate phi, phi' (closed form and autodiff) and max|phi'| for every activation."""
     x_plot, x_sup = _grids(config)
     results_dir = Path(results_dir)
-    names = list(gf.activations.names())
+    names = list(gf.activations.names(builtin_only=True))
     curve_axes = {m: ("x",) for m in ("phi", "grad", "grad_autodiff")}
     with jax.enable_x64(True):  # float64 reference; float32 autodiff is checked beside it
         gf.sweep.run(

@@ -45,7 +45,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["SELU_ALPHA", "SELU_LAMBDA", "Activation", "get", "names", "register"]
+__all__ = [
+    "BUILTIN",
+    "SELU_ALPHA",
+    "SELU_LAMBDA",
+    "Activation",
+    "get",
+    "names",
+    "register",
+    "unregister",
+]
 
 Array = jax.Array
 ArrayFn = Callable[[Any], Array]
@@ -341,9 +350,17 @@ _FACTORIES: dict[str, Callable[..., Activation]] = {
 _ALIASES = {"swish": "silu", "identity": "linear"}
 
 
-def names() -> tuple[str, ...]:
-    """Names of the registered activations (aliases such as ``"swish"`` not included)."""
-    return tuple(_FACTORIES)
+BUILTIN: tuple[str, ...] = tuple(_FACTORIES)
+"""The activations gradflow ships (the experiments and the paper use exactly these)."""
+
+
+def names(*, builtin_only: bool = False) -> tuple[str, ...]:
+    """Names of the registered activations (aliases such as ``"swish"`` not included).
+
+    With ``builtin_only=True`` the activations added by :func:`register` are left out, so code
+    that must not depend on what a user registered (the experiments, the paper) sees a fixed set.
+    """
+    return BUILTIN if builtin_only else tuple(_FACTORIES)
 
 
 def _check_params(name: str, factory: Callable[..., Activation], params: dict) -> None:
@@ -437,3 +454,17 @@ def register(
     _FACTORIES[name] = lambda: act
     _cached.cache_clear()
     return act
+
+
+def unregister(name: str) -> None:
+    """Remove an activation added by :func:`register` (the built-in ones cannot be removed)."""
+    if name in BUILTIN:
+        raise ValueError(f"activation {name!r} is built in and cannot be unregistered")
+    if name not in _FACTORIES:
+        user = [n for n in _FACTORIES if n not in BUILTIN]
+        raise ValueError(
+            f"activation {name!r} is not registered; registered by the user: "
+            f"{', '.join(user) or 'none'}"
+        )
+    del _FACTORIES[name]
+    _cached.cache_clear()

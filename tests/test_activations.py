@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import gradflow as gf
 
-ALL = [gf.activations.get(n) for n in gf.activations.names()] + [
+ALL = [gf.activations.get(n) for n in gf.activations.names(builtin_only=True)] + [
     gf.activations.get("leaky_relu", negative_slope=0.2),
     gf.activations.get("elu", alpha=2.0),
 ]
@@ -96,11 +96,22 @@ def test_register_custom():
         argsup=None,
         overwrite=True,
     )
-    assert "test_cube_tanh" in gf.activations.names()
-    assert gf.activations.get("test_cube_tanh") is act
-    np.testing.assert_allclose(act.grad2(jnp.array([0.5])), jax.grad(act.grad)(0.5), rtol=1e-5)
-    with pytest.raises(ValueError, match="already registered"):
-        gf.activations.register("sigmoid", jnp.tanh, jnp.tanh, sup_grad=1.0, argsup=0.0)
+    try:
+        assert "test_cube_tanh" in gf.activations.names()
+        assert "test_cube_tanh" not in gf.activations.names(builtin_only=True)
+        assert gf.activations.get("test_cube_tanh") is act
+        np.testing.assert_allclose(act.grad2(jnp.array([0.5])), jax.grad(act.grad)(0.5), rtol=1e-5)
+        with pytest.raises(ValueError, match="already registered"):
+            gf.activations.register("sigmoid", jnp.tanh, jnp.tanh, sup_grad=1.0, argsup=0.0)
+    finally:
+        gf.activations.unregister("test_cube_tanh")
+    assert "test_cube_tanh" not in gf.activations.names()
+    with pytest.raises(ValueError, match="unknown activation 'test_cube_tanh'"):
+        gf.activations.get("test_cube_tanh")
+    with pytest.raises(ValueError, match="built in"):
+        gf.activations.unregister("sigmoid")
+    with pytest.raises(ValueError, match="not registered"):
+        gf.activations.unregister("test_cube_tanh")
 
 
 def test_bad_input():

@@ -19,7 +19,7 @@ from scipy import integrate, optimize
 
 from gradflow import activations, meanfield
 
-ALL = activations.names()
+ALL = activations.names(builtin_only=True)
 x64_given = settings(
     suppress_health_check=[
         *settings.default.suppress_health_check,

@@ -5,7 +5,7 @@ import pytest
 import gradflow as gf
 
 CONTRACT = {
-    "activations": ["Activation", "get", "names", "register"],
+    "activations": ["Activation", "BUILTIN", "get", "names", "register", "unregister"],
     "initializers": ["get", "names", "weight_variance"],
     "analytic": [
         "chain_forward",

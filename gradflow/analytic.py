@@ -600,9 +600,20 @@ def exploding_chain(
     Returns:
       ``(w, b)``, each ``(..., depth)``.
 
+    It is a host-side constructor (the float64 step above needs concrete values): build the chain
+    outside ``jit`` and pass ``(w, b)`` into the jitted code, as one passes any parameters.
+
     Raises:
-      TypeError: ``depth`` not an integer. ValueError: ``depth < 1`` or non-finite ``x``/``weight``.
+      TypeError: ``depth`` not an integer, or ``x``/``weight`` traced (called inside ``jit``,
+      ``vmap`` or ``grad``). ValueError: ``depth < 1`` or non-finite ``x``/``weight``.
     """
+    for label, v in (("x", x), ("weight", weight)):
+        if isinstance(v, jax.core.Tracer):
+            raise TypeError(
+                f"exploding_chain builds (w, b) on the host in float64 and needs a concrete "
+                f"{label}, got a traced value ({type(v).__name__}); call it outside jit/vmap/grad "
+                "and pass (w, b) in"
+            )
     act = _resolve(activation)
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)):
         raise TypeError(f"depth must be an int, got {type(depth).__name__}")

@@ -656,3 +656,11 @@ def test_traced_input_skips_finiteness_check():
     # Documented: under jit a non-finite value cannot raise; it propagates as nan instead.
     grads = jax.jit(lambda x: analytic.chain_grads(jnp.ones(2), jnp.ones(2), x, 1.0, "tanh"))
     assert np.all(np.isnan(grads(jnp.nan).weight))
+
+
+def test_exploding_chain_under_jit_names_the_fix():
+    # a host-side constructor: a traced input fails early with a message saying what to do
+    with pytest.raises(TypeError, match="call it outside jit"):
+        jax.jit(lambda x: analytic.exploding_chain(5, x))(0.5)
+    w, b = analytic.exploding_chain(5, 0.5)
+    assert w.shape == b.shape == (5,)

@@ -369,10 +369,32 @@ def index_markdown(runtimes: Mapping[str, Mapping[str, Mapping[str, Any]]] | Non
         + " |"
     )
     devices = sorted(
-        {str(e.get("devices")) for m in runtimes.values() for e in m.values() if e.get("devices")}
+        {
+            str(e.get("devices"))
+            for mode in totals
+            for e in runtimes.get(mode, {}).values()
+            if e.get("devices")
+        }
     )
     if devices:
         lines += ["", f"Wall times measured on: {'; '.join(devices)}."]
+    commands = runtimes.get("reproduce", {})
+    for mode, budget in (("quick", 180), ("full", 1200)):
+        rec = commands.get(mode)
+        if not rec or "seconds" not in rec:
+            continue
+        m = rec.get("machine_at_start", {})
+        cpus = m.get("cpus_usable", m.get("cpus", "?"))
+        load = m.get("load_average")
+        load_txt = f", load average {load[0]:.2f} at the start" if load else ""
+        verdict = "within" if rec["seconds"] < budget else "OVER"
+        cmd = "gradflow reproduce --quick" if mode == "quick" else "gradflow reproduce"
+        lines += [
+            "",
+            f"The whole `{cmd}` (every experiment from scratch, the index, the paper's tables"
+            f" and PDF: {rec.get('paper', '?')}): **{rec['seconds']:.0f} s** wall on {cpus}"
+            f" CPUs{load_txt} ({rec.get('finished', '?')}); {verdict} the {budget} s budget.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -289,7 +289,10 @@ def runtimes_table(
     and ``runtimes_macros.tex`` into ``tables_dir`` from ``results/runtimes.json``.
 
     Macros: ``\runtimesQuickTotal`` / ``\runtimesFullTotal`` (seconds, sum over the experiments
-    timed in that mode), ``\runtimesQuickCount`` / ``\runtimesFullCount`` (how many), and
+    timed in that mode), ``\runtimesQuickCount`` / ``\runtimesFullCount`` (how many),
+    ``\runtimesQuickCommand`` / ``\runtimesFullCommand`` (wall seconds of the whole from-scratch
+    ``gradflow reproduce`` run, paper build included, when recorded; ``...CommandCpus``: its
+    CPUs), and
     ``\runtimes<Mode><Experiment>`` per experiment (e.g. ``\runtimesFullLayerSpeed``). A mode
     with no timings gets no macros; a missing cell is ``--``.
 
@@ -310,11 +313,13 @@ def runtimes_table(
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict) or not set(data) <= set(_MODES):
+    if not isinstance(data, dict) or not set(data) <= {*_MODES, "reproduce"}:
         raise ValueError(
-            f"{path}: expected an object with keys among {_MODES}, got "
+            f"{path}: expected an object with keys among {(*_MODES, 'reproduce')}, got "
             f"{sorted(data) if isinstance(data, dict) else type(data).__name__}"
         )
+    data = dict(data)
+    commands = data.pop("reproduce", {})
     seconds: dict[str, dict[str, float]] = {m: {} for m in _MODES}
     for mode, entries in data.items():
         if not isinstance(entries, dict):
@@ -345,6 +350,12 @@ def runtimes_table(
         macros[f"runtimes{m.capitalize()}Count"] = len(seconds[m])
         for n, s in seconds[m].items():
             macros[f"runtimes{m.capitalize()}{_camel(n)}"] = s
+    for m, rec in commands.items() if isinstance(commands, dict) else ():
+        if m in _MODES and isinstance(rec, dict) and isinstance(rec.get("seconds"), (int, float)):
+            macros[f"runtimes{m.capitalize()}Command"] = float(rec["seconds"])
+            machine = rec.get("machine_at_start", {})
+            cpus = machine.get("cpus_usable") or machine.get("cpus")
+            macros[f"runtimes{m.capitalize()}CommandCpus"] = cpus if isinstance(cpus, int) else 0
     out.append(_experiment.write_macros(tables_dir / "runtimes_macros.tex", macros))
     return out
 

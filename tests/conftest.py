@@ -43,3 +43,26 @@ def x64():
     """Enable float64 for the duration of one test."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture(scope="session")
+def run_quick(tmp_path_factory):
+    """``run_quick(name) -> (root, config, figures, tables)``: quick config end to end.
+
+    Runs, plots and tabulates the registered experiment ``name`` under a fresh temporary
+    directory ``root`` (``root/results``, ``root/figures``, ``root/tables``), as
+    ``gradflow run NAME --quick`` does; each ``tests/test_exp_<name>.py`` calls it once from a
+    module-scoped fixture.
+    """
+    import gradflow as gf
+
+    def go(name: str):
+        root = tmp_path_factory.mktemp(name)
+        e = gf.experiment.get(name)
+        cfg = e.config("quick")
+        e.run(cfg, root / "results")
+        figs = e.plot(root / "results", root / "figures")
+        tabs = e.tables(root / "results", root / "tables")
+        return root, cfg, figs, tabs
+
+    return go

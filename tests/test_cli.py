@@ -223,7 +223,14 @@ def test_reproduce_and_paper(fake, tmp_path, monkeypatch, capsys):
     assert args == "-pdf -interaction=nonstopmode -halt-on-error gradflow.tex"
     assert Path(cwd).resolve() == (root / "paper").resolve()
     runtimes = json.loads((root / "results" / "runtimes.json").read_text())
-    assert set(runtimes) == {"quick"} and runtimes["quick"]["cli_fake"]["seconds"] > 0
+    assert set(runtimes) == {"quick", "reproduce"} and runtimes["quick"]["cli_fake"]["seconds"] > 0
+    # the whole command (every experiment from scratch, paper included) is recorded too
+    whole = runtimes["reproduce"]["quick"]
+    assert whole["paper"] == "built" and whole["machine_at_start"]["cpus"] >= 1
+    assert whole["seconds"] >= runtimes["quick"]["cli_fake"]["seconds"] - 0.1
+    fake_s = runtimes["quick"]["cli_fake"]["seconds"]
+    assert whole["experiments_s"] == pytest.approx(fake_s, abs=0.1)
+    assert "gradflow reproduce --quick: " in out and " s wall" in out
 
     # no latexmk: reproduce still succeeds and says how to install it; `paper` fails
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
@@ -231,6 +238,9 @@ def test_reproduce_and_paper(fake, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "latexmk not found" in out
     assert "apt-get install latexmk texlive-latex-recommended texlive-fonts-recommended" in out
+    # a rerun resumed the saved sweeps: it is no from-scratch timing, the record stays
+    runtimes_after = json.loads((root / "results" / "runtimes.json").read_text())
+    assert runtimes_after["reproduce"] == runtimes["reproduce"]
     assert main(["paper", "--workdir", str(root)]) == 1
     assert "latexmk not found on PATH" in _one_error_line(capsys.readouterr().err)
     assert main(["paper", "--workdir", str(tmp_path)]) == 1

@@ -8,14 +8,8 @@ from experiments import activation_derivatives as exp
 
 
 @pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    root = tmp_path_factory.mktemp("activation_derivatives")
-    e = gf.experiment.get("activation_derivatives")
-    cfg = e.config("quick")
-    e.run(cfg, root / "results")
-    figs = e.plot(root / "results", root / "figures")
-    tabs = e.tables(root / "results", root / "tables")
-    return root, cfg, figs, tabs
+def done(run_quick):
+    return run_quick("activation_derivatives")
 
 
 def test_outputs_exist(done):

@@ -10,12 +10,8 @@ from experiments import chain_anatomy as exp
 
 
 @pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    root = tmp_path_factory.mktemp("chain_anatomy")
-    e = gf.experiment.get("chain_anatomy")
-    e.run(e.config("quick"), root / "results")
-    figs = e.plot(root / "results", root / "figures")
-    tabs = e.tables(root / "results", root / "tables")
+def done(run_quick):
+    root, _, figs, tabs = run_quick("chain_anatomy")
     stores = {n: gf.sweep.load(root / "results" / n) for n in ("sigmoid", "exploding", "linear")}
     return root, figs, tabs, stores
 

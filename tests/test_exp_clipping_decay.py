@@ -11,14 +11,8 @@ from experiments import clipping_decay as exp
 
 
 @pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    root = tmp_path_factory.mktemp("clipping_decay")
-    e = gf.experiment.get("clipping_decay")
-    cfg = e.config("quick")
-    e.run(cfg, root / "results")
-    figs = e.plot(root / "results", root / "figures")
-    tabs = e.tables(root / "results", root / "tables")
-    return root, cfg, figs, tabs
+def done(run_quick):
+    return run_quick("clipping_decay")
 
 
 def test_outputs_exist(done):

@@ -10,13 +10,8 @@ from experiments import dynamical_isometry as exp
 
 
 @pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dynamical_isometry")
-    e = gf.experiment.get("dynamical_isometry")
-    cfg = e.config("quick")
-    e.run(cfg, root / "results")
-    figs = e.plot(root / "results", root / "figures")
-    tabs = e.tables(root / "results", root / "tables")
+def done(run_quick):
+    root, cfg, figs, tabs = run_quick("dynamical_isometry")
     data = exp.split(gf.sweep.load(root / "results" / "spectra"))
     theory = json.loads((root / "results" / "theory.json").read_text())
     return root, cfg, figs, tabs, data, theory

@@ -8,14 +8,8 @@ from experiments import layer_speed as exp
 
 
 @pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    root = tmp_path_factory.mktemp("layer_speed")
-    e = gf.experiment.get("layer_speed")
-    cfg = e.config("quick")
-    e.run(cfg, root / "results")
-    figs = e.plot(root / "results", root / "figures")
-    tabs = e.tables(root / "results", root / "tables")
-    return root, cfg, figs, tabs
+def done(run_quick):
+    return run_quick("layer_speed")
 
 
 def test_outputs_exist(done):

@@ -8,14 +8,8 @@ from experiments import remedies as exp
 
 
 @pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    root = tmp_path_factory.mktemp("remedies")
-    e = gf.experiment.get("remedies")
-    cfg = e.config("quick")
-    e.run(cfg, root / "results")
-    figs = e.plot(root / "results", root / "figures")
-    tabs = e.tables(root / "results", root / "tables")
-    return root, cfg, figs, tabs
+def done(run_quick):
+    return run_quick("remedies")
 
 
 def test_outputs_exist(done):

@@ -12,14 +12,8 @@ from experiments import rnn_through_time as exp
 
 
 @pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rnn_through_time")
-    e = gf.experiment.get("rnn_through_time")
-    cfg = e.config("quick")
-    e.run(cfg, root / "results")
-    figs = e.plot(root / "results", root / "figures")
-    tabs = e.tables(root / "results", root / "tables")
-    return root, cfg, figs, tabs
+def done(run_quick):
+    return run_quick("rnn_through_time")
 
 
 @pytest.fixture(scope="module")

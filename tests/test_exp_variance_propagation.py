@@ -10,14 +10,8 @@ from experiments import variance_propagation as exp
 
 
 @pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    root = tmp_path_factory.mktemp("variance_propagation")
-    e = gf.experiment.get("variance_propagation")
-    cfg = e.config("quick")
-    e.run(cfg, root / "results")
-    figs = e.plot(root / "results", root / "figures")
-    tabs = e.tables(root / "results", root / "tables")
-    return root, cfg, figs, tabs
+def done(run_quick):
+    return run_quick("variance_propagation")
 
 
 def test_outputs_exist(done):

@@ -95,3 +95,34 @@ def test_macros_and_tables(tmp_path):
     assert "\\begin{tabular}{lrr}" in body
     with pytest.raises(ValueError, match="every row must have 3 cells"):
         gf.experiment.latex_table([[1, 2]], ["a", "b", "c"], tmp_path / "t.tex")
+
+
+def test_index_markdown():
+    # the installed registry: one row per experiment, timings where recorded, totals, budgets
+    names = gf.experiment.names()
+    first = names[0]
+    runtimes = {
+        "quick": {first: {"seconds": 12.4, "devices": "1 x cpu (1 process(es))"}},
+        "reproduce": {
+            "quick": {
+                "seconds": 151.2,
+                "paper": "built",
+                "finished": "2026-11-22T10:00:00Z",
+                "machine_at_start": {"cpus": 2, "cpus_usable": 2, "load_average": [0.5, 1, 1]},
+            },
+            "full": {"seconds": 1300.0, "paper": "built", "machine_at_start": {"cpus": 2}},
+        },
+    }
+    md = gf.experiment.index_markdown(runtimes)
+    rows = [ln for ln in md.splitlines() if ln.startswith("| `")]
+    assert [r.split("`")[1] for r in rows] == list(names)
+    assert rows[0].endswith("| 12 s | -- |") and rows[1].endswith("| -- | -- |")
+    assert "| **total** | | | | 12 s | -- |" in md
+    assert "Wall times measured on: 1 x cpu (1 process(es))." in md
+    assert (
+        "The whole `gradflow reproduce --quick` (every experiment from scratch, the index, the "
+        "paper's tables and PDF: built): **151 s** wall on 2 CPUs, load average 0.50 at the start"
+        in md
+    )
+    assert "within the 180 s budget" in md and "OVER the 1200 s budget" in md
+    assert "1 x cpu" not in gf.experiment.index_markdown({"quick": {}})  # nothing timed

@@ -223,6 +223,19 @@ def test_runtimes_table(tmp_path):
     assert r"\newcommand{\runtimesQuickCount}{2}" in m
     assert r"\newcommand{\runtimesFullLayerSpeed}{95}" in m
     assert r"\newcommand{\runtimesQuickActivationDerivatives}{2.25}" in m
+    assert "Command" not in m  # no whole-command record in this file
+
+
+def test_runtimes_table_whole_command(tmp_path):
+    src = tmp_path / "runtimes.json"
+    record = {"seconds": 151.2, "machine_at_start": {"cpus": 8, "cpus_usable": 2}, "paper": "built"}
+    src.write_text(json.dumps({**RUNTIMES, "reproduce": {"quick": record}}))
+    tex, macros = paper.runtimes_table(src, tmp_path / "tables")
+    m = macros.read_text()
+    assert r"\newcommand{\runtimesQuickCommand}{151}" in m
+    assert r"\newcommand{\runtimesQuickCommandCpus}{2}" in m
+    assert r"\runtimesFullCommand" not in m
+    assert "reproduce" not in tex.read_text()  # not a row of the per-experiment table
 
 
 def test_runtimes_table_rejects_bad_input(tmp_path):

@@ -319,13 +319,21 @@ def summary(results_dir: Path) -> dict:
 def tables(results_dir: Path, tables_dir: Path) -> list[Path]:
     """Measured vs predicted moments at the largest depth; macros."""
     sm = summary(results_dir)
+    fmt = gf.experiment.fmt
+
+    def theory(v: float) -> float:
+        # the float64 free-probability formulas leave rounding residue (~1e-14) where the exact
+        # value is 0 (orthogonal linear: every singular value is 1, the variance 0)
+        return 0.0 if abs(v) < 1e-10 else v
+
     rows = []
     for key, r in sm["rows"].items():
         act, w = key.split("/")
         rows.append([
             act, w,
-            f"{r['mean']:.3f} $\\pm$ {r['mean_sd']:.3f}", r["mean_theory"],
-            f"{r['variance']:.3g} $\\pm$ {r['variance_sd']:.2g}", r["variance_theory"],
+            f"${r['mean']:.3f} \\pm {r['mean_sd']:.3f}$", theory(r["mean_theory"]),
+            f"${fmt(r['variance'])} \\pm {fmt(r['variance_sd'], 2)}$",
+            theory(r["variance_theory"]),
             r["frac_near_one"], r["frac_zero"],
         ])  # fmt: skip
     L = sm["depth"]

@@ -238,14 +238,61 @@ def _add_distributed(p: argparse.ArgumentParser) -> None:
         help="call jax.distributed.initialize() (arguments from the cluster environment unless "
         "given below)",
     )
+    g.add_argument(
+        "--compile",
+        choices=("auto", "fast", "optimized"),
+        default="auto",
+        help="XLA's backend optimisation: 'fast' compiles at level 1 (the quick configs are "
+        "compile-bound: their programs run once and briefly), 'optimized' at XLA's default; "
+        "'auto' (default): fast with --quick, optimized otherwise",
+    )
     g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
     g.add_argument("--num-processes", type=int, metavar="P", help="number of processes")
     g.add_argument("--process-id", type=int, metavar="I", help="this process, 0 .. P-1")
 
 
+#: XLA flag of ``--compile fast``: XLA's CPU backend at optimisation level 1 (default 2). Measured
+#: on 2 CPU cores: two depth-20 training programs compile in 3.6 s instead of 7.6 s and run as
+#: fast (0.11 vs 0.15 s); `gradflow run remedies --quick` 35-37 s instead of 50-52 s (level 0:
+#: compile 2.6 s, but runs 2.4x slower, 50-53 s in all).
+FAST_COMPILE_FLAG = "--xla_backend_optimization_level=1"
+
+
+def _compile_mode(args: argparse.Namespace) -> str:
+    mode = getattr(args, "compile", "auto")
+    if mode == "auto":
+        return "fast" if getattr(args, "quick", False) else "optimized"
+    return mode
+
+
+def _apply_compile_mode(args: argparse.Namespace) -> None:
+    """``--compile fast``: add :data:`FAST_COMPILE_FLAG` to ``XLA_FLAGS`` (unless the user set an
+    optimisation level there), before JAX starts its backends; XLA reads the flags once, so once
+    they run it has no effect (an explicit ``--compile fast`` then warns)."""
+    if _compile_mode(args) != "fast":
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" in flags:
+        return  # the user's own choice wins
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():  # e.g. main() called again in one process
+        if getattr(args, "compile", "auto") == "auto":
+            return  # best effort: only an explicit --compile fast is worth a warning
+        print(
+            "gradflow: warning: JAX's backend already started; --compile fast has no effect",
+            file=sys.stderr,
+        )
+        return
+    os.environ["XLA_FLAGS"] = f"{flags} {FAST_COMPILE_FLAG}".strip()
+
+
 def _start_jax(args: argparse.Namespace) -> None:
-    """Apply ``--cpu-devices`` and start the distributed runtime, before any JAX computation."""
+    """Apply ``--compile`` and ``--cpu-devices`` and start the distributed runtime, before any
+    JAX computation."""
     import jax
+
+    _apply_compile_mode(args)
 
     n = getattr(args, "cpu_devices", None)
     if n is not None:
@@ -647,6 +694,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             "seconds": round(wall, 1),
             "experiments_s": round(sum(o.total for o in outcomes), 1),
             "paper": status,
+            "compile": _compile_mode(args),
             "machine_at_start": machine_at_start,
             "devices": _devices(),
             "finished": _now(),

@@ -306,6 +306,8 @@ def latex_table(
         text = fmt(v, digits) if not isinstance(v, str) else _escape(v)
         numeric = not isinstance(v, str) and text != "--"
         # math mode for scientific notation and for a minus sign (not a text hyphen)
+        if text.startswith("$") and text.endswith("$"):  # a string already in math mode
+            return text
         return f"${text}$" if "\\times" in text or (numeric and text.startswith("-")) else text
 
     lines = [
@@ -388,12 +390,14 @@ def index_markdown(runtimes: Mapping[str, Mapping[str, Mapping[str, Any]]] | Non
         load = m.get("load_average")
         load_txt = f", load average {load[0]:.2f} at the start" if load else ""
         verdict = "within" if rec["seconds"] < budget else "OVER"
+        compile_txt = f", XLA compile `{rec['compile']}`" if rec.get("compile") else ""
         cmd = "gradflow reproduce --quick" if mode == "quick" else "gradflow reproduce"
         lines += [
             "",
             f"The whole `{cmd}` (every experiment from scratch, the index, the paper's tables"
             f" and PDF: {rec.get('paper', '?')}): **{rec['seconds']:.0f} s** wall on {cpus}"
-            f" CPUs{load_txt} ({rec.get('finished', '?')}); {verdict} the {budget} s budget.",
+            f" CPUs{load_txt}{compile_txt} ({rec.get('finished', '?')}); {verdict} the {budget} s"
+            " budget.",
         ]
     return "\n".join(lines) + "\n"
 

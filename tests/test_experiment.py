@@ -92,6 +92,11 @@ def test_macros_and_tables(tmp_path):
     body = t.read_text()
     assert r"relu\_he & 0.5 & $1.00\times10^{-9}$ \\" in body
     assert r"$\sigma$ & 2 & $-3$ \\" in body and r"init & a & b\% \\" in body
+    # a cell already in math mode is not wrapped again (that would be display math)
+    again = gf.experiment.latex_table(
+        [["$1\\times10^{-16} \\pm 2$", "3\\times10^{2}"]], ["a", "b"], tmp_path / "u.tex"
+    ).read_text()
+    assert r"$1\times10^{-16} \pm 2$ & $3\times10^{2}$ \\" in again and "$$" not in again
     assert "\\begin{tabular}{lrr}" in body
     with pytest.raises(ValueError, match="every row must have 3 cells"):
         gf.experiment.latex_table([[1, 2]], ["a", "b", "c"], tmp_path / "t.tex")

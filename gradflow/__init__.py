@@ -15,6 +15,7 @@ the paper. Import as ``import gradflow as gf``; the public modules are re-export
 * :mod:`gradflow.data` -- scikit-learn digits and synthetic tasks
 * :mod:`gradflow.training` -- train state, jitted step, loop with divergence detection
 * :mod:`gradflow.sweep` -- seeds x grids, vmapped and sharded, resumable results store
+* :mod:`gradflow.rng` -- fast vmap-safe random keys (XLA's native ThreeFry) for sweeps
 * :mod:`gradflow.plotting` -- the house figure style
 * :mod:`gradflow.experiment` -- the experiment registry (entry points) and paper artifacts
 """
@@ -30,6 +31,7 @@ from gradflow import (
     optim,
     plotting,
     probes,
+    rng,
     spectra,
     sweep,
     training,
@@ -49,6 +51,7 @@ __all__ = [
     "optim",
     "plotting",
     "probes",
+    "rng",
     "spectra",
     "sweep",
     "training",

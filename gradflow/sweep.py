@@ -32,7 +32,9 @@ How the grid becomes programs
   resumes on another.
 * Run ``i`` of a group is ``(batched values..., seed)`` in row-major order over the grid's keys,
   seeds innermost; its key is ``jax.random.key(seed)``: exactly the key a single-run script would
-  use, independent of grid, chunking and devices. Seeds are integers in ``[0, 2**32)``.
+  use, independent of grid, chunking and devices. Seeds are integers in ``[0, 2**32)``. With
+  ``rng="native"`` it is :func:`gradflow.rng.key` instead (XLA's native ThreeFry, equally
+  batch-independent; 2.5x faster to initialise wide networks on CPU, another random stream).
 
 The table
 ---------
@@ -134,6 +136,8 @@ import numpy as np
 import pandas as pd
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gradflow import rng as _rng
 
 __all__ = ["DEFAULT_AXES", "load", "load_metadata", "run"]
 
@@ -294,8 +298,10 @@ def _hash(text: str) -> str:
 class _Plan:
     """Everything derived from the config: groups, runs, chunks, columns, file names."""
 
-    def __init__(self, grid, seeds, static, chunk_size, axes, name, user_config, fn):
+    def __init__(self, grid, seeds, static, chunk_size, axes, name, user_config, fn, rng):
         self.grid = grid
+        self.rng = rng
+        self.make_key = _rng.resolve(rng)
         self.seeds = seeds
         self.static = static
         self.batched = tuple(k for k in grid if k not in static)
@@ -332,6 +338,8 @@ class _Plan:
             "axes": [[k, list(v)] for k, v in axes.items()],
             "config": user_config,
         }
+        if rng != "threefry":  # the default is left out: stores made before the option resume
+            self.config["rng"] = rng
         self.config_hash = _hash(_canonical(self.config))
         self.fn_name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
@@ -410,15 +418,37 @@ _TRACER_ERRORS = (
 )
 
 
-def _compile_group(fn, plan: _Plan, g: int, sharding: NamedSharding, padded: int):
-    """Trace and compile group ``g`` once; return (compiled, {metric: per-run shape})."""
+def _compile_group(
+    fn, plan: _Plan, g: int, sharding: NamedSharding, padded: int, block_size: int | None
+):
+    """Trace and compile group ``g`` once; return (compiled, {metric: per-run shape}).
+
+    ``block_size=None``: ``jit(vmap(one))`` over the padded chunk, sharded on the run axis.
+    Otherwise every device maps over its own runs ``block_size`` at a time (``lax.map`` with
+    ``batch_size``, vmapped inside a block) under :func:`jax.shard_map`: still one program, but
+    only one block's working set is live at a time.
+    """
     static_values = plan.groups[g]
 
     def one(hp: dict, seed):
         hparams = {k: static_values[k] if k in static_values else hp[k] for k in plan.grid}
-        return _flatten_metrics(fn(hparams, jax.random.key(seed)))
+        return _flatten_metrics(fn(hparams, plan.make_key(seed)))
 
-    jitted = jax.jit(jax.vmap(one), in_shardings=(sharding, sharding), out_shardings=sharding)
+    if block_size is None:
+        program = jax.vmap(one)
+    else:
+        spec = PartitionSpec(MESH_AXIS)
+
+        def per_device(hp, seeds):
+            n = seeds.shape[0]
+            return jax.lax.map(lambda a: one(*a), (hp, seeds), batch_size=min(block_size, n))
+
+        # check_vma=False: fn may start scans from constants (train_fn's carries), which the
+        # varying-manual-axes check rejects although every device runs its own, independent runs
+        program = jax.shard_map(
+            per_device, mesh=sharding.mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False
+        )
+    jitted = jax.jit(program, in_shardings=(sharding, sharding), out_shardings=sharding)
     hp_spec = {
         k: jax.ShapeDtypeStruct((padded,), plan.batched_dtype(k), sharding=sharding)
         for k in plan.batched
@@ -758,6 +788,8 @@ def run(
     name: str | None = None,
     config: Mapping[str, Any] | None = None,
     progress: bool | None = None,
+    rng: str = "threefry",
+    block_size: int | None = None,
 ) -> pd.DataFrame:
     """Evaluate ``fn(hparams, key)`` on every point of ``grid`` x ``seeds``; store a tidy table.
 
@@ -769,7 +801,8 @@ def run(
     Args:
       fn: ``fn(hparams, key) -> dict`` of metric arrays for one run. ``hparams`` maps every grid key
         to its value (a traced 0-d array for batched keys, the Python value for static ones);
-        ``key = jax.random.key(seed)``. Nested dicts are flattened to ``"outer/inner"`` names.
+        ``key = jax.random.key(seed)`` (``rng="native"``: :func:`gradflow.rng.key`). Nested dicts
+        are flattened to ``"outer/inner"`` names.
       grid: hyperparameter name -> non-empty list of values (int, float, str, bool or None).
       seeds: distinct integers in ``[0, 2**32)``, e.g. ``range(16)``.
       static: grid keys that must be Python values inside ``fn`` (shapes, control flow); keys
@@ -783,6 +816,15 @@ def run(
         setting is never mixed into an old store).
       progress: show a progress bar over chunks (process 0 only): ``True`` always, ``False``
         never, ``None`` (default) only when stderr is a terminal (no redraws in logs and CI).
+      rng: ``"threefry"`` (default): keys ``jax.random.key(seed)``; ``"native"``:
+        :func:`gradflow.rng.key(seed) <gradflow.rng.key>`, XLA's native ThreeFry (faster random
+        initialisation, another stream; recorded in the config, so the two never mix in a store).
+      block_size: runs evaluated together under ``vmap``; each device maps over its share of a
+        chunk this many at a time (``lax.map`` inside ``jax.shard_map``, one program). ``None``
+        (default): all at once. Smaller blocks keep one block's parameters and activations in
+        cache and bound memory without more compiled calls: for 32 depth-50, width-256 MLPs
+        (benchmarks w2) ``block_size=1`` is faster than vmapping all 32, for 1024 tiny ones (w1)
+        vmapping all is. The results do not depend on it (not part of the config).
 
     Returns:
       The table of the whole sweep (completed chunks of earlier sessions included), as
@@ -825,7 +867,16 @@ def run(
         raise TypeError("workdir is required: the directory of the results store")
     workdir = Path(workdir)
     chunk_size = None if chunk_size is None else int(chunk_size)
-    plan = _Plan(grid, seeds, static, chunk_size, axes, name, user_config, fn)
+    if block_size is not None and (
+        isinstance(block_size, bool)
+        or not isinstance(block_size, numbers.Integral)
+        or block_size < 1
+    ):
+        raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
+    block_size = None if block_size is None else int(block_size)
+    if rng not in _rng.NAMES:
+        raise ValueError(f"unknown rng {rng!r}; valid names: {', '.join(_rng.NAMES)}")
+    plan = _Plan(grid, seeds, static, chunk_size, axes, name, user_config, fn, rng)
 
     lead = jax.process_index() == 0
     meta, done, error, failure = None, None, None, None
@@ -858,7 +909,13 @@ def run(
     mesh = Mesh(np.asarray(devices), (MESH_AXIS,))
     sharding = NamedSharding(mesh, PartitionSpec(MESH_AXIS))
     padded = plan.padded_size(len(devices))
-    session = {**_environment(), "started": _now(), "finished": None, "groups": []}
+    session = {
+        **_environment(),
+        "started": _now(),
+        "finished": None,
+        "block_size": block_size,
+        "groups": [],
+    }
     if lead:
         meta["sessions"].append(session)
         _write_json(workdir / "metadata.json", meta)
@@ -883,7 +940,7 @@ def run(
                 continue
             bar.set_postfix_str(plan.group_label(g), refresh=False)
             t0 = time.perf_counter()
-            compiled, shapes = _compile_group(fn, plan, g, sharding, padded)
+            compiled, shapes = _compile_group(fn, plan, g, sharding, padded, block_size)
             metric_axes = _metric_axes(plan, shapes)
             timing = {
                 "group": g,

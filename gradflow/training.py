@@ -481,7 +481,11 @@ def _make_block(config: TrainConfig, data: _Data, tx: optax.GradientTransformati
         if batch is None:
             xb, yb = data.x, data.y
         else:
-            idx = jax.random.choice(sub, n, (batch,), replace=False)
+            # a uniformly random batch-subset: the indices of the `batch` largest of n uniforms.
+            # jax.random.choice(replace=False) sorts n keys per step; XLA's CPU top_k is ~9x
+            # faster (benchmarks w3). Ties among the 2**23 float32 uniform values go to the lower
+            # index; one straddling the cut has probability below 1e-3 per step.
+            idx = jax.lax.top_k(jax.random.uniform(sub, (n,)), batch)[1]
             xb, yb = data.x[idx], data.y[idx]
         new, out = step(state.replace(key=key), xb, yb)
         ok = out.finite

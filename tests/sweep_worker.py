@@ -1,7 +1,7 @@
 """A sweep run in a fresh process, for the subprocess tests of gradflow.sweep (not collected).
 
     python tests/sweep_worker.py WORKDIR [--devices N] [--sleep S]
-        [--process-id I --num-processes P --port PORT] [--out TABLE.parquet]
+        [--process-id I --num-processes P --port PORT] [--out TABLE.parquet] [--block B]
 
 Sets ``jax_num_cpu_devices`` (and, for several processes, the gloo CPU collectives and
 ``jax.distributed.initialize`` on loopback) before JAX starts, runs :data:`GRID` x :data:`SEEDS`
@@ -76,6 +76,7 @@ def main(argv=None) -> None:
     p.add_argument("--num-processes", type=int, default=1)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--out", default=None)
+    p.add_argument("--block", type=int, default=None)
     args = p.parse_args(argv)
     SLEEP_S = args.sleep
 
@@ -91,7 +92,7 @@ def main(argv=None) -> None:
         )
     from gradflow import sweep  # after the device configuration
 
-    df = sweep.run(fn, GRID, SEEDS, workdir=args.workdir, **sweep_kwargs())
+    df = sweep.run(fn, GRID, SEEDS, workdir=args.workdir, block_size=args.block, **sweep_kwargs())
     if args.out:
         df.to_parquet(args.out)
     print(f"process {jax.process_index()}: {len(df)} rows on {jax.device_count()} devices")

@@ -60,7 +60,7 @@ def results():
 
 def test_every_way_runs_and_agrees(results):
     expected = {
-        "w1": {"gradflow", "gradflow_blocked", "naive_jax"},
+        "w1": {"gradflow", "gradflow_before", "gradflow_vmap_native", "naive_jax"},
         "w3": {"gradflow", "naive_jax"},
         "w4": {"gradflow", "gradflow_log", "jax_grad", "naive_jax"},
     }

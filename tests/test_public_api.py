@@ -54,6 +54,7 @@ CONTRACT = {
     "data": ["load_digits", "adding_problem", "teacher_student"],
     "training": ["TrainState", "TrainConfig", "train_fn", "fit", "evaluate"],
     "sweep": ["run", "load"],
+    "rng": ["IMPL", "NAMES", "key", "resolve"],
     "plotting": ["style", "figure", "savefig", "COLORS"],
     "experiment": [
         "Experiment",

@@ -445,6 +445,30 @@ def test_four_devices_match_one_device_with_padding(tmp_path, reference):
     assert len(session["devices"]) == 4 and session["process_count"] == 1
 
 
+def test_block_size_gives_the_same_table(tmp_path, reference):
+    # blocks of 1 and 3 runs mapped inside the program: the same rows as vmapping each chunk
+    for block in (1, 3):
+        workdir = tmp_path / f"b{block}"
+        df = sweep.run(worker.fn, worker.GRID, worker.SEEDS, workdir=workdir, block_size=block,
+                       **worker.sweep_kwargs())  # fmt: skip
+        _assert_same_table(df, reference)
+        assert sweep.load_metadata(workdir)["sessions"][-1]["block_size"] == block
+    # not part of the config: a store made with blocks resumes without them
+    df = sweep.run(worker.fn, worker.GRID, worker.SEEDS, workdir=tmp_path / "b1",
+                   **worker.sweep_kwargs())  # fmt: skip
+    _assert_same_table(df, reference)
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=r"block_size must be a positive integer or None"):
+            sweep.run(worker.fn, worker.GRID, worker.SEEDS, workdir=tmp_path / "bad",
+                      block_size=bad)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_four_devices_with_blocks_match_one_device(tmp_path, reference):
+    _finish(_worker(tmp_path, "--devices", 4, "--block", 1))
+    _assert_same_table(sweep.load(tmp_path), reference)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -319,7 +319,7 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
         ax.set_title("(a) divergence", loc="left")
 
         panels = (
-            (axes[0, 1], "loss", None, "training loss", "(b) loss", "lin"),
+            (axes[0, 1], "loss", None, "training loss", "(b) loss", "log"),
             (axes[0, 2], "test_accuracy", None, "test accuracy", "(c) test accuracy", "lin"),
             (axes[1, 0], "param_norm", "norm", r"weight norm $\|\theta\|$", "(d) weight norm",
              "log"),

@@ -247,8 +247,8 @@ class Options:
 
 
 def _mesh() -> tuple[Mesh, NamedSharding]:
-    mesh = Mesh(np.asarray(jax.devices()), ("sweep",))
-    return mesh, NamedSharding(mesh, PartitionSpec("sweep"))
+    mesh = Mesh(np.asarray(jax.devices()), (gf.sweep.MESH_AXIS,))
+    return mesh, NamedSharding(mesh, PartitionSpec(gf.sweep.MESH_AXIS))
 
 
 def _padded(values: np.ndarray, n_devices: int) -> np.ndarray:
@@ -258,27 +258,18 @@ def _padded(values: np.ndarray, n_devices: int) -> np.ndarray:
 
 
 def _sharded_program(one: Callable, n_args: int) -> tuple[Callable, NamedSharding]:
-    """``jit(vmap(one))``, arguments and outputs sharded on the run axis (as gradflow.sweep)."""
-    _, sharding = _mesh()
-    shardings = (sharding,) * n_args
-    return jax.jit(jax.vmap(one), in_shardings=shardings, out_shardings=sharding), sharding
+    """``jit(vmap(one))``, arguments and outputs sharded on the run axis (gradflow.sweep's)."""
+    mesh, sharding = _mesh()
+    program = gf.sweep.batched(one, mesh)
+    return jax.jit(program, in_shardings=(sharding,) * n_args, out_shardings=sharding), sharding
 
 
 def _blocked_program(one: Callable, block: int, n_args: int) -> Callable:
-    """One program: each device maps ``one`` over its runs ``block`` at a time (vmapped)."""
-    mesh, _ = _mesh()
-    spec = PartitionSpec("sweep")
-
-    def per_device(*args):
-        n = args[0].shape[0]
-        return jax.lax.map(lambda a: one(*a), args, batch_size=min(block, n))
-
-    # check_vma=False: fn may start scans from constants (train_fn's carries), which the
-    # varying-manual-axes check rejects although every device runs its own, independent runs.
-    sharded = jax.shard_map(
-        per_device, mesh=mesh, in_specs=(spec,) * n_args, out_specs=spec, check_vma=False
-    )
-    return jax.jit(sharded)
+    """gradflow.sweep's program with ``block_size=block``: each device maps ``one`` over its
+    runs ``block`` at a time (vmapped within a block), one compiled program."""
+    mesh, sharding = _mesh()
+    program = gf.sweep.batched(one, mesh, block)
+    return jax.jit(program, in_shardings=(sharding,) * n_args, out_shardings=sharding)
 
 
 def _jax_way(

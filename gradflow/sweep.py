@@ -139,7 +139,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gradflow import rng as _rng
 
-__all__ = ["DEFAULT_AXES", "load", "load_metadata", "run"]
+__all__ = ["DEFAULT_AXES", "MESH_AXIS", "batched", "load", "load_metadata", "run"]
 
 FORMAT = "gradflow.sweep/1"
 MESH_AXIS = "sweep"
@@ -418,6 +418,34 @@ _TRACER_ERRORS = (
 )
 
 
+def batched(one: Callable, mesh: Mesh, block_size: int | None = None) -> Callable:
+    """The per-chunk program of :func:`run`: ``one(*args)`` of one run -> all runs of a chunk.
+
+    Every argument of the returned function has the run axis first (sharded on ``mesh``'s axis
+    :data:`MESH_AXIS` when jitted with ``NamedSharding(mesh, P(MESH_AXIS))``). ``block_size=None``:
+    ``jax.vmap(one)``. Otherwise each device maps over its own runs ``block_size`` at a time
+    (``lax.map`` with ``batch_size``, vmapped within a block) under :func:`jax.shard_map`, so only
+    one block's working set is live. Not jitted: wrap it in ``jax.jit`` with the shardings.
+    """
+    if block_size is None:
+        return jax.vmap(one)
+    spec = PartitionSpec(MESH_AXIS)
+
+    def per_device(*args):
+        leaves = jax.tree.leaves(args)  # every leaf has the (per-device) run axis first
+        n = leaves[0].shape[0] if leaves else 0
+        return jax.lax.map(lambda a: one(*a), args, batch_size=max(1, min(block_size, n)))
+
+    def program(*args):
+        # check_vma=False: fn may start scans from constants (train_fn's carries), which the
+        # varying-manual-axes check rejects although every device runs its own, independent runs
+        return jax.shard_map(
+            per_device, mesh=mesh, in_specs=(spec,) * len(args), out_specs=spec, check_vma=False
+        )(*args)
+
+    return program
+
+
 def _compile_group(
     fn, plan: _Plan, g: int, sharding: NamedSharding, padded: int, block_size: int | None
 ):
@@ -434,20 +462,7 @@ def _compile_group(
         hparams = {k: static_values[k] if k in static_values else hp[k] for k in plan.grid}
         return _flatten_metrics(fn(hparams, plan.make_key(seed)))
 
-    if block_size is None:
-        program = jax.vmap(one)
-    else:
-        spec = PartitionSpec(MESH_AXIS)
-
-        def per_device(hp, seeds):
-            n = seeds.shape[0]
-            return jax.lax.map(lambda a: one(*a), (hp, seeds), batch_size=min(block_size, n))
-
-        # check_vma=False: fn may start scans from constants (train_fn's carries), which the
-        # varying-manual-axes check rejects although every device runs its own, independent runs
-        program = jax.shard_map(
-            per_device, mesh=sharding.mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False
-        )
+    program = batched(one, sharding.mesh, block_size)
     jitted = jax.jit(program, in_shardings=(sharding, sharding), out_shardings=sharding)
     hp_spec = {
         k: jax.ShapeDtypeStruct((padded,), plan.batched_dtype(k), sharding=sharding)

@@ -53,7 +53,7 @@ CONTRACT = {
     ],
     "data": ["load_digits", "adding_problem", "teacher_student"],
     "training": ["TrainState", "TrainConfig", "train_fn", "fit", "evaluate"],
-    "sweep": ["run", "load"],
+    "sweep": ["run", "load", "batched"],
     "rng": ["IMPL", "NAMES", "key", "resolve"],
     "plotting": ["style", "figure", "savefig", "COLORS"],
     "experiment": [

@@ -463,6 +463,19 @@ def test_block_size_gives_the_same_table(tmp_path, reference):
                       block_size=bad)  # fmt: skip
 
 
+def test_batched_program_blocks_equal_vmap():
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), (sweep.MESH_AXIS,))
+
+    def one(a, seed):
+        return {"y": jnp.sin(a) * jnp.arange(3.0) + seed}
+
+    a, seeds = jnp.linspace(0.0, 1.0, 7), jnp.arange(7.0)
+    want = jax.vmap(one)(a, seeds)["y"]
+    for block in (None, 1, 3, 10):  # 3: 7 runs = two blocks + a remainder
+        got = jax.jit(sweep.batched(one, mesh, block))(a, seeds)["y"]
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)
+
+
 @pytest.mark.slow
 def test_four_devices_with_blocks_match_one_device(tmp_path, reference):
     _finish(_worker(tmp_path, "--devices", 4, "--block", 1))

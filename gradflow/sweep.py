@@ -418,6 +418,15 @@ _TRACER_ERRORS = (
 )
 
 
+def _check_block_size(block_size: Any) -> None:
+    if block_size is not None and (
+        isinstance(block_size, bool)
+        or not isinstance(block_size, numbers.Integral)
+        or block_size < 1
+    ):
+        raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
+
+
 def batched(one: Callable, mesh: Mesh, block_size: int | None = None) -> Callable:
     """The per-chunk program of :func:`run`: ``one(*args)`` of one run -> all runs of a chunk.
 
@@ -427,6 +436,13 @@ def batched(one: Callable, mesh: Mesh, block_size: int | None = None) -> Callabl
     (``lax.map`` with ``batch_size``, vmapped within a block) under :func:`jax.shard_map`, so only
     one block's working set is live. Not jitted: wrap it in ``jax.jit`` with the shardings.
     """
+    if not callable(one):
+        raise TypeError(f"one must be callable as one(*args) for one run, got {one!r}")
+    if not isinstance(mesh, Mesh) or MESH_AXIS not in mesh.axis_names:
+        raise ValueError(
+            f"mesh must be a jax.sharding.Mesh with an axis {MESH_AXIS!r}, got {mesh!r}"
+        )
+    _check_block_size(block_size)
     if block_size is None:
         return jax.vmap(one)
     spec = PartitionSpec(MESH_AXIS)
@@ -882,12 +898,7 @@ def run(
         raise TypeError("workdir is required: the directory of the results store")
     workdir = Path(workdir)
     chunk_size = None if chunk_size is None else int(chunk_size)
-    if block_size is not None and (
-        isinstance(block_size, bool)
-        or not isinstance(block_size, numbers.Integral)
-        or block_size < 1
-    ):
-        raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
+    _check_block_size(block_size)
     block_size = None if block_size is None else int(block_size)
     if rng not in _rng.NAMES:
         raise ValueError(f"unknown rng {rng!r}; valid names: {', '.join(_rng.NAMES)}")

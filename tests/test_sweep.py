@@ -474,6 +474,12 @@ def test_batched_program_blocks_equal_vmap():
     for block in (None, 1, 3, 10):  # 3: 7 runs = two blocks + a remainder
         got = jax.jit(sweep.batched(one, mesh, block))(a, seeds)["y"]
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"block_size must be a positive integer or None, got 0"):
+        sweep.batched(one, mesh, 0)
+    with pytest.raises(ValueError, match=r"mesh must be a jax.sharding.Mesh with an axis 'sweep'"):
+        sweep.batched(one, jax.sharding.Mesh(np.asarray(jax.devices()), ("other",)))
+    with pytest.raises(TypeError, match=r"one must be callable"):
+        sweep.batched(None, mesh)
 
 
 @pytest.mark.slow

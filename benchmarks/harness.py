@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import gradflow as gf
+
 __all__ = [
     "Measurement",
     "compile_jax",
@@ -188,10 +190,7 @@ def _git_commit() -> str | None:
 
 def machine_info() -> dict[str, Any]:
     """CPU model, core counts, load, JAX devices and the versions of everything measured."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        usable = os.cpu_count()
+    usable = gf.sweep.usable_cores()
     info: dict[str, Any] = {
         "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
         "host": platform.node(),

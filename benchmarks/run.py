@@ -6,7 +6,7 @@ Usage::
     python -m benchmarks.run --quick          # toy sizes  -> benchmarks/quick/
     python -m benchmarks.run --only w1,w3 --repeats 3
     python -m benchmarks.run --profile        # + timing breakdowns and XLA op profiles
-    python -m benchmarks.run --cpu-devices 2  # shard the sweeps over 2 simulated CPU devices
+    python -m benchmarks.run --cpu-devices 1  # one CPU device (default: one per usable core)
 
 The same command runs on a GPU or TPU host: the JAX ways use ``jax.devices()`` (reported), the
 PyTorch ways stay on the CPU (the common way on a laptop; edit nothing to compare).
@@ -19,8 +19,6 @@ import os
 import sys
 import time
 from pathlib import Path
-
-import jax
 
 HERE = Path(__file__).resolve().parent
 WORKLOADS = ("w1", "w2", "w3", "w4")
@@ -75,9 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--cpu-devices",
-        type=int,
-        default=None,
-        help="set jax_num_cpu_devices (simulated CPU devices to shard over)",
+        default="auto",
+        help="jax_num_cpu_devices: CPU devices gradflow's ways shard over (default 'auto': one "
+        "per usable core, as `gradflow run --cpu-devices auto`; the naive loop uses the first)",
     )
     return p
 
@@ -94,12 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--only: unknown workload(s) {unknown}; valid: {', '.join(WORKLOADS)}")
     if args.repeats is not None and args.repeats < 1:
         raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
-    if args.cpu_devices is not None:
-        if args.cpu_devices < 1:
-            raise SystemExit(f"--cpu-devices must be >= 1, got {args.cpu_devices}")
-        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+    import gradflow as gf  # importing starts no backend
 
-    # Imported after the device configuration: gradflow may touch the backend on import.
+    n = args.cpu_devices
+    try:
+        gf.sweep.cpu_devices(n if n == "auto" else int(n))
+    except ValueError:
+        raise SystemExit(f"--cpu-devices must be an int >= 1 or 'auto', got {n!r}") from None
+
     from benchmarks import harness, report, workloads
 
     configs = workloads.QUICK if args.quick else workloads.FULL

@@ -21,12 +21,12 @@ recorded). ``DIR/results/<name>/<mode>/gradflow_run.json`` records the config a 
 ``gradflow run`` used, so a rerun with a different config refuses to mix results (``--fresh``
 discards the old ones).
 
-Several devices and hosts: ``run`` and ``reproduce`` take ``--cpu-devices N`` (simulate N CPU
-devices, ``jax_num_cpu_devices``) and ``--distributed`` / ``--coordinator HOST:PORT
---num-processes P --process-id I`` (:func:`jax.distributed.initialize`; with ``--distributed``
-alone its arguments come from the cluster environment: SLURM, Open MPI, Cloud TPU). Every process
-runs the sweeps (:func:`gradflow.sweep.run` shards them over the global devices); process 0 alone
-writes results, figures, tables, timings and the paper.
+Several devices and hosts: ``run`` and ``reproduce`` take ``--cpu-devices N|auto`` (N CPU
+devices, ``jax_num_cpu_devices``; ``auto``: one per usable core) and ``--distributed`` /
+``--coordinator HOST:PORT --num-processes P --process-id I`` (:func:`jax.distributed.initialize`;
+with ``--distributed`` alone its arguments come from the cluster environment: SLURM, Open MPI,
+Cloud TPU). Every process runs the sweeps (:func:`gradflow.sweep.run` shards them over the global
+devices); process 0 alone writes results, figures, tables, timings and the paper.
 
 Errors in what you typed (an unknown experiment, activation, initializer, norm or loss, a malformed
 or unknown ``--set`` key) print one line, ``gradflow: error: ...`` naming the valid choices, and
@@ -220,6 +220,15 @@ def _fmt_paths(paths: Sequence[Path]) -> str:
 # ------------------------------------------------------------------------------------ distribution
 
 
+def _cpu_devices_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1 or 'auto', got {text!r}") from None
+
+
 def _add_distributed(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "devices and hosts",
@@ -228,9 +237,10 @@ def _add_distributed(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--cpu-devices",
-        type=int,
-        metavar="N",
-        help="simulate N CPU devices in this process (jax_num_cpu_devices)",
+        type=_cpu_devices_arg,
+        metavar="N|auto",
+        help="give this process N CPU devices (jax_num_cpu_devices) to shard over; 'auto': "
+        "one per usable core (the fastest setting on a CPU-only machine)",
     )
     g.add_argument(
         "--distributed",
@@ -296,10 +306,12 @@ def _start_jax(args: argparse.Namespace) -> None:
 
     n = getattr(args, "cpu_devices", None)
     if n is not None:
-        if n < 1:
-            raise CLIError(f"--cpu-devices must be >= 1, got {n}")
+        from gradflow import sweep
+
         try:
-            jax.config.update("jax_num_cpu_devices", n)
+            sweep.cpu_devices(n)
+        except ValueError:
+            raise CLIError(f"--cpu-devices must be an int >= 1 or 'auto', got {n!r}") from None
         except RuntimeError as e:
             raise CLIError(f"--cpu-devices: {e}", 2) from None
     explicit = (args.coordinator, args.num_processes, args.process_id)

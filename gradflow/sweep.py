@@ -108,7 +108,11 @@ and start both processes::
     JAX_PLATFORMS=cpu python sweep2.py 0 & JAX_PLATFORMS=cpu python sweep2.py 1; wait
 
 Several CPU devices in one process (to try the sharding without accelerators):
-``jax.config.update("jax_num_cpu_devices", 4)`` before the first JAX computation.
+``jax.config.update("jax_num_cpu_devices", 4)`` before the first JAX computation, or
+:func:`cpu_devices` (``"auto"``: one device per usable core). On a CPU-only machine this is also
+the fastest setting: each device runs its share of the batch on its own core, while one device
+runs most small ops (batched 30x30 matmuls, elementwise statistics) on one core; ``make bench``
+measures both (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -139,7 +143,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gradflow import rng as _rng
 
-__all__ = ["DEFAULT_AXES", "MESH_AXIS", "batched", "load", "load_metadata", "run"]
+__all__ = [
+    "DEFAULT_AXES",
+    "MESH_AXIS",
+    "batched",
+    "cpu_devices",
+    "load",
+    "load_metadata",
+    "run",
+    "usable_cores",
+]
 
 FORMAT = "gradflow.sweep/1"
 MESH_AXIS = "sweep"
@@ -153,6 +166,34 @@ _DIVERGED_STEP = "diverged_step"
 _KIND_DTYPES = {"bool": "boolean", "int": "Int64", "float": "float64", "str": "string"}
 _MAX_SEED = 2**32
 _METADATA_EVERY_S = 10.0
+
+
+# -------------------------------------------------------------------------------- devices
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_devices(n: int | str = "auto") -> int:
+    """Give JAX's CPU backend ``n`` devices (``"auto"``: :func:`usable_cores`); returns ``n``.
+
+    Sets ``jax_num_cpu_devices``, so it must run before the first JAX computation (JAX raises
+    ``RuntimeError`` afterwards). Sweeps then shard their batch over the CPU devices, one core
+    each; accelerator backends are unaffected (``jax.devices()`` still lists the GPUs/TPUs).
+    """
+    if isinstance(n, str):
+        if n != "auto":
+            raise ValueError(f"cpu_devices: n must be an int >= 1 or 'auto', got {n!r}")
+        n = usable_cores()
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"cpu_devices: n must be an int >= 1 or 'auto', got {n!r}")
+    jax.config.update("jax_num_cpu_devices", int(n))
+    return int(n)
 
 
 # ----------------------------------------------------------------------------- validation

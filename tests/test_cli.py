@@ -109,6 +109,10 @@ def test_top_level_help(capsys):
         (["run", "cli_fake", "--quick", "--set", "seed=1"],
          "unknown config key 'seed' for experiment 'cli_fake'; valid keys: seeds, sw2"),
         (["run", "cli_fake", "--set", "seeds=many"], "config key 'seeds' takes a int"),
+        (["run", "cli_fake", "--cpu-devices", "many"],
+         "argument --cpu-devices: expected an int >= 1 or 'auto', got 'many'"),
+        (["run", "cli_fake", "--cpu-devices", "0"],
+         "--cpu-devices must be an int >= 1 or 'auto', got 0"),
         (["run", "cli_fake", "--num-processes", "2"], "--coordinator, --num-processes and "
          "--process-id go together"),
         (["diagnose", "--activation", "nope"],

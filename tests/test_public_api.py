@@ -53,7 +53,7 @@ CONTRACT = {
     ],
     "data": ["load_digits", "adding_problem", "teacher_student"],
     "training": ["TrainState", "TrainConfig", "train_fn", "fit", "evaluate"],
-    "sweep": ["run", "load", "batched"],
+    "sweep": ["run", "load", "batched", "cpu_devices", "usable_cores"],
     "rng": ["IMPL", "NAMES", "key", "resolve"],
     "plotting": ["style", "figure", "savefig", "COLORS"],
     "experiment": [

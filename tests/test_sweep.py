@@ -390,6 +390,25 @@ def test_traced_hparam_used_as_shape_says_static(tmp_path):
 # ----------------------------------------------------------------------------- processes
 
 
+@pytest.mark.parametrize("n", ["all", 0, -2, True, 2.0])
+def test_cpu_devices_rejects_bad_counts(n):
+    with pytest.raises(ValueError, match="int >= 1 or 'auto'"):
+        sweep.cpu_devices(n)
+
+
+def test_cpu_devices_auto_gives_one_device_per_usable_core():
+    code = (
+        "import os, jax; from gradflow import sweep; n = sweep.cpu_devices('auto'); "
+        "assert n == len(os.sched_getaffinity(0)) == jax.device_count('cpu'), n; "
+        "assert sweep.cpu_devices(n) == n; print('devices', n)"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=SUBPROCESS_TIMEOUT_S)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"devices {sweep.usable_cores()}"
+
+
 def _worker(workdir, *args, **popen):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)

@@ -37,6 +37,7 @@ import gradflow as gf
 
 __all__ = [
     "Measurement",
+    "batched_matmul_rate",
     "compile_jax",
     "load_average",
     "machine_info",
@@ -231,6 +232,39 @@ def matmul_peak(n: int = 2048, *, repeats: int = 10, dtype: Any = jnp.float32) -
         "median_s": statistics.median(times),
         "gflops": flops / statistics.median(times) / 1e9,
         "best_gflops": flops / min(times) / 1e9,
+        "repeats": len(times),
+        "compile_s": compile_s,
+    }
+
+
+def batched_matmul_rate(
+    runs: int, m: int, k: int, n: int, *, repeats: int = 10, dtype: Any = jnp.float32
+) -> dict[str, Any]:
+    r"""GFLOP/s of one jitted batched matmul ``(runs, m, k) @ (runs, k, n)`` at a workload's layer
+    shape, the run axis sharded over every device as gradflow's sweeps shard it.
+
+    :math:`2\,\mathrm{runs}\,m k n` FLOPs. Every FLOP the probe and training workloads count is
+    a matmul of this shape (forward, and backward for activations and weights), so this is the
+    rate their matmuls alone could reach here, with no activation, statistic or random number.
+    """
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = jax.devices()
+    runs_padded = runs + (-runs % len(devices))
+    sharding = NamedSharding(Mesh(np.asarray(devices), ("r",)), PartitionSpec("r"))
+    ka, kb = jax.random.split(jax.random.key(0))
+    a = jax.device_put(jax.random.normal(ka, (runs_padded, m, k), dtype), sharding)
+    b = jax.device_put(jax.random.normal(kb, (runs_padded, k, n), dtype), sharding)
+    program = jax.jit(jnp.matmul, in_shardings=(sharding, sharding), out_shardings=sharding)
+    compiled, compile_s = compile_jax(program, a, b)
+    times, _ = measure(lambda: compiled(a, b).block_until_ready(), repeats=repeats)
+    flops = 2.0 * runs_padded * m * k * n
+    return {
+        "shape": f"{runs_padded} x ({m}x{k} @ {k}x{n})",
+        "flops": flops,
+        "median_s": statistics.median(times),
+        "gflops": flops / statistics.median(times) / 1e9,
+        "devices": len(devices),
         "repeats": len(times),
         "compile_s": compile_s,
     }

@@ -77,6 +77,35 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def requirements(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """For every missed speed-up target: the median and FLOP rate that would meet it, against
+    the machine's matmul peak and the rate of one batched matmul at the workload's layer shape."""
+    peak = results.get("matmul_peak_gflops")
+    out = []
+    for r in targets(results):
+        w = results["workloads"][r["workload"]]
+        if r["met"] or r["what"] == "peak_fraction" or "flops_per_run" not in w or not peak:
+            continue
+        by = {m["method"]: m["median_s"] for m in w["measurements"]}
+        if r["what"] not in by or "gradflow" not in by:
+            continue
+        needed_s = by[r["what"]] / r["threshold"]
+        gflops = w["flops_per_run"] * w["runs"] / needed_s / 1e9
+        lm = w.get("layer_matmul", {}).get("gflops")
+        out.append(
+            {
+                **{k: r[k] for k in ("workload", "what", "threshold")},
+                "needed_s": needed_s,
+                "now_s": by["gradflow"],
+                "needed_gflops": gflops,
+                "needed_peak_fraction": gflops / peak,
+                "layer_matmul_gflops": lm,
+                "vs_layer_matmul": gflops / lm if lm else None,
+            }
+        )
+    return out
+
+
 def _target_text(what: str, threshold: float) -> str:
     if what == "peak_fraction":
         return f">= {threshold:.0%} of the matmul peak"
@@ -171,6 +200,30 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{'yes' if r['best_proposed_met'] else ('-' if not r['best_proposed'] else 'no')}"
                 " |"
             )
+    needs = requirements(results)
+    if needs:
+        lines += [
+            "",
+            "What each missed speed-up target needs: gradflow's median at most the baseline's "
+            "median / the target, i.e. every counted FLOP (all of them matmul FLOPs) done at the "
+            "rate below, against the matmul peak and against the rate one batched matmul of the "
+            "workload's layer shape (w3: its training step's) reaches alone, with no activation, "
+            "statistic, random number or host transfer:",
+            "",
+        ]
+        for r in needs:
+            lm = (
+                f", {r['vs_layer_matmul']:.2f}x the rate of one batched matmul of the layer shape "
+                f"alone ({r['layer_matmul_gflops']:.1f} GFLOP/s)"
+                if r["vs_layer_matmul"] is not None
+                else ""
+            )
+            lines.append(
+                f"- {r['workload']} {_target_text(r['what'], r['threshold'])}: median <= "
+                f"{_fmt_s(r['needed_s'])} (now {_fmt_s(r['now_s'])}), i.e. "
+                f"{r['needed_gflops']:.1f} GFLOP/s = {r['needed_peak_fraction']:.0%} of the "
+                f"matmul peak{lm}"
+            )
     for key, w in results["workloads"].items():
         lines += ["", f"## {key}: {w['title']}", "", _config_text(w["config"]), ""]
         by = {mm["method"]: mm for mm in w["measurements"]}
@@ -200,8 +253,17 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(
                     f"- gradflow achieves {g:.1f} GFLOP/s = "
                     f"{g / results['matmul_peak_gflops']:.0%} of the matmul peak "
-                    f"({w['flops_per_run']:.3g} FLOPs per run counted as 6 B W^2 D)"
+                    f"({w['flops_per_run']:.3g} FLOPs per run counted as "
+                    f"{w.get('flops_counted', '6 B W^2 D')})"
                 )
+        lm = w.get("layer_matmul")
+        if lm and results.get("matmul_peak_gflops"):
+            lines.append(
+                f"- one batched matmul of this workload's layer shape, {lm['shape']}, alone: "
+                f"{lm['gflops']:.1f} GFLOP/s = "
+                f"{lm['gflops'] / results['matmul_peak_gflops']:.0%} of the matmul peak "
+                f"({_fmt_s(lm['median_s'])}, {lm['devices']} device(s))"
+            )
         if w["checks"]:
             lines += ["", "Checks (before timing):", ""]
             for c in w["checks"]:
@@ -234,7 +296,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def write(results: dict[str, Any], md_path: str | Path, json_path: str | Path) -> None:
     """Write ``results`` (plus the scored targets) as JSON and as Markdown."""
-    results = {**results, "targets": targets(results)}
+    results = {**results, "targets": targets(results), "requirements": requirements(results)}
     Path(json_path).parent.mkdir(parents=True, exist_ok=True)
     Path(json_path).write_text(json.dumps(results, indent=2, default=float) + "\n")
     Path(md_path).parent.mkdir(parents=True, exist_ok=True)

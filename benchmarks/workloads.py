@@ -153,7 +153,15 @@ class TrainSweep:
 
     @property
     def flops_per_run(self) -> float:
+        """Training only: ``6 * batch * width**2 * depth * steps`` (see :meth:`flops_with_eval`)."""
         return 6.0 * self.batch * self.width**2 * self.depth * self.steps
+
+    def flops_with_eval(self, eval_examples: int) -> float:
+        """Training plus the records' forward passes over ``eval_examples`` (train + test) every
+        ``record_every`` steps: ``+ 2 * eval_examples * width**2 * depth * steps / record_every``
+        (both the PyTorch loop and gradflow do this work)."""
+        records = self.steps // self.record_every
+        return self.flops_per_run + 2.0 * eval_examples * self.width**2 * self.depth * records
 
     def config(self, *, batch_size: int | str | None = "default", steps: int | None = None):
         return gf.training.TrainConfig(
@@ -516,7 +524,8 @@ def probe_sweep(cfg: ProbeSweep, options: Options) -> dict[str, Any]:
     if options.torch and torch_available():
         measurements.append(_probe_torch(cfg, model, data, x, y, ref, checks, options))
 
-    extra = {}
+    rate = harness.batched_matmul_rate(cfg.seeds, cfg.batch, cfg.width, cfg.width)
+    extra = {"layer_matmul": rate}
     if options.profile:
         extra["breakdown"] = _probe_breakdown(cfg, model, x, y, options)
         extra["profile"] = _profile(program, [seeds], _PROBE_CATEGORIES)
@@ -727,7 +736,11 @@ def train_sweep(cfg: TrainSweep, options: Options) -> dict[str, Any]:
     if options.torch and torch_available():
         measurements.append(_train_torch(cfg, data, ref, checks, options))
 
-    extra = {}
+    extra = {
+        "layer_matmul": harness.batched_matmul_rate(n, cfg.batch, cfg.width, cfg.width),
+        "flops_per_run": cfg.flops_with_eval(len(data.x_train) + len(data.x_test)),
+        "flops_counted": "6 B W^2 D per step + 2 (train + test examples) W^2 D per record",
+    }
     if options.profile:
         extra["profile"] = _profile(program, [lrs, seeds], _TRAIN_CATEGORIES)
     return result(cfg, measurements, checks, extra)
@@ -1048,10 +1061,12 @@ def result(cfg, measurements: list[Measurement], checks, extra) -> dict[str, Any
         "checks": checks,
         **extra,
     }
-    flops = getattr(cfg, "flops_per_run", None)
+    flops = extra.get("flops_per_run", getattr(cfg, "flops_per_run", None))
     if flops is not None:
         runs = cfg.seeds if isinstance(cfg, ProbeSweep) else len(cfg.runs)
         out["flops_per_run"] = flops
+        out["runs"] = runs
+        out.setdefault("flops_counted", "6 B W^2 D")
         out["gflops"] = {m.method: flops * runs / m.median_s / 1e9 for m in measurements}
     return out
 

@@ -125,3 +125,29 @@ def test_run_rejects_bad_flags():
         run.main(["--repeats", "0"])
     with pytest.raises(TypeError, match="unknown workload configuration"):
         workloads.run_workload(object(), workloads.Options())
+
+
+def test_requirements_of_a_missed_target():
+    """A missed 10x target: the median and FLOP rate that would meet it, against both rates."""
+    w3 = {
+        "title": "t", "config": {}, "checks": [], "flops_per_run": 1e9, "runs": 4,
+        "measurements": [{"method": "gradflow", "median_s": 2.0},
+                         {"method": "pytorch", "median_s": 10.0}],
+        "speedups": {"gradflow": {"pytorch": 5.0}}, "gflops": {"gradflow": 2.0},
+        "layer_matmul": {"gflops": 2.0},
+    }  # fmt: skip
+    (r,) = report.requirements({"workloads": {"w3": w3}, "matmul_peak_gflops": 8.0})
+    assert r["needed_s"] == pytest.approx(1.0)  # 10 s / 10x
+    assert r["needed_gflops"] == pytest.approx(4.0)  # 4 runs x 1 GFLOP in 1 s
+    assert r["needed_peak_fraction"] == pytest.approx(0.5)
+    assert r["vs_layer_matmul"] == pytest.approx(2.0)
+    w3["speedups"]["gradflow"]["pytorch"] = 10.0  # met: nothing to require
+    assert report.requirements({"workloads": {"w3": w3}, "matmul_peak_gflops": 8.0}) == []
+
+
+def test_training_flops_count_the_evaluations(results):
+    cfg = TOY["w3"]
+    w3 = results["workloads"]["w3"]
+    # 2 records over the 1797 digits (train + test) on top of 6 B W^2 D per step
+    assert w3["flops_per_run"] == cfg.flops_per_run + 2 * 1797 * 4**2 * 1 * 2
+    assert w3["layer_matmul"]["gflops"] > 0 and w3["layer_matmul"]["shape"] == "2 x (8x4 @ 4x4)"

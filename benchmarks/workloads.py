@@ -10,7 +10,7 @@ Ways (``method`` ids):
   a 1-D mesh of every device with ``NamedSharding(mesh, P("sweep"))`` on the run axis; ``one``
   is the gradflow call a user writes (:func:`gradflow.probes.probe` of ``model.init``, or
   :func:`gradflow.training.train_fn`). The probe sweeps use the options ``rng="native"`` (seed
-  run ``i`` with ``gradflow.rng.key(seed_i)``, XLA's native ThreeFry) and ``block_size`` (each
+  run ``i`` with ``gradflow.rng.key(seed_i)``, ThreeFry fused on CPU) and ``block_size`` (each
   device maps over its runs ``block`` at a time, ``lax.map`` inside ``jax.shard_map``); the
   training sweep the defaults (``jax.random.key(seed_i)``, every run at once).
 * ``gradflow_before`` -- the probe sweeps before ``gradflow.sweep.run``'s ``rng="native"`` and
@@ -438,7 +438,7 @@ def probe_sweep(cfg: ProbeSweep, options: Options) -> dict[str, Any]:
     checks: list[dict[str, Any]] = []
 
     # gradflow's way: what gradflow.sweep.run(fn, ..., rng="native", block_size=cfg.block)
-    # compiles (gradflow.rng keys: XLA's native ThreeFry; each device maps over its seeds
+    # compiles (gradflow.rng keys: ThreeFry fused on CPU; each device maps over its seeds
     # cfg.block at a time). "gradflow_before" is the program before those two options:
     # jit(vmap(one)) with jax.random.key(seed), the same parameters as the naive loop and PyTorch
     # are given, so the equality checks use it.

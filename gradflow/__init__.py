@@ -15,7 +15,7 @@ the paper. Import as ``import gradflow as gf``; the public modules are re-export
 * :mod:`gradflow.data` -- scikit-learn digits and synthetic tasks
 * :mod:`gradflow.training` -- train state, jitted step, loop with divergence detection
 * :mod:`gradflow.sweep` -- seeds x grids, vmapped and sharded, resumable results store
-* :mod:`gradflow.rng` -- fast vmap-safe random keys (XLA's native ThreeFry) for sweeps
+* :mod:`gradflow.rng` -- fast vmap-safe random keys (ThreeFry fused into one loop) for sweeps
 * :mod:`gradflow.plotting` -- the house figure style
 * :mod:`gradflow.experiment` -- the experiment registry (entry points) and paper artifacts
 """

@@ -1,39 +1,47 @@
-r"""Fast counter-based random keys for sweeps: XLA's native ThreeFry behind a JAX key.
+r"""Fast counter-based random keys for sweeps: Threefry-2x32 as XLA lays it out, fused on CPU.
 
-Initialising a sweep's networks is random-number generation: 32 seeds of a depth-50, width-256
-MLP draw :math:`32 \cdot 50 \cdot 256^2 \approx 1.05 \times 10^8` normals. JAX's default key
-(``jax.random.key``, ThreeFry-2x32 written in jax.numpy and traced into the program) costs about
-13 ns per 32-bit word on a 2-core CPU, so that draw takes 1.4 s, longer than the forward and
-backward pass of all 32 networks. XLA implements the same cipher natively
-(``lax.rng_bit_generator`` with ``RNG_THREE_FRY``): 0.32 s for the same words.
+Initialising a sweep's networks is random-number generation: 1024 seeds of a depth-10, width-30
+MLP draw :math:`10^7` normals, 32 seeds of a depth-50, width-256 MLP :math:`10^8`. JAX's default
+key (``jax.random.key``) computes ThreeFry-2x32 in the program, and on CPU its lowering rolls the
+cipher's 20 rounds into a loop (to compile faster), so every round is a pass over memory: about
+13 ns per 32-bit word on a 2-core CPU, longer than the forward and backward pass of those
+networks.
 
-:func:`key` returns a JAX typed key whose ``random_bits`` is XLA's native ThreeFry-2x32 (Salmon,
-Moraes, Dror & Shaw 2011, "Parallel random numbers: as easy as 1, 2, 3") and whose ``split`` and
-``fold_in`` are JAX's threefry functions on the key words (as JAX's own ``rbg`` key). Every
-``jax.random`` function takes it (``normal``, ``uniform``, ``split``, ``fold_in``, ...), and so
-does everything that takes a key: ``model.init(gf.rng.key(seed), x)``,
+:func:`key` returns a JAX typed key whose ``random_bits`` is the same cipher (Salmon, Moraes,
+Dror & Shaw 2011, "Parallel random numbers: as easy as 1, 2, 3"; :func:`threefry2x32`) written
+out round by round in ``jax.numpy``, which XLA fuses into one loop over the counters, with the
+counters and output layout of XLA's own ``RngBitGenerator(RNG_THREE_FRY)``: its bits equal
+``lax.rng_bit_generator(key_data, shape, algorithm=RNG_THREE_FRY)`` bit for bit (tested for 8, 16,
+32 and 64-bit words, odd, even, empty and scalar shapes, and a carry in the 64-bit counter).
+``split`` and ``fold_in`` are JAX's threefry functions on the key words (as JAX's own ``rbg``
+key). Every ``jax.random`` function takes it (``normal``, ``uniform``, ``split``, ``fold_in``,
+...), and so does everything that takes a key: ``model.init(gf.rng.key(seed), x)``,
 :func:`gradflow.sweep.run` with ``rng="native"``.
 
 Semantics, and what differs from JAX's ``rbg`` key:
 
 * **Batch-independent under vmap.** ``lax.rng_bit_generator`` batches by drawing every row from
   the *first* key of the batch (JAX's ``unsafe_rbg`` and ``rbg`` keys inherit this: vmapped over
-  seeds, they do not give each seed its own stream). Here ``random_bits`` carries its own batching
-  rule (``jax.custom_batching.custom_vmap``): a batch of keys is drawn one key at a time
-  (``lax.map``), so run ``i`` of a vmapped sweep gets exactly the numbers it gets alone, whatever
-  the batch, chunk or device count. Tested in ``tests/test_rng.py``.
+  seeds, they do not give each seed its own stream). Here the bits are elementwise functions of
+  the key words and counters, so ``jax.vmap`` batches them like any arithmetic: run ``i`` of a
+  vmapped sweep gets exactly the numbers it gets alone, whatever the batch, chunk or device
+  count, and a batch of keys is drawn in one fused loop (no per-key loop). Tested in
+  ``tests/test_rng.py``.
 * **Another stream.** The numbers differ from ``jax.random.key(seed)``'s (same distribution, other
   cipher layout): results made with one key type are reproducible only with the same type.
-* **Deterministic on one backend.** XLA's ThreeFry is specified bit for bit; the keys' derivation
-  is JAX's threefry. Values are identical across runs, batch sizes and device counts.
+* **Deterministic.** Threefry is integer arithmetic, specified bit for bit; the keys' derivation is
+  JAX's threefry. The bits are identical across runs, batch sizes, device counts and backends
+  (floating-point transforms of them, such as ``normal``'s ``erfinv``, may differ in the last bit
+  between backends).
 
-Measured on the 2-core CPU of the benchmarks (``benchmarks/RESULTS.md``): 32 x ``(50, 256, 256)``
-normals, vmapped over seeds, 1.40 s -> 0.86 s; ``MLP.init`` of that sweep 1.33 s -> 0.52 s.
+Measured on the 2-core CPU of the benchmarks: :math:`10^7` words in one call 23 ms (XLA's own
+``RngBitGenerator`` 27 ms, ``jax.random.bits`` 164 ms); 11 draws of ``(30, 30)`` for each of 1024
+vmapped keys 12 ms (drawing key by key with ``RngBitGenerator``, as this module did before, 54 ms).
 """
 
 from __future__ import annotations
 
-import functools
+import math
 from typing import Any
 
 import jax
@@ -42,36 +50,90 @@ from jax import lax
 from jax._src.random import rbg as _rbg  # JAX's threefry-based seed/split/fold_in on 4 words
 from jax.extend.random import define_prng_impl
 
-__all__ = ["IMPL", "NAMES", "key", "resolve"]
+__all__ = ["IMPL", "NAMES", "key", "resolve", "threefry2x32"]
 
 _UINT = {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint64}
 
 
-@functools.cache
-def _bits_fn(bit_width: int, shape: tuple[int, ...]):
-    dtype = _UINT[bit_width]
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_PARITY = 0x1BD11BDA  # Threefish's key-schedule constant
 
-    @jax.custom_batching.custom_vmap
-    def bits(key_data):
-        return lax.rng_bit_generator(
-            key_data, shape, dtype, algorithm=lax.RandomAlgorithm.RNG_THREE_FRY
-        )[1]
 
-    @bits.def_vmap
-    def _batched(axis_size, in_batched, key_data):
-        del axis_size
-        if not in_batched[0]:
-            return bits(key_data), False
-        # one key at a time: lax.rng_bit_generator's own batching would use the first key only
-        return lax.map(bits, key_data), True
+def _rotl(x: jax.Array, d: int) -> jax.Array:
+    return lax.shift_left(x, jnp.uint32(d)) | lax.shift_right_logical(x, jnp.uint32(32 - d))
 
-    return bits
+
+def threefry2x32(k0, k1, x0, x1) -> tuple[jax.Array, jax.Array]:
+    """Threefry-2x32 with 20 rounds (Salmon et al. 2011), elementwise on uint32 arrays.
+
+    The block cipher of ``jax.random.key`` and of XLA's ``RngBitGenerator(RNG_THREE_FRY)``:
+    key ``(k0, k1)``, counter ``(x0, x1)`` -> two words. Written out round by round, so XLA fuses
+    the whole cipher into one loop over the counters (JAX's own CPU lowering rolls the 20 rounds
+    into a ``fori_loop`` to compile faster, which makes every round a pass over memory).
+    """
+    ks = (k0, k1, k0 ^ k1 ^ jnp.uint32(_PARITY))
+    x0, x1 = x0 + k0, x1 + k1
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x0 = x0 + x1
+            x1 = _rotl(x1, r) ^ x0
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = x1 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
+    return x0, x1
+
+
+def _counters(key_data: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """The 64-bit counters ``state + i`` (``i`` row-major over ``shape``) as (low, high) words;
+    the state is key words 2 and 3 (low first), as XLA reads a ``u32[4]`` key."""
+    n = math.prod(shape)
+    if n >= 2**32:
+        raise ValueError(f"gradflow.rng draws at most 2**32 - 1 words per call, got {shape}")
+    lo = key_data[2] + lax.iota(jnp.uint32, n).reshape(shape)
+    hi = key_data[3] + (lo < key_data[2]).astype(jnp.uint32)  # carry into the high word
+    return lo, hi
+
+
+def _split_dim(shape: tuple[int, ...]) -> int:
+    """XLA's ``SplitShapeIntoHalves``: the first even dimension, else the first largest."""
+    for i, d in enumerate(shape):
+        if d % 2 == 0:
+            return i
+    return max(range(len(shape)), key=lambda i: (shape[i], -i))
+
+
+def _bits32(key_data: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``lax.rng_bit_generator(key_data, shape, uint32, RNG_THREE_FRY)``'s bits, bit for bit.
+
+    XLA halves the shape on one dimension ``d`` (:func:`_split_dim`), runs one cipher call per
+    counter of the half shape and interleaves the two output words along ``d``.
+    """
+    if not shape:
+        return _bits32(key_data, (1,))[0]
+    d = _split_dim(shape)
+    half = (*shape[:d], -(-shape[d] // 2), 1, *shape[d + 1 :])
+    o0, o1 = threefry2x32(key_data[0], key_data[1], *_counters(key_data, half))
+    # materialise both words: fused into the interleaving, the cipher would run once per output
+    # word (twice per counter)
+    o0, o1 = lax.optimization_barrier((o0, o1))
+    out = jnp.concatenate([o0, o1], axis=d + 1)
+    out = out.reshape(*shape[:d], 2 * half[d], *shape[d + 1 :])
+    return lax.slice_in_dim(out, 0, shape[d], axis=d)
+
+
+def _bits64(key_data: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """XLA's 64-bit ThreeFry bits: one cipher call per element, ``low | high << 32``."""
+    o0, o1 = threefry2x32(key_data[0], key_data[1], *_counters(key_data, shape))
+    return o0.astype(jnp.uint64) | (o1.astype(jnp.uint64) << jnp.uint64(32))
 
 
 def _random_bits(key_data: jax.Array, bit_width: int, shape) -> jax.Array:
     if bit_width not in _UINT:
         raise TypeError(f"bit_width must be one of {sorted(_UINT)}, got {bit_width}")
-    return _bits_fn(int(bit_width), tuple(int(d) for d in shape))(key_data)
+    shape = tuple(int(d) for d in shape)
+    if bit_width == 64:
+        return _bits64(key_data, shape)
+    # 8 and 16 bits: the low bits of the 32-bit draw, as lax.rng_bit_generator returns them
+    return _bits32(key_data, shape).astype(_UINT[bit_width])
 
 
 #: The PRNG implementation (pass as ``impl=`` to ``jax.random.key``).
@@ -90,7 +152,7 @@ NAMES = ("threefry", "native")
 
 
 def key(seed: Any) -> jax.Array:
-    """``jax.random.key(seed, impl=IMPL)``: a typed key drawing with XLA's native ThreeFry.
+    """``jax.random.key(seed, impl=IMPL)``: a typed key drawing with the fused ThreeFry above.
 
     ``seed`` is an integer or an integer array (traceable, vmappable), as for ``jax.random.key``.
     """

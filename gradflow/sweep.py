@@ -33,8 +33,9 @@ How the grid becomes programs
 * Run ``i`` of a group is ``(batched values..., seed)`` in row-major order over the grid's keys,
   seeds innermost; its key is ``jax.random.key(seed)``: exactly the key a single-run script would
   use, independent of grid, chunking and devices. Seeds are integers in ``[0, 2**32)``. With
-  ``rng="native"`` it is :func:`gradflow.rng.key` instead (XLA's native ThreeFry, equally
-  batch-independent; 2.5x faster to initialise wide networks on CPU, another random stream).
+  ``rng="native"`` it is :func:`gradflow.rng.key` instead (ThreeFry fused into one loop, laid out
+  as XLA's ``RngBitGenerator``; equally batch-independent, faster to initialise many networks on
+  CPU, another random stream).
 
 The table
 ---------
@@ -889,7 +890,7 @@ def run(
       progress: show a progress bar over chunks (process 0 only): ``True`` always, ``False``
         never, ``None`` (default) only when stderr is a terminal (no redraws in logs and CI).
       rng: ``"threefry"`` (default): keys ``jax.random.key(seed)``; ``"native"``:
-        :func:`gradflow.rng.key(seed) <gradflow.rng.key>`, XLA's native ThreeFry (faster random
+        :func:`gradflow.rng.key(seed) <gradflow.rng.key>`, ThreeFry fused on CPU (faster random
         initialisation, another stream; recorded in the config, so the two never mix in a store).
       block_size: runs evaluated together under ``vmap``; each device maps over its share of a
         chunk this many at a time (``lax.map`` inside ``jax.shard_map``, one program). ``None``

@@ -54,7 +54,7 @@ CONTRACT = {
     "data": ["load_digits", "adding_problem", "teacher_student"],
     "training": ["TrainState", "TrainConfig", "train_fn", "fit", "evaluate"],
     "sweep": ["run", "load", "batched", "cpu_devices", "usable_cores"],
-    "rng": ["IMPL", "NAMES", "key", "resolve"],
+    "rng": ["IMPL", "NAMES", "key", "resolve", "threefry2x32"],
     "plotting": ["style", "figure", "savefig", "COLORS"],
     "experiment": [
         "Experiment",

@@ -1,4 +1,4 @@
-"""Tests for gradflow.rng: XLA's native ThreeFry behind a JAX key, batch-independent under vmap.
+"""Tests for gradflow.rng: Threefry-2x32 laid out as XLA's RngBitGenerator, batch-independent.
 
 Tolerances: the distribution tests draw n = 2**18 normals; their mean is within 5 / sqrt(n) of 0
 and their variance within 5 * sqrt(2 / n) of 1 (5 standard errors), and a Kolmogorov-Smirnov test
@@ -47,6 +47,40 @@ def test_vmapped_draws_equal_single_draws():
     np.testing.assert_array_equal(np.asarray(grid).reshape(6, 5, 7), np.asarray(batched[0]))
     again = jax.jit(jax.vmap(lambda s: draw(s)[0]))(SEEDS[2:5])
     np.testing.assert_array_equal(np.asarray(again), np.asarray(batched[0][2:5]))
+
+
+# odd, even, scalar, empty and unit shapes: XLA halves the first even dimension, else the largest
+SHAPES = [(), (1,), (2,), (7,), (0,), (3, 0), (2, 3), (3, 4), (4, 2), (4, 6), (3, 5), (5, 3),
+          (1, 1, 2), (5, 1, 3), (7, 9, 11), (64, 30), (30, 10)]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [jnp.uint8, jnp.uint16, jnp.uint32, jnp.uint64])
+def test_bits_equal_xla_rng_bit_generator(dtype, x64):
+    gen = np.random.default_rng(0)
+    narrow = np.dtype(dtype).itemsize < 4  # the low bits of the 32-bit path: fewer shapes
+    for shape in SHAPES[::3] if narrow else SHAPES:
+        words = gen.integers(0, 2**32, 4, dtype=np.uint64).astype(np.uint32)
+        words[2] = 0xFFFFFFF9  # the counter's low word carries into the high word
+        kd = jnp.asarray(words)
+        want = jax.lax.rng_bit_generator(
+            kd, shape, dtype, algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY
+        )[1]
+        got = jax.jit(
+            lambda kd, shape=shape: jax.random.bits(
+                jax.random.wrap_key_data(kd, impl=gf.rng.IMPL), shape, dtype
+            )
+        )(kd)
+        assert got.dtype == want.dtype and got.shape == want.shape, shape
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=str(shape))
+
+
+def test_threefry2x32_known_answers():
+    # Random123's known-answer vectors for Threefry-2x32-20 (kat_vectors)
+    k0, k1 = jnp.uint32([0, 0xFFFFFFFF, 0x13198A2E]), jnp.uint32([0, 0xFFFFFFFF, 0x03707344])
+    x0, x1 = jnp.uint32([0, 0xFFFFFFFF, 0x243F6A88]), jnp.uint32([0, 0xFFFFFFFF, 0x85A308D3])
+    y0, y1 = gf.rng.threefry2x32(k0, k1, x0, x1)
+    np.testing.assert_array_equal(np.asarray(y0), np.uint32([0x6B200159, 0x1CB996FC, 0xC4923A9C]))
+    np.testing.assert_array_equal(np.asarray(y1), np.uint32([0x99BA4EFE, 0xBB002BE7, 0x483DF7A0]))
 
 
 def test_an_unbatched_key_inside_vmap():

@@ -13,10 +13,12 @@ never typed):
    ``jax.grad`` through the chain for 10,000 chains of depth 100.
 
 The three ways: **gradflow** (one compiled program: ``jit`` + ``vmap`` over seeds and
-hyperparameters, batch axis sharded over ``jax.devices()`` as :mod:`gradflow.sweep` does it), **the
+hyperparameters, batch axis sharded over ``jax.devices()`` as :mod:`gradflow.sweep` does it; on a
+CPU-only machine one device per usable core, ``--cpu-devices auto``, the default), **the
 common PyTorch way** (a Python loop over seeds and configs, ``backward()``, each layer's ``.grad``,
 hooks for the pre-activation gradients), and **naive JAX** (one jitted call per seed in a Python
-loop). Every way's numbers are checked against gradflow's before anything is timed.
+loop, on the first device). Every way's numbers are checked against gradflow's before anything
+is timed.
 
 Modules: :mod:`benchmarks.harness` (timing, machine facts, matmul peak),
 :mod:`benchmarks.torch_baselines` (the PyTorch ways), :mod:`benchmarks.workloads` (configurations

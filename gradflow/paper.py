@@ -439,6 +439,8 @@ def benchmarks_table(results_json: str | os.PathLike, tables_dir: str | os.PathL
         macros["benchmarksMatmulPeak"] = float(peak)
     if machine.get("cpu_usable") is not None:
         macros["benchmarksCpus"] = int(machine["cpu_usable"])
+    if machine.get("jax_devices"):
+        macros["benchmarksDevices"] = len(machine["jax_devices"])
     if machine.get("load_average"):
         macros["benchmarksLoadAverage"] = float(machine["load_average"][0])
     macros["benchmarksQuick"] = int(bool(data.get("quick", False)))

@@ -255,7 +255,11 @@ def test_runtimes_table_rejects_bad_input(tmp_path):
 
 BENCH = {
     "quick": False,
-    "machine": {"cpu_usable": 2, "load_average": [0.5, 0.4, 0.3]},
+    "machine": {
+        "cpu_usable": 2,
+        "load_average": [0.5, 0.4, 0.3],
+        "jax_devices": ["cpu:0", "cpu:1"],
+    },
     "matmul_peak_gflops": 100.0,
     "workloads": {
         "w1": {
@@ -301,6 +305,7 @@ def test_benchmarks_table(tmp_path):
         r"\newcommand{\benchmarksWorkloadFourSpeedupNaiveJax}{10}",
         r"\newcommand{\benchmarksMatmulPeak}{100}",
         r"\newcommand{\benchmarksCpus}{2}",
+        r"\newcommand{\benchmarksDevices}{2}",
         r"\newcommand{\benchmarksLoadAverage}{0.5}",
         r"\newcommand{\benchmarksQuick}{0}",
     ):

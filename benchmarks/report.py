@@ -28,9 +28,9 @@ def _fmt_s(v: float | None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if v >= 100:
-        return f"{v:.0f}"
+        return f"{v:.0f} s"
     if v >= 1:
-        return f"{v:.2f}"
+        return f"{v:.2f} s"
     if v >= 1e-3:
         return f"{v * 1e3:.1f} ms"
     return f"{v * 1e6:.0f} µs"

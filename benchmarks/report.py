@@ -19,13 +19,7 @@ from benchmarks.workloads import TARGETS
 
 __all__ = ["markdown", "targets", "write"]
 
-_PROPOSED_EXCLUDE = (
-    "gradflow",
-    "gradflow_sweep_run",
-    "gradflow_log",
-    "gradflow_before",
-    "gradflow_floor",
-)
+_PROPOSED_EXCLUDE = ("gradflow", "gradflow_sweep_run", "gradflow_log", "gradflow_before")
 #: The way before a fix in gradflow itself, per workload (reported beside gradflow's way).
 _BEFORE = "gradflow_before"
 
@@ -107,7 +101,6 @@ def requirements(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "needed_peak_fraction": gflops / peak,
                 "layer_matmul_gflops": lm,
                 "vs_layer_matmul": gflops / lm if lm else None,
-                "floor_s": by.get("gradflow_floor"),
             }
         )
     return out
@@ -225,17 +218,11 @@ def markdown(results: dict[str, Any]) -> str:
                 if r["vs_layer_matmul"] is not None
                 else ""
             )
-            floor = (
-                f"; `gradflow_floor` (the same program computing only init, the backward pass and "
-                f"the 3 gradient norms) takes {_fmt_s(r['floor_s'])}"
-                if r.get("floor_s") is not None
-                else ""
-            )
             lines.append(
                 f"- {r['workload']} {_target_text(r['what'], r['threshold'])}: median <= "
                 f"{_fmt_s(r['needed_s'])} (now {_fmt_s(r['now_s'])}), i.e. "
                 f"{r['needed_gflops']:.1f} GFLOP/s = {r['needed_peak_fraction']:.0%} of the "
-                f"matmul peak{lm}{floor}"
+                f"matmul peak{lm}"
             )
     for key, w in results["workloads"].items():
         lines += ["", f"## {key}: {w['title']}", "", _config_text(w["config"]), ""]

@@ -38,7 +38,7 @@ import tempfile
 import time
 import unittest.mock
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -427,36 +427,6 @@ def _probe_one(model: gf.models.MLP, x: jax.Array, y: jax.Array, make_key=jax.ra
     return one
 
 
-class _GradNorms(NamedTuple):
-    weight_grad_norm: jax.Array
-    bias_grad_norm: jax.Array
-    preact_grad_norm: jax.Array
-
-
-def _grad_norms_one(model: gf.models.MLP, x: jax.Array, y: jax.Array, make_key):
-    """``seed -> (L,)`` weight, bias and mean per-example pre-activation gradient norms, from one
-    ``jax.grad`` through ``model.apply`` with the pre-activations perturbed (the probe's core)."""
-    loss = gf.probes.get_loss("softmax_cross_entropy")
-
-    def one(seed):
-        variables = model.init(make_key(seed), x)
-        perts = gf.models.perturbations(model, variables, x)
-
-        def cost(params, z):
-            return loss(model.apply({"params": params, "perturbations": z}, x), y)
-
-        g, gz = jax.grad(cost, argnums=(0, 1))(variables["params"], perts)
-        names = sorted(g, key=lambda n: int(n.rsplit("_", 1)[1]))  # dense_0 .. dense_L
-        norm = lambda a, axis=None: jnp.sqrt(jnp.sum(jnp.square(a), axis=axis))
-        return _GradNorms(
-            jnp.stack([norm(g[n]["kernel"]) for n in names]),
-            jnp.stack([norm(g[n]["bias"]) for n in names]),
-            jnp.stack([norm(gz[n]["z"] * x.shape[0], -1).mean() for n in names]),
-        )
-
-    return one
-
-
 def probe_sweep(cfg: ProbeSweep, options: Options) -> dict[str, Any]:
     """Workloads 1 and 2: see :class:`ProbeSweep`."""
     data = _digits()
@@ -527,21 +497,6 @@ def probe_sweep(cfg: ProbeSweep, options: Options) -> dict[str, Any]:
         measurements.append(m)
         err = max(_rel_err(getattr(out, s), getattr(fast, s)) for s in _GRAD_STATS)
         checks.append(_check("gradflow_vmap_native == gradflow (same seeds)", err, 1e-3))
-
-    if cfg.block:  # the floor: the same program computing only what the PyTorch loop computes
-        m, (out, _) = _jax_way(
-            "gradflow_floor",
-            "floor: the same program (gf.rng.key seeds, blocks) computing only init, the "
-            "backward pass and the 3 gradient norms the PyTorch loop reads",
-            _blocked_program(_grad_norms_one(model, x, y, gf.rng.key), cfg.block, 1),
-            [seeds],
-            cfg.seeds,
-            options,
-            notes="not a way to use: a lower bound for the program form, no other statistic",
-        )
-        measurements.append(m)
-        err = max(_rel_err(getattr(out, s), getattr(fast, s)) for s in _GRAD_STATS)
-        checks.append(_check("gradflow_floor == gradflow (same seeds)", err, 1e-3))
 
     if cfg.sweep_run:
         measurements.append(_probe_sweep_run(cfg, model, x, y))

@@ -129,9 +129,25 @@ def _make_fn(config: dict, points: dict):
     return fn
 
 
+#: Why the sweep refuses several CPU devices in one process (see :func:`run`).
+MULTI_CPU_DEADLOCK = (
+    "dynamical_isometry: with several CPU devices in one process, XLA's CPU runtime deadlocks "
+    "when a LAPACK custom call (the QR of the orthogonal init, the SVD) runs on one device while "
+    "a while loop (JAX's threefry on CPU) runs on another (reproduced with a batched jnp.linalg.qr "
+    "next to a lax.fori_loop on 2 CPU devices; jax/jaxlib 0.10.2; not a gradflow bug); rerun "
+    "this experiment with one CPU device (without --cpu-devices)"
+)
+
+
 def run(config: dict, results_dir: Path) -> None:
-    """Theory moments (JSON) and the activation x weights x seeds sweep of Jacobian spectra."""
+    """Theory moments (JSON) and the activation x weights x seeds sweep of Jacobian spectra.
+
+    Raises ``RuntimeError`` (:data:`MULTI_CPU_DEADLOCK`) instead of hanging when the process has
+    several CPU devices.
+    """
     _check(config)
+    if jax.default_backend() == "cpu" and jax.device_count() > 1:
+        raise RuntimeError(MULTI_CPU_DEADLOCK)
     results_dir = Path(results_dir)
     # JAX's CPU QR and SVD call scipy's OpenBLAS, whose worker threads oversubscribe a busy
     # machine: on 2 shared cores one thread was 30-90x faster (512 QRs of 128 x 128: 27 s -> 0.9 s)

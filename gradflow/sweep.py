@@ -473,10 +473,13 @@ def batched(one: Callable, mesh: Mesh, block_size: int | None = None) -> Callabl
     """The per-chunk program of :func:`run`: ``one(*args)`` of one run -> all runs of a chunk.
 
     Every argument of the returned function has the run axis first (sharded on ``mesh``'s axis
-    :data:`MESH_AXIS` when jitted with ``NamedSharding(mesh, P(MESH_AXIS))``). ``block_size=None``:
-    ``jax.vmap(one)``. Otherwise each device maps over its own runs ``block_size`` at a time
-    (``lax.map`` with ``batch_size``, vmapped within a block) under :func:`jax.shard_map`, so only
-    one block's working set is live. Not jitted: wrap it in ``jax.jit`` with the shardings.
+    :data:`MESH_AXIS` when jitted with ``NamedSharding(mesh, P(MESH_AXIS))``). Each device runs its
+    own runs under :func:`jax.shard_map`: ``block_size=None`` vmaps ``one`` over them, otherwise
+    it maps over them ``block_size`` at a time (``lax.map`` with ``batch_size``, vmapped within a
+    block), so only one block's working set is live. Under ``shard_map`` no op is partitioned by
+    XLA's SPMD partitioner, which would replicate ops it has no sharding rule for (LAPACK's QR and
+    SVD custom calls) and gather their inputs across devices. Not jitted: wrap it in ``jax.jit``
+    with the shardings.
     """
     if not callable(one):
         raise TypeError(f"one must be callable as one(*args) for one run, got {one!r}")
@@ -485,11 +488,11 @@ def batched(one: Callable, mesh: Mesh, block_size: int | None = None) -> Callabl
             f"mesh must be a jax.sharding.Mesh with an axis {MESH_AXIS!r}, got {mesh!r}"
         )
     _check_block_size(block_size)
-    if block_size is None:
-        return jax.vmap(one)
     spec = PartitionSpec(MESH_AXIS)
 
     def per_device(*args):
+        if block_size is None:
+            return jax.vmap(one)(*args)
         leaves = jax.tree.leaves(args)  # every leaf has the (per-device) run axis first
         n = leaves[0].shape[0] if leaves else 0
         return jax.lax.map(lambda a: one(*a), args, batch_size=max(1, min(block_size, n)))

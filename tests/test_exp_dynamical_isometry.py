@@ -78,3 +78,25 @@ def test_bad_config():
         e.run(e.config("quick", {"record_depths": (0, 4)}), None)
     with pytest.raises(ValueError, match="tanh_q must be positive"):
         e.run(e.config("quick", {"tanh_q": 0.0}), None)
+
+
+def test_refuses_several_cpu_devices_instead_of_hanging(tmp_path):
+    """XLA's CPU runtime deadlocks on this sweep with 2 CPU devices (upstream): fail early."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import jax; jax.config.update('jax_num_cpu_devices', 2)\n"
+        "from experiments import dynamical_isometry as exp\n"
+        "try:\n"
+        f"    exp.run(exp.CONFIGS['quick'], {str(tmp_path)!r})\n"
+        "except RuntimeError as e:\n"
+        "    print('refused' if str(e) == exp.MULTI_CPU_DEADLOCK else e)\n"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "refused"
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -70,7 +70,17 @@ def threefry2x32(k0, k1, x0, x1) -> tuple[jax.Array, jax.Array]:
     key ``(k0, k1)``, counter ``(x0, x1)`` -> two words. Written out round by round, so XLA fuses
     the whole cipher into one loop over the counters (JAX's own CPU lowering rolls the 20 rounds
     into a ``fori_loop`` to compile faster, which makes every round a pass over memory).
+
+    Raises:
+      TypeError: an argument is not a ``uint32`` array (signed or float words would hash other
+        bits without an error).
     """
+    for name, v in (("k0", k0), ("k1", k1), ("x0", x0), ("x1", x1)):
+        dtype = getattr(v, "dtype", None)
+        if dtype != jnp.uint32:
+            raise TypeError(
+                f"threefry2x32: {name} must be a uint32 array, got {dtype or type(v).__name__}"
+            )
     ks = (k0, k1, k0 ^ k1 ^ jnp.uint32(_PARITY))
     x0, x1 = x0 + k0, x1 + k1
     for i in range(5):

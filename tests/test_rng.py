@@ -83,6 +83,14 @@ def test_threefry2x32_known_answers():
     np.testing.assert_array_equal(np.asarray(y1), np.uint32([0x99BA4EFE, 0xBB002BE7, 0x483DF7A0]))
 
 
+def test_threefry2x32_rejects_other_dtypes():
+    w = jnp.uint32([1, 2])
+    with pytest.raises(TypeError, match="threefry2x32: x1 must be a uint32 array, got int32"):
+        gf.rng.threefry2x32(w, w, w, jnp.int32([1, 2]))
+    with pytest.raises(TypeError, match="threefry2x32: k0 must be a uint32 array, got int"):
+        gf.rng.threefry2x32(7, w, w, w)
+
+
 def test_an_unbatched_key_inside_vmap():
     k = gf.rng.key(7)
     out = jax.vmap(lambda x: x + jax.random.normal(k, (3,)))(jnp.arange(4.0))

@@ -243,9 +243,10 @@ def batched_matmul_rate(
     r"""GFLOP/s of one jitted batched matmul ``(runs, m, k) @ (runs, k, n)`` at a workload's layer
     shape, the run axis sharded over every device as gradflow's sweeps shard it.
 
-    :math:`2\,\mathrm{runs}\,m k n` FLOPs. Every FLOP the probe and training workloads count is
-    a matmul of this shape (forward, and backward for activations and weights), so this is the
-    rate their matmuls alone could reach here, with no activation, statistic or random number.
+    :math:`2\,\mathrm{runs}\,m k n` FLOPs. Every FLOP the probe workloads count is a matmul of
+    this shape (forward, and backward for activations and weights), and so is every training-step
+    FLOP of the training workload (its evaluations multiply bigger batches), so this is the rate
+    their matmuls alone reach here, with no activation, statistic or random number.
     """
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 

@@ -122,9 +122,8 @@ def _bits32(key_data: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     d = _split_dim(shape)
     half = (*shape[:d], -(-shape[d] // 2), 1, *shape[d + 1 :])
     o0, o1 = threefry2x32(key_data[0], key_data[1], *_counters(key_data, half))
-    # materialise both words: fused into the interleaving, the cipher would run once per output
-    # word (twice per counter)
-    o0, o1 = lax.optimization_barrier((o0, o1))
+    # XLA:CPU fuses the cipher into this interleaving (and into a consumer such as normal's
+    # erfinv), computing it once per output word; an optimization_barrier does not stop it there
     out = jnp.concatenate([o0, o1], axis=d + 1)
     out = out.reshape(*shape[:d], 2 * half[d], *shape[d + 1 :])
     return lax.slice_in_dim(out, 0, shape[d], axis=d)

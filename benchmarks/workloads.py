@@ -17,10 +17,6 @@ Ways (``method`` ids):
   ``block_size`` options: ``jit(vmap(one))`` over every seed with ``jax.random.key(seed_i)`` (the
   "before" of the targets table; the same parameters as the naive loop and PyTorch, so the
   equality checks use it). ``gradflow_vmap_native``: native keys without blocks.
-* ``gradflow_topk_sampling`` -- (off by default: adopted) minibatches drawn as the indices of the
-  ``batch`` largest of ``n`` uniforms (``lax.top_k``) instead of ``jax.random.choice(...,
-  replace=False)``, which sorts a full permutation every step; :mod:`gradflow.training` now does
-  this itself (w3 before: 16.9 s, after 13.5 s on 2 cores, 2026-11-22).
 * ``gradflow_sweep_run`` -- :func:`gradflow.sweep.run` end to end, once (it compiles on every call
   and writes its parquet store); compile, run and write times from its metadata.
 * ``naive_jax`` -- ``jax.jit(one)`` called once per seed (and learning rate) in a Python loop.
@@ -29,14 +25,12 @@ Ways (``method`` ids):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import os
 import statistics
 import tempfile
 import time
-import unittest.mock
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -140,7 +134,6 @@ class TrainSweep:
     naive_timed: int | None = None
     torch_timed: int | None = None
     sweep_run: bool = False
-    topk_variant: bool = False
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -289,13 +282,11 @@ def _jax_way(
     options: Options,
     *,
     notes: str = "",
-    trace: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> tuple[Measurement, Any]:
     """Compile ahead of time, then time ``to_host(compiled(*args))[:total]``."""
     n_dev = len(jax.devices())
     padded = [_padded(np.asarray(a), n_dev) for a in args]
-    with trace():
-        compiled, compile_s = harness.compile_jax(jitted, *padded)
+    compiled, compile_s = harness.compile_jax(jitted, *padded)
 
     def go():
         return jax.tree.map(lambda v: v[:total], harness.to_host(compiled(*padded)))
@@ -644,18 +635,6 @@ def _probe_breakdown(cfg, model, x, y, options) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- training sweep
 
 
-def _choice_top_k(original):
-    """``jax.random.choice`` drawing ``k`` of ``n`` without replacement as top_k of uniforms."""
-
-    @functools.wraps(original)
-    def choice(key, a, shape=(), replace=True, p=None, axis=0, mode=None):
-        if replace or p is not None or not isinstance(a, int) or len(shape) != 1:
-            return original(key, a, shape, replace, p, axis, mode)
-        return jax.lax.top_k(jax.random.uniform(key, (a,)), shape[0])[1]
-
-    return choice
-
-
 def train_sweep(cfg: TrainSweep, options: Options) -> dict[str, Any]:
     """Workload 3: see :class:`TrainSweep`."""
     data = _digits()
@@ -681,33 +660,6 @@ def train_sweep(cfg: TrainSweep, options: Options) -> dict[str, Any]:
         notes="records also train/test loss and accuracy on the full sets and parameter norms",
     )
     measurements.append(m)
-
-    if cfg.topk_variant:
-        patch = functools.partial(
-            unittest.mock.patch.object, jax.random, "choice", _choice_top_k(jax.random.choice)
-        )
-        m, (out, _) = _jax_way(
-            "gradflow_topk_sampling",
-            "proposed training change: minibatch = top_k of uniforms (no per-step sort)",
-            _sharded_program(one, 2)[0],
-            [lrs, seeds],
-            n,
-            options,
-            trace=patch,
-        )
-        measurements.append(m)
-        acc, acc_ref = (
-            np.nanmedian(out["test_accuracy"][:, -1]),
-            np.nanmedian(ref["test_accuracy"][:, -1]),
-        )
-        checks.append(
-            _check(
-                "gradflow_topk_sampling vs gradflow: median final test accuracy",
-                abs(float(acc) - float(acc_ref)),
-                0.05,
-                f"{acc:.3f} vs {acc_ref:.3f}; informative: other minibatches, same distribution",
-            )
-        )
 
     if cfg.sweep_run:
         measurements.append(_train_sweep_run(cfg, fn))

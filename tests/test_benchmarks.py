@@ -29,7 +29,7 @@ TOY = {
     ),
     "w3": workloads.TrainSweep(
         "toy training", seeds=2, learning_rates=(0.1,), depth=1, width=4, steps=4,
-        record_every=2, batch=8, naive_timed=1, torch_timed=1, topk_variant=False,
+        record_every=2, batch=8, naive_timed=1, torch_timed=1,
     ),
     "w4": workloads.ChainSweep("toy chains", chains=6, depth=3, naive_timed=2),
 }  # fmt: skip
@@ -107,15 +107,6 @@ def test_measure_and_scaling():
     assert m.median_s == pytest.approx(8.0) and m.min_s == pytest.approx(4.0)
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         harness.measure(lambda: None, repeats=0)
-
-
-def test_top_k_choice_draws_distinct_indices():
-    choice = workloads._choice_top_k(jax.random.choice)
-    idx = np.asarray(choice(jax.random.key(0), 50, (20,), replace=False))
-    assert idx.shape == (20,) and len(set(idx.tolist())) == 20
-    assert idx.min() >= 0 and idx.max() < 50
-    with_replacement = choice(jax.random.key(0), 50, (20,))  # falls back to jax.random.choice
-    np.testing.assert_array_equal(with_replacement, jax.random.choice(jax.random.key(0), 50, (20,)))
 
 
 def test_run_rejects_bad_flags():

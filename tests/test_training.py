@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import chex
@@ -253,6 +254,17 @@ def test_callable_and_fixed_optimizers_and_max_loss():
     assert int(out["diverged_step"]) == 0  # the very first loss exceeds 1e-3
     assert np.all(np.isnan(out["loss"]))
     assert not any(k.startswith("optim/") for k in out)  # optax.sgd keeps no telemetry
+
+
+def test_a_minibatch_of_every_example_is_the_full_batch():
+    """Minibatches are drawn without replacement: batch_size = n takes every example once, so the
+    run equals full-batch training (float32 sums in another order: rtol 1e-4)."""
+    data = digits(64, 16)
+    full = training.train_fn(TINY, data)({"learning_rate": 0.5}, jax.random.key(0))
+    cfg = dataclasses.replace(TINY, batch_size=64)
+    every = training.train_fn(cfg, data)({"learning_rate": 0.5}, jax.random.key(0))
+    np.testing.assert_allclose(every["loss"], full["loss"], rtol=1e-4)
+    np.testing.assert_allclose(every["grad_norm"], full["grad_norm"], rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------------- errors

@@ -154,6 +154,7 @@ class TrainConfig:
       model: a Flax module (e.g. :class:`gradflow.models.MLP`); ``train=`` is passed when its
         ``__call__`` takes it.
       optimizer: one of
+
         - an optimizer name of :func:`gradflow.optim.optimizer_names` -- built by
           :func:`build_optimizer` from ``hparams["learning_rate"]`` (required) and the optional
           ``hparams["clip"]`` (global-norm clipping first; ``inf`` never clips),

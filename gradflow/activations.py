@@ -403,6 +403,13 @@ def get(name: str | Activation, **params: float) -> Activation:
     Raises:
       ValueError: unknown name (the message lists the valid names) or non-finite parameter.
       TypeError: a parameter the activation does not take.
+
+    Example:
+      >>> act = gf.activations.get("sigmoid")
+      >>> act.sup_grad, act.argsup           # sup |sigmoid'| = 1/4, at z = 0
+      (0.25, 0.0)
+      >>> float(act.grad(0.0))
+      0.25
     """
     if isinstance(name, Activation):
         if params:

@@ -113,6 +113,11 @@ def load_digits(
     Raises:
       ValueError: unknown ``scale``, ``test_fraction`` outside ``(0, 1)``, ``n_train`` or
         ``n_test`` larger than the split holds.
+
+    Example:
+      >>> digits = gf.data.load_digits(n_train=100, n_test=50)
+      >>> digits.x_train.shape, digits.y_train.shape, digits.x_test.shape
+      ((100, 64), (100,), (50, 64))
     """
     from sklearn.model_selection import train_test_split
 

@@ -243,7 +243,14 @@ def _process_index() -> int:
 
 def fmt(x: Any, digits: int = 3) -> str:
     """A number for the paper: ``digits`` significant digits, scientific for very small or large
-    magnitudes, ``--`` for NaN/inf (LaTeX-safe)."""
+    magnitudes, ``--`` for NaN/inf (LaTeX-safe).
+
+    Example:
+      >>> print(gf.experiment.fmt(0.000123))
+      1.23\\times10^{-4}
+      >>> gf.experiment.fmt(float("nan"))
+      '--'
+    """
     if isinstance(x, str):
         return x
     if isinstance(x, (bool, int)) and not isinstance(x, float):

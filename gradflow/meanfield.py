@@ -680,6 +680,12 @@ def q_star(
       sw2, sb2: broadcastable arrays of :math:`\sigma_w^2, \sigma_b^2 \ge 0`.
       activation: name or ``Activation``.
       q0: starting length :math:`> 0`; order: Gaussian rule; num_iters: Newton steps.
+
+    Example:
+      ReLU's closed form :math:`q^* = \sigma_b^2 / (1 - \sigma_w^2/2)`:
+
+      >>> round(float(gf.meanfield.q_star(1.0, 0.5, "relu")), 5)
+      1.0
     """
     static = _resolve(activation)
     order = _check_order("order", order)
@@ -710,6 +716,12 @@ def chi1(
       sw2, sb2, activation: as in :func:`q_star`.
       q: evaluate at this length instead of :math:`q^*` (e.g. a layer's :math:`q^l`).
       q0, order, num_iters: passed to :func:`q_star`.
+
+    Example:
+      ReLU is critical at :math:`\sigma_w^2 = 2` (:math:`\chi_1 = \sigma_w^2 / 2`):
+
+      >>> round(float(gf.meanfield.chi1(2.0, 0.0, "relu")), 5)
+      1.0
     """
     static = _resolve(activation)
     order = _check_order("order", order)
@@ -803,6 +815,11 @@ def depth_scales(
     :math:`6\xi_c`; within rounding of the line (:math:`|\chi_1 - 1| \lesssim 10^{-5}` in float32)
     it is ``inf``. For kinked activations :math:`\phi''` includes the delta at the kink (zero for
     all registered ones, since :math:`\phi(0) = 0` there). Arguments as in :func:`c_star`.
+
+    Example:
+      >>> xi_q, xi_c = gf.meanfield.depth_scales(1.5, 0.05, "tanh")
+      >>> print(f"xi_c = {float(xi_c):.1f} layers")
+      xi_c = 15.8 layers
     """
     out = _summary_public(sw2, sb2, activation, q0, order, order_2d, num_iters, num_iters_c, None)
     return DepthScales(out["xi_q"], out["xi_c"])
@@ -916,6 +933,12 @@ def critical_sw2(
       activation: name or ``Activation``.
       bracket: ``(lo, hi)`` with :math:`0 < lo < hi` bracketing the crossing.
       order, num_iters: passed to :func:`q_star`; num_bisect: bisection steps.
+
+    Example:
+      tanh with :math:`\sigma_b^2 = 0` is critical at :math:`\sigma_w^2 = 1`:
+
+      >>> round(float(gf.meanfield.critical_sw2(0.0, "tanh")), 4)
+      1.0
     """
     static = _resolve(activation)
     order = _check_order("order", order)

@@ -314,6 +314,12 @@ class MLP(_Stack):
         (A BatchNorm right after the affine map removes its bias: :math:`\partial C/\partial b_l`
         is zero in train mode, by construction.)
       residual: identity skips around the hidden blocks (see above).
+
+    Example:
+      >>> model = gf.models.MLP(widths=(30, 30), out=10, activation="tanh")
+      >>> variables = model.init(jax.random.key(0), jnp.ones((1, 64)))
+      >>> jax.tree.map(jnp.shape, variables["params"]["dense_0"])
+      {'bias': (30,), 'kernel': (64, 30)}
     """
 
     widths: Sequence[int]

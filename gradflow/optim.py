@@ -383,6 +383,16 @@ def clip_by_layer_norm(
 
     Returns:
       An :class:`optax.GradientTransformation`.
+
+    Example:
+      >>> params = {"dense_0": {"kernel": jnp.ones((3, 4))}, "dense_1": {"kernel": jnp.ones((4, 2))}}
+      >>> tx = gf.optim.clip_by_layer_norm(1.0)
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(jax.tree.map(lambda p: 10 * p, params), state)
+      >>> [round(float(optax.global_norm(u)), 4) for u in updates.values()]   # each layer at 1
+      [1.0, 1.0]
+      >>> gf.optim.telemetry(state)["clip_by_layer_norm/clipped"]
+      Array([ True,  True], dtype=bool)
     """
     _check_positive("max_norm", max_norm)
     _check_layers(layers)

@@ -379,6 +379,19 @@ def probe(
 
     Returns:
       :class:`LayerReport` with arrays ``(L,)`` (``(..., L)`` under vmap).
+
+    Example:
+      A depth-5 sigmoid MLP on 100 digits: the first layer learns slowest.
+
+      >>> x, y, *_ = gf.data.load_digits(n_train=100)
+      >>> model = gf.models.MLP(widths=(30,) * 4, out=10, activation="sigmoid",
+      ...                       kernel_init="lecun_normal", bias_init="normal")
+      >>> variables = model.init(jax.random.key(0), x)
+      >>> report = gf.probes.probe(model, variables, x, y, loss="sigmoid_cross_entropy")
+      >>> report.bias_grad_norm.shape                  # one entry per Dense layer, readout last
+      (5,)
+      >>> bool(report.bias_grad_norm[0] < report.bias_grad_norm[3])
+      True
     """
     if isinstance(model, _models.RNN):
         raise TypeError("probe reports Dense layers; use gradflow.probes.probe_rnn for an RNN")

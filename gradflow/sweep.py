@@ -911,6 +911,21 @@ def run(
         column name clashes, axes that do not fit fn's output, or a store holding another sweep.
       TypeError: non-integer seeds, unsupported grid values, fn returning something other than a
         dict of numeric arrays, or fn needing a concrete value of a batched hyperparameter.
+
+    Example:
+      Three seeds of two scales, one compiled program, into a resumable store:
+
+      >>> import tempfile
+      >>> def fn(hparams, key):
+      ...     return {"value": hparams["scale"] * jax.random.normal(key, ())}
+      >>> with tempfile.TemporaryDirectory() as workdir:
+      ...     df = gf.sweep.run(fn, {"scale": [1.0, 2.0]}, seeds=range(3), workdir=workdir,
+      ...                       progress=False)
+      >>> len(df), sorted(df.seed.unique().tolist())
+      (6, [0, 1, 2])
+      >>> by_seed = df.pivot(index="seed", columns="scale", values="value")
+      >>> bool(((by_seed[2.0] / by_seed[1.0]).round(5) == 2.0).all())   # one key per seed
+      True
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable as fn(hparams, key), got {fn!r}")

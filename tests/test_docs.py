@@ -161,3 +161,35 @@ def test_make_docs_and_ci():
     lock = {ln.split("==")[0].lower() for ln in (ROOT / "requirements.lock").read_text().split()}
     for requirement in re.findall(r'"([A-Za-z0-9_.-]+)', extra):
         assert requirement.lower() in lock, f"{requirement} is not pinned in requirements.lock"
+
+
+def _shell_commands(text: str) -> list[list[str]]:
+    """The ``gradflow ...`` commands of a Markdown text's bash/console blocks, as argv lists."""
+    import shlex
+
+    commands = []
+    for block in re.findall(r"```(?:bash|console)\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line.removeprefix("$ "), comments=True)
+            words = [w for w in words if w not in ("&", "&&")]
+            if "gradflow" in words:
+                commands.append(words[words.index("gradflow") + 1 :])
+    return commands
+
+
+def test_every_shown_command_parses():
+    """Every `gradflow ...` line the docs and README show is accepted by the command's parser
+    (nothing runs), and names registered experiments; the error example is the one exception."""
+    from gradflow import cli
+
+    texts = [p.read_text() for p in DOCS.glob("*.md")] + [(ROOT / "README.md").read_text()]
+    commands = [c for t in texts for c in _shell_commands(t)]
+    assert len(commands) >= 15
+    names = set(gf.experiment.names())
+    for argv in commands:
+        if argv in (["--version"], ["diagnose", "--activation", "sigmod"]):
+            continue
+        args = cli.build_parser().parse_args(argv)
+        if args.command in ("run", "plot"):
+            assert args.name in names, argv
+        assert set(getattr(args, "only", None) or ()) <= names, argv

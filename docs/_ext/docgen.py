@@ -325,7 +325,7 @@ def gallery_index(experiments: list[Any], times: Mapping, root: Path, page_dir: 
         cells = []
         for mode in MODES:
             entry = times.get(mode, {}).get(exp.name)
-            cells.append(f"{entry['seconds']:.0f} s" if entry else "--")
+            cells.append(f"{entry['seconds']:.0f}\u00a0s" if entry else "--")  # no break
         claim = exp.claim.replace("|", r"\|")
         lines.append(f"| [{exp.name}]({exp.name}.md) | {claim} | {cells[0]} | {cells[1]} |")
     lines += [""]

@@ -8,7 +8,9 @@ reference (``api/``), the experiment gallery (``gallery/``) and the performance 
   in a scratch directory), shows the code (unless ``:hide-code:``), what it printed (unless
   ``:hide-output:``) and the figures it saved (``:figure: a.png b.png``). An exception fails the
   build, so every example on the site runs and every number it shows is computed;
-* a check that every public name of every public module has an entry in the API reference;
+* a check that every public name of every public module has an entry in the API reference, and,
+  once the HTML is written, that every link between the pages (and every anchor, image, script
+  and style sheet they use) resolves;
 * MathJax served from the site itself (the ``django-static-mathjax`` wheel of the ``docs`` extra),
   so formulas render without network access.
 """
@@ -16,6 +18,7 @@ reference (``api/``), the experiment gallery (``gallery/``) and the performance 
 from __future__ import annotations
 
 import contextlib
+import html.parser
 import io
 import os
 import shutil
@@ -141,8 +144,46 @@ def _check_api(app: Sphinx, env) -> None:
                 logger.warning("API reference: gradflow.%s.%s has no entry", module, name)
 
 
+class _Links(html.parser.HTMLParser):
+    """The ids a page defines and the relative URLs it uses."""
+
+    def __init__(self):
+        super().__init__()
+        self.ids: set[str] = set()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if attrs.get("id"):
+            self.ids.add(attrs["id"])
+        url = attrs.get("href") if tag in ("a", "link") else attrs.get("src")
+        if url and not url.startswith(("http:", "https:", "mailto:", "data:", "javascript:")):
+            self.urls.append(url)
+
+
+def _check_links(app: Sphinx, exception: Exception | None) -> None:
+    """Every relative link of the built site resolves, anchors included."""
+    if exception is not None or app.builder.format != "html":
+        return
+    out = Path(app.outdir)
+    pages = {}
+    for page in out.rglob("*.html"):
+        parser = _Links()
+        parser.feed(page.read_text())
+        pages[page.resolve()] = parser
+    for page, parser in pages.items():
+        for url in parser.urls:
+            path, _, anchor = url.partition("#")
+            target = (page.parent / path.split("?")[0]).resolve() if path else page
+            if not target.exists():
+                logger.warning("broken link in %s: %s", page.relative_to(out.resolve()), url)
+            elif anchor and target in pages and anchor not in pages[target].ids:
+                logger.warning("broken anchor in %s: %s", page.relative_to(out.resolve()), url)
+
+
 def setup(app: Sphinx) -> dict:
     app.add_directive("gf-run", RunDirective)
     app.connect("builder-inited", _builder_inited)
     app.connect("env-check-consistency", _check_api)
+    app.connect("build-finished", _check_links)
     return {"version": "1", "parallel_read_safe": False, "parallel_write_safe": True}

@@ -280,7 +280,6 @@ def gallery_page(exp: Any, times: Mapping, root: Path, page_dir: Path) -> str:
             lines += [
                 f"```{{figure}} {rel}",
                 f":alt: {stem}",
-                ":width: 100%",
                 "",
                 f"`paper/figures/{stem}.png` (and `.pdf`), drawn by `gradflow plot {name}` from"
                 " the saved results.",

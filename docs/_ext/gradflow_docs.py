@@ -182,6 +182,12 @@ def _check_links(app: Sphinx, exception: Exception | None) -> None:
 
 
 def setup(app: Sphinx) -> dict:
+    # autosummary cuts a summary at the first ". " unless the text before it ends with a known
+    # abbreviation; gradflow's docstrings cite "eq. 3" and "ch. 5" ("et al." is known already)
+    from sphinx.ext import autosummary
+
+    extra = (" eq.", " eqs.", " ch.", " Fig.")
+    autosummary.WELL_KNOWN_ABBREVIATIONS = (*autosummary.WELL_KNOWN_ABBREVIATIONS, *extra)
     app.add_directive("gf-run", RunDirective)
     app.connect("builder-inited", _builder_inited)
     app.connect("env-check-consistency", _check_api)

@@ -30,6 +30,8 @@ CONTRACT = {
     ],
     "spectra": ["jacobian_singular_values", "jacobian_moments"],
     "models": ["Chain", "MLP", "DeepLinear", "RNN"],
+    "adapters": ["KINDS", "Model", "as_model"],
+    "taps": ["KINDS", "Layer", "TapPlan", "leaf_paths", "trace"],
     "probes": [
         "probe",
         "probe_rnn",

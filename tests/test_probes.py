@@ -768,3 +768,28 @@ def test_probe_rejects_bad_input(case, error, match):
     }[case]
     with pytest.raises(error, match=match):
         call()
+
+
+def test_denseblock_on_sequences_reports_per_example_delta():
+    """A DenseBlock on (batch, time, features): delta_x covers all T positions of example x
+    (it used to count positions as examples: sqrt(T) too large)."""
+
+    class Seq(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = models.DenseBlock(6, activation="tanh", name="dense_0")(x)
+            return models.DenseBlock(3, name="dense_1")(h.mean(1))
+
+    m = Seq()
+    x = jax.random.normal(KEY, (4, 10, 5))
+    y = jnp.array([0, 1, 2, 1])
+    v = m.init(KEY, x)
+    r = probes.probe(m, v, x, y)
+    perts = models.perturbations(m, v, x)
+    g = jax.grad(lambda p: probes.softmax_cross_entropy(m.apply({**v, "perturbations": p}, x), y))(
+        perts
+    )["dense_0"]["z"]
+    per_example = jnp.linalg.norm((4 * g).reshape(4, -1), axis=1)
+    np.testing.assert_allclose(r.preact_grad_norm[0], per_example.mean(), rtol=1e-5)
+    assert r.layer_names == ("dense_0", "dense_1")
+    assert np.isfinite(r.saturated_frac[0])  # the protocol's activation slope is known

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend import core as jcore
 
-__all__ = ["KINDS", "Layer", "TapPlan", "leaf_paths", "trace"]
+__all__ = ["KINDS", "Layer", "TapPlan", "leaf_paths", "path_names", "trace"]
 
 #: Primitives that only view their operand (the value is still "that parameter").
 _VIEWS = frozenset(
@@ -109,17 +109,20 @@ def _key_name(k: Any) -> str:
     return str(k)
 
 
+def path_names(path: Sequence[Any]) -> tuple[str, ...]:
+    """A JAX key path as a tuple of names: dict keys, attribute names, sequence indices; the
+    ``.value`` attribute of an NNX Variable is dropped (``("block", "kernel")``, not
+    ``("block", "kernel", "value")``)."""
+    names = [_key_name(k) for k in path]
+    if names and names[-1] == "value" and isinstance(path[-1], jax.tree_util.GetAttrKey):
+        names = names[:-1]
+    return tuple(names)
+
+
 def leaf_paths(params: Any) -> tuple[tuple[str, ...], ...]:
-    """The path of every leaf of ``params`` (in :func:`jax.tree.leaves` order) as a tuple of
-    names: dict keys, attribute names, sequence indices. NNX's ``.value`` attribute is dropped."""
+    """The :func:`path_names` of every leaf of ``params``, in :func:`jax.tree.leaves` order."""
     flat, _ = jax.tree_util.tree_flatten_with_path(params)
-    out = []
-    for path, _leaf in flat:
-        names = [_key_name(k) for k in path]
-        if names and names[-1] == "value" and isinstance(path[-1], jax.tree_util.GetAttrKey):
-            names = names[:-1]
-        out.append(tuple(names))
-    return tuple(out)
+    return tuple(path_names(path) for path, _leaf in flat)
 
 
 # ------------------------------------------------------------------------------------- analysis
@@ -131,7 +134,8 @@ class _Info:
 
     data: depends on the data x. leaves: for values computed from parameters alone, the leaves
     they come from, as (leaf index, scan levels along which the leaf was sliced). exact: the value
-    is such a leaf itself (or a dtype cast), so a scan over it slices the leaf. chain: the chain
+    is such a leaf itself (or a dtype cast or transpose of it: ``perm``), so a scan over it slices
+    the leaf. chain: the chain
     whose output this is (through views). axes: the chain output's channel axes. norm: distance
     (in equations) from a rsqrt/sqrt, or None beyond _NORM_DEPTH.
     """
@@ -139,6 +143,7 @@ class _Info:
     data: bool = False
     leaves: frozenset = frozenset()
     exact: bool = False
+    perm: tuple[int, ...] | None = None  # exact values: operand axis k is leaf axis perm[k]
     chain: int | None = None
     axes: tuple[int, ...] | None = None
     norm: int | None = None
@@ -154,6 +159,7 @@ class _Chain:
     kind: str
     weight: set  # {(leaf, sliced)}
     bias: set
+    fan_in: dict  # leaf -> the leaf axes the linear map contracts (exact weights only)
     site: tuple  # position of the equation whose output is the layer output
     aval: Any  # that output's abstract value
     axes: tuple[int, ...] | None
@@ -262,7 +268,8 @@ class _Analysis:
                 xs_body.append(_Info(data=True, norm=info.norm))
             elif info.leaves and info.exact:
                 sliced = frozenset((leaf, (*s, level.id)) for leaf, s in info.leaves)
-                xs_body.append(_Info(leaves=sliced, exact=True))
+                perm = info.perm[1:] if info.perm and info.perm[0] == 0 else None
+                xs_body.append(_Info(leaves=sliced, exact=perm is not None, perm=perm))
             else:
                 xs_body.append(_Info(leaves=info.leaves))
         carry_body = [_Info(data=c.data, leaves=c.leaves) for c in carry]
@@ -314,13 +321,15 @@ class _Analysis:
         single = len(eqn.outvars) == 1
         if not data:
             leaves = frozenset().union(*(i.leaves for i in ins)) if ins else frozenset()
-            exact = (
-                single
-                and name in {"convert_element_type", "copy", "copy_p"}
-                and len(ins) == 1
-                and ins[0].exact
+            perm = None
+            if single and len(ins) == 1 and ins[0].exact and ins[0].perm is not None:
+                if name in {"convert_element_type", "copy", "copy_p"}:
+                    perm = ins[0].perm
+                elif name == "transpose":
+                    perm = tuple(ins[0].perm[k] for k in eqn.params["permutation"])
+            return [_Info(leaves=leaves, exact=perm is not None, perm=perm, norm=norm)] * len(
+                eqn.outvars
             )
-            return [_Info(leaves=leaves, exact=exact, norm=norm)] * len(eqn.outvars)
         out = _Info(data=True, norm=norm)
         if not single:
             return [out] * len(eqn.outvars)
@@ -337,13 +346,19 @@ class _Analysis:
         if param_ops and (name in _LINEAR or lookup):
             weight = frozenset().union(*(i.leaves for i in param_ops))
             owner = self.owner(weight)
+            fan_in: dict = {}
             if name == "dot_general":
                 kind = "attention" if _is_attention(owner) else "dense"
                 axes = _dot_axes(eqn, [i.data for i in ins])
+                (lc, rc), _ = eqn.params["dimension_numbers"]
+                for k, contract in ((0, lc), (1, rc)):
+                    _fan_in(fan_in, ins[k], contract)
             elif name == "conv_general_dilated":
                 dil = eqn.params.get("lhs_dilation") or ()
                 kind = "conv_transpose" if any(d != 1 for d in dil) else "conv"
-                axes = (eqn.params["dimension_numbers"].out_spec[1],)
+                dn = eqn.params["dimension_numbers"]
+                axes = (dn.out_spec[1],)
+                _fan_in(fan_in, ins[1], dn.rhs_spec[1:])
             else:
                 kind = "embedding"
                 axes = (len(outs_aval[0].shape) - 1,)
@@ -352,6 +367,7 @@ class _Analysis:
                 kind=kind,
                 weight=set(weight),
                 bias=set(),
+                fan_in=fan_in,
                 site=site,
                 aval=outs_aval[0],
                 axes=axes,
@@ -384,6 +400,7 @@ class _Analysis:
             c = self.new_chain(
                 owner=owner,
                 kind="norm" if is_norm else "scale",
+                fan_in={},
                 weight=set(leaves) if name in _SCALE else set(),
                 bias=set(leaves) if name in _SHIFT else set(),
                 site=site,
@@ -427,6 +444,14 @@ class _Analysis:
         c.site = site
         c.aval = aval
         self.taps[site] = c.id
+
+
+def _fan_in(out: dict, info: _Info, contract) -> None:
+    """Record the leaf axes a linear map contracts, for an operand that is exactly a leaf."""
+    if info.data or not info.exact or info.perm is None or len(info.leaves) != 1:
+        return
+    ((leaf, _),) = info.leaves
+    out[leaf] = tuple(sorted(info.perm[d] for d in contract))  # perm is in leaf coordinates
 
 
 def _norm_depth(ins: list[_Info]) -> int | None:
@@ -513,6 +538,9 @@ class Layer:
         the weight (the linear map's parameter operand, or a norm's scale) and the index into
         each leaf (``()``, or the scan iterations of a stacked leaf).
       bias: likewise for the parameters added to the output (the bias, a norm's shift).
+      fan_in: ``((leaf, axes), ...)``: for weights used directly (up to a transpose or cast) by
+        the linear map, the leaf axes it contracts -- the fan-in axes, whatever the layout
+        (Flax's ``(in, out)``, PyTorch/Equinox's ``(out, in)``, a conv's ``HWIO``).
       chain: which tapped value holds this layer's output (a key of the values
         :meth:`TapPlan.apply` returns).
       select: one entry per scan enclosing the layer, outermost first, for the leading axes of
@@ -528,6 +556,7 @@ class Layer:
     owner: tuple[str, ...]
     weight: tuple[tuple[int, tuple[int, ...]], ...]
     bias: tuple[tuple[int, tuple[int, ...]], ...]
+    fan_in: tuple[tuple[int, tuple[int, ...]], ...]
     chain: int
     select: tuple[int | None, ...]
     batch_axis: int | None
@@ -667,11 +696,15 @@ def _evaluate_scan(eqn, invals, site, taps, inner, probes):
 # ----------------------------------------------------------------------------------------- trace
 
 
-def _analyse(closed, paths, n_params: int, n_data: int):
+def _analyse(closed, paths, param_avals: list, n_data: int):
+    n_params = len(param_avals)
     a = _Analysis(paths)
     jaxpr = closed.jaxpr
     infos = [_CONST] * len(jaxpr.constvars)
-    infos += [_Info(leaves=frozenset({(i, ())}), exact=True) for i in range(n_params)]
+    infos += [
+        _Info(leaves=frozenset({(i, ())}), exact=True, perm=tuple(range(len(a.shape))))
+        for i, a in enumerate(param_avals)
+    ]
     infos += [_Info(data=True)] * n_data
     extra = len(jaxpr.invars) - n_params - n_data
     infos += [_CONST] * extra
@@ -744,13 +777,14 @@ def trace(
     flat_in, in_tree = jax.tree.flatten((p_abs, x_abs, *r_abs))
     closed = jax.make_jaxpr(flat_fn)(*flat_in)
     out_tree = out_trees[0]
-    a, rows = _analyse(closed, paths, n_params, n_data)
+    param_avals = jax.tree.leaves(p_abs)
+    a, rows = _analyse(closed, paths, param_avals, n_data)
 
     # the example axis: trace once more with B + 1 examples and compare the tapped shapes
     try:
         flat_big, _ = jax.tree.flatten((p_abs, _grow(x_abs), *r_abs))
         closed_big = jax.make_jaxpr(flat_fn)(*flat_big)
-        a_big, _ = _analyse(closed_big, paths, n_params, n_data)
+        a_big, _ = _analyse(closed_big, paths, param_avals, n_data)
         same = [(c.site, c.owner, c.kind) for c in a.chains] == [
             (c.site, c.owner, c.kind) for c in a_big.chains
         ]
@@ -798,6 +832,7 @@ def trace(
                 owner=c.owner,
                 weight=leaf_index(c.weight),
                 bias=leaf_index(c.bias),
+                fan_in=tuple(sorted(c.fan_in.items())),
                 chain=c.id,
                 select=select,
                 batch_axis=None if ba is None else ba + n_pos,

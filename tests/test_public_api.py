@@ -42,6 +42,8 @@ CONTRACT = {
         "LayerReport",
     ],
     "optim": [
+        "layer_order",
+        "LayerOrder",
         "clip_by_value",
         "clip_by_global_norm",
         "clip_by_layer_norm",

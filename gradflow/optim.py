@@ -543,7 +543,8 @@ def clip_by_layer_norm(
       An :class:`optax.GradientTransformation`.
 
     Example:
-      >>> params = {"dense_0": {"kernel": jnp.ones((3, 4))}, "dense_1": {"kernel": jnp.ones((4, 2))}}
+      >>> params = {"dense_0": {"kernel": jnp.ones((3, 4))},
+      ...           "dense_1": {"kernel": jnp.ones((4, 2))}}
       >>> tx = gf.optim.clip_by_layer_norm(1.0)
       >>> state = tx.init(params)
       >>> updates, state = tx.update(jax.tree.map(lambda p: 10 * p, params), state)

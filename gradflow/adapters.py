@@ -125,9 +125,7 @@ def _hashable(key: Any) -> Hashable | None:
 
 def _check_params(owner: str, params: Any) -> None:
     leaves = jax.tree.leaves(params)
-    if not any(
-        hasattr(v, "dtype") and jnp.issubdtype(jnp.result_type(v), jnp.inexact) for v in leaves
-    ):
+    if not any(hasattr(v, "dtype") and jnp.issubdtype(v.dtype, jnp.inexact) for v in leaves):
         raise ValueError(
             f"{owner}: params has no floating-point array (got {type(params).__name__} with "
             f"{len(leaves)} leaves); pass the model's trainable parameters"
@@ -204,7 +202,7 @@ def _nnx(module: Any, variables: Any, train: bool) -> Model:
     graphdef, params, rest = nnx.split(module, nnx.Param, ...)
 
     def apply(params, x, state):
-        m = nnx.merge(graphdef, params, state)
+        m = nnx.merge(graphdef, params, state, copy=True)
         if train:
             m.train()
         else:
@@ -274,8 +272,8 @@ def as_model(model: Any, variables: Any = None, *, train: bool = False, rngs: An
     ``apply_fn(params, x)`` and its ``params`` (see the module docstring).
 
     Args:
-      model: a :class:`flax.linen.Module`, a :class:`flax.nnx.Module`, an Equinox module, or a
-        callable ``apply_fn(params, x)``.
+      model: a :class:`flax.linen.Module`, a :class:`flax.nnx.Module`, an Equinox module, a
+        callable ``apply_fn(params, x)``, or a :class:`Model` (returned as it is).
       variables: the linen variables (``model.init``), None for NNX and Equinox modules, the
         ``params`` pytree for a callable.
       train: training-mode behaviour (BatchNorm batch statistics, dropout); see the module
@@ -289,6 +287,10 @@ def as_model(model: Any, variables: Any = None, *, train: bool = False, rngs: An
     """
     if isinstance(train, (jax.Array,)) or not isinstance(train, bool):
         raise TypeError(f"train must be a bool, got {train!r}")
+    if isinstance(model, Model):
+        if variables is not None:
+            raise TypeError("a gradflow.adapters.Model carries its parameters: pass variables=None")
+        return model
     if isinstance(model, nn.Module):
         return _linen(model, variables, train, rngs)
     if rngs is not None:

@@ -737,7 +737,12 @@ def _grow(x: Any) -> Any:
 
 
 def _abstract(tree: Any) -> Any:
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), tree)
+    def shape_dtype(a):
+        if isinstance(a, jax.ShapeDtypeStruct):
+            return a
+        return jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))
+
+    return jax.tree.map(shape_dtype, tree)
 
 
 def trace(

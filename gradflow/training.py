@@ -152,6 +152,7 @@ class TrainConfig:
 
     Attributes:
       model: the network, any of
+
         - a :class:`flax.linen.Module` (e.g. :class:`gradflow.models.MLP`), initialised from each
           run's key; ``train=`` is passed when its ``__call__`` takes it (BatchNorm statistics
           update while training), and dropout draws a fresh key every step;
@@ -163,6 +164,7 @@ class TrainConfig:
         - a pair ``(init_fn, apply_fn)``: ``init_fn(key, x) -> params`` (any pytree, e.g. an
           Equinox model's ``eqx.partition`` -ed arrays, or ``nnx.state(Model(nnx.Rngs(key)),
           nnx.Param)``) and ``apply_fn(params, x) -> outputs``, initialised from each run's key.
+
         Per-layer records follow the forward order of :func:`gradflow.optim.layer_order` when the
         parameter names do not already give it.
       optimizer: one of

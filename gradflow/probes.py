@@ -1,11 +1,15 @@
 r"""Per-layer gradient and signal statistics in one jitted call, and health verdicts.
 
-"Where do my gradients vanish or explode, layer by layer, and why?" :func:`probe` answers for any
-:mod:`gradflow.models` feed-forward network (and any module following its layer protocol: blocks
-that perturb their pre-activation as ``"z"`` and sow ``"preact"``, ``"slope"``, ``"act"``).
+"Where do my gradients vanish or explode, layer by layer, and why?" :func:`probe` answers for
+the model the researcher wrote, unchanged: a Flax linen module, a Flax NNX module, an Equinox
+module or any ``apply_fn(params, x)`` (see :mod:`gradflow.adapters`). Its layers -- every
+parameterised linear map the forward pass runs (Dense, Einsum, attention projections, Conv,
+Embed, ``x @ w``) and every norm layer with parameters -- are found on the traced program and
+tapped exactly by :mod:`gradflow.taps`, in the order the forward pass runs them. Layers of
+:mod:`gradflow.models` also report the statistics of their activation (they sow it).
 
-For each Dense layer :math:`l = 1..L` in forward order, the readout last, with the cost
-:math:`C = \frac{1}{B}\sum_x C_x` the mean over the batch:
+For each layer :math:`l = 1..L` in forward order, the readout last, with output :math:`z_l` and
+the cost :math:`C = \frac{1}{B}\sum_x C_x` the mean over the batch:
 
 * ``weight_grad_norm`` :math:`\|\partial C/\partial W_l\|_F` and ``bias_grad_norm``
   :math:`\|\partial C/\partial b_l\|_2` -- Nielsen's "speed of learning" of layer :math:`l`
@@ -16,15 +20,21 @@ For each Dense layer :math:`l = 1..L` in forward order, the readout last, with t
   of the *mean* cost with respect to one example's :math:`z` carries a factor :math:`1/B`; we undo
   it so the numbers do not depend on the batch size, and :math:`\partial C/\partial b_l =
   \frac{1}{B}\sum_x \delta_l^x`.)
-* ``act_mean``, ``act_var`` -- mean and variance of the layer output :math:`h_l` over examples
-  and units; ``avg_sq_channel_mean`` :math:`\frac{1}{n}\sum_i (E_x h_{l,i})^2` and
-  ``avg_channel_var`` :math:`\frac{1}{n}\sum_i \mathrm{Var}_x h_{l,i}`, the signal-propagation
-  plot statistics of Brock et al. (2021); ``preact_sq_mean`` :math:`\frac{1}{n}\sum_i E_x u_{l,i}^2`
-  (the mean-field length :math:`q^l` of Poole et al. 2016 when there is no norm).
+* ``act_mean``, ``act_var`` -- mean and variance of the layer's signal :math:`h_l` over
+  examples, positions and channels; ``avg_sq_channel_mean`` :math:`\frac{1}{n}\sum_i (E_x
+  h_{l,i})^2` and ``avg_channel_var`` :math:`\frac{1}{n}\sum_i \mathrm{Var}_x h_{l,i}` over the
+  :math:`n` channels (means over examples and positions), the signal-propagation plot statistics
+  of Brock et al. (2021); ``preact_sq_mean`` :math:`\frac{1}{n}\sum_i E_x u_{l,i}^2` (the
+  mean-field length :math:`q^l` of Poole et al. 2016 when there is no norm). For a
+  :mod:`gradflow.models` layer, :math:`h_l = \phi(u_l)` is the activation and :math:`u_l` its
+  argument; for any other layer both are its output :math:`z_l` (the probe cannot know which
+  nonlinearity, if any, the model applies next).
 * ``saturated_frac`` -- fraction of (example, unit) pairs with
   :math:`|\phi'(u)| < 0.01 \sup|\phi'|` (for ReLU this counts the inactive half);
   ``dead_frac`` -- fraction of units with :math:`\phi'(u) = 0` for every example of the batch
-  (dead ReLUs). Both 0 for the linear readout.
+  (dead ReLUs). Both 0 for the linear readout, and NaN for layers not built from
+  :class:`gradflow.models.DenseBlock`: they need :math:`\phi'`, which a generic layer does not
+  name.
 * ``weight_norm`` :math:`\|W_l\|_F`, and ``loss`` :math:`C`.
 
 All arrays have shape ``(..., L)`` (``loss`` ``(...)``): ``jax.vmap`` over seeds adds the leading

@@ -393,3 +393,36 @@ FACTORIES: dict[str, Callable[[jax.Array], UserModel]] = {
     "equinox_mlp": equinox_mlp,
     "plain_dict": plain_dict,
 }
+
+
+# ------------------------------------------------------------------- factories for the CLI
+
+
+def cli_cnn(key):
+    """``gradflow diagnose --model user_models:cli_cnn --input-shape 8,8,1``."""
+    module = ConvNet()
+    return module, module.init(key, jnp.zeros((1, 8, 8, 1)))
+
+
+def cli_nnx():
+    """``gradflow diagnose --model user_models:cli_nnx``: an NNX module on digits (64 inputs)."""
+
+    class Digits(nnx.Module):
+        def __init__(self, rngs):
+            self.fc = nnx.Linear(64, 16, rngs=rngs)
+            self.head = nnx.Linear(16, 10, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(jnp.tanh(self.fc(x)))
+
+    return Digits(nnx.Rngs(0)), None
+
+
+def cli_tokens(key):
+    """A Transformer with its own batch of tokens (a 4-tuple)."""
+    um = transformer(key)
+    return um.model, um.variables, um.x, um.y
+
+
+def cli_broken(key):
+    raise RuntimeError("the user's factory is broken")

@@ -192,4 +192,6 @@ def setup(app: Sphinx) -> dict:
     app.connect("builder-inited", _builder_inited)
     app.connect("env-check-consistency", _check_api)
     app.connect("build-finished", _check_links)
+    # the command's page reads gradflow/cli.py's parser, a dependency Sphinx does not track
+    app.connect("env-get-outdated", lambda app, env, *_: [d for d in ("cli",) if d in env.all_docs])
     return {"version": "1", "parallel_read_safe": False, "parallel_write_safe": True}

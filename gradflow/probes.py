@@ -56,6 +56,7 @@ import numpy as np
 import optax
 from flax import struct, traverse_util
 
+from gradflow import config as _config
 from gradflow import models as _models
 
 __all__ = [
@@ -384,7 +385,7 @@ def probe(
         raise TypeError("probe reports Dense layers; use gradflow.probes.probe_rnn for an RNN")
     layers = None if layers is None else tuple(layers)
     fn = _compiled(model, loss, bool(train), layers, _cached)
-    return fn(variables, x, y)
+    return _config.wrap(fn)(variables, x, y)  # float32 matmuls unless asked: gradflow.config
 
 
 def _make_probe_rnn(model: nn.Module, loss_fn: LossFn, train: bool, layers: Any):
@@ -445,7 +446,7 @@ def probe_rnn(
     if not isinstance(model, _models.RNN):
         raise TypeError(f"probe_rnn takes a gradflow.models.RNN, got {type(model).__name__}")
     fn = _compiled(model, loss, False, None, _cached_rnn)
-    return fn(variables, x, y)
+    return _config.wrap(fn)(variables, x, y)  # float32 matmuls unless asked: gradflow.config
 
 
 def time_decay_rate(norms: Array, *, axis: int = -1) -> Array:

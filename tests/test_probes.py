@@ -382,6 +382,30 @@ def test_exploding_chain_is_exploding():
     np.testing.assert_allclose(r.bias_grad_norm, np.abs(closed), rtol=1e-5)
 
 
+@pytest.mark.parametrize("gain", [10.0, 0.1])
+def test_norms_neither_overflow_nor_underflow_in_float32(x64, gain):
+    """A deep linear net with W = gain I: per-layer gradients 10^{+-23} whose squares overflow
+    (or underflow) float32, reported equal to the float64 probe (rtol: float32 rounding through
+    24 layers)."""
+    depth = 24
+    model = models.MLP(widths=(2,) * (depth - 1), out=2, activation="linear",
+                       bias_init="zeros")  # fmt: skip
+    # the input scale keeps the forward pass finite (it scales by gain^depth too)
+    x = jnp.full((3, 2), gain ** (1 - depth) * 1e3, jnp.float32)
+    y = jnp.zeros((3, 2), jnp.float32) if gain > 1 else jnp.ones((3, 2), jnp.float32)
+    params = model.init(KEY, x)["params"]
+    params = {k: {"kernel": gain * jnp.eye(2, dtype=jnp.float32), "bias": v["bias"]}
+              for k, v in params.items()}  # fmt: skip
+    r32 = probes.probe(model, {"params": params}, x, y, loss="mse")
+    r64 = probes.probe(model, _f64({"params": params}), _f64(x), _f64(y), loss="mse")
+    for stat in ("weight_grad_norm", "bias_grad_norm", "preact_grad_norm", "weight_norm"):
+        got, want = np.asarray(getattr(r32, stat)), np.asarray(getattr(r64, stat))
+        assert got.dtype == np.float32 and np.all(np.isfinite(got)) and np.all(got > 0), stat
+        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=stat)
+    extreme = float(np.asarray(r64.preact_grad_norm)[0])
+    assert (extreme > 1e20) if gain > 1 else (0 < extreme < 1e-20)  # beyond float32's squares
+
+
 # ------------------------------------------------------------------------- through time
 
 

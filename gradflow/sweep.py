@@ -512,7 +512,10 @@ def batched(one: Callable, mesh: Mesh, block_size: int | None = None) -> Callabl
         # varying-manual-axes check rejects although every device runs its own, independent runs
         with _config.matmul_scope():  # float32 matmuls unless asked (gradflow.config)
             return jax.shard_map(
-                per_device, mesh=mesh, in_specs=(spec,) * len(args), out_specs=spec,
+                per_device,
+                mesh=mesh,
+                in_specs=(spec,) * len(args),
+                out_specs=spec,
                 check_vma=False,
             )(*args)
 

@@ -145,7 +145,8 @@ def test_chain_grads_match_autodiff_every_activation(x64, name, seed, w_scale):
 
 def _product_tolerance(ref, dphi, layers):
     """Absolute error bound of ``ref[:, i]``, a product of the factors phi'(z_k), k >= j =
-    ``layers[i]``, and the weights: ``(1e-12 + 8 L eps) |ref_j| + 8 eps sum_{k >= j, phi'_k != 0} |ref_j| / phi'_k``.
+    ``layers[i]``, and the weights:
+    ``(1e-12 + 8 L eps) |ref_j| + 8 eps sum_{k >= j, phi'_k != 0} |ref_j| / phi'_k``.
 
     Each phi'(z_k) carries an absolute error of a few eps, so the product an error of
     ``|ref_j| eps / phi'_k`` per factor. ``|ref_j| / phi'_k`` is the product of the other factors:

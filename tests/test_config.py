@@ -46,8 +46,9 @@ def _all(precisions, want) -> bool:
 def test_default_names_and_aliases():
     assert config.DEFAULT == "highest" == config.matmul_precision()
     assert config.PRECISIONS == ("highest", "high", "default")
-    for alias, name in (("float32", "highest"), ("tensorfloat32", "high"),
-                        ("bfloat16_3x", "high"), ("bfloat16", "default"), (" HIGHEST ", "highest")):  # fmt: skip
+    aliases = {"float32": "highest", "tensorfloat32": "high", "bfloat16_3x": "high",
+               "bfloat16": "default", " HIGHEST ": "highest"}  # fmt: skip
+    for alias, name in aliases.items():
         assert config.canonical(alias) == name
     with pytest.raises(ValueError, match=r"unknown matmul precision 'fast'; valid: 'highest'"):
         config.canonical("fast")

@@ -1,8 +1,8 @@
 """Speed of gradflow against the way researchers do the same work today, measured side by side.
 
 ``python -m benchmarks.run`` (``make bench``) runs the CPU suite and writes
-``benchmarks/RESULTS.md`` and ``benchmarks/results.json``; ``python -m benchmarks.run --device gpu`` runs the GPU suite (JAX
-on the GPU, PyTorch on CUDA) and writes ``benchmarks/RESULTS-gpu.md`` and ``results-gpu.json``
+``benchmarks/RESULTS.md`` and ``benchmarks/results.json``; ``python -m benchmarks.run --device
+gpu`` runs the GPU suite (JAX on the GPU, PyTorch on CUDA) and writes ``benchmarks/RESULTS-gpu.md`` and ``results-gpu.json``
 (``benchmarks/gpu_session.sh`` runs it within one lent GPU session). Both are generated, never
 typed. The workloads:
 

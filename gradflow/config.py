@@ -46,8 +46,8 @@ multiply matrices (:func:`gradflow.analytic.mlp_forward` and
 :func:`~gradflow.analytic.mlp_grads`, :mod:`gradflow.spectra`'s network functions and
 :func:`~gradflow.spectra.jacobian_singular_values`,
 :func:`gradflow.meanfield.measure_propagation`). A product given an explicit ``precision=``
-(e.g. a Flax ``Dense(precision=...)``) keeps its own. Code outside gradflow is untouched: importing gradflow
-does not change JAX's global default.
+(e.g. a Flax ``Dense(precision=...)``) keeps its own. Code outside gradflow is untouched:
+importing gradflow does not change JAX's global default.
 
 The policy is read when a function is traced, as JAX reads its own configuration. gradflow's own
 jitted entry points (:func:`~gradflow.probes.probe`, :func:`~gradflow.training.fit`,

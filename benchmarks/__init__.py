@@ -2,8 +2,9 @@
 
 ``python -m benchmarks.run`` (``make bench``) runs the CPU suite and writes
 ``benchmarks/RESULTS.md`` and ``benchmarks/results.json``; ``python -m benchmarks.run --device
-gpu`` runs the GPU suite (JAX on the GPU, PyTorch on CUDA) and writes ``benchmarks/RESULTS-gpu.md`` and ``results-gpu.json``
-(``benchmarks/gpu_session.sh`` runs it within one lent GPU session). Both are generated, never
+gpu`` runs the GPU suite (JAX on the GPU, PyTorch on CUDA) and writes
+``benchmarks/RESULTS-gpu.md`` and ``results-gpu.json`` (``benchmarks/gpu_session.sh`` runs it
+within one lent GPU session). Both are generated, never
 typed. The workloads:
 
 1. ``w1`` probe sweep, research size: per-layer weight, bias and pre-activation gradient norms at

@@ -604,6 +604,23 @@ def probe_sweep(cfg: ProbeSweep, options: Options) -> dict[str, Any]:
     if ref is None:
         return result(cfg, measurements, checks, {"skipped": skipped})
 
+    # the PyTorch ways next (under a --deadline the ratios matter most), torch.func first
+    if options.torch and torch_available():
+        for i, precision in enumerate(cfg.precisions):
+            method = "torch_func" if i == 0 else "torch_func_fast"
+            if _expired(options):
+                skipped.append(method)
+                continue
+            measurements.append(
+                _probe_torch_func(cfg, model, x, y, ref, checks, options, method, precision)
+            )
+
+        if cfg.torch_timed != 0:
+            if _expired(options):
+                skipped.append("pytorch")
+            else:
+                measurements.append(_probe_torch(cfg, model, x, y, ref, checks, options))
+
     if cfg.extra_ways:
         if _expired(options):
             skipped.append("gradflow_readme")
@@ -685,21 +702,6 @@ def probe_sweep(cfg: ProbeSweep, options: Options) -> dict[str, Any]:
             measurements.append(m)
             err = max(_rel_err(out[s], getattr(ref, s)[:timed]) for s in _GRAD_STATS)
             checks.append(_check("naive_jax == gradflow (same seeds)", err, 1e-3))
-
-    if options.torch and torch_available():
-        if cfg.torch_timed != 0:
-            if _expired(options):
-                skipped.append("pytorch")
-            else:
-                measurements.append(_probe_torch(cfg, model, x, y, ref, checks, options))
-        for i, precision in enumerate(cfg.precisions):
-            method = "torch_func" if i == 0 else "torch_func_fast"
-            if _expired(options):
-                skipped.append(method)
-                continue
-            measurements.append(
-                _probe_torch_func(cfg, model, x, y, ref, checks, options, method, precision)
-            )
 
     extra: dict[str, Any] = {"skipped": skipped}
     if not _expired(options):
@@ -912,6 +914,16 @@ def train_sweep(cfg: TrainSweep, options: Options) -> dict[str, Any]:
     )
     measurements.append(m)
 
+    if options.torch and torch_available():
+        if _expired(options):
+            skipped.append("torch_func")
+        else:
+            measurements.append(_train_torch_func(cfg, data, ref, checks, options))
+        if _expired(options):
+            skipped.append("pytorch")
+        else:
+            measurements.append(_train_torch(cfg, data, ref, checks, options))
+
     if cfg.sweep_run:
         if _expired(options):
             skipped.append("gradflow_sweep_run")
@@ -941,16 +953,6 @@ def train_sweep(cfg: TrainSweep, options: Options) -> dict[str, Any]:
         idx = [runs.index(r) for r in timed_runs]
         err = _rel_err(out["grad_norm"][:, 0], ref["grad_norm"][idx, 0])
         checks.append(_check("naive_jax == gradflow: first record of grad_norm", err, 1e-3))
-
-    if options.torch and torch_available():
-        if _expired(options):
-            skipped.append("pytorch")
-        else:
-            measurements.append(_train_torch(cfg, data, ref, checks, options))
-        if _expired(options):
-            skipped.append("torch_func")
-        else:
-            measurements.append(_train_torch_func(cfg, data, ref, checks, options))
 
     extra = {
         "flops_per_run": cfg.flops_with_eval(len(data.x_train) + len(data.x_test)),

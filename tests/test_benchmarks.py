@@ -176,3 +176,23 @@ def test_training_flops_count_the_evaluations(results):
     # 2 records over the 1797 digits (train + test) on top of 6 B W^2 D per step
     assert w3["flops_per_run"] == cfg.flops_per_run + 2 * 1797 * 4**2 * 1 * 2
     assert w3["layer_matmul"]["gflops"] > 0 and w3["layer_matmul"]["shape"] == "2 x (8x4 @ 4x4)"
+
+
+def test_readme_gpu_block_is_generated(results, tmp_path):
+    """The README's GPU numbers are the generated block of benchmarks/results-gpu.json (or the
+    'not yet' text while there is none), never typed."""
+    root = Path(__file__).resolve().parents[1]
+    js = root / "benchmarks" / "results-gpu.json"
+    data = json.loads(js.read_text()) if js.is_file() else None
+    assert report.readme_gpu_block(data) in (root / "README.md").read_text()
+    # the block of a GPU run: every workload's gradflow and torch.func medians, and the update
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{report.readme_gpu_block(None)}\nb\n")
+    gpu = {**results, "suite": "gpu", "torch_device": "cuda"}
+    (tmp_path / "results-gpu.json").write_text(json.dumps(gpu, default=float))
+    assert report.update_readme(readme, tmp_path / "results-gpu.json")
+    text = readme.read_text()
+    assert text.startswith("a\n") and text.endswith("\nb\n") and "| w1: seeds=4" in text
+    assert not report.update_readme(readme, tmp_path / "results-gpu.json")  # idempotent
+    with pytest.raises(ValueError, match="has no"):
+        report.update_readme(tmp_path / "results-gpu.json", tmp_path / "results-gpu.json")

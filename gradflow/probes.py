@@ -247,8 +247,10 @@ def _norm(x: Array | Sequence[Array], axis: int | None = None) -> Array:
     gradients: the seeds' w = 100 chain reaches :math:`25^{14}` at depth 15) and returns 0 below
     :math:`10^{-19}` (vanishing ones: the squares fall under the smallest normal float32, which
     XLA's CPU flushes to zero). So ``x`` is first multiplied by :math:`2^{-e}`, :math:`2^{e-1} \le
-    \max|x| < 2^e`, and the result by :math:`2^e`; scaling by a power of two is exact, so the
-    value is the naive one bit for bit wherever that one neither overflows nor underflows.
+    \max|x| < 2^e`, and the result by :math:`2^e`. Scaling by a power of two is exact, so
+    wherever the naive formula neither overflows nor underflows the two agree to float32 rounding
+    (XLA may order the scaled sum differently: in the quick experiments' stores the values moved
+    by at most 1.9e-7 relative, one or two ulps, and no generated table changed).
     """
     xs = list(x) if isinstance(x, list | tuple) else [x]
     dtype = jnp.result_type(*xs)

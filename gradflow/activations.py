@@ -239,7 +239,9 @@ def _elu_family(name: str, alpha: float, scale: float, params) -> Activation:
 
     # phi'(x) = scale for x > 0, scale alpha e^x for x <= 0 (rising to scale alpha at 0-).
     if alpha > 1:
-        sup, argsup = scale * alpha, None  # approached as x -> 0-, never attained
+        # approached as x -> 0-, never attained by the derivative (grad's value at the kink 0,
+        # the left limit scale * alpha, is a convention: phi is not differentiable there)
+        sup, argsup = scale * alpha, None
     else:
         sup, argsup = scale, 1.0
     return Activation(

@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradflow import activations as _activations
+from gradflow import config as _config
 
 __all__ = [
     "ChainForward",
@@ -869,6 +870,7 @@ def _flatten_runs(per_run):
     return [stacked[i] for stacked in per_run for i in range(stacked.shape[0])]
 
 
+@_config.wrap
 def mlp_forward(
     params: Sequence[Any], x: Any, activation: ActivationLike, *, linear_readout: bool = False
 ) -> MLPForward:
@@ -895,6 +897,7 @@ def mlp_forward(
     return MLPForward(z=_flatten_runs(z for z, _ in fwd), a=_flatten_runs(a for _, a in fwd))
 
 
+@_config.wrap
 def mlp_grads(
     params: Sequence[Any],
     x: Any,

@@ -438,6 +438,7 @@ def _write_record(lay: _experiment.Layout, mode: str, config: dict, overrides: d
         "config": _jsonable(config),
         "overrides": _jsonable(overrides),
         "gradflow": gradflow.__version__,
+        "matmul_precision": gradflow.config.matmul_precision(),
         "finished": _now(),
         "seconds": {k: round(v, 3) for k, v in out.seconds.items()},
         "resumed": out.resumed,
@@ -499,6 +500,7 @@ def _record_runtime(root: Path, mode: str, out: _Outcome) -> Path:
             "resumed": out.resumed,
             "finished": _now(),
             "devices": _devices(),
+            "matmul_precision": gradflow.config.matmul_precision(),
             "gradflow": gradflow.__version__,
         }
     data[mode] = dict(sorted(entries.items()))
@@ -709,6 +711,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             "compile": _compile_mode(args),
             "machine_at_start": machine_at_start,
             "devices": _devices(),
+            "matmul_precision": gradflow.config.matmul_precision(),
             "finished": _now(),
             "gradflow": gradflow.__version__,
         })  # fmt: skip

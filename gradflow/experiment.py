@@ -387,6 +387,19 @@ def index_markdown(runtimes: Mapping[str, Mapping[str, Mapping[str, Any]]] | Non
     )
     if devices:
         lines += ["", f"Wall times measured on: {'; '.join(devices)}."]
+    precisions = sorted(
+        {
+            str(e.get("matmul_precision", "not recorded"))
+            for mode in totals
+            for e in runtimes.get(mode, {}).values()
+        }
+    )
+    if precisions:
+        lines += [
+            "",
+            f"Float32 matrix products at precision: {', '.join(f'`{p}`' for p in precisions)} "
+            "(`gradflow.config`; `highest` is float32 on every backend, the default).",
+        ]
     commands = runtimes.get("reproduce", {})
     for mode, budget in (("quick", 180), ("full", 1200)):
         rec = commands.get(mode)
@@ -398,6 +411,8 @@ def index_markdown(runtimes: Mapping[str, Mapping[str, Mapping[str, Any]]] | Non
         load_txt = f", load average {load[0]:.2f} at the start" if load else ""
         verdict = "within" if rec["seconds"] < budget else "OVER"
         compile_txt = f", XLA compile `{rec['compile']}`" if rec.get("compile") else ""
+        if rec.get("matmul_precision"):
+            compile_txt += f", matmul precision `{rec['matmul_precision']}`"
         cmd = "gradflow reproduce --quick" if mode == "quick" else "gradflow reproduce"
         lines += [
             "",

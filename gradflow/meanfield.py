@@ -128,6 +128,7 @@ import numpy as np
 from numpy.polynomial import legendre
 
 from gradflow import activations as _activations
+from gradflow import config as _config
 from gradflow import initializers as _initializers
 
 __all__ = [
@@ -1153,6 +1154,7 @@ def _measure_jit(key, sw2, sb2, q0, c0, static, width, depth, weights, dtype):
     )
 
 
+@_config.wrap
 def measure_propagation(
     key: Array,
     sw2: Any,

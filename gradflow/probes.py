@@ -67,6 +67,7 @@ import optax
 from flax import struct
 
 from gradflow import adapters as _adapters
+from gradflow import config as _config
 from gradflow import models as _models
 from gradflow import taps as _taps
 
@@ -230,8 +231,36 @@ def _strip(variables: Mapping) -> dict:
     return {k: v for k, v in variables.items() if k not in ("perturbations", "intermediates")}
 
 
-def _norm(x: Array) -> Array:
-    return jnp.sqrt(jnp.sum(jnp.square(x)))
+def _pow2(k: Array, dtype) -> Array:
+    """2**k for integer k in the normal exponent range of ``dtype``, exactly (from its bits)."""
+    info = jnp.finfo(dtype)
+    itype = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}[info.bits // 8]
+    bits = (k.astype(itype) + (info.maxexp - 1)) << info.nmant
+    return jax.lax.bitcast_convert_type(bits, dtype)
+
+
+def _norm(x: Array | Sequence[Array], axis: int | None = None) -> Array:
+    r"""Euclidean norm :math:`\sqrt{\sum x^2}` of ``x`` (over ``axis``; of every array of a list)
+    whose squares neither overflow nor underflow.
+
+    The naive formula overflows in float32 once :math:`\max|x| > 1.8 \cdot 10^{19}` (exploding
+    gradients: the seeds' w = 100 chain reaches :math:`25^{14}` at depth 15) and returns 0 below
+    :math:`10^{-19}` (vanishing ones: the squares fall under the smallest normal float32, which
+    XLA's CPU flushes to zero). So ``x`` is first multiplied by :math:`2^{-e}`, :math:`2^{e-1} \le
+    \max|x| < 2^e`, and the result by :math:`2^e`. Scaling by a power of two is exact, so
+    wherever the naive formula neither overflows nor underflows the two agree to float32 rounding
+    (XLA may order the scaled sum differently: in the quick experiments' stores the values moved
+    by at most 1.9e-7 relative, one or two ulps, and no generated table changed).
+    """
+    xs = list(x) if isinstance(x, list | tuple) else [x]
+    dtype = jnp.result_type(*xs)
+    m = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(v), axis=axis, keepdims=True) for v in xs])
+    info = jnp.finfo(dtype)
+    _, e = jnp.frexp(jnp.where(jnp.isfinite(m), m, 1).astype(dtype))
+    e = jnp.clip(e, info.minexp, info.maxexp - 1)  # 2**-e and 2**e normal numbers
+    scale = _pow2(-e, dtype)
+    sq = sum(jnp.sum(jnp.square(v * scale), axis=axis) for v in xs)
+    return jnp.sqrt(sq) * _pow2(jnp.squeeze(e, axis), dtype)
 
 
 def _get(tree: Mapping, path: tuple[str, ...]) -> Any:
@@ -267,7 +296,7 @@ def _sq_norm(leaves: list, items: tuple, dt) -> Array:
     """Root of the summed squares of ``leaves[i][index]`` over ``items``; NaN when empty."""
     if not items:
         return jnp.full((), jnp.nan, dtype=dt)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(leaves[i][idx].astype(dt))) for i, idx in items))
+    return _norm([leaves[i][idx].astype(dt) for i, idx in items])
 
 
 def _row(
@@ -282,7 +311,7 @@ def _row(
         # per-example delta: all positions of example x (batch-major when the batch axis was
         # flattened with positions), times B to undo the batch mean of the cost
         delta = jnp.moveaxis(gz, ba, 0).reshape(batch, -1) * batch
-        dn = jnp.sqrt(jnp.sum(jnp.square(delta), axis=-1))
+        dn = _norm(delta, axis=-1)
         d_mean, d_std = dn.mean(), dn.std()
     else:
         d_mean = d_std = nan
@@ -519,7 +548,8 @@ def probe(
     _check_finite("x", x)
     layers = None if layers is None else tuple(layers)
     get_loss(loss)
-    report, ok = _compiled(m, loss, layers)(m.params, m.state, x, y)
+    # float32 matmuls unless asked (gradflow.config), entered outside the jit
+    report, ok = _config.wrap(_compiled(m, loss, layers))(m.params, m.state, x, y)
     if not isinstance(ok, jax.core.Tracer) and not bool(ok):
         raise ValueError(
             f"labels y must lie in [0, number of outputs) for loss {loss!r}; got values from "
@@ -542,15 +572,15 @@ def _make_probe_rnn(model: nn.Module, loss_fn: LossFn):
             variables["params"], perts
         )
         g = g_perts["rnn"]["h"]  # (B, T, H)
-        delta = jnp.linalg.norm(g, axis=-1) * g.shape[0]  # per-example: B dC/dh_t
+        delta = _norm(g, axis=-1) * g.shape[0]  # per-example: B dC/dh_t
         h = inter["rnn"]["h"][0]
         leaves = jax.tree.leaves(g_params)
         return RecurrentReport(
             loss=c,
             hidden_grad_norm=delta.mean(0),
             hidden_grad_norm_std=delta.std(0),
-            hidden_norm=jnp.linalg.norm(h, axis=-1).mean(0),
-            param_grad_norm=jnp.sqrt(sum(jnp.sum(jnp.square(v)) for v in leaves)),
+            hidden_norm=_norm(h, axis=-1).mean(0),
+            param_grad_norm=_norm(leaves),
         )
 
     return run
@@ -587,7 +617,7 @@ def probe_rnn(
         fn = _cached_rnn(model, loss)
     except TypeError:  # an unhashable loss: compile without caching
         fn = jax.jit(_make_probe_rnn(model, get_loss(loss)))
-    return fn(variables, x, y)
+    return _config.wrap(fn)(variables, x, y)  # float32 matmuls unless asked: gradflow.config
 
 
 def time_decay_rate(norms: Array, *, axis: int = -1) -> Array:

@@ -76,6 +76,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradflow import activations as _activations
+from gradflow import config as _config
 from gradflow import initializers as _initializers
 from gradflow import meanfield as _meanfield
 
@@ -135,6 +136,7 @@ def _check_variance(name: str, value: Any, meaning: str) -> None:
 # --- exact Jacobian spectra ----------------------------------------------------------------------
 
 
+@_config.wrap
 def jacobian_singular_values(fn: Callable[[Array], Array], x: Any) -> Array:
     r"""Exact singular values of the Jacobian :math:`\partial\,\mathrm{fn}/\partial x` at one input.
 
@@ -198,6 +200,7 @@ def _init_network_jit(key, sw2, sb2, width, depth, weights, dtype):
     return NetworkParams(ws * jnp.sqrt(sw2).astype(dtype), bs * jnp.sqrt(sb2).astype(dtype))
 
 
+@_config.wrap
 def init_network(
     key: Array,
     width: int,
@@ -259,6 +262,7 @@ def _apply_jit(params, x, act):
     return out
 
 
+@_config.wrap
 def apply_network(params: NetworkParams, x: Any, activation: ActivationLike) -> Array:
     r"""The net's output :math:`a^L = \phi(h^L)` (post-activation, so that
     :math:`J = \prod_l D_l W_l^\top` as in Pennington et al. 2017) for one input ``x`` of shape
@@ -284,6 +288,7 @@ def _layer_svals_jit(params, x, act):
     return svals
 
 
+@_config.wrap
 def layer_jacobian_singular_values(
     params: NetworkParams, x: Any, activation: ActivationLike
 ) -> Array:

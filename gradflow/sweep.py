@@ -60,7 +60,10 @@ The store
 ``workdir/metadata.json`` holds the full config (grid, seeds, static, chunk_size, axes, name and
 your ``config``) with its hash, the groups, the column dtypes, whether the sweep is complete, and
 one entry per session (start/end time, gradflow version and git commit, Python and package
-versions, host, device list, process count, compile and run timings per group).
+versions, host, device list, process count, the float32 ``matmul_precision`` of
+:mod:`gradflow.config`, compile and run timings per group). ``fn`` is traced at that precision
+(``"highest"``, float32 products on every backend, unless you opt in to a backend's fast passes);
+a precision other than the default is part of the config, so a store never mixes two.
 ``workdir/rows/g<group>-c<chunk>-<hash>.parquet`` holds one chunk's rows; the hash covers the
 config, the group's static values and the chunk index. Every file is written to a hidden temp file
 in the same directory, fsynced and renamed with :func:`os.replace`, so a sweep killed at any moment
@@ -142,6 +145,7 @@ import pandas as pd
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gradflow import config as _config
 from gradflow import rng as _rng
 
 __all__ = [
@@ -340,9 +344,12 @@ def _hash(text: str) -> str:
 class _Plan:
     """Everything derived from the config: groups, runs, chunks, columns, file names."""
 
-    def __init__(self, grid, seeds, static, chunk_size, axes, name, user_config, fn, rng):
+    def __init__(
+        self, grid, seeds, static, chunk_size, axes, name, user_config, fn, rng, precision
+    ):
         self.grid = grid
         self.rng = rng
+        self.matmul_precision = precision
         self.make_key = _rng.resolve(rng)
         self.seeds = seeds
         self.static = static
@@ -382,6 +389,8 @@ class _Plan:
         }
         if rng != "threefry":  # the default is left out: stores made before the option resume
             self.config["rng"] = rng
+        if precision != _config.DEFAULT:  # likewise; a store never mixes two precisions
+            self.config["matmul_precision"] = precision
         self.config_hash = _hash(_canonical(self.config))
         self.fn_name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
@@ -478,8 +487,9 @@ def batched(one: Callable, mesh: Mesh, block_size: int | None = None) -> Callabl
     it maps over them ``block_size`` at a time (``lax.map`` with ``batch_size``, vmapped within a
     block), so only one block's working set is live. Under ``shard_map`` no op is partitioned by
     XLA's SPMD partitioner, which would replicate ops it has no sharding rule for (LAPACK's QR and
-    SVD custom calls) and gather their inputs across devices. Not jitted: wrap it in ``jax.jit``
-    with the shardings.
+    SVD custom calls) and gather their inputs across devices. It is traced at
+    :mod:`gradflow.config`'s precision policy in force when it is traced. Not jitted: wrap it in
+    ``jax.jit`` with the shardings.
     """
     if not callable(one):
         raise TypeError(f"one must be callable as one(*args) for one run, got {one!r}")
@@ -500,9 +510,14 @@ def batched(one: Callable, mesh: Mesh, block_size: int | None = None) -> Callabl
     def program(*args):
         # check_vma=False: fn may start scans from constants (train_fn's carries), which the
         # varying-manual-axes check rejects although every device runs its own, independent runs
-        return jax.shard_map(
-            per_device, mesh=mesh, in_specs=(spec,) * len(args), out_specs=spec, check_vma=False
-        )(*args)
+        with _config.matmul_scope():  # float32 matmuls unless asked (gradflow.config)
+            return jax.shard_map(
+                per_device,
+                mesh=mesh,
+                in_specs=(spec,) * len(args),
+                out_specs=spec,
+                check_vma=False,
+            )(*args)
 
     return program
 
@@ -962,7 +977,8 @@ def run(
     block_size = None if block_size is None else int(block_size)
     if rng not in _rng.NAMES:
         raise ValueError(f"unknown rng {rng!r}; valid names: {', '.join(_rng.NAMES)}")
-    plan = _Plan(grid, seeds, static, chunk_size, axes, name, user_config, fn, rng)
+    precision = _config.matmul_precision()  # read once: every group of this call uses it
+    plan = _Plan(grid, seeds, static, chunk_size, axes, name, user_config, fn, rng, precision)
 
     lead = jax.process_index() == 0
     meta, done, error, failure = None, None, None, None
@@ -999,6 +1015,7 @@ def run(
         **_environment(),
         "started": _now(),
         "finished": None,
+        "matmul_precision": precision,
         "block_size": block_size,
         "groups": [],
     }
@@ -1026,7 +1043,8 @@ def run(
                 continue
             bar.set_postfix_str(plan.group_label(g), refresh=False)
             t0 = time.perf_counter()
-            compiled, shapes = _compile_group(fn, plan, g, sharding, padded, block_size)
+            with _config.use_matmul_precision(precision):
+                compiled, shapes = _compile_group(fn, plan, g, sharding, padded, block_size)
             metric_axes = _metric_axes(plan, shapes)
             timing = {
                 "group": g,

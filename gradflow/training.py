@@ -83,6 +83,7 @@ import optax
 from flax import struct
 
 from gradflow import adapters as _adapters
+from gradflow import config as _config
 from gradflow import optim as _optim
 from gradflow import probes as _probes
 
@@ -472,6 +473,7 @@ def _tree_finite(tree: Any) -> Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+@_config.wrap
 def init_state(
     config: TrainConfig,
     x: Array,
@@ -517,6 +519,7 @@ def _metrics(out: Array, y: Array, loss: Any) -> dict[str, Array]:
     return result
 
 
+@_config.wrap
 def evaluate(
     model: Any,
     variables: Any,
@@ -620,7 +623,8 @@ def make_train_step(
     """
     _probes.get_loss(loss)
     _check_model(model)
-    return jax.jit(_step_fn(model, tx, loss, probe, layers))
+    # the policy is entered outside the jit, so the compile cache keys on it (gradflow.config)
+    return _config.wrap(jax.jit(_step_fn(model, tx, loss, probe, layers)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -740,7 +744,9 @@ def train_fn(
     ``lax.scan`` over ``R = steps // record_every`` blocks of ``record_every`` steps, divergence
     handled by masking (see the module docstring), so ``jax.jit(jax.vmap(fn))`` trains a whole
     grid of seeds and shape-preserving hyperparameters at once, and :func:`gradflow.sweep.run`
-    accepts ``fn`` directly (pass ``axes=sweep_axes(fn, example_hparams)``).
+    accepts ``fn`` directly (pass ``axes=sweep_axes(fn, example_hparams)``). ``fn`` is traced at
+    :mod:`gradflow.config`'s precision policy in force when it is traced (float32 matrix products
+    unless you opt in to a backend's fast passes).
 
     Args:
       config: the static :class:`TrainConfig`.
@@ -768,7 +774,8 @@ def train_fn(
         metrics = {**records, "diverged_step": dstep}
         return (metrics, state) if return_state else metrics
 
-    return fn
+    # traced at the precision policy in force (gradflow.config), inside any jit or vmap around it
+    return _config.wrap(fn)
 
 
 def sweep_axes(fn: Callable, hparams: Hparams, key: Array | None = None) -> dict[str, tuple]:
@@ -857,8 +864,12 @@ def _fingerprint(config: TrainConfig, data: _Data, hparams: Hparams, key: Array)
     opt = config.optimizer
     opt_id = opt if isinstance(opt, str) else getattr(opt, "__qualname__", type(opt).__name__)
     loss = config.loss if isinstance(config.loss, str) else config.loss.__qualname__
+    fields = {}
+    if _config.matmul_precision() != _config.DEFAULT:  # absent at the default: old checkpoints
+        fields["matmul_precision"] = _config.matmul_precision()  # resume; others never mix
     return json.dumps(
         {
+            **fields,
             "model": _model_id(config.model),
             "optimizer": opt_id,
             "loss": loss,
@@ -966,6 +977,7 @@ def load_checkpoint(
     return state, metrics, (None if d < 0 else d), str(files["__fingerprint__"])
 
 
+@_config.wrap
 def fit(
     config: TrainConfig,
     data: Any,
@@ -987,7 +999,9 @@ def fit(
     checkpoint of the *same* run (config, data shapes, hparams, key) resumes from it: the result
     is bit-identical to an uninterrupted run. A checkpoint of another run raises ``ValueError``.
     (The fingerprint names a callable optimizer by its qualified name only: use a fresh directory
-    when you change its code.)
+    when you change its code.) Float32 matrix products run at :mod:`gradflow.config`'s precision
+    policy (``"highest"`` unless you opt in to a backend's fast passes); a checkpoint made at
+    another precision does not resume.
 
     Args:
       config: the :class:`TrainConfig`.

@@ -38,10 +38,18 @@ def test_grad_bounded_by_sup(act, x):
 
 @pytest.mark.parametrize("act", ALL, ids=IDS)
 def test_sup_attained_or_approached(act, x64):
-    grid = jnp.linspace(-20.0, 20.0, 400_001, dtype=jnp.float64)
+    # The grid is built on the host, so every backend evaluates phi' at the same points (XLA's
+    # linspace puts its midpoint at 2e-15 on CPU and at exactly 0 on a GPU). The kinks are checked
+    # on their own: there phi' is a convention (elu: the left limit scale * alpha), not a
+    # derivative, so "only approached" is a statement about the points off the kinks.
+    grid = np.linspace(-20.0, 20.0, 400_001)
+    grid = grid[~np.isin(grid, act.kinks)]
+    gmax = float(jnp.max(jnp.abs(act.grad(jnp.asarray(grid)))))
     # the grid maximum never exceeds the stated sup and comes within 1e-6 of it (or of its limit)
-    gmax = float(jnp.max(jnp.abs(act.grad(grid))))
     assert gmax <= act.sup_grad * (1 + 1e-12)
+    if act.kinks:
+        at_kinks = jnp.abs(act.grad(jnp.asarray(act.kinks, jnp.float64)))
+        assert float(jnp.max(at_kinks)) <= act.sup_grad * (1 + 1e-12)
     if act.argsup is not None:
         assert float(abs(act.grad(jnp.float64(act.argsup)))) == pytest.approx(
             act.sup_grad, rel=1e-12

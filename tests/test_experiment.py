@@ -107,7 +107,13 @@ def test_index_markdown():
     names = gf.experiment.names()
     first = names[0]
     runtimes = {
-        "quick": {first: {"seconds": 12.4, "devices": "1 x cpu (1 process(es))"}},
+        "quick": {
+            first: {
+                "seconds": 12.4,
+                "devices": "1 x cpu (1 process(es))",
+                "matmul_precision": "highest",
+            }
+        },
         "reproduce": {
             "quick": {
                 "seconds": 151.2,
@@ -130,4 +136,5 @@ def test_index_markdown():
         in md
     )
     assert "within the 180 s budget" in md and "OVER the 1200 s budget" in md
+    assert "Float32 matrix products at precision: `highest` (`gradflow.config`" in md
     assert "1 x cpu" not in gf.experiment.index_markdown({"quick": {}})  # nothing timed

@@ -45,6 +45,8 @@ def test_vmap_over_seeds_with_init_inside():
     assert r.weight_grad_norm.shape == (3, 3) and r.loss.shape == (3,)
     assert r.layer_names == ("dense_0", "dense_1", "dense_2")
     one = probes.probe(model, model.init(keys[1], x), x, y)
+    # two float32 programs (batched and not): ~2e-7 apart here, each ~2e-7 from float64. Both
+    # run float32 matmuls (gradflow.config's "highest"); with TF32 (a GPU's default) 2.4e-5.
     np.testing.assert_allclose(r.weight_grad_norm[1], one.weight_grad_norm, rtol=1e-5)
     np.testing.assert_allclose(r.act_var[1], one.act_var, rtol=1e-5)
 
@@ -392,6 +394,30 @@ def test_exploding_chain_is_exploding():
     np.testing.assert_allclose(g[:-1] / g[1:], 25.0, rtol=1e-5)
     closed = gf.analytic.chain_grads(w, b, 0.5, 0.5, "sigmoid").bias  # dC/da_L = a_L - y = 1/2
     np.testing.assert_allclose(r.bias_grad_norm, np.abs(closed), rtol=1e-5)
+
+
+@pytest.mark.parametrize("gain", [10.0, 0.1])
+def test_norms_neither_overflow_nor_underflow_in_float32(x64, gain):
+    """A deep linear net with W = gain I: per-layer gradients 10^{+-23} whose squares overflow
+    (or underflow) float32, reported equal to the float64 probe (rtol: float32 rounding through
+    24 layers)."""
+    depth = 24
+    model = models.MLP(widths=(2,) * (depth - 1), out=2, activation="linear",
+                       bias_init="zeros")  # fmt: skip
+    # the input scale keeps the forward pass finite (it scales by gain^depth too)
+    x = jnp.full((3, 2), gain ** (1 - depth) * 1e3, jnp.float32)
+    y = jnp.zeros((3, 2), jnp.float32) if gain > 1 else jnp.ones((3, 2), jnp.float32)
+    params = model.init(KEY, x)["params"]
+    params = {k: {"kernel": gain * jnp.eye(2, dtype=jnp.float32), "bias": v["bias"]}
+              for k, v in params.items()}  # fmt: skip
+    r32 = probes.probe(model, {"params": params}, x, y, loss="mse")
+    r64 = probes.probe(model, _f64({"params": params}), _f64(x), _f64(y), loss="mse")
+    for stat in ("weight_grad_norm", "bias_grad_norm", "preact_grad_norm", "weight_norm"):
+        got, want = np.asarray(getattr(r32, stat)), np.asarray(getattr(r64, stat))
+        assert got.dtype == np.float32 and np.all(np.isfinite(got)) and np.all(got > 0), stat
+        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=stat)
+    extreme = float(np.asarray(r64.preact_grad_norm)[0])
+    assert (extreme > 1e20) if gain > 1 else (0 < extreme < 1e-20)  # beyond float32's squares
 
 
 # ------------------------------------------------------------------------- through time

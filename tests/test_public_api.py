@@ -5,6 +5,15 @@ import pytest
 import gradflow as gf
 
 CONTRACT = {
+    "config": [
+        "PRECISIONS",
+        "DEFAULT",
+        "matmul_precision",
+        "set_matmul_precision",
+        "use_matmul_precision",
+        "matmul_scope",
+        "wrap",
+    ],
     "activations": ["Activation", "BUILTIN", "get", "names", "register", "unregister"],
     "initializers": ["get", "names", "weight_variance"],
     "analytic": [

@@ -34,6 +34,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from gradflow import _io
+
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Experiment",
@@ -220,19 +222,20 @@ def layout(name: str, mode: str, root: str | os.PathLike = ".") -> Layout:
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file and :func:`os.replace` (atomic).
+    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file created exclusively (an
+    unpredictable name, never a planted file or symlink) in the same directory, fsynced and
+    renamed over ``path`` with :func:`os.replace`.
 
     Under :func:`jax.distributed.initialize` only process 0 writes (every process runs an
     experiment's sweeps; one writes its outputs); the path is returned either way.
     """
+    if not isinstance(text, str):
+        raise TypeError(f"write_atomic writes text: got {type(text).__name__}, not str")
     path = Path(path)
     if _process_index() != 0:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return _io.atomic_write(path, text)
 
 
 def _process_index() -> int:

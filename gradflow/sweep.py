@@ -142,6 +142,7 @@ import pandas as pd
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gradflow import _io
 from gradflow import rng as _rng
 
 __all__ = [
@@ -661,27 +662,9 @@ def _coerce(df: pd.DataFrame, dtypes: Mapping[str, str]) -> pd.DataFrame:
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write via ``write(file)`` to a hidden temp file beside ``path``, fsync, os.replace."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable; not possible on every platform
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    """Write via ``write(file)`` to an exclusively created hidden temp file beside ``path``,
+    fsync, :func:`os.replace` (:func:`gradflow._io.atomic_write`)."""
+    _io.atomic_write(path, write)
 
 
 def _write_json(path: Path, obj: Any) -> None:

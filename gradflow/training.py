@@ -71,7 +71,6 @@ import inspect
 import json
 import numbers
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -83,6 +82,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from gradflow import _io
 from gradflow import optim as _optim
 from gradflow import probes as _probes
 
@@ -696,18 +696,7 @@ def save_checkpoint(
     arrays["__format__"] = np.array(_FORMAT)
     arrays["__fingerprint__"] = np.array(fingerprint)
     arrays["__diverged_step__"] = np.array(-1 if diverged_step is None else diverged_step)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return _io.atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_checkpoint(

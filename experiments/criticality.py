@@ -166,6 +166,16 @@ def _check(config: dict) -> None:
     for key in ("width", "steps", "batch_size", "seeds", "phase_n_sw2", "phase_n_sb2"):
         if config[key] < 1:
             raise ValueError(f"{key} must be >= 1, got {config[key]}")
+    for key in ("phase_sw2_max", "learning_rate"):
+        if not config[key] > 0:
+            raise ValueError(f"{key} must be positive, got {config[key]}")
+    if not config["phase_sb2_max"] >= 0:
+        raise ValueError(f"phase_sb2_max must be >= 0, got {config['phase_sb2_max']}")
+    if config["optimizer"] not in gf.optim.optimizer_names():
+        raise ValueError(
+            f"unknown optimizer {config['optimizer']!r}; valid: "
+            f"{', '.join(gf.optim.optimizer_names())}"
+        )
 
 
 def _theory(config: dict) -> dict:
@@ -485,4 +495,5 @@ EXPERIMENT = gf.experiment.Experiment(
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_trainability", f"{NAME}_phase"),
+    check=_check,
 )

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -58,6 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradflow import _limits
 from gradflow import activations as _activations
 
 __all__ = [
@@ -209,9 +211,15 @@ def _float_dtype(*arrays: Any) -> np.dtype:
 
 def _as_array(name: str, value: Any) -> Array:
     try:
-        return jnp.asarray(value)
+        arr = jnp.asarray(value)
     except TypeError as err:
         raise TypeError(f"{name} must be array-like, got {type(value).__name__}") from err
+    if jnp.issubdtype(arr.dtype, jnp.complexfloating):
+        raise TypeError(
+            f"{name} must be real; got {arr.dtype} (the chain rule here is for real weights: "
+            "pass the real part explicitly if that is what you mean)"
+        )
+    return arr
 
 
 def _chain_inputs(w, b, x, dC_daL=None):
@@ -625,6 +633,12 @@ def exploding_chain(
     dtype = jnp.dtype(dtype) if dtype is not None else _float_dtype(x_arr, w_arr)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+    # three float64 work arrays and the two results, of (*x.shape, depth) entries each
+    n = math.prod(np.broadcast_shapes(np.shape(w_arr), (*np.shape(x_arr), 1))[:-1]) * depth
+    _limits.check_bytes(
+        f"exploding_chain(depth={depth}) with x of shape {np.shape(x_arr)}",
+        n * (3 * 8 + 2 * dtype.itemsize),
+    )
     # Round x, weight and phi(0) to dtype first: the forward pass sees exactly these values.
     x64 = np.asarray(jnp.asarray(x_arr, dtype), np.float64)
     w64 = np.asarray(jnp.asarray(w_arr, dtype), np.float64)
@@ -661,6 +675,7 @@ def deep_linear_gain(gain: Any, depth: int) -> Array:
     if depth < 0:
         raise ValueError(f"depth must be >= 0, got {depth}")
     gain = _as_array("gain", gain)
+    _check_finite("gain", gain)
     return gain.astype(_float_dtype(gain)) ** depth
 
 
@@ -684,9 +699,13 @@ def scaled_identity_mlp(
             raise TypeError(f"{name} must be an int, got {type(v).__name__}")
         if v < 1:
             raise ValueError(f"{name} must be at least 1, got {v}")
+    if isinstance(gain, bool) or not isinstance(gain, numbers.Real):
+        raise TypeError(f"gain must be a real number, got {gain!r}")
     if not math.isfinite(float(gain)):
         raise ValueError(f"gain must be finite, got {gain}")
     dtype = jnp.dtype(dtype) if dtype is not None else jnp.result_type(float)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"dtype must be a floating dtype (kernel and bias share it), got {dtype}")
     kernel = gain * jnp.eye(width, dtype=dtype)
     bias = jnp.zeros((width,), dtype)
     return [(kernel, bias) for _ in range(depth)]

@@ -914,7 +914,8 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     )
     print(desc)
     print(probes.format_report(report))
-    counts = {v: int((probes.verdict(report) == v).sum()) for v in ("vanishing", "exploding")}
+    labels = probes.verdict(report)
+    counts = {v: int((labels == v).sum()) for v in ("vanishing", "exploding", "non-finite")}
     if any(counts.values()):
         print(", ".join(f"{n} layer(s) {v}" for v, n in counts.items() if n))
     out = args.out or (

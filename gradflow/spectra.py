@@ -306,10 +306,16 @@ def network_input(key: Array, width: int, q: Any, *, sw2: Any = 1.0, sb2: Any = 
     width = _check_int("width", width)
     _check_variance("sw2", sw2, "sigma_w^2 = N Var(W)")
     _check_variance("sb2", sb2, "sigma_b^2 = Var(b)")
+    _check_variance("q", q, "the first layer's pre-activation variance")
     try:
-        concrete = np.asarray(q, np.float64), np.asarray(sb2, np.float64)
+        concrete = tuple(np.asarray(v, np.float64) for v in (q, sb2, sw2))
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         concrete = None
+    if concrete is not None and np.any(concrete[2] <= 0):
+        raise ValueError(
+            f"sw2 must be > 0 here (|x|^2 / N = (q - sb2) / sw2), got sw2={sw2}: with sw2 = 0 "
+            "no input reaches q"
+        )
     if concrete is not None and np.any(concrete[0] < concrete[1]):
         raise ValueError(f"q must be >= sb2 (q = sw2 |x|^2 / N + sb2), got q={q}, sb2={sb2}")
     return _network_input_jit(key, jnp.asarray(q), jnp.asarray(sw2), jnp.asarray(sb2), width)

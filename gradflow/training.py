@@ -349,16 +349,70 @@ def evaluate(
 
     Returns ``{"loss": (), "accuracy": ()}``; ``accuracy`` (fraction of ``argmax(outputs) == y``)
     only when ``y`` holds integer class labels. Traceable.
+
+    Bad data is never scored: concrete inputs are checked first (``ValueError`` for an empty
+    batch, non-finite inputs, or integer labels outside ``[0, n_classes)``); under tracing, where
+    nothing can raise, the accuracy is NaN when any output is non-finite (an ``argmax`` of NaN
+    means nothing), and loss and accuracy are NaN when a label is out of range.
     """
+    if not isinstance(variables, Mapping) or "params" not in variables:
+        raise TypeError(
+            "variables must be a dict with 'params' (from model.init), got "
+            f"{type(variables).__name__}"
+        )
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    _check_eval_batch(x, y)
     variables = {k: v for k, v in variables.items() if k not in ("perturbations", "intermediates")}
     params = variables["params"]
     rest = {k: v for k, v in variables.items() if k != "params"}
-    out, _ = _apply(model, params, rest, jnp.asarray(x), train=False)
-    y = jnp.asarray(y)
+    out, _ = _apply(model, params, rest, x, train=False)
     result = {"loss": _probes.get_loss(loss)(out, y)}
     if jnp.issubdtype(y.dtype, jnp.integer) and out.ndim == y.ndim + 1:
-        result["accuracy"] = jnp.mean((jnp.argmax(out, axis=-1) == y).astype(out.dtype))
+        n_classes = out.shape[-1]
+        _check_labels(y, n_classes)
+        bad_label = jnp.any((y < 0) | (y >= n_classes))
+        nan = jnp.asarray(jnp.nan, out.dtype)
+        acc = jnp.mean((jnp.argmax(out, axis=-1) == y).astype(out.dtype))
+        result["accuracy"] = jnp.where(jnp.all(jnp.isfinite(out)) & ~bad_label, acc, nan)
+        result["loss"] = jnp.where(bad_label, nan.astype(result["loss"].dtype), result["loss"])
     return result
+
+
+def _host(a: Array) -> np.ndarray | None:
+    """``a`` on the host, or None when it is traced."""
+    try:
+        return np.asarray(a)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def _check_eval_batch(x: Array, y: Array) -> None:
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(f"evaluate needs a non-empty batch: x has shape {x.shape}")
+    if y.ndim == 0 or y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"x and y must hold the same number of examples, got {x.shape} and {y.shape}"
+        )
+    host = _host(x)
+    if host is not None and host.dtype.kind in "fc" and not np.isfinite(host).all():
+        bad = np.argwhere(~np.isfinite(host))
+        raise ValueError(
+            f"x holds {len(bad)} non-finite value(s), the first {host[tuple(bad[0])]} at index "
+            f"{tuple(int(i) for i in bad[0])}; evaluate scores finite inputs only"
+        )
+
+
+def _check_labels(y: Array, n_classes: int) -> None:
+    host = _host(y)
+    if host is None:
+        return
+    bad = (host < 0) | (host >= n_classes)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"labels must lie in [0, {n_classes}) for a model with {n_classes} outputs; "
+            f"got {int(host[first])} at index {first} ({int(bad.sum())} out of range)"
+        )
 
 
 # --------------------------------------------------------------------------------------------------

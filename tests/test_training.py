@@ -236,6 +236,37 @@ def test_evaluate_matches_numpy_and_init_scale_scales_kernels():
     np.testing.assert_allclose(res["accuracy"], np.mean(logits.argmax(-1) == data.y_test))
 
 
+def test_evaluate_refuses_bad_data_and_never_scores_it():
+    """Non-finite inputs, labels out of range and an empty batch raise when concrete; under jit
+    (nothing can raise) the accuracy of non-finite outputs and everything about out-of-range
+    labels is NaN, never a number such as 1/3."""
+    model = gf.models.MLP((4,), out=3)
+    x = jnp.ones((6, 2))
+    y = jnp.array([0, 1, 2, 0, 1, 2])
+    variables = model.init(jax.random.key(0), x)
+    ok = training.evaluate(model, variables, x, y)
+    assert np.isfinite(ok["loss"]) and 0 <= ok["accuracy"] <= 1
+    nan_x = jnp.full((6, 2), jnp.nan)
+    with pytest.raises(ValueError, match=r"x holds 12 non-finite value\(s\), the first nan at"):
+        training.evaluate(model, variables, nan_x, y)
+    with pytest.raises(ValueError, match=r"x holds 1 non-finite .* inf at index \(3, 1\)"):
+        training.evaluate(model, variables, x.at[3, 1].set(jnp.inf), y)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\) .* got 7 at index \(2,\)"):
+        training.evaluate(model, variables, x, y.at[2].set(7))
+    with pytest.raises(ValueError, match=r"non-empty batch: x has shape \(0, 2\)"):
+        training.evaluate(model, variables, x[:0], y[:0])
+    with pytest.raises(ValueError, match=r"same number of examples, got \(6, 2\) and \(5,\)"):
+        training.evaluate(model, variables, x, y[:5])
+    with pytest.raises(TypeError, match="variables must be a dict with 'params'"):
+        training.evaluate(model, [1, 2], x, y)
+    jitted = jax.jit(lambda v, a, b: training.evaluate(model, v, a, b))
+    traced = jitted(variables, nan_x, y)
+    assert np.isnan(traced["accuracy"]) and np.isnan(traced["loss"])
+    traced = jitted(variables, x, y.at[2].set(7))
+    assert np.isnan(traced["accuracy"]) and np.isnan(traced["loss"])
+    np.testing.assert_allclose(jitted(variables, x, y)["accuracy"], ok["accuracy"])
+
+
 def test_callable_and_fixed_optimizers_and_max_loss():
     data = digits(128, 32)
 

@@ -679,7 +679,7 @@ def test_complex_sizes_and_non_finite_gains_are_refused():
         analytic.exploding_chain(3, 0.5, weight=1 + 1j)
     with pytest.raises(ValueError, match=r"gain must be finite; got 1 non-finite value\(s\)"):
         analytic.deep_linear_gain(float("nan"), 3)  # chain_* reject NaN: so does this
-    with pytest.raises(ValueError, match="dtype must be a floating dtype .* got int32"):
+    with pytest.raises(ValueError, match=r"dtype must be a floating dtype .* got int32"):
         analytic.scaled_identity_mlp(2, 2.0, dtype=jnp.int32)  # used to mix int and float
     with pytest.raises(TypeError, match="gain must be a real number, got"):
         analytic.scaled_identity_mlp(2, 1 + 1j)

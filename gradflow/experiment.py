@@ -200,8 +200,7 @@ def _coerce_scalar(key: str, value: Any, default: Any, where: str = "") -> Any:
     elif isinstance(value, type(default)):
         return value
     raise ValueError(
-        f"config key {key!r} takes {_describe(default)} (default {default!r}), got "
-        f"{value!r}{where}"
+        f"config key {key!r} takes {_describe(default)} (default {default!r}), got {value!r}{where}"
     )
 
 
@@ -220,12 +219,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
                 f"{value!r}"
             )
         if default:
-            numeric = all(
-                isinstance(v, numbers.Real) and not isinstance(v, bool) for v in default
-            )
-            proto = (
-                0.0 if numeric and any(isinstance(v, float) for v in default) else default[0]
-            )
+            numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in default)
+            proto = 0.0 if numeric and any(isinstance(v, float) for v in default) else default[0]
             out = []
             for i, v in enumerate(seq):
                 try:

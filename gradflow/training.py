@@ -753,40 +753,160 @@ def save_checkpoint(
     return _io.atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+#: Largest fingerprint a checkpoint may carry (characters); a real one is a few hundred.
+_MAX_FINGERPRINT = 1 << 20
+# Room for an .npy header beyond the array bytes (numpy writes 128 bytes; up to 64 KiB allowed).
+_NPY_HEADER = 1 << 16
+
+
+def _npy_bytes(shape: tuple[int, ...], itemsize: int) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * itemsize + _NPY_HEADER
+
+
+def _read_members(path: Path, limits: Mapping[str, int | None]) -> dict[str, np.ndarray]:
+    """The members of the ``.npz`` file ``path``, each read only after its uncompressed size was
+    checked against ``limits`` (name -> largest size in bytes; ``None``: any name with this
+    prefix, see :func:`load_checkpoint`), so a crafted file cannot make us decompress gigabytes."""
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is not a gradflow checkpoint (not an .npz file: {e})") from None
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > len(limits) + 4096:
+            raise ValueError(f"{path} holds {len(infos)} members: not a checkpoint of this run")
+        out = {}
+        for info in infos:
+            name = info.filename.removesuffix(".npy")
+            if name in limits:
+                limit = limits[name]
+            elif name.startswith("metrics/") and "metrics/" in limits:
+                limit = limits["metrics/"]
+            else:
+                raise ValueError(
+                    f"checkpoint {path} does not match this run's state: it holds an unexpected "
+                    f"member {name!r} (a different model or optimizer?); use a fresh "
+                    "checkpoint_dir"
+                )
+            if limit is not None and info.file_size > limit:
+                raise ValueError(
+                    f"checkpoint {path}: member {name!r} is {info.file_size} bytes uncompressed, "
+                    f"more than the {limit} this run's state needs; refusing to read it"
+                )
+            with archive.open(info) as f:
+                try:
+                    out[name] = np.lib.format.read_array(f, allow_pickle=False)
+                except (ValueError, OSError, EOFError) as e:
+                    raise ValueError(
+                        f"checkpoint {path}: member {name!r} is damaged ({e})"
+                    ) from None
+    return out
+
+
 def load_checkpoint(
-    path: str | os.PathLike, like: TrainState
+    path: str | os.PathLike,
+    like: TrainState,
+    *,
+    records: Mapping[str, Any] | None = None,
+    max_records: int | None = None,
 ) -> tuple[TrainState, dict[str, np.ndarray], int | None, str]:
     """Read a :func:`save_checkpoint` file into the structure of ``like`` (e.g. a fresh
     :func:`init_state`).
+
+    The file is checked before anything in it is used: only the members this run's state has
+    (plus ``metrics/*`` and the three ``__format__``, ``__fingerprint__``, ``__diverged_step__``
+    entries) may be present; each member's uncompressed size is checked before it is read (so a
+    small file cannot expand to gigabytes); every state leaf must have ``like``'s shape and dtype
+    exactly (no silent cast: 1e300 does not become ``inf`` in float32), the parameters and
+    optimizer state must be finite, ``step >= 0`` and ``-1 <= diverged_step <= step``. With
+    ``records`` (name -> ``jax.ShapeDtypeStruct`` of one record) the metrics must be exactly
+    those names, real arrays of shape ``(n, *record shape)`` with ``n <= max_records``.
 
     Returns:
       ``(state, metrics, diverged_step, fingerprint)``.
 
     Raises:
-      ValueError: not a gradflow checkpoint, or its arrays do not match ``like``'s structure.
+      ValueError: not a gradflow checkpoint, or its contents do not fit ``like`` (the message
+        names the member and what is wrong).
     """
-    with np.load(Path(path), allow_pickle=False) as z:
-        files = dict(z.items())
-    if str(files.get("__format__", "")) != _FORMAT:
-        raise ValueError(f"{path} is not a {_FORMAT} checkpoint")
+    path = Path(path)
     template = like.replace(key=jax.random.key_data(like.key))
     with_path, treedef = jax.tree_util.tree_flatten_with_path(template)
+    expected = {
+        "state" + jax.tree_util.keystr(p): (np.shape(leaf), np.dtype(leaf.dtype))
+        for p, leaf in with_path
+    }
+    limits: dict[str, int | None] = {
+        name: _npy_bytes(shape, dtype.itemsize) for name, (shape, dtype) in expected.items()
+    }
+    limits.update({"__format__": 4 * 64 + _NPY_HEADER, "__diverged_step__": 64 + _NPY_HEADER})
+    limits["__fingerprint__"] = 4 * _MAX_FINGERPRINT + _NPY_HEADER
+    if records is None:
+        limits["metrics/"] = None
+    else:
+        n = max_records if max_records is not None else 1
+        for k, spec in records.items():
+            limits[f"metrics/{k}"] = _npy_bytes((n, *spec.shape), 8)
+    files = _read_members(path, limits)
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"checkpoint {path} {what}; use a fresh checkpoint_dir")
+
+    fmt = files.get("__format__")
+    if fmt is None or fmt.dtype.kind != "U" or fmt.shape != () or str(fmt) != _FORMAT:
+        raise ValueError(f"{path} is not a {_FORMAT} checkpoint")
     leaves = []
-    for p, leaf in with_path:
-        name = "state" + jax.tree_util.keystr(p)
-        if name not in files or files[name].shape != np.shape(leaf):
-            raise ValueError(
-                f"checkpoint {path} does not match this run's state at {name} (a different "
-                "model or optimizer?); use a fresh checkpoint_dir"
+    for name, (shape, dtype) in expected.items():
+        arr = files.get(name)
+        if arr is None or arr.shape != shape or arr.dtype != dtype:
+            got = "missing" if arr is None else f"{arr.dtype}{list(arr.shape)}"
+            raise bad(
+                f"does not match this run's state at {name}: expected {dtype}{list(shape)}, got "
+                f"{got} (a different model or optimizer?)"
             )
-        leaves.append(jnp.asarray(files[name], dtype=leaf.dtype))
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            raise bad(f"holds non-finite values at {name}")
+        leaves.append(jnp.asarray(arr, dtype=dtype))
     state = jax.tree.unflatten(treedef, leaves)
     state = state.replace(
         key=jax.random.wrap_key_data(state.key, impl=jax.random.key_impl(like.key))
     )
+    step = int(np.asarray(state.step))
+    if step < 0:
+        raise bad(f"has step {step} < 0")
+    d = files.get("__diverged_step__")
+    if d is None or d.shape != () or d.dtype.kind not in "iu":
+        raise bad("has no integer __diverged_step__")
+    d = int(d)
+    if not -1 <= d <= step:
+        raise bad(f"has diverged_step {d} outside [-1, step = {step}]")
+    fp = files.get("__fingerprint__")
+    if fp is None or fp.dtype.kind != "U" or fp.shape != ():
+        raise bad("has no fingerprint string")
     metrics = {k[len("metrics/") :]: v for k, v in files.items() if k.startswith("metrics/")}
-    d = int(files["__diverged_step__"])
-    return state, metrics, (None if d < 0 else d), str(files["__fingerprint__"])
+    for k, v in metrics.items():
+        if v.dtype.kind not in "biuf" or v.ndim == 0:
+            raise bad(f"holds metric {k!r} of dtype {v.dtype}{list(v.shape)}, not a real array")
+    if records is not None:
+        if set(metrics) != set(records) and metrics:
+            missing, extra = (
+                sorted(set(records) - set(metrics)),
+                sorted(set(metrics) - set(records)),
+            )
+            raise bad(
+                f"holds other metrics than this run records (missing {missing}, extra {extra})"
+            )
+        counts = {len(v) for v in metrics.values()}
+        if len(counts) > 1:
+            raise bad(f"holds metrics with different numbers of records {sorted(counts)}")
+        for k, v in metrics.items():
+            if v.shape[1:] != tuple(records[k].shape):
+                raise bad(f"holds metric {k!r} of shape {v.shape}, not (n, *{records[k].shape})")
+            if max_records is not None and len(v) > max_records:
+                raise bad(f"holds {len(v)} records of {k!r}; this run makes {max_records}")
+    return state, metrics, (None if d < 0 else d), str(fp)
 
 
 def fit(
@@ -848,7 +968,10 @@ def fit(
     ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
     fp = _fingerprint(config, d, hparams, key)
     if ckpt is not None and ckpt.exists():
-        state, saved, dstep, saved_fp = load_checkpoint(ckpt, state)
+        shapes = jax.eval_shape(block, _fresh_carry(state))[1]  # one record: names and shapes
+        state, saved, dstep, saved_fp = load_checkpoint(
+            ckpt, state, records=shapes, max_records=config.num_records
+        )
         if saved_fp != fp:
             raise ValueError(
                 f"{ckpt} holds a different run (config, data, hparams or key differ); use a "
@@ -856,6 +979,14 @@ def fit(
             )
         records = {k: list(v) for k, v in saved.items()}
         done = len(next(iter(records.values()))) if records else 0
+        # the counts must agree with each other: updates made, records kept, divergence
+        step = int(state.step)
+        want = dstep if dstep is not None else done * config.record_every
+        if step != want or (dstep is None and done > config.num_records):
+            raise ValueError(
+                f"{ckpt} is inconsistent: step {step} with {done} record(s) of "
+                f"{config.record_every} steps (diverged_step {dstep}); use a fresh checkpoint_dir"
+            )
 
     def save():
         if ckpt is not None:

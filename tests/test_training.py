@@ -189,6 +189,62 @@ def test_save_load_checkpoint_roundtrip_and_mismatch(tmp_path):
         training.load_checkpoint(path, other)
 
 
+def _tamper(path, change):
+    """Rewrite the checkpoint at ``path`` with ``change(arrays)`` applied (a crafted file)."""
+    with np.load(path) as z:
+        arrays = dict(z.items())
+    change(arrays)
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+_KERNEL = "state.params['dense_0']['kernel']"
+
+
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        (lambda a: a[_KERNEL].__setitem__((0, 0), np.nan), r"non-finite values at .*dense_0"),
+        (lambda a: a.__setitem__(_KERNEL, np.full(a[_KERNEL].shape, 1e300)),
+         r"expected float32\[64, 8\], got float64\[64, 8\]"),  # would be cast to inf
+        (lambda a: a.__setitem__("state.step", np.array(-5, np.int32)), "has step -5 < 0"),
+        (lambda a: a.__setitem__("__diverged_step__", np.array(123456)),
+         r"diverged_step 123456 outside \[-1, step = 4\]"),
+        (lambda a: a.__setitem__("metrics/loss", np.array(["a", "b"])),
+         "metric 'loss' of dtype <U1"),
+        (lambda a: a.update({k: np.concatenate([v] * 5) for k, v in a.items() if "metrics/" in k}),
+         "holds 10 records of '.*'; this run makes 2"),
+        (lambda a: a.__setitem__("extra", np.zeros(3)), "unexpected member 'extra'"),
+        # 2 GB of zeros compress to ~2 MB: refused from the zip directory, never decompressed
+        (lambda a: a.__setitem__("state.step", np.zeros(1 << 28, np.int64)),
+         r"'state\.step' is 2147483776 bytes uncompressed, more than the"),
+    ],
+    ids=["nan", "1e300", "step", "diverged_step", "string_metric", "records", "extra", "bomb"],
+)  # fmt: skip
+def test_a_tampered_checkpoint_is_refused_before_use(tmp_path, change, pattern):
+    data = digits(64, 16)
+    hp = {"learning_rate": 0.1}
+    whole = training.fit(TINY, data, hp, key=jax.random.key(3), checkpoint_dir=tmp_path)
+    ckpt = tmp_path / training.CHECKPOINT_FILE
+    _tamper(ckpt, change)
+    with pytest.raises(ValueError, match=pattern):
+        training.fit(TINY, data, hp, key=jax.random.key(3), checkpoint_dir=tmp_path)
+    ckpt.unlink()
+    again = training.fit(TINY, data, hp, key=jax.random.key(3), checkpoint_dir=tmp_path)
+    chex.assert_trees_all_equal(again.metrics, whole.metrics)
+
+
+def test_a_checkpoint_whose_counts_disagree_is_refused(tmp_path):
+    data = digits(64, 16)
+    hp = {"learning_rate": 0.1}
+    training.fit(TINY, data, hp, key=jax.random.key(3), checkpoint_dir=tmp_path)
+    ckpt = tmp_path / training.CHECKPOINT_FILE
+    # a finished healthy run of 2 records must have made 4 updates; this one claims 3
+    _tamper(ckpt, lambda a: a.__setitem__("state.step", np.array(3, np.int32)))
+    with pytest.raises(ValueError, match=r"inconsistent: step 3 with 2 record\(s\) of 2 steps"):
+        training.fit(TINY, data, hp, key=jax.random.key(3), checkpoint_dir=tmp_path)
+
+
 def dataclasses_replace(cfg, **changes):
     import dataclasses
 

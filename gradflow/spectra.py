@@ -384,7 +384,7 @@ def jacobian_moments(
       q: the first layer's pre-activation variance :math:`q^1` (layers then follow the q-map);
         ``None`` puts every layer at the fixed point :math:`q^*` (:func:`network_input` with
         ``q = q_star`` realises it).
-      order: Gaussian rule (:func:`gradflow.meanfield.gaussian_rule`).
+      order: Gauss-Legendre nodes per panel of the Gaussian rule (see :mod:`gradflow.meanfield`).
 
     Returns:
       :class:`SpectralMoments` with arrays of shape ``(depth,)``.
@@ -397,12 +397,8 @@ def jacobian_moments(
     if q is None:
         q1 = _meanfield.q_star(sw2, sb2, act, order=order)
         qs = jnp.broadcast_to(q1, (depth,))
-    else:
-        q1 = jnp.asarray(q)
-        layers = [q1]
-        for _ in range(depth - 1):
-            layers.append(_meanfield.q_map(layers[-1], sw2, sb2, act, order=order))
-        qs = jnp.stack(layers)
+    else:  # the q-map through the layers: one compiled scan (a Python loop took 50 s at 20000)
+        qs = _meanfield._q_sequence(q, sw2, sb2, act, depth, order)
     mu1, mu2 = (
         _meanfield.gaussian_expectation(lambda u, k=k: act.grad(u) ** (2 * k), qs, order=order)
         for k in (1, 2)

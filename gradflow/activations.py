@@ -361,6 +361,8 @@ def names(*, builtin_only: bool = False) -> tuple[str, ...]:
     With ``builtin_only=True`` the activations added by :func:`register` are left out, so code
     that must not depend on what a user registered (the experiments, the paper) sees a fixed set.
     """
+    if not isinstance(builtin_only, bool):
+        raise TypeError(f"builtin_only must be True or False, got {builtin_only!r}")
     return BUILTIN if builtin_only else tuple(_FACTORIES)
 
 
@@ -436,6 +438,8 @@ def register(
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty string, got {name!r}")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
     if (name in _FACTORIES or name in _ALIASES) and not overwrite:
         raise ValueError(f"activation {name!r} is already registered; pass overwrite=True")
     for label, f in (("fn", fn), ("grad", grad), ("grad2", grad2)):

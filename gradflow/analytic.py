@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow import _limits
+from gradflow import _checks, _limits
 from gradflow import activations as _activations
 
 __all__ = [
@@ -210,9 +210,11 @@ def _float_dtype(*arrays: Any) -> np.dtype:
 
 
 def _as_array(name: str, value: Any) -> Array:
+    if value is None or isinstance(value, str | bytes):
+        raise TypeError(f"{name} must be array-like, got {value!r}")
     try:
         arr = jnp.asarray(value)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise TypeError(f"{name} must be array-like, got {type(value).__name__}") from err
     if jnp.issubdtype(arr.dtype, jnp.complexfloating):
         raise TypeError(
@@ -222,7 +224,10 @@ def _as_array(name: str, value: Any) -> Array:
     return arr
 
 
-def _chain_inputs(w, b, x, dC_daL=None):
+_ABSENT = object()
+
+
+def _chain_inputs(w, b, x, dC_daL=_ABSENT):
     """Validate and cast chain inputs; returns (w, b, x) or (w, b, x, dC_daL)."""
     w, b, x = _as_array("w", w), _as_array("b", b), _as_array("x", x)
     if w.ndim == 0 or b.ndim == 0:
@@ -236,11 +241,11 @@ def _chain_inputs(w, b, x, dC_daL=None):
         )
     if w.shape[-1] == 0:
         raise ValueError(f"depth must be at least 1; got w.shape={w.shape} (depth 0)")
-    arrays = [w, b, x] if dC_daL is None else [w, b, x, _as_array("dC_daL", dC_daL)]
+    arrays = [w, b, x] if dC_daL is _ABSENT else [w, b, x, _as_array("dC_daL", dC_daL)]
     try:
         jnp.broadcast_shapes(w.shape[:-1], b.shape[:-1], *(a.shape for a in arrays[2:]))
     except ValueError as err:
-        extra = "" if dC_daL is None else f", dC_daL.shape={jnp.shape(dC_daL)}"
+        extra = "" if dC_daL is _ABSENT else f", dC_daL.shape={jnp.shape(dC_daL)}"
         raise ValueError(
             "w[..., 0], b[..., 0], x and dC_daL must broadcast to one batch shape; got "
             f"w.shape={w.shape}, b.shape={b.shape}, x.shape={x.shape}{extra}"
@@ -331,6 +336,7 @@ def signed_log_abs_grad(z: Any, activation: ActivationLike) -> tuple[Array, Arra
     """
     act = _resolve(activation)
     z = _as_array("z", z)
+    _check_finite("z", z)
     return _signed_log_jit(z.astype(_float_dtype(z)), _Static(act))
 
 
@@ -523,7 +529,7 @@ def log_gradient_bound(w: Any, activation: ActivationLike, *, per_layer: bool = 
     log_w = _exclusive_suffix("sum", jnp.log(jnp.abs(w)), 0)
     n_factors = jnp.arange(depth, 0, -1, dtype=w.dtype)  # L - j + 1 for j = 1..L
     out = n_factors * log_sup + log_w
-    return out if per_layer else out[..., 0]
+    return out if _checks.boolean("per_layer", per_layer) else out[..., 0]
 
 
 def gradient_bound(w: Any, activation: ActivationLike, *, per_layer: bool = False) -> Array:
@@ -555,7 +561,7 @@ def gradient_bound(w: Any, activation: ActivationLike, *, per_layer: bool = Fals
     suffix = _exclusive_suffix("prod", jnp.abs(w), 1)
     n_factors = jnp.arange(depth, 0, -1, dtype=w.dtype)
     out = jnp.asarray(act.sup_grad, w.dtype) ** n_factors * suffix
-    return out if per_layer else out[..., 0]
+    return out if _checks.boolean("per_layer", per_layer) else out[..., 0]
 
 
 def exploding_chain(
@@ -723,12 +729,16 @@ def _mlp_params(params) -> list[tuple[Array, Array]]:
     for i, layer in enumerate(params):
         if isinstance(layer, Mapping):
             if "kernel" not in layer or "bias" not in layer:
-                raise ValueError(f"layer {i}: dict needs 'kernel' and 'bias', got {list(layer)}")
+                raise ValueError(
+                    f"params: layer {i}: dict needs 'kernel' and 'bias', got {list(layer)}"
+                )
             kernel, bias = layer["kernel"], layer["bias"]
         elif isinstance(layer, Sequence) and len(layer) == 2:
             kernel, bias = layer
         else:
-            raise TypeError(f"layer {i} must be a (kernel, bias) pair, got {type(layer).__name__}")
+            raise TypeError(
+                f"params: layer {i} must be a (kernel, bias) pair, got {type(layer).__name__}"
+            )
         kernel, bias = _as_array(f"kernel {i}", kernel), _as_array(f"bias {i}", bias)
         if kernel.ndim != 2 or bias.shape != kernel.shape[-1:]:
             raise ValueError(
@@ -883,8 +893,9 @@ def mlp_forward(
     """
     act = _resolve(activation)
     layers, x, _ = _mlp_setup(params, x)
-    runs = _stack_runs(layers, bool(linear_readout))
-    fwd = _mlp_forward_jit(runs, x, _Static(act), bool(linear_readout))
+    linear_readout = _checks.boolean("linear_readout", linear_readout)
+    runs = _stack_runs(layers, linear_readout)
+    fwd = _mlp_forward_jit(runs, x, _Static(act), linear_readout)
     return MLPForward(z=_flatten_runs(z for z, _ in fwd), a=_flatten_runs(a for _, a in fwd))
 
 
@@ -931,9 +942,12 @@ def mlp_grads(
       ``MLPGrads(kernel, bias, input)`` with ``.delta`` (= ``bias``), per layer in forward order.
     """
     act = _resolve(activation)
+    if dC_daL is None:
+        raise TypeError("dC_daL must be array-like (dC/da at the output), got None")
     layers, x, g = _mlp_setup(params, x, dC_daL)
-    runs = _stack_runs(layers, bool(linear_readout))
-    out, dx = _mlp_grads_jit(runs, x, g, _Static(act), bool(linear_readout))
+    linear_readout = _checks.boolean("linear_readout", linear_readout)
+    runs = _stack_runs(layers, linear_readout)
+    out, dx = _mlp_grads_jit(runs, x, g, _Static(act), linear_readout)
     return MLPGrads(
         kernel=_flatten_runs(k for _, k in out), bias=_flatten_runs(d for d, _ in out), input=dx
     )

@@ -155,6 +155,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.polynomial import legendre
 
+from gradflow import _checks
 from gradflow import activations as _activations
 from gradflow import initializers as _initializers
 
@@ -398,9 +399,10 @@ def gaussian_expectation(
       q: variance :math:`q \ge 0`, any shape; the result has its shape.
       order: Gauss-Legendre nodes per panel of the split rule (module docstring).
     """
+    _checks.function("f", f)
     order = _check_order("order", order)
-    q = _as_float(q)
     _check_nonneg("q", q, "a variance")
+    q = _as_float(q)
     return _expect(q, order, f)[0]
 
 
@@ -453,11 +455,13 @@ def _as_float(x: Any) -> Array:
     return x
 
 
-def _concrete(x: Any) -> np.ndarray | None:
-    try:
-        return np.asarray(x, dtype=np.float64)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError, TypeError):
+def _concrete(x: Any, name: str = "value") -> np.ndarray | None:
+    """``x`` on the host as float64, None when traced; TypeError naming ``name`` for anything
+    that is not a real number or array (None, strings, objects, complex)."""
+    if isinstance(x, jax.core.Tracer):
         return None
+    host = _checks.concrete(_checks.array(name, x, finite=False, nonempty=False))
+    return None if host is None else host.astype(np.float64)
 
 
 def _first_bad(host: np.ndarray, bad: np.ndarray) -> str:
@@ -465,7 +469,7 @@ def _first_bad(host: np.ndarray, bad: np.ndarray) -> str:
 
 
 def _check_nonneg(name: str, x: Any, meaning: str) -> None:
-    host = _concrete(x)
+    host = _concrete(x, name)
     if host is None:
         return
     bad = ~(np.isfinite(host) & (host >= 0))
@@ -474,7 +478,7 @@ def _check_nonneg(name: str, x: Any, meaning: str) -> None:
 
 
 def _check_positive(name: str, x: Any, meaning: str) -> None:
-    host = _concrete(x)
+    host = _concrete(x, name)
     if host is None:
         return
     bad = ~(np.isfinite(host) & (host > 0))
@@ -483,7 +487,7 @@ def _check_positive(name: str, x: Any, meaning: str) -> None:
 
 
 def _check_correlation(name: str, x: Any) -> None:
-    host = _concrete(x)
+    host = _concrete(x, name)
     if host is None:
         return
     bad = ~(np.isfinite(host) & (np.abs(host) <= 1))
@@ -701,11 +705,12 @@ def _c_star_core(q_s, chi1_, sw2, sb2, static, order_2d, num_iters):
         chi_c_out = jnp.where(use, 1.0 - omc_m, chi_c_out)
     tol = _RESOLVE_ULPS * float(jnp.finfo(q.dtype).eps) * jnp.maximum(chi1_, 1.0)
     unresolved = finite & (jnp.abs(chi1_ - 1.0) < tol)
+    exactly = chi1_ == 1.0  # on the line (e.g. tanh at (1, 0)): inf is the exact answer
     one = jnp.ones_like(c_out)
     c_out = jnp.where(unresolved, one, c_out)
     chi_c_out = jnp.where(unresolved, one, chi_c_out)
     omc = jnp.where(unresolved, jnp.zeros_like(omc), omc)
-    return c_out, chi_c_out, omc, unresolved
+    return c_out, chi_c_out, omc, unresolved & ~exactly
 
 
 def _xi(one_minus_chi: Array) -> Array:
@@ -764,6 +769,7 @@ def _summary(sw2, sb2, q0, static, order, order_2d, num_iters, num_iters_c):
     tol = _RESOLVE_ULPS * float(jnp.finfo(chi_q.dtype).eps) * jnp.maximum(chi_q, 1.0)
     unresolved_q = jnp.abs(chi_q - 1.0) < tol
     omq = jnp.where(unresolved_q, 0.0, 1.0 - chi_q)
+    unresolved_q = unresolved_q & (chi_q != 1.0)  # exactly on the line: inf is exact, no warning
     return {
         "q_star": q_s,
         "c_star": c_s,
@@ -937,16 +943,20 @@ def _summary_public(sw2, sb2, activation, q0, order, order_2d, num_iters, num_it
     sw2, sb2, q0 = _variances(sw2, sb2, q0)
     out = _summary_jit(sw2, sb2, q0, static, order, order_2d, num_iters, num_iters_c, batch)
     unresolved = out.pop("unresolved")
-    host = _concrete(unresolved)
+    host = _checks.concrete(unresolved)
     if host is not None and host.any():
         import warnings
 
         dtype = sw2.dtype
+        hint = (
+            "; pass float64 inputs under jax.enable_x64 to resolve them"
+            if jnp.finfo(dtype).bits < 64
+            else ""
+        )
         warnings.warn(
             f"gradflow.meanfield: {int(host.sum())} point(s) lie within {dtype} rounding of the "
-            f"critical line (|chi1 - 1| or |chi_q - 1| below {_RESOLVE_ULPS} ulps): their depth "
-            "scales are reported as inf and c* = chi_c = 1; pass float64 inputs under "
-            "jax.enable_x64 to resolve them",
+            f"critical line (0 < |chi1 - 1| or |chi_q - 1| < {_RESOLVE_ULPS} ulps): their depth "
+            f"scales are reported as inf and c* = chi_c = 1{hint}",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -1062,8 +1072,10 @@ def phase_diagram(
       batch_size: grid points per vectorised batch.
     """
     for name, g in (("sw2_grid", sw2_grid), ("sb2_grid", sb2_grid)):
-        if np.ndim(g) != 1 or np.size(g) == 0:
-            raise ValueError(f"{name} must be a non-empty 1-D array, got shape {np.shape(g)}")
+        g = _checks.array(name, g, finite=False, nonempty=False)
+        if g.ndim != 1 or g.size == 0:
+            raise ValueError(f"{name} must be a non-empty 1-D array, got shape {g.shape}")
+        _check_nonneg(name, g, "a grid of variances")
     batch_size = _check_int("batch_size", batch_size)
     sw2_grid, sb2_grid = _as_float(sw2_grid), _as_float(sb2_grid)
     sw2, sb2 = jnp.meshgrid(sw2_grid, sb2_grid)
@@ -1176,10 +1188,19 @@ def critical_point(
 # --- closed forms (cross-checks) -----------------------------------------------------------------
 
 
+def _check_slope(negative_slope: Any) -> float:
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, int | float | np.number):
+        raise TypeError(f"negative_slope must be a real number, got {negative_slope!r}")
+    if not math.isfinite(negative_slope):
+        raise ValueError(f"negative_slope must be finite, got {negative_slope}")
+    return float(negative_slope)
+
+
 def relu_q_star(sw2: Any, sb2: Any, *, negative_slope: float = 0.0) -> Array:
     r"""Closed-form :math:`q^*` of (leaky) ReLU: :math:`E[\phi(\sqrt q z)^2] = \tfrac{1+a^2}{2}q`,
     so :math:`q^* = \sigma_b^2 / (1 - \sigma_w^2 (1+a^2)/2)`; ``inf`` where that is not positive
     (0 when :math:`\sigma_b^2 = 0` below the critical point)."""
+    negative_slope = _check_slope(negative_slope)
     sw2, sb2 = _variances(sw2, sb2)
     slope = sw2 * (1 + negative_slope**2) / 2
     denom = 1.0 - slope
@@ -1188,6 +1209,7 @@ def relu_q_star(sw2: Any, sb2: Any, *, negative_slope: float = 0.0) -> Array:
 
 def relu_chi1(sw2: Any, *, negative_slope: float = 0.0) -> Array:
     r"""Closed-form :math:`\chi_1 = \sigma_w^2 (1 + a^2)/2` of (leaky) ReLU (independent of q)."""
+    negative_slope = _check_slope(negative_slope)
     _check_nonneg("sw2", sw2, "sigma_w^2 = N Var(W)")
     return _as_float(sw2) * (1 + negative_slope**2) / 2
 
@@ -1207,7 +1229,7 @@ def relu_c_map(c: Any, q: Any, sw2: Any, sb2: Any, *, negative_slope: float = 0.
     _check_correlation("c", c)
     _check_positive("q", q, "a pre-activation variance")
     sw2, sb2, q, c = _variances(sw2, sb2, q, c)
-    a = negative_slope
+    a = _check_slope(negative_slope)
     k_relu = q / (2 * math.pi) * (jnp.sqrt(1 - c * c) + (math.pi - jnp.arccos(c)) * c)
     e_pp = (1 - a) ** 2 * k_relu + a * q * c
     return (sw2 * e_pp + sb2) / (sw2 * (1 + a * a) / 2 * q + sb2)
@@ -1369,6 +1391,7 @@ def measure_propagation(
     Returns:
       :class:`Propagation` with arrays of shape ``(depth,)``.
     """
+    key = _checks.prng_key("key", key)
     static = _resolve(activation)
     width = _check_int("width", width)
     depth = _check_int("depth", depth)
@@ -1376,7 +1399,7 @@ def measure_propagation(
     _check_positive("q0", q0, "the inputs' mean square")
     _check_correlation("c0", c0)
     sw2, sb2, q0, c0 = _variances(sw2, sb2, q0, c0)
-    dtype = jnp.dtype(dtype) if dtype is not None else sw2.dtype
+    dtype = _checks.float_dtype("dtype", dtype) or sw2.dtype
     if sw2.ndim:
         raise ValueError(
             f"sw2, sb2, q0 and c0 must be scalars here (vmap for grids), got {sw2.shape}"

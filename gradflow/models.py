@@ -59,6 +59,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gradflow import _checks
 from gradflow import activations as _activations
 from gradflow import initializers as _initializers
 
@@ -537,6 +538,10 @@ class RNN(nn.Module):
         _activation(owner, self.activation)
         for field in ("kernel_init", "recurrent_init", "bias_init"):
             _init(owner, field, getattr(self, field))
+        try:
+            _checks.real("forget_bias", self.forget_bias)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{owner}: {e}") from None
         super().__post_init__()
 
     def layer_names(self) -> tuple[str, ...]:
@@ -601,6 +606,13 @@ def perturbations(model: nn.Module, variables: Any, x: Array, **kwargs: Any) -> 
     :math:`\\partial C/\\partial h_t` for :class:`RNN`). ``kwargs`` go to ``apply`` (e.g.
     ``train=True``). Shapes come from :func:`jax.eval_shape`, so nothing is computed twice.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a flax.linen Module, got {type(model).__name__}")
+    if not isinstance(variables, Mapping) or "params" not in variables:
+        raise TypeError(
+            f"variables must be a dict with 'params' (model.init), got {type(variables).__name__}"
+        )
+    x = _checks.array("x", x, min_ndim=1)
     variables = {k: v for k, v in variables.items() if k not in ("perturbations", "intermediates")}
     mutable = ["perturbations"]
     if kwargs.get("train") and "batch_stats" in variables:
@@ -618,8 +630,8 @@ def chain_params(w: Array, b: Array) -> dict:
     The inverse of :func:`chain_weights`; leading axes (seeds) are kept, so the result can be
     ``jax.vmap`` -ed over. ``w[..., j]`` is the kernel of ``"dense_{j}"``, ``b[..., j]`` its bias.
     """
-    w = jnp.asarray(w)
-    b = jnp.asarray(b)
+    w = _checks.array("w", w)
+    b = _checks.array("b", b)
     if w.shape != b.shape or w.ndim < 1:
         raise ValueError(f"w and b must have the same shape (..., L), got {w.shape} and {b.shape}")
     return {

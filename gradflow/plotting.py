@@ -21,12 +21,11 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import matplotlib as mpl
 import numpy as np
 
-from gradflow import _io
+from gradflow import _checks, _io
 
 __all__ = [
     "COLORS",
@@ -110,6 +109,8 @@ def figure(
     """
     import matplotlib.pyplot as plt
 
+    nrows, ncols = _checks.size("nrows", nrows), _checks.size("ncols", ncols)
+    aspect = _checks.real("aspect", aspect, positive=True)
     if isinstance(width, str):
         if width not in WIDTHS:
             raise ValueError(
@@ -117,7 +118,7 @@ def figure(
             )
         w = WIDTHS[width]
     else:
-        w = float(width)
+        w = _checks.real("width", width, finite=False) if width is not None else -1.0
         if not (w > 0 and math.isfinite(w)):
             raise ValueError(f"figure width must be positive inches, got {width!r}")
     h = w / ncols * aspect * nrows
@@ -129,8 +130,7 @@ def figure(
 
 def layer_colors(n: int) -> list:
     """``n`` colours from the colour-blind-safe sequential ``cividis`` map (first layer darkest)."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    n = _checks.size("n", n)
     cmap = mpl.colormaps["cividis"]
     return [cmap(x) for x in np.linspace(0.0, 0.9, n)]
 
@@ -155,7 +155,7 @@ def finite_or_raise(values, what: str) -> np.ndarray:
     bad = ~np.isfinite(v)
     if bad.any():
         raise ValueError(
-            f"{what}: {int(bad.sum())} non-finite value(s); drop or mark diverged runs before "
+            f"{what}: {int(bad.sum())} non-finite values; drop or mark diverged runs before "
             "plotting"
         )
     return v
@@ -196,7 +196,7 @@ def savefig(fig, path_stem: str | os.PathLike, *, formats: Sequence[str] = ("pdf
     import matplotlib.pyplot as plt
 
     formats = _check_formats(formats)
-    stem = Path(path_stem)
+    stem = _checks.path("path_stem", path_stem)
     if jax.process_index() != 0:  # several hosts: process 0 alone writes
         plt.close(fig)
         return []

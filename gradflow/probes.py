@@ -514,6 +514,8 @@ def verdict(
     Returns:
       NumPy string array of shape ``(..., L)``.
     """
+    if not isinstance(report, LayerReport):
+        raise TypeError(f"report must be a LayerReport (from probe), got {type(report).__name__}")
     if stat not in _GRAD_STATS:
         raise ValueError(f"unknown stat {stat!r}; valid: {', '.join(_GRAD_STATS)}")
     for name, v in (("vanishing", vanishing), ("exploding", exploding)):

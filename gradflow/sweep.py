@@ -158,7 +158,7 @@ import pandas as pd
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gradflow import _io
+from gradflow import _checks, _io
 from gradflow import rng as _rng
 
 __all__ = [
@@ -782,7 +782,7 @@ def load_metadata(workdir: str | os.PathLike) -> dict:
       FileNotFoundError: ``workdir`` holds no ``metadata.json``.
       ValueError: the file is not valid JSON, not a gradflow sweep store, or was edited.
     """
-    path = Path(workdir) / "metadata.json"
+    path = _checks.path("workdir", workdir) / "metadata.json"
     if not path.is_file():
         raise FileNotFoundError(f"{workdir} is not a gradflow sweep store: no metadata.json")
     meta = _read_metadata(path)
@@ -807,7 +807,7 @@ def load(workdir: str | os.PathLike) -> pd.DataFrame:
       ValueError: damaged or edited metadata, ``rows`` not a directory, or a chunk that does
         not belong to this store (the message names the file).
     """
-    workdir = Path(workdir)
+    workdir = _checks.path("workdir", workdir)
     path = workdir / "metadata.json"
     if not path.is_file():
         raise FileNotFoundError(f"{workdir} is not a gradflow sweep store: no metadata.json")
@@ -1160,7 +1160,7 @@ def _describe_holder(raw: bytes) -> str:
 def in_use(workdir: str | os.PathLike) -> str | None:
     """Who holds the lock of the sweep store ``workdir`` (``"pid N on host H (since ...)"``), or
     None when no process is writing it (or it is not a store)."""
-    path = Path(workdir) / LOCK_FILE
+    path = _checks.path("workdir", workdir) / LOCK_FILE
     if not path.is_file():
         return None
     import fcntl
@@ -1301,7 +1301,7 @@ def run(
         ) from e
     if workdir is None:
         raise TypeError("workdir is required: the directory of the results store")
-    workdir = Path(workdir)
+    workdir = _checks.path("workdir", workdir)
     chunk_size = None if chunk_size is None else int(chunk_size)
     _check_block_size(block_size)
     block_size = None if block_size is None else int(block_size)

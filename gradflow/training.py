@@ -82,7 +82,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from gradflow import _io
+from gradflow import _checks, _io
 from gradflow import optim as _optim
 from gradflow import probes as _probes
 
@@ -355,12 +355,15 @@ def evaluate(
     nothing can raise, the accuracy is NaN when any output is non-finite (an ``argmax`` of NaN
     means nothing), and loss and accuracy are NaN when a label is out of range.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a flax.linen Module, got {type(model).__name__}")
     if not isinstance(variables, Mapping) or "params" not in variables:
         raise TypeError(
             "variables must be a dict with 'params' (from model.init), got "
             f"{type(variables).__name__}"
         )
-    x, y = jnp.asarray(x), jnp.asarray(y)
+    x = _checks.array("x", x, finite=False, nonempty=False)
+    y = _checks.array("y", y, finite=False, nonempty=False)
     _check_eval_batch(x, y)
     variables = {k: v for k, v in variables.items() if k not in ("perturbations", "intermediates")}
     params = variables["params"]
@@ -410,8 +413,8 @@ def _check_labels(y: Array, n_classes: int) -> None:
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
-            f"labels must lie in [0, {n_classes}) for a model with {n_classes} outputs; "
-            f"got {int(host[first])} at index {first} ({int(bad.sum())} out of range)"
+            f"y: labels must lie in [0, {n_classes}) for a model with {n_classes} outputs; "
+            f"got {int(host[first])} at {first} ({int(bad.sum())} out of range)"
         )
 
 
@@ -742,7 +745,13 @@ def save_checkpoint(
     key as its raw key data; loading restores every bit. The file is written to a temporary name
     in the same directory and renamed, so a crash never leaves half a checkpoint.
     """
-    path = Path(path)
+    path = _checks.path("path", path)
+    if not isinstance(state, TrainState):
+        raise TypeError(f"state must be a TrainState, got {type(state).__name__}")
+    if metrics is not None and not isinstance(metrics, Mapping):
+        raise TypeError(f"metrics must be a dict name -> array, got {metrics!r}")
+    if diverged_step is not None:
+        diverged_step = _checks.size("diverged_step", diverged_step, minimum=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = _flat_state(state)
     for k, v in (metrics or {}).items():
@@ -831,7 +840,11 @@ def load_checkpoint(
       ValueError: not a gradflow checkpoint, or its contents do not fit ``like`` (the message
         names the member and what is wrong).
     """
-    path = Path(path)
+    path = _checks.path("path", path)
+    if not isinstance(like, TrainState):
+        raise TypeError(f"like must be a TrainState (from init_state), got {type(like).__name__}")
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file {path}")
     template = like.replace(key=jax.random.key_data(like.key))
     with_path, treedef = jax.tree_util.tree_flatten_with_path(template)
     expected = {

@@ -307,7 +307,7 @@ def test_evaluate_refuses_bad_data_and_never_scores_it():
         training.evaluate(model, variables, nan_x, y)
     with pytest.raises(ValueError, match=r"x holds 1 non-finite .* inf at index \(3, 1\)"):
         training.evaluate(model, variables, x.at[3, 1].set(jnp.inf), y)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\) .* got 7 at index \(2,\)"):
+    with pytest.raises(ValueError, match=r"y: labels must lie in \[0, 3\) .* got 7 at \(2,\)"):
         training.evaluate(model, variables, x, y.at[2].set(7))
     with pytest.raises(ValueError, match=r"non-empty batch: x has shape \(0, 2\)"):
         training.evaluate(model, variables, x[:0], y[:0])

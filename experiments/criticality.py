@@ -350,8 +350,11 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
         fig.colorbar(m, ax=ax, label=r"$\chi_1$ (per-layer gradient factor)")
         ax.set_title(r"(a) $\chi_1 = \sigma_w^2\,E[\phi'(\sqrt{q^*}z)^2]$, tanh")
         ax2 = axes[1]
-        xi_c = gf.plotting.finite_or_raise(ph["xi_c"], "xi_c")
-        # xi_c diverges on the line: the colour scale stops at XI_MAX layers (extend="max")
+        # xi_c is infinite on the critical line (gradflow.meanfield reports inf there, stored
+        # as null): shown at the top of the colour scale, which stops at XI_MAX layers
+        xi_raw = np.asarray(ph["xi_c"], dtype=float)
+        on_line = np.isnan(xi_raw) & np.isfinite(chi1) & (np.abs(chi1 - 1.0) < 1e-12)
+        xi_c = gf.plotting.finite_or_raise(np.where(on_line, XI_MAX, xi_raw), "xi_c")
         m = ax2.pcolormesh(_edges(sw2), _edges(sb2), xi_c,
                            norm=mcolors.LogNorm(vmin=max(xi_c.min(), 0.1), vmax=XI_MAX),
                            cmap="cividis", shading="flat", rasterized=True)  # fmt: skip

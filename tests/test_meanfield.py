@@ -289,7 +289,7 @@ def test_critical_point_from_q_star(x64):
 def test_chi1_below_and_above_the_critical_line_on_a_grid():
     # float32, one vectorised call over a 5 x 12 grid
     pd = meanfield.phase_diagram(
-        jnp.linspace(0.5, 4.0, 12), jnp.linspace(0.0, 0.4, 5), "tanh", order_2d=16
+        jnp.linspace(0.5, 4.0, 12), jnp.linspace(0.0, 0.4, 5), "tanh", order_2d=3
     )
     assert pd.chi1.shape == pd.xi_c.shape == pd.c_star.shape == pd.q_star.shape == (5, 12)
     crit = meanfield.critical_sw2(pd.sb2, "tanh")[:, None]

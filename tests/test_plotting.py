@@ -42,7 +42,7 @@ def test_bad_input():
         gf.plotting.finite_or_raise([1.0, np.nan, np.inf], "loss")
     with pytest.raises(ValueError, match="unknown figure width 'wide'; valid: column, text"):
         gf.plotting.figure(width="wide")
-    with pytest.raises(ValueError, match="n must be >= 1"):
+    with pytest.raises(ValueError, match="n must be an int >= 1, got 0"):
         gf.plotting.layer_colors(0)
 
 

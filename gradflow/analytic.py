@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -58,6 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradflow import _checks, _limits
 from gradflow import activations as _activations
 from gradflow import config as _config
 
@@ -209,13 +211,24 @@ def _float_dtype(*arrays: Any) -> np.dtype:
 
 
 def _as_array(name: str, value: Any) -> Array:
+    if value is None or isinstance(value, str | bytes):
+        raise TypeError(f"{name} must be array-like, got {value!r}")
     try:
-        return jnp.asarray(value)
-    except TypeError as err:
+        arr = jnp.asarray(value)
+    except (TypeError, ValueError) as err:
         raise TypeError(f"{name} must be array-like, got {type(value).__name__}") from err
+    if jnp.issubdtype(arr.dtype, jnp.complexfloating):
+        raise TypeError(
+            f"{name} must be real; got {arr.dtype} (the chain rule here is for real weights: "
+            "pass the real part explicitly if that is what you mean)"
+        )
+    return arr
 
 
-def _chain_inputs(w, b, x, dC_daL=None):
+_ABSENT = object()
+
+
+def _chain_inputs(w, b, x, dC_daL=_ABSENT):
     """Validate and cast chain inputs; returns (w, b, x) or (w, b, x, dC_daL)."""
     w, b, x = _as_array("w", w), _as_array("b", b), _as_array("x", x)
     if w.ndim == 0 or b.ndim == 0:
@@ -229,11 +242,11 @@ def _chain_inputs(w, b, x, dC_daL=None):
         )
     if w.shape[-1] == 0:
         raise ValueError(f"depth must be at least 1; got w.shape={w.shape} (depth 0)")
-    arrays = [w, b, x] if dC_daL is None else [w, b, x, _as_array("dC_daL", dC_daL)]
+    arrays = [w, b, x] if dC_daL is _ABSENT else [w, b, x, _as_array("dC_daL", dC_daL)]
     try:
         jnp.broadcast_shapes(w.shape[:-1], b.shape[:-1], *(a.shape for a in arrays[2:]))
     except ValueError as err:
-        extra = "" if dC_daL is None else f", dC_daL.shape={jnp.shape(dC_daL)}"
+        extra = "" if dC_daL is _ABSENT else f", dC_daL.shape={jnp.shape(dC_daL)}"
         raise ValueError(
             "w[..., 0], b[..., 0], x and dC_daL must broadcast to one batch shape; got "
             f"w.shape={w.shape}, b.shape={b.shape}, x.shape={x.shape}{extra}"
@@ -324,6 +337,7 @@ def signed_log_abs_grad(z: Any, activation: ActivationLike) -> tuple[Array, Arra
     """
     act = _resolve(activation)
     z = _as_array("z", z)
+    _check_finite("z", z)
     return _signed_log_jit(z.astype(_float_dtype(z)), _Static(act))
 
 
@@ -534,7 +548,7 @@ def log_gradient_bound(w: Any, activation: ActivationLike, *, per_layer: bool = 
     log_w = _exclusive_suffix("sum", jnp.log(jnp.abs(w)), 0)
     n_factors = jnp.arange(depth, 0, -1, dtype=w.dtype)  # L - j + 1 for j = 1..L
     out = n_factors * log_sup + log_w
-    return out if per_layer else out[..., 0]
+    return out if _checks.boolean("per_layer", per_layer) else out[..., 0]
 
 
 def gradient_bound(w: Any, activation: ActivationLike, *, per_layer: bool = False) -> Array:
@@ -570,7 +584,7 @@ def gradient_bound(w: Any, activation: ActivationLike, *, per_layer: bool = Fals
     suffix = _exclusive_suffix("prod", jnp.abs(w), 1)
     n_factors = jnp.arange(depth, 0, -1, dtype=w.dtype)
     out = jnp.asarray(act.sup_grad, w.dtype) ** n_factors * suffix
-    return out if per_layer else out[..., 0]
+    return out if _checks.boolean("per_layer", per_layer) else out[..., 0]
 
 
 def exploding_chain(
@@ -648,6 +662,12 @@ def exploding_chain(
     dtype = jnp.dtype(dtype) if dtype is not None else _float_dtype(x_arr, w_arr)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+    # three float64 work arrays and the two results, of (*x.shape, depth) entries each
+    n = math.prod(np.broadcast_shapes(np.shape(w_arr), (*np.shape(x_arr), 1))[:-1]) * depth
+    _limits.check_bytes(
+        f"exploding_chain(depth={depth}) with x of shape {np.shape(x_arr)}",
+        n * (3 * 8 + 2 * dtype.itemsize),
+    )
     # Round x, weight and phi(0) to dtype first: the forward pass sees exactly these values.
     x64 = np.asarray(jnp.asarray(x_arr, dtype), np.float64)
     w64 = np.asarray(jnp.asarray(w_arr, dtype), np.float64)
@@ -688,6 +708,7 @@ def deep_linear_gain(gain: Any, depth: int) -> Array:
     if depth < 0:
         raise ValueError(f"depth must be >= 0, got {depth}")
     gain = _as_array("gain", gain)
+    _check_finite("gain", gain)
     return gain.astype(_float_dtype(gain)) ** depth
 
 
@@ -711,9 +732,13 @@ def scaled_identity_mlp(
             raise TypeError(f"{name} must be an int, got {type(v).__name__}")
         if v < 1:
             raise ValueError(f"{name} must be at least 1, got {v}")
+    if isinstance(gain, bool) or not isinstance(gain, numbers.Real):
+        raise TypeError(f"gain must be a real number, got {gain!r}")
     if not math.isfinite(float(gain)):
         raise ValueError(f"gain must be finite, got {gain}")
     dtype = jnp.dtype(dtype) if dtype is not None else jnp.result_type(float)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"dtype must be a floating dtype (kernel and bias share it), got {dtype}")
     kernel = gain * jnp.eye(width, dtype=dtype)
     bias = jnp.zeros((width,), dtype)
     return [(kernel, bias) for _ in range(depth)]
@@ -731,12 +756,16 @@ def _mlp_params(params) -> list[tuple[Array, Array]]:
     for i, layer in enumerate(params):
         if isinstance(layer, Mapping):
             if "kernel" not in layer or "bias" not in layer:
-                raise ValueError(f"layer {i}: dict needs 'kernel' and 'bias', got {list(layer)}")
+                raise ValueError(
+                    f"params: layer {i}: dict needs 'kernel' and 'bias', got {list(layer)}"
+                )
             kernel, bias = layer["kernel"], layer["bias"]
         elif isinstance(layer, Sequence) and len(layer) == 2:
             kernel, bias = layer
         else:
-            raise TypeError(f"layer {i} must be a (kernel, bias) pair, got {type(layer).__name__}")
+            raise TypeError(
+                f"params: layer {i} must be a (kernel, bias) pair, got {type(layer).__name__}"
+            )
         kernel, bias = _as_array(f"kernel {i}", kernel), _as_array(f"bias {i}", bias)
         if kernel.ndim != 2 or bias.shape != kernel.shape[-1:]:
             raise ValueError(
@@ -892,8 +921,9 @@ def mlp_forward(
     """
     act = _resolve(activation)
     layers, x, _ = _mlp_setup(params, x)
-    runs = _stack_runs(layers, bool(linear_readout))
-    fwd = _mlp_forward_jit(runs, x, _Static(act), bool(linear_readout))
+    linear_readout = _checks.boolean("linear_readout", linear_readout)
+    runs = _stack_runs(layers, linear_readout)
+    fwd = _mlp_forward_jit(runs, x, _Static(act), linear_readout)
     return MLPForward(z=_flatten_runs(z for z, _ in fwd), a=_flatten_runs(a for _, a in fwd))
 
 
@@ -941,9 +971,12 @@ def mlp_grads(
       ``MLPGrads(kernel, bias, input)`` with ``.delta`` (= ``bias``), per layer in forward order.
     """
     act = _resolve(activation)
+    if dC_daL is None:
+        raise TypeError("dC_daL must be array-like (dC/da at the output), got None")
     layers, x, g = _mlp_setup(params, x, dC_daL)
-    runs = _stack_runs(layers, bool(linear_readout))
-    out, dx = _mlp_grads_jit(runs, x, g, _Static(act), bool(linear_readout))
+    linear_readout = _checks.boolean("linear_readout", linear_readout)
+    runs = _stack_runs(layers, linear_readout)
+    out, dx = _mlp_grads_jit(runs, x, g, _Static(act), linear_readout)
     return MLPGrads(
         kernel=_flatten_runs(k for _, k in out), bias=_flatten_runs(d for d, _ in out), input=dx
     )

@@ -103,7 +103,16 @@ def _he(distribution: str):
 
 
 def _orthogonal(gain: float = 1.0):
-    return jax.nn.initializers.orthogonal(scale=gain)
+    base = jax.nn.initializers.orthogonal(scale=gain)
+
+    def init(key, shape, dtype=jnp.float32):
+        dtype = jnp.dtype(dtype)
+        if dtype.itemsize < 4 and jnp.issubdtype(dtype, jnp.floating):
+            # LAPACK has no half-precision QR: draw in float32, round once to dtype
+            return base(key, shape, jnp.float32).astype(dtype)
+        return base(key, shape, dtype)
+
+    return init
 
 
 def _scaled_identity(gain: float = 1.0):

@@ -56,6 +56,7 @@ import functools
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -658,16 +659,23 @@ def verdict(
     exploding: float = EXPLODING,
     stat: str = "preact_grad_norm",
 ) -> np.ndarray:
-    r"""Label each layer ``"vanishing"``, ``"healthy"`` or ``"exploding"``.
+    r"""Label each layer ``"vanishing"``, ``"healthy"``, ``"exploding"`` or ``"non-finite"``.
 
     With :math:`g_l` the gradient statistic ``stat`` of layer :math:`l` and :math:`g_L` the
     readout's, layer :math:`l` is
 
     * ``"vanishing"`` if :math:`g_l / g_L < ` ``vanishing`` (default :math:`10^{-2}`: the layer
-      learns a hundred times slower than the readout, Nielsen's ch. 5 picture),
-    * ``"exploding"`` if :math:`g_l / g_L > ` ``exploding`` (default :math:`10^{2}`) or
-      :math:`g_l` is not finite (overflow),
-    * ``"healthy"`` otherwise (always for the readout itself).
+      learns a hundred times slower than the readout, Nielsen's ch. 5 picture), and wherever
+      :math:`g_l = g_L = 0` (no gradient reaches the layer at all: an all-zero gradient is not
+      healthy);
+    * ``"exploding"`` if :math:`g_l / g_L > ` ``exploding`` (default :math:`10^{2}`), including
+      :math:`g_l = +\infty` with a finite loss and :math:`g_L` (overflow in the backward pass);
+    * ``"non-finite"`` if :math:`g_l` is NaN, and for every layer of a report whose loss or
+      readout statistic :math:`g_L` is not finite (NaN or infinite input, labels out of range,
+      an empty batch): no ratio can be formed, so no layer is called healthy. A
+      :class:`RuntimeWarning` names the first non-finite quantity (the loss, or ``stat`` at a
+      layer);
+    * ``"healthy"`` otherwise (always for a finite, nonzero readout itself).
 
     The default statistic is the per-example error :math:`\|\delta_l\|` (``preact_grad_norm``):
     it measures the backward signal itself, does not depend on the input scale or on a layer's
@@ -678,6 +686,8 @@ def verdict(
     Returns:
       NumPy string array of shape ``(..., L)``.
     """
+    if not isinstance(report, LayerReport):
+        raise TypeError(f"report must be a LayerReport (from probe), got {type(report).__name__}")
     if stat not in _GRAD_STATS:
         raise ValueError(f"unknown stat {stat!r}; valid: {', '.join(_GRAD_STATS)}")
     for name, v in (("vanishing", vanishing), ("exploding", exploding)):
@@ -688,12 +698,41 @@ def verdict(
             f"thresholds must satisfy vanishing < 1 < exploding, got {vanishing}, {exploding}"
         )
     g = np.asarray(getattr(report, stat), dtype=np.float64)
+    if g.ndim == 0 or g.shape[-1] == 0:
+        raise ValueError(f"report.{stat} must have a layer axis (..., L), L >= 1; got {g.shape}")
+    loss = np.broadcast_to(np.asarray(report.loss, dtype=np.float64), g.shape[:-1])
+    ref = g[..., -1:]
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = g / g[..., -1:]
-    out = np.full(g.shape, "healthy", dtype="<U9")
+        ratio = g / ref
+    out = np.full(g.shape, "healthy", dtype="<U10")
     out[ratio < vanishing] = "vanishing"
-    out[(ratio > exploding) | ~np.isfinite(g)] = "exploding"
+    out[ratio > exploding] = "exploding"
+    out[(g == 0) & (ref == 0)] = "vanishing"
+    out[np.isnan(g)] = "non-finite"
+    lost = ~np.isfinite(loss)[..., None] | ~np.isfinite(ref)
+    out[np.broadcast_to(lost, g.shape)] = "non-finite"
+    if (out == "non-finite").any():
+        warnings.warn(
+            f"gradflow.probes.verdict: {_first_non_finite(report, stat, g, loss)}; layers "
+            "without a meaningful ratio are labelled 'non-finite' (check the batch for NaN/inf "
+            "inputs, labels out of range and emptiness)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return out
+
+
+def _first_non_finite(report: LayerReport, stat: str, g: np.ndarray, loss: np.ndarray) -> str:
+    """The first non-finite quantity a verdict reads, in words."""
+    draw = lambda idx: f" (draw {idx})" if idx else ""
+    if not np.isfinite(loss).all():
+        idx = tuple(int(i) for i in np.unravel_index(np.argmin(np.isfinite(loss)), loss.shape))
+        return f"the loss is {float(loss[idx])}{draw(idx)}"
+    bad = np.argwhere(~np.isfinite(g))
+    idx = tuple(int(i) for i in bad[0])
+    names = report.layer_names or ()
+    layer = names[idx[-1]] if idx[-1] < len(names) else f"layer {idx[-1]}"
+    return f"{stat} of {layer} is {float(g[idx])}{draw(idx[:-1])}"
 
 
 # ------------------------------------------------------------------------------- history check

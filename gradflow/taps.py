@@ -676,8 +676,11 @@ def _open(jaxpr) -> tuple[Any, list]:
 
 
 def _scan_counts(params: dict) -> tuple[int, int]:
-    """(number of consts, number of carries) of a scan: ``num_consts``/``num_carry`` (jax <= 0.10)
-    or the flat trees ``ft_in`` of (consts, carry, xs), whose ``len`` counts leaves (jax >= 0.11)."""
+    """(number of consts, number of carries) of a scan.
+
+    ``num_consts``/``num_carry`` (jax <= 0.10) or the flat trees ``ft_in`` of (consts, carry,
+    xs), whose ``len`` counts leaves (jax >= 0.11).
+    """
     if "num_consts" in params:
         return params["num_consts"], params["num_carry"]
     ft_in = params["ft_in"]

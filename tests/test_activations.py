@@ -151,3 +151,18 @@ def test_tanh_grad_precise_in_saturation(x64):
     z = jnp.float64(8.0)
     exact = 1.0 / np.cosh(8.0) ** 2
     assert float(gf.activations.get("tanh").grad(z)) == pytest.approx(exact, rel=1e-13)
+
+
+def test_register_checks_its_arguments():
+    ok = dict(sup_grad=1.0, argsup=0.0)
+    with pytest.raises(TypeError, match="fn must be a callable x -> array, got None"):
+        gf.activations.register("bad_none", None, None, **ok)
+    with pytest.raises(TypeError, match="grad must be a callable x -> array, got 3"):
+        gf.activations.register("bad_grad", jnp.tanh, 3, **ok)
+    with pytest.raises(TypeError, match="sup_grad must be a real number, got '1'"):
+        gf.activations.register("bad_sup", jnp.tanh, jnp.tanh, sup_grad="1", argsup=0.0)
+    with pytest.raises(TypeError, match="argsup must be a finite real number or None, got nan"):
+        gf.activations.register("bad_arg", jnp.tanh, jnp.tanh, sup_grad=1.0, argsup=float("nan"))
+    with pytest.raises(TypeError, match=r"kinks must be a tuple of finite real numbers"):
+        gf.activations.register("bad_kinks", jnp.tanh, jnp.tanh, **ok, kinks=("0",))
+    assert "bad_none" not in gf.activations.names()

@@ -686,3 +686,25 @@ def test_exploding_chain_under_jit_names_the_fix():
         jax.jit(lambda x: analytic.exploding_chain(5, x))(0.5)
     w, b = analytic.exploding_chain(5, 0.5)
     assert w.shape == b.shape == (5,)
+
+
+def test_complex_sizes_and_non_finite_gains_are_refused():
+    w, b = jnp.array([1 + 2j, 0.5 + 0j]), jnp.zeros(2)
+    for f in (
+        lambda: analytic.chain_forward(w, b, 1.0, "tanh"),
+        lambda: analytic.chain_grads(w, b, 1.0, 1.0, "tanh"),
+        lambda: analytic.gradient_bound(w, "tanh"),
+    ):
+        with pytest.raises(TypeError, match="w must be real; got complex64"):
+            f()  # used to drop the imaginary part with a warning
+    with pytest.raises(TypeError, match="weight must be real; got complex"):
+        analytic.exploding_chain(3, 0.5, weight=1 + 1j)
+    with pytest.raises(ValueError, match=r"gain must be finite; got 1 non-finite value\(s\)"):
+        analytic.deep_linear_gain(float("nan"), 3)  # chain_* reject NaN: so does this
+    with pytest.raises(ValueError, match=r"dtype must be a floating dtype .* got int32"):
+        analytic.scaled_identity_mlp(2, 2.0, dtype=jnp.int32)  # used to mix int and float
+    with pytest.raises(TypeError, match="gain must be a real number, got"):
+        analytic.scaled_identity_mlp(2, 1 + 1j)
+    # a size that cannot fit is refused at once (it used to run 26 s into a MemoryError)
+    with pytest.raises(ValueError, match=r"exploding_chain\(depth=1000000000000\).* of memory"):
+        analytic.exploding_chain(10**12, 0.5)

@@ -513,13 +513,41 @@ def test_verdict_thresholds_are_configurable():
         "vanishing", "healthy", "healthy", "healthy", "healthy", "exploding", "healthy",
     ]  # fmt: skip
     nan = _report([1.0, 1.0], bias_grad_norm=jnp.array([jnp.nan, 1.0]))
-    assert list(probes.verdict(nan, stat="bias_grad_norm")) == ["exploding", "healthy"]
+    with pytest.warns(RuntimeWarning, match="bias_grad_norm of layer 0 is nan"):
+        assert list(probes.verdict(nan, stat="bias_grad_norm")) == ["non-finite", "healthy"]
     with pytest.raises(ValueError, match="unknown stat 'act_mean'"):
         probes.verdict(r, stat="act_mean")
     with pytest.raises(ValueError, match="vanishing < 1 < exploding"):
         probes.verdict(r, vanishing=2.0)
     with pytest.raises(ValueError, match="exploding threshold must be a finite float > 0"):
         probes.verdict(r, exploding=-1.0)
+
+
+def test_verdict_on_zero_and_non_finite_statistics():
+    """All-zero gradients are "vanishing", not "healthy"; a NaN statistic, or a non-finite loss or
+    readout statistic (which makes every ratio meaningless), is "non-finite", with a warning that
+    names the first non-finite quantity; +inf with a finite loss is overflow: "exploding"."""
+    zero = _report([0.0, 0.0, 0.0])
+    assert list(probes.verdict(zero)) == ["vanishing"] * 3
+    assert list(probes.verdict(_report([0.0, 1e-3, 1.0]))) == ["vanishing", "vanishing", "healthy"]
+    assert list(probes.verdict(_report([jnp.inf, 1.0, 1.0]))) == ["exploding", "healthy", "healthy"]
+    names = ("dense_0", "dense_1", "dense_2")
+    r = _report([1.0, jnp.nan, 1.0]).replace(layer_names=names)
+    with pytest.warns(RuntimeWarning, match="preact_grad_norm of dense_1 is nan"):
+        assert list(probes.verdict(r)) == ["healthy", "non-finite", "healthy"]
+    for readout in (jnp.nan, jnp.inf):
+        r = _report([1.0, 1.0, readout]).replace(layer_names=names)
+        with pytest.warns(RuntimeWarning, match=f"preact_grad_norm of dense_2 is {readout}"):
+            assert list(probes.verdict(r)) == ["non-finite"] * 3
+    bad_loss = _report([1e-5, 1.0, 1.0]).replace(loss=jnp.float32(jnp.nan))
+    with pytest.warns(RuntimeWarning, match="the loss is nan; layers without a meaningful"):
+        assert list(probes.verdict(bad_loss)) == ["non-finite"] * 3
+    # vmapped reports: per draw, and the warning names the draw
+    g = jnp.array([[1e-5, 1.0, 1.0], [1.0, 1.0, 1.0]], jnp.float32)
+    two = _report(g).replace(loss=jnp.array([1.0, jnp.inf], jnp.float32))
+    with pytest.warns(RuntimeWarning, match=r"the loss is inf \(draw \(1,\)\)"):
+        v = probes.verdict(two)
+    assert v.tolist() == [["vanishing", "healthy", "healthy"], ["non-finite"] * 3]
 
 
 # ------------------------------------------------------------------------- check_history

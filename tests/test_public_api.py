@@ -66,7 +66,7 @@ CONTRACT = {
     ],
     "data": ["load_digits", "adding_problem", "teacher_student"],
     "training": ["TrainState", "TrainConfig", "train_fn", "fit", "evaluate"],
-    "sweep": ["run", "load", "batched", "cpu_devices", "usable_cores"],
+    "sweep": ["run", "load", "batched", "cpu_devices", "usable_cores", "in_use"],
     "rng": ["IMPL", "NAMES", "key", "resolve", "threefry2x32"],
     "plotting": ["style", "figure", "savefig", "COLORS"],
     "experiment": [
@@ -77,6 +77,7 @@ CONTRACT = {
         "layout",
         "write_macros",
         "latex_table",
+        "check_memory",
     ],
 }
 

@@ -26,6 +26,7 @@ __all__ = [
     "path",
     "prng_key",
     "real",
+    "show",
     "size",
 ]
 
@@ -33,6 +34,11 @@ __all__ = [
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def show(value: Any) -> str:
+    """``repr(value)`` cut to 60 characters, for error messages."""
+    return _show(value)
 
 
 def concrete(value: Any) -> np.ndarray | None:

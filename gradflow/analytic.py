@@ -419,8 +419,8 @@ def _chain_forward_jit(w, b, x, key):
 def chain_grads(w: Any, b: Any, x: Any, dC_daL: Any, activation: ActivationLike) -> ChainGrads:
     r"""Bias, weight and input gradients of the chain by the closed form, no autodiff.
 
-    With :math:`f_k = w_k \phi'(z_k)` (Nielsen ch. 5, "What's causing the vanishing gradient
-    problem?"; REFERENCES.md):
+    With :math:`f_k = w_k \phi'(z_k)` (Nielsen, *Neural Networks and Deep Learning*, ch. 5, "What's
+    causing the vanishing gradient problem?", http://neuralnetworksanddeeplearning.com/chap5.html):
 
     .. math::
 
@@ -554,7 +554,8 @@ def log_gradient_bound(w: Any, activation: ActivationLike, *, per_layer: bool = 
 def gradient_bound(w: Any, activation: ActivationLike, *, per_layer: bool = False) -> Array:
     r"""Bound on :math:`|\partial C / \partial b_1| / |\partial C / \partial a_L|` of the chain.
 
-    Since :math:`|\phi'(z)| \le \sup|\phi'|` for every :math:`z` (Nielsen ch. 5; REFERENCES.md),
+    Since :math:`|\phi'(z)| \le \sup|\phi'|` for every :math:`z` (Nielsen, *Neural Networks and Deep
+    Learning*, ch. 5, http://neuralnetworksanddeeplearning.com/chap5.html),
 
     .. math::
 
@@ -939,7 +940,9 @@ def mlp_grads(
     r"""Backpropagation of an MLP in closed form: the matrix generalisation of the chain.
 
     With :math:`\Sigma'(z^l) = \operatorname{diag}\phi'(z^l)` and Flax kernels
-    :math:`z^l = a^{l-1} W^l + b^l` (Nielsen ch. 2, BP1-BP4, and ch. 5; REFERENCES.md):
+    :math:`z^l = a^{l-1} W^l + b^l` (Nielsen, *Neural Networks and Deep Learning*, ch. 2, BP1-BP4,
+    http://neuralnetworksanddeeplearning.com/chap2.html, and ch. 5,
+    http://neuralnetworksanddeeplearning.com/chap5.html):
 
     .. math::
 

@@ -290,9 +290,9 @@ def _apply_compile_mode(args: argparse.Namespace) -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_backend_optimization_level" in flags:
         return  # the user's own choice wins
-    from jax._src import xla_bridge
+    from gradflow import _jax_compat
 
-    if xla_bridge.backends_are_initialized():  # e.g. main() called again in one process
+    if _jax_compat.backends_are_initialized():  # e.g. main() called again in one process
         if getattr(args, "compile", "auto") == "auto":
             return  # best effort: only an explicit --compile fast is worth a warning
         print(

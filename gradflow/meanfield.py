@@ -410,43 +410,14 @@ def gaussian_expectation(
 # --- input handling ------------------------------------------------------------------------------
 
 
-class _Static:
-    """An Activation as a jit static argument, keyed also on its functions (see analytic)."""
-
-    __slots__ = ("act",)
-
-    def __init__(self, act: _activations.Activation):
-        self.act = act
-
-    def __hash__(self) -> int:
-        return hash((self.act, id(self.act.fn), id(self.act.grad), id(self.act.grad2)))
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, _Static)
-            and self.act == other.act
-            and self.act.fn is other.act.fn
-            and self.act.grad is other.act.grad
-            and self.act.grad2 is other.act.grad2
-        )
-
-
-def _resolve(activation: ActivationLike) -> _Static:
-    if isinstance(activation, _activations.Activation):
-        act = activation
-    elif isinstance(activation, str):
-        act = _activations.get(activation)  # ValueError naming the valid names
-    else:
-        raise TypeError(
-            "activation must be a name from gradflow.activations.names() or an Activation, "
-            f"got {type(activation).__name__}"
-        )
+def _resolve(activation: ActivationLike) -> _activations.StaticActivation:
+    act = _activations.get(activation)  # ValueError/TypeError naming the valid names
     if any(k != 0.0 for k in act.kinks):
         raise ValueError(
             f"gradflow.meanfield splits its Gaussian integrals at 0 only; activation "
             f"{act.name!r} has kinks at {act.kinks}"
         )
-    return _Static(act)
+    return _activations.StaticActivation(act)
 
 
 def _as_float(x: Any) -> Array:
@@ -514,7 +485,7 @@ def _variances(sw2: Any, sb2: Any, *more: Any) -> tuple[Array, ...]:
 
 
 @functools.cache
-def _kink_delta(static: _Static) -> float:
+def _kink_delta(static: _activations.StaticActivation) -> float:
     """(phi'(0+) - phi'(0-)) phi(0): the weight of the delta in E[phi'' phi] at a kink at 0."""
     act = static.act
     if not act.kinks:
@@ -525,7 +496,9 @@ def _kink_delta(static: _Static) -> float:
         return jump * float(act.fn(np.float32(0.0)))
 
 
-def _q_map_and_slope(q: Array, sw2: Array, sb2: Array, static: _Static, order: int):
+def _q_map_and_slope(
+    q: Array, sw2: Array, sb2: Array, static: _activations.StaticActivation, order: int
+):
     r"""F(q) = sw2 E[phi^2] + sb2 and F'(q) = sw2 E[phi'^2 + phi phi''] (+ kink delta)."""
     act = static.act
     e_phi2, e_dphi2, e_phi_d2 = _expect(
@@ -585,7 +558,7 @@ def _q_star_core(sw2, sb2, q0, static, order, num_iters):
     return q_out, chi_out, jnp.where(converged, slope_star, jnp.where(unbounded, limit, nan))
 
 
-def _asymptotic_grad2(static: _Static, dtype) -> Array:
+def _asymptotic_grad2(static: _activations.StaticActivation, dtype) -> Array:
     """(phi'(+inf)^2 + phi'(-inf)^2) / 2, the limit of E[phi'(sqrt(q) z)^2] as q -> inf, with
     phi' evaluated at +-1e4 (every registered unbounded activation is linear there to rounding)."""
     u = jnp.asarray([1e4, -1e4], dtype)

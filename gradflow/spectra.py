@@ -112,17 +112,6 @@ def _check_int(name: str, x: Any) -> int:
     return int(x)
 
 
-def _resolve(activation: ActivationLike) -> _activations.Activation:
-    if isinstance(activation, _activations.Activation):
-        return activation
-    if isinstance(activation, str):
-        return _activations.get(activation)  # ValueError naming the valid names
-    raise TypeError(
-        "activation must be a name from gradflow.activations.names() or an Activation, "
-        f"got {type(activation).__name__}"
-    )
-
-
 def _check_variance(name: str, value: Any, meaning: str) -> None:
     host = _checks.concrete(_checks.array(name, value, finite=False, nonempty=False))
     if host is None:
@@ -270,7 +259,7 @@ def apply_network(params: NetworkParams, x: Any, activation: ActivationLike) -> 
     :math:`J = \prod_l D_l W_l^\top` as in Pennington et al. 2017) for one input ``x`` of shape
     ``(width,)``."""
     _check_params(params)
-    act = _resolve(activation)
+    act = _activations.get(activation)
     x = _checks.array("x", x)
     _check_input(x, params.weights.shape[1])
     return _apply_jit(params, x, act)
@@ -303,7 +292,7 @@ def layer_jacobian_singular_values(
       :func:`jacobian_singular_values` of :func:`apply_network` at ``x``.
     """
     _check_params(params)
-    act = _resolve(activation)
+    act = _activations.get(activation)
     x = _checks.array("x", x)
     _check_input(x, params.weights.shape[1])
     return _layer_svals_jit(params, x, act)
@@ -418,7 +407,7 @@ def jacobian_moments(
       >>> print(m.variance.round(4))
       [0. 0. 0. 0.]
     """
-    act = _resolve(activation)
+    act = _activations.get(activation)
     depth = _check_int("depth", depth)
     spread = _WEIGHT_SPREAD[_check_weights(weights)]
     _check_variance("sw2", sw2, "sigma_w^2 = N Var(W)")

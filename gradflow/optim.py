@@ -375,7 +375,19 @@ def layer_norms(tree: Any, *, layers: LayerSpec = None) -> jax.Array:
 # --------------------------------------------------------------------------------------------------
 
 
-class ClipByValueState(NamedTuple):
+class _ClipState(NamedTuple):
+    """The telemetry fields every clipping transform records (see :class:`ClipByValueState`).
+
+    Each transform has its own subclass, so that :func:`telemetry` names it by its type.
+    """
+
+    global_norm: jax.Array
+    layer_norms: jax.Array
+    clipped: jax.Array
+    nonfinite_count: jax.Array
+
+
+class ClipByValueState(_ClipState):
     """Telemetry of :func:`clip_by_value` from the latest update.
 
     Attributes:
@@ -386,49 +398,37 @@ class ClipByValueState(NamedTuple):
         update was replaced by zeros (see :func:`clip_by_value`).
     """
 
-    global_norm: jax.Array
-    layer_norms: jax.Array
-    clipped: jax.Array
-    nonfinite_count: jax.Array
+    __slots__ = ()
 
 
-class ClipByGlobalNormState(NamedTuple):
+class ClipByGlobalNormState(_ClipState):
     """Telemetry of :func:`clip_by_global_norm`; fields as in :class:`ClipByValueState`.
 
     ``clipped`` is True for every layer when the global norm exceeded the threshold.
     """
 
-    global_norm: jax.Array
-    layer_norms: jax.Array
-    clipped: jax.Array
-    nonfinite_count: jax.Array
+    __slots__ = ()
 
 
-class ClipByLayerNormState(NamedTuple):
+class ClipByLayerNormState(_ClipState):
     """Telemetry of :func:`clip_by_layer_norm`; fields as in :class:`ClipByValueState`.
 
     ``clipped`` is True for the layers whose norm exceeded the threshold.
     """
 
-    global_norm: jax.Array
-    layer_norms: jax.Array
-    clipped: jax.Array
-    nonfinite_count: jax.Array
+    __slots__ = ()
 
 
-class AdaptiveGradClipState(NamedTuple):
+class AdaptiveGradClipState(_ClipState):
     """Telemetry of :func:`adaptive_grad_clip`; fields as in :class:`ClipByValueState`.
 
     ``clipped`` is True for the layers in which at least one unit was rescaled.
     """
 
-    global_norm: jax.Array
-    layer_norms: jax.Array
-    clipped: jax.Array
-    nonfinite_count: jax.Array
+    __slots__ = ()
 
 
-def _init_clip_state(cls: type, params: Any, layers: LayerSpec) -> Any:
+def _init_clip_state(cls: type[_ClipState], params: Any, layers: LayerSpec) -> _ClipState:
     n = len(_partition(params, layers).names)
     dtype = _norm_dtype(params)
     zeros = jnp.zeros((n,), dtype)

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import gradflow
+from gradflow import _table
 from gradflow import experiment as _experiment
 
 __all__ = ["PAPER_TEX", "RUNTIMES", "RUN_RECORD", "build_parser", "main"]
@@ -684,17 +685,9 @@ def _summary_table(outcomes: Sequence[_Outcome], mode: str) -> str:
         rows.append([o.name, *cells, f"{o.total:.1f}", status])
     total = sum(o.total for o in outcomes)
     rows.append(["total", "", "", "", f"{total:.1f}", ""])
-    widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
-
-    def line(cells):
-        return "  ".join(
-            c.ljust(w) if j in (0, len(cells) - 1) else c.rjust(w)
-            for j, (c, w) in enumerate(zip(cells, widths))
-        ).rstrip()
-
-    rule = "-" * len(line(header))
-    return "\n".join([f"runtime summary ({mode})", line(header), rule,
-                      *(line(r) for r in rows[:-1]), rule, line(rows[-1])])  # fmt: skip
+    head, *body, last = _table.align([header, *rows], left={0, len(header) - 1})
+    rule = "-" * len(head)
+    return "\n".join([f"runtime summary ({mode})", head, rule, *body, rule, last])
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:

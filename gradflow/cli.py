@@ -43,7 +43,6 @@ import argparse
 import ast
 import contextlib
 import dataclasses
-import datetime
 import functools
 import json
 import os
@@ -57,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import gradflow
-from gradflow import _table
+from gradflow import _io, _table
 from gradflow import experiment as _experiment
 
 __all__ = ["PAPER_TEX", "RUNTIMES", "RUN_RECORD", "build_parser", "main"]
@@ -139,10 +138,6 @@ def _rel(path: str | os.PathLike) -> str:
         return str(p.relative_to(Path.cwd()))
     except ValueError:
         return str(p)
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -500,7 +495,7 @@ def _write_record(lay: _experiment.Layout, mode: str, config: dict, overrides: d
         "overrides": _jsonable(overrides),
         "gradflow": gradflow.__version__,
         "matmul_precision": gradflow.config.matmul_precision(),
-        "finished": _now(),
+        "finished": _io.timestamp(),
         "seconds": {k: round(v, 3) for k, v in out.seconds.items()},
         "resumed": out.resumed,
     }
@@ -559,7 +554,7 @@ def _record_runtime(root: Path, mode: str, out: _Outcome) -> Path:
             "seconds": round(out.total, 2),
             **{f"{k}_s": round(v, 2) for k, v in out.seconds.items()},
             "resumed": out.resumed,
-            "finished": _now(),
+            "finished": _io.timestamp(),
             "devices": _devices(),
             "matmul_precision": gradflow.config.matmul_precision(),
             "gradflow": gradflow.__version__,
@@ -781,7 +776,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             "machine_at_start": machine_at_start,
             "devices": _devices(),
             "matmul_precision": gradflow.config.matmul_precision(),
-            "finished": _now(),
+            "finished": _io.timestamp(),
             "gradflow": gradflow.__version__,
         })  # fmt: skip
         print(f"gradflow reproduce{' --quick' if mode == 'quick' else ''}: {wall:.0f} s wall")

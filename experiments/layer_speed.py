@@ -50,8 +50,8 @@ SOURCE = "seeds 000/001; Nielsen, Neural Networks and Deep Learning, ch. 5"
 
 #: Nielsen's hidden-layer speeds :math:`\|\partial C/\partial b_l\|`, layers 1..4, for the
 #: sigmoid network [784, 30, 30, 30, 30, 10] at initialisation on the first 1000 MNIST images
-#: (one random draw). Quoted data: Nielsen, *Neural Networks and Deep Learning*, ch. 5, as
-#: restated in REFERENCES.md ("Chain rule for a one-neuron-per-layer net").
+#: (one random draw). Quoted data: Nielsen, *Neural Networks and Deep Learning*, ch. 5, "Why are
+#: deep neural networks hard to train?", http://neuralnetworksanddeeplearning.com/chap5.html.
 NIELSEN_MNIST_SPEEDS: tuple[float, ...] = (0.003, 0.017, 0.070, 0.285)
 
 WIDTHS = (30, 30, 30, 30)

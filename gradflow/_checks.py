@@ -21,13 +21,18 @@ __all__ = [
     "array",
     "boolean",
     "concrete",
+    "correlation",
     "float_dtype",
     "function",
+    "nonneg",
     "path",
+    "positive",
     "prng_key",
     "real",
+    "real_host",
     "show",
     "size",
+    "values",
 ]
 
 
@@ -47,6 +52,68 @@ def concrete(value: Any) -> np.ndarray | None:
         return np.asarray(value)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         return None
+
+
+def real_host(name: str, value: Any) -> np.ndarray | None:
+    """``value`` (a real number or array) on the host as float64, or None when it is traced;
+    TypeError naming ``name`` for anything else (None, strings, objects, bools, complex)."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    if value is None or isinstance(value, str | bytes):
+        raise TypeError(f"{name} must be a real number or array, got {_show(value)}")
+    try:
+        host = np.asarray(value)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a real number or array, got {_show(value)}") from e
+    if host.dtype.kind not in "iuf":
+        raise TypeError(
+            f"{name} must be a real number or array, got {_show(value)} (dtype {host.dtype})"
+        )
+    return host.astype(np.float64)
+
+
+def values(name: str, value: Any, ok: Any, requirement: str) -> None:
+    """ValueError ``"{name} {requirement}, got {the first bad element}"`` when ``ok(host)`` (an
+    elementwise predicate on the float64 host array) fails anywhere; TypeError for non-numbers
+    (:func:`real_host`); traced values pass unchecked."""
+    host = real_host(name, value)
+    if host is None:
+        return
+    bad = ~np.asarray(ok(host), dtype=bool)
+    if bad.any():
+        first = float(host[bad].flat[0] if host.ndim else host)
+        raise ValueError(f"{name} {requirement}, got {first!r}")
+
+
+def _meaning(meaning: str | None) -> str:
+    return f"({meaning}) " if meaning else ""
+
+
+def nonneg(name: str, value: Any, meaning: str | None = None) -> None:
+    """Every element finite and ``>= 0`` (variances), else ValueError; see :func:`values`."""
+    values(
+        name,
+        value,
+        lambda h: np.isfinite(h) & (h >= 0),
+        _meaning(meaning) + "must be finite and >= 0",
+    )
+
+
+def positive(name: str, value: Any, meaning: str | None = None) -> None:
+    """Every element finite and ``> 0``, else ValueError; see :func:`values`."""
+    values(
+        name,
+        value,
+        lambda h: np.isfinite(h) & (h > 0),
+        _meaning(meaning) + "must be finite and > 0",
+    )
+
+
+def correlation(name: str, value: Any) -> None:
+    """Every element in ``[-1, 1]``, else ValueError; see :func:`values`."""
+    values(name, value, lambda h: np.abs(h) <= 1, "(a correlation) must lie in [-1, 1]")
 
 
 def array(

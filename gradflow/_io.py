@@ -10,22 +10,29 @@ because the temporary name is chosen and created by the kernel in one step.
 
 Used by :func:`gradflow.experiment.write_atomic` (tables, macros, JSON records),
 :mod:`gradflow.sweep` (chunks and ``metadata.json``), :func:`gradflow.plotting.savefig` (figures)
-and :func:`gradflow.training.save_checkpoint` (checkpoints).
+and :func:`gradflow.training.save_checkpoint` (checkpoints). :func:`timestamp` is the time stamp
+of the records written (run records, runtimes, sweep metadata).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["TMP_SUFFIX", "atomic_write"]
+__all__ = ["TMP_SUFFIX", "atomic_write", "timestamp"]
 
 #: Suffix of the temporary files (``.<name>.<random>.tmp``), so stale ones can be recognised.
 TMP_SUFFIX = ".tmp"
+
+
+def timestamp() -> str:
+    """The current UTC time in ISO 8601 to the second, e.g. ``"2026-12-04T21:22:00+00:00"``."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def atomic_write(

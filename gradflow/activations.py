@@ -102,6 +102,33 @@ class Activation:
         return dict(self.params)
 
 
+class StaticActivation:
+    """An :class:`Activation` as a :func:`jax.jit` static argument, keyed also on its functions.
+
+    ``Activation`` equality compares name and parameters only, so an activation re-registered
+    under the same name (``register(..., overwrite=True)``) would otherwise hit a stale compiled
+    function. Internal: the jitted functions of :mod:`gradflow.analytic` and
+    :mod:`gradflow.meanfield` take it (``.act`` is the activation).
+    """
+
+    __slots__ = ("act",)
+
+    def __init__(self, act: Activation):
+        self.act = act
+
+    def __hash__(self) -> int:
+        return hash((self.act, id(self.act.fn), id(self.act.grad), id(self.act.grad2)))
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, StaticActivation)
+            and self.act == other.act
+            and self.act.fn is other.act.fn
+            and self.act.grad is other.act.grad
+            and self.act.grad2 is other.act.grad2
+        )
+
+
 def _float(x: Any) -> Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -421,7 +448,10 @@ def get(name: str | Activation, **params: float) -> Activation:
             raise TypeError(f"parameters {params} given with an Activation instance {name.name!r}")
         return name
     if not isinstance(name, str):
-        raise TypeError(f"activation must be a name or an Activation, got {type(name).__name__}")
+        raise TypeError(
+            "activation must be a name from gradflow.activations.names() or an Activation, "
+            f"got {type(name).__name__}"
+        )
     key = _ALIASES.get(name, name)
     if key not in _FACTORIES:
         raise ValueError(f"unknown activation {name!r}; valid names: {', '.join(names())}")

@@ -152,42 +152,6 @@ class MLPGrads(NamedTuple):
 # --- validation -------------------------------------------------------------------------------
 
 
-class _Static:
-    """An Activation as a :func:`jax.jit` static argument, keyed also on its functions.
-
-    ``Activation`` equality compares name and parameters only, so an activation re-registered
-    under the same name (``register(..., overwrite=True)``) would otherwise hit a stale compiled
-    function.
-    """
-
-    __slots__ = ("act",)
-
-    def __init__(self, act: _activations.Activation):
-        self.act = act
-
-    def __hash__(self) -> int:
-        return hash((self.act, id(self.act.fn), id(self.act.grad)))
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, _Static)
-            and self.act == other.act
-            and self.act.fn is other.act.fn
-            and self.act.grad is other.act.grad
-        )
-
-
-def _resolve(activation: ActivationLike) -> _activations.Activation:
-    if isinstance(activation, _activations.Activation):
-        return activation
-    if isinstance(activation, str):
-        return _activations.get(activation)  # ValueError naming the valid names
-    raise TypeError(
-        "activation must be a name from gradflow.activations.names() or an Activation, "
-        f"got {type(activation).__name__}"
-    )
-
-
 def _check_finite(name: str, value: Array) -> None:
     """Raise if a concrete array has non-finite entries; traced values pass unchecked."""
     try:
@@ -335,10 +299,10 @@ def signed_log_abs_grad(z: Any, activation: ActivationLike) -> tuple[Array, Arra
     Returns:
       ``(sign, log_abs)``, each the shape and floating dtype of ``z``.
     """
-    act = _resolve(activation)
+    act = _activations.get(activation)
     z = _as_array("z", z)
     _check_finite("z", z)
-    return _signed_log_jit(z.astype(_float_dtype(z)), _Static(act))
+    return _signed_log_jit(z.astype(_float_dtype(z)), _activations.StaticActivation(act))
 
 
 def _signed_log(z, act):
@@ -406,9 +370,9 @@ def chain_forward(w: Any, b: Any, x: Any, activation: ActivationLike) -> ChainFo
       ValueError: ``w``/``b`` without a layer axis or of different depths, depth 0, shapes that
         do not broadcast, non-finite concrete input, or an unknown activation name.
     """
-    act = _resolve(activation)
+    act = _activations.get(activation)
     w, b, x = _chain_inputs(w, b, x)
-    return _chain_forward_jit(w, b, x, _Static(act))
+    return _chain_forward_jit(w, b, x, _activations.StaticActivation(act))
 
 
 @functools.partial(jax.jit, static_argnums=3)
@@ -419,8 +383,8 @@ def _chain_forward_jit(w, b, x, key):
 def chain_grads(w: Any, b: Any, x: Any, dC_daL: Any, activation: ActivationLike) -> ChainGrads:
     r"""Bias, weight and input gradients of the chain by the closed form, no autodiff.
 
-    With :math:`f_k = w_k \phi'(z_k)` (Nielsen ch. 5, "What's causing the vanishing gradient
-    problem?"; REFERENCES.md):
+    With :math:`f_k = w_k \phi'(z_k)` (Nielsen, *Neural Networks and Deep Learning*, ch. 5, "What's
+    causing the vanishing gradient problem?", http://neuralnetworksanddeeplearning.com/chap5.html):
 
     .. math::
 
@@ -455,8 +419,8 @@ def chain_grads(w: Any, b: Any, x: Any, dC_daL: Any, activation: ActivationLike)
       >>> print(g.bias[:-1] / g.bias[1:])
       [25. 25. 25.]
     """
-    act = _resolve(activation)
-    return _chain_grads_jit(*_chain_inputs(w, b, x, dC_daL), _Static(act))
+    act = _activations.get(activation)
+    return _chain_grads_jit(*_chain_inputs(w, b, x, dC_daL), _activations.StaticActivation(act))
 
 
 @functools.partial(jax.jit, static_argnums=4)
@@ -509,8 +473,8 @@ def chain_log_grads(w: Any, b: Any, x: Any, dC_daL: Any, activation: ActivationL
       >>> float(gf.analytic.chain_grads(ones, zeros, 0.0, 1.0, "sigmoid").bias[0])
       0.0
     """
-    act = _resolve(activation)
-    return _chain_log_grads_jit(*_chain_inputs(w, b, x, dC_daL), _Static(act))
+    act = _activations.get(activation)
+    return _chain_log_grads_jit(*_chain_inputs(w, b, x, dC_daL), _activations.StaticActivation(act))
 
 
 @functools.partial(jax.jit, static_argnums=4)
@@ -525,7 +489,7 @@ def _chain_log_grads_jit(w, b, x, g, key):
 
 
 def _bound_inputs(w, activation):
-    act = _resolve(activation)
+    act = _activations.get(activation)
     w = _as_array("w", w)
     if w.ndim == 0:
         raise ValueError(f"w needs a trailing layer axis (..., L); got w.shape={w.shape}")
@@ -554,7 +518,8 @@ def log_gradient_bound(w: Any, activation: ActivationLike, *, per_layer: bool = 
 def gradient_bound(w: Any, activation: ActivationLike, *, per_layer: bool = False) -> Array:
     r"""Bound on :math:`|\partial C / \partial b_1| / |\partial C / \partial a_L|` of the chain.
 
-    Since :math:`|\phi'(z)| \le \sup|\phi'|` for every :math:`z` (Nielsen ch. 5; REFERENCES.md),
+    Since :math:`|\phi'(z)| \le \sup|\phi'|` for every :math:`z` (Nielsen, *Neural Networks and Deep
+    Learning*, ch. 5, http://neuralnetworksanddeeplearning.com/chap5.html),
 
     .. math::
 
@@ -651,7 +616,7 @@ def exploding_chain(
                 f"{label}, got a traced value ({type(v).__name__}); call it outside jit/vmap/grad "
                 "and pass (w, b) in"
             )
-    act = _resolve(activation)
+    act = _activations.get(activation)
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)):
         raise TypeError(f"depth must be an int, got {type(depth).__name__}")
     if depth < 1:
@@ -919,11 +884,11 @@ def mlp_forward(
     Returns:
       ``MLPForward(z, a)``: lists of ``L`` arrays ``(..., fan_out_l)``.
     """
-    act = _resolve(activation)
+    act = _activations.get(activation)
     layers, x, _ = _mlp_setup(params, x)
     linear_readout = _checks.boolean("linear_readout", linear_readout)
     runs = _stack_runs(layers, linear_readout)
-    fwd = _mlp_forward_jit(runs, x, _Static(act), linear_readout)
+    fwd = _mlp_forward_jit(runs, x, _activations.StaticActivation(act), linear_readout)
     return MLPForward(z=_flatten_runs(z for z, _ in fwd), a=_flatten_runs(a for _, a in fwd))
 
 
@@ -939,7 +904,9 @@ def mlp_grads(
     r"""Backpropagation of an MLP in closed form: the matrix generalisation of the chain.
 
     With :math:`\Sigma'(z^l) = \operatorname{diag}\phi'(z^l)` and Flax kernels
-    :math:`z^l = a^{l-1} W^l + b^l` (Nielsen ch. 2, BP1-BP4, and ch. 5; REFERENCES.md):
+    :math:`z^l = a^{l-1} W^l + b^l` (Nielsen, *Neural Networks and Deep Learning*, ch. 2, BP1-BP4,
+    http://neuralnetworksanddeeplearning.com/chap2.html, and ch. 5,
+    http://neuralnetworksanddeeplearning.com/chap5.html):
 
     .. math::
 
@@ -970,13 +937,13 @@ def mlp_grads(
     Returns:
       ``MLPGrads(kernel, bias, input)`` with ``.delta`` (= ``bias``), per layer in forward order.
     """
-    act = _resolve(activation)
+    act = _activations.get(activation)
     if dC_daL is None:
         raise TypeError("dC_daL must be array-like (dC/da at the output), got None")
     layers, x, g = _mlp_setup(params, x, dC_daL)
     linear_readout = _checks.boolean("linear_readout", linear_readout)
     runs = _stack_runs(layers, linear_readout)
-    out, dx = _mlp_grads_jit(runs, x, g, _Static(act), linear_readout)
+    out, dx = _mlp_grads_jit(runs, x, g, _activations.StaticActivation(act), linear_readout)
     return MLPGrads(
         kernel=_flatten_runs(k for _, k in out), bias=_flatten_runs(d for d, _ in out), input=dx
     )

@@ -43,7 +43,6 @@ import argparse
 import ast
 import contextlib
 import dataclasses
-import datetime
 import functools
 import json
 import os
@@ -57,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import gradflow
+from gradflow import _io, _table
 from gradflow import experiment as _experiment
 
 __all__ = ["PAPER_TEX", "RUNTIMES", "RUN_RECORD", "build_parser", "main"]
@@ -138,10 +138,6 @@ def _rel(path: str | os.PathLike) -> str:
         return str(p.relative_to(Path.cwd()))
     except ValueError:
         return str(p)
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -290,9 +286,9 @@ def _apply_compile_mode(args: argparse.Namespace) -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_backend_optimization_level" in flags:
         return  # the user's own choice wins
-    from jax._src import xla_bridge
+    from gradflow import _jax_compat
 
-    if xla_bridge.backends_are_initialized():  # e.g. main() called again in one process
+    if _jax_compat.backends_are_initialized():  # e.g. main() called again in one process
         if getattr(args, "compile", "auto") == "auto":
             return  # best effort: only an explicit --compile fast is worth a warning
         print(
@@ -499,7 +495,7 @@ def _write_record(lay: _experiment.Layout, mode: str, config: dict, overrides: d
         "overrides": _jsonable(overrides),
         "gradflow": gradflow.__version__,
         "matmul_precision": gradflow.config.matmul_precision(),
-        "finished": _now(),
+        "finished": _io.timestamp(),
         "seconds": {k: round(v, 3) for k, v in out.seconds.items()},
         "resumed": out.resumed,
     }
@@ -558,7 +554,7 @@ def _record_runtime(root: Path, mode: str, out: _Outcome) -> Path:
             "seconds": round(out.total, 2),
             **{f"{k}_s": round(v, 2) for k, v in out.seconds.items()},
             "resumed": out.resumed,
-            "finished": _now(),
+            "finished": _io.timestamp(),
             "devices": _devices(),
             "matmul_precision": gradflow.config.matmul_precision(),
             "gradflow": gradflow.__version__,
@@ -684,17 +680,9 @@ def _summary_table(outcomes: Sequence[_Outcome], mode: str) -> str:
         rows.append([o.name, *cells, f"{o.total:.1f}", status])
     total = sum(o.total for o in outcomes)
     rows.append(["total", "", "", "", f"{total:.1f}", ""])
-    widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
-
-    def line(cells):
-        return "  ".join(
-            c.ljust(w) if j in (0, len(cells) - 1) else c.rjust(w)
-            for j, (c, w) in enumerate(zip(cells, widths))
-        ).rstrip()
-
-    rule = "-" * len(line(header))
-    return "\n".join([f"runtime summary ({mode})", line(header), rule,
-                      *(line(r) for r in rows[:-1]), rule, line(rows[-1])])  # fmt: skip
+    head, *body, last = _table.align([header, *rows], left={0, len(header) - 1})
+    rule = "-" * len(head)
+    return "\n".join([f"runtime summary ({mode})", head, rule, *body, rule, last])
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
@@ -788,7 +776,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             "machine_at_start": machine_at_start,
             "devices": _devices(),
             "matmul_precision": gradflow.config.matmul_precision(),
-            "finished": _now(),
+            "finished": _io.timestamp(),
             "gradflow": gradflow.__version__,
         })  # fmt: skip
         print(f"gradflow reproduce{' --quick' if mode == 'quick' else ''}: {wall:.0f} s wall")

@@ -116,7 +116,7 @@ def _entry_points() -> dict[str, metadata.EntryPoint]:
 
 
 def names() -> tuple[str, ...]:
-    """Registered experiment names, sorted in the order of DESIGN.md where known."""
+    """Registered experiment names: the paper's order where known, then the others by name."""
     order = (
         "activation_derivatives", "layer_speed", "chain_anatomy", "variance_propagation",
         "remedies", "clipping_decay", "rnn_through_time", "criticality", "dynamical_isometry",

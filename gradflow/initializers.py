@@ -7,7 +7,7 @@ initializers are *untruncated* Gaussians, because the variance conditions below 
 theory of :mod:`gradflow.meanfield` assume Gaussians (JAX's own ``lecun_normal``/``he_normal`` are
 truncated; ours are not).
 
-The variance conditions (REFERENCES.md):
+The variance conditions, from the papers linked below:
 
 * Glorot & Bengio 2010, forward :math:`n_{in}\operatorname{Var}(W) = 1`, backward
   :math:`n_{out}\operatorname{Var}(W) = 1`, compromise
@@ -30,6 +30,20 @@ Usage::
     init = gf.initializers.get("he_normal")
     w = init(jax.random.key(0), (256, 256))
     gf.initializers.weight_variance("xavier_normal", 64, 30)     # 2 / 94
+
+References:
+  X. Glorot, Y. Bengio, "Understanding the difficulty of training deep feedforward neural
+  networks", AISTATS 2010, https://proceedings.mlr.press/v9/glorot10a.html.
+  Y. LeCun, L. Bottou, G. Orr, K.-R. Müller, "Efficient BackProp", in *Neural Networks: Tricks of
+  the Trade*, Springer LNCS 1524, 1998, https://doi.org/10.1007/3-540-49430-8_2.
+  K. He, X. Zhang, S. Ren, J. Sun, "Delving deep into rectifiers: surpassing human-level
+  performance on ImageNet classification", ICCV 2015, https://arxiv.org/abs/1502.01852.
+  A. Saxe, J. McClelland, S. Ganguli, "Exact solutions to the nonlinear dynamics of learning in
+  deep linear neural networks", ICLR 2014, https://arxiv.org/abs/1312.6120.
+  B. Poole, S. Lahiri, M. Raghu, J. Sohl-Dickstein, S. Ganguli, "Exponential expressivity in deep
+  neural networks through transient chaos", NeurIPS 2016, https://arxiv.org/abs/1606.05340.
+  M. Nielsen, *Neural Networks and Deep Learning*, ch. 3 (the :math:`N(0, 1/n_{in})` weights),
+  http://neuralnetworksanddeeplearning.com/chap3.html.
 """
 
 from __future__ import annotations

@@ -241,8 +241,7 @@ MAX_PANEL_ORDER = 64
 
 
 def _check_order(name: str, order: Any, maximum: int = MAX_PANEL_ORDER) -> int:
-    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 2:
-        raise ValueError(f"{name} must be an integer >= 2, got {order!r}")
+    order = _checks.size(name, order, 2)
     if order > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {order}")
     return int(order)
@@ -402,7 +401,7 @@ def gaussian_expectation(
     """
     _checks.function("f", f)
     order = _check_order("order", order)
-    _check_nonneg("q", q, "a variance")
+    _checks.nonneg("q", q, "a variance")
     q = _as_float(q)
     return _expect(q, order, f)[0]
 
@@ -410,43 +409,14 @@ def gaussian_expectation(
 # --- input handling ------------------------------------------------------------------------------
 
 
-class _Static:
-    """An Activation as a jit static argument, keyed also on its functions (see analytic)."""
-
-    __slots__ = ("act",)
-
-    def __init__(self, act: _activations.Activation):
-        self.act = act
-
-    def __hash__(self) -> int:
-        return hash((self.act, id(self.act.fn), id(self.act.grad), id(self.act.grad2)))
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, _Static)
-            and self.act == other.act
-            and self.act.fn is other.act.fn
-            and self.act.grad is other.act.grad
-            and self.act.grad2 is other.act.grad2
-        )
-
-
-def _resolve(activation: ActivationLike) -> _Static:
-    if isinstance(activation, _activations.Activation):
-        act = activation
-    elif isinstance(activation, str):
-        act = _activations.get(activation)  # ValueError naming the valid names
-    else:
-        raise TypeError(
-            "activation must be a name from gradflow.activations.names() or an Activation, "
-            f"got {type(activation).__name__}"
-        )
+def _resolve(activation: ActivationLike) -> _activations.StaticActivation:
+    act = _activations.get(activation)  # ValueError/TypeError naming the valid names
     if any(k != 0.0 for k in act.kinks):
         raise ValueError(
             f"gradflow.meanfield splits its Gaussian integrals at 0 only; activation "
             f"{act.name!r} has kinks at {act.kinks}"
         )
-    return _Static(act)
+    return _activations.StaticActivation(act)
 
 
 def _as_float(x: Any) -> Array:
@@ -456,55 +426,9 @@ def _as_float(x: Any) -> Array:
     return x
 
 
-def _concrete(x: Any, name: str = "value") -> np.ndarray | None:
-    """``x`` on the host as float64, None when traced; TypeError naming ``name`` for anything
-    that is not a real number or array (None, strings, objects, complex)."""
-    if isinstance(x, jax.core.Tracer):
-        return None
-    host = _checks.concrete(_checks.array(name, x, finite=False, nonempty=False))
-    return None if host is None else host.astype(np.float64)
-
-
-def _first_bad(host: np.ndarray, bad: np.ndarray) -> str:
-    return repr(float(host[bad].flat[0] if host.ndim else host))
-
-
-def _check_nonneg(name: str, x: Any, meaning: str) -> None:
-    host = _concrete(x, name)
-    if host is None:
-        return
-    bad = ~(np.isfinite(host) & (host >= 0))
-    if bad.any():
-        raise ValueError(f"{name} ({meaning}) must be finite and >= 0, got {_first_bad(host, bad)}")
-
-
-def _check_positive(name: str, x: Any, meaning: str) -> None:
-    host = _concrete(x, name)
-    if host is None:
-        return
-    bad = ~(np.isfinite(host) & (host > 0))
-    if bad.any():
-        raise ValueError(f"{name} ({meaning}) must be finite and > 0, got {_first_bad(host, bad)}")
-
-
-def _check_correlation(name: str, x: Any) -> None:
-    host = _concrete(x, name)
-    if host is None:
-        return
-    bad = ~(np.isfinite(host) & (np.abs(host) <= 1))
-    if bad.any():
-        raise ValueError(f"{name} (a correlation) must lie in [-1, 1], got {_first_bad(host, bad)}")
-
-
-def _check_int(name: str, x: Any, minimum: int = 1) -> int:
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {x!r}")
-    return int(x)
-
-
 def _variances(sw2: Any, sb2: Any, *more: Any) -> tuple[Array, ...]:
-    _check_nonneg("sw2", sw2, "sigma_w^2 = N Var(W)")
-    _check_nonneg("sb2", sb2, "sigma_b^2 = Var(b)")
+    _checks.nonneg("sw2", sw2, "sigma_w^2 = N Var(W)")
+    _checks.nonneg("sb2", sb2, "sigma_b^2 = Var(b)")
     arrays = [_as_float(a) for a in (sw2, sb2, *more)]
     dtype = jnp.result_type(*arrays)
     return tuple(jnp.broadcast_arrays(*(a.astype(dtype) for a in arrays)))
@@ -514,7 +438,7 @@ def _variances(sw2: Any, sb2: Any, *more: Any) -> tuple[Array, ...]:
 
 
 @functools.cache
-def _kink_delta(static: _Static) -> float:
+def _kink_delta(static: _activations.StaticActivation) -> float:
     """(phi'(0+) - phi'(0-)) phi(0): the weight of the delta in E[phi'' phi] at a kink at 0."""
     act = static.act
     if not act.kinks:
@@ -525,7 +449,9 @@ def _kink_delta(static: _Static) -> float:
         return jump * float(act.fn(np.float32(0.0)))
 
 
-def _q_map_and_slope(q: Array, sw2: Array, sb2: Array, static: _Static, order: int):
+def _q_map_and_slope(
+    q: Array, sw2: Array, sb2: Array, static: _activations.StaticActivation, order: int
+):
     r"""F(q) = sw2 E[phi^2] + sb2 and F'(q) = sw2 E[phi'^2 + phi phi''] (+ kink delta)."""
     act = static.act
     e_phi2, e_dphi2, e_phi_d2 = _expect(
@@ -585,7 +511,7 @@ def _q_star_core(sw2, sb2, q0, static, order, num_iters):
     return q_out, chi_out, jnp.where(converged, slope_star, jnp.where(unbounded, limit, nan))
 
 
-def _asymptotic_grad2(static: _Static, dtype) -> Array:
+def _asymptotic_grad2(static: _activations.StaticActivation, dtype) -> Array:
     """(phi'(+inf)^2 + phi'(-inf)^2) / 2, the limit of E[phi'(sqrt(q) z)^2] as q -> inf, with
     phi' evaluated at +-1e4 (every registered unbounded activation is linear there to rounding)."""
     u = jnp.asarray([1e4, -1e4], dtype)
@@ -747,8 +673,8 @@ def _q_sequence(q1: Any, sw2: Any, sb2: Any, activation: ActivationLike, depth: 
     """q^1 = ``q1``, q^{l+1} = :func:`q_map` (q^l): the ``depth`` lengths, one compiled scan."""
     static = _resolve(activation)
     order = _check_order("order", order)
-    depth = _check_int("depth", depth)
-    _check_positive("q", q1, "a pre-activation variance")
+    depth = _checks.size("depth", depth)
+    _checks.positive("q", q1, "a pre-activation variance")
     sw2, sb2, q1 = _variances(sw2, sb2, q1)
     return _q_sequence_jit(q1, sw2, sb2, static, order, depth)
 
@@ -818,7 +744,7 @@ def q_map(
     """
     static = _resolve(activation)
     order = _check_order("order", order)
-    _check_positive("q", q, "a pre-activation variance")
+    _checks.positive("q", q, "a pre-activation variance")
     sw2, sb2, q = _variances(sw2, sb2, q)
     return _q_map_jit(q, sw2, sb2, static, order)
 
@@ -852,8 +778,8 @@ def c_map(
     """
     static = _resolve(activation)
     order_2d = _check_order("order_2d", order_2d)
-    _check_correlation("c", c)
-    _check_positive("q", q, "a pre-activation variance")
+    _checks.correlation("c", c)
+    _checks.positive("q", q, "a pre-activation variance")
     sw2, sb2, q, c = _variances(sw2, sb2, q, c)
     return _c_map_jit(c, q, sw2, sb2, static, order_2d)[0]
 
@@ -891,8 +817,8 @@ def q_star(
     """
     static = _resolve(activation)
     order = _check_order("order", order)
-    num_iters = _check_int("num_iters", num_iters)
-    _check_positive("q0", q0, "the starting pre-activation variance")
+    num_iters = _checks.size("num_iters", num_iters)
+    _checks.positive("q0", q0, "the starting pre-activation variance")
     sw2, sb2, q0 = _variances(sw2, sb2, q0)
     return _q_star_jit(sw2, sb2, q0, static, order, num_iters)[0]
 
@@ -929,11 +855,11 @@ def chi1(
     static = _resolve(activation)
     order = _check_order("order", order)
     if q is not None:
-        _check_positive("q", q, "a pre-activation variance")
+        _checks.positive("q", q, "a pre-activation variance")
         sw2, sb2, q = _variances(sw2, sb2, q)
         return _chi1_at_q_jit(q, sw2, static, order)
-    num_iters = _check_int("num_iters", num_iters)
-    _check_positive("q0", q0, "the starting pre-activation variance")
+    num_iters = _checks.size("num_iters", num_iters)
+    _checks.positive("q0", q0, "the starting pre-activation variance")
     sw2, sb2, q0 = _variances(sw2, sb2, q0)
     return _q_star_jit(sw2, sb2, q0, static, order, num_iters)[1]
 
@@ -950,9 +876,9 @@ def _summary_public(sw2, sb2, activation, q0, order, order_2d, num_iters, num_it
     static = _resolve(activation)
     order = _check_order("order", order)
     order_2d = _check_order("order_2d", order_2d)
-    num_iters = _check_int("num_iters", num_iters)
-    num_iters_c = _check_int("num_iters_c", num_iters_c)
-    _check_positive("q0", q0, "the starting pre-activation variance")
+    num_iters = _checks.size("num_iters", num_iters)
+    num_iters_c = _checks.size("num_iters_c", num_iters_c)
+    _checks.positive("q0", q0, "the starting pre-activation variance")
     sw2, sb2, q0 = _variances(sw2, sb2, q0)
     out = _summary_jit(sw2, sb2, q0, static, order, order_2d, num_iters, num_iters_c, batch)
     unresolved = out.pop("unresolved")
@@ -1093,8 +1019,8 @@ def phase_diagram(
         g = _checks.array(name, g, finite=False, nonempty=False)
         if g.ndim != 1 or g.size == 0:
             raise ValueError(f"{name} must be a non-empty 1-D array, got shape {g.shape}")
-        _check_nonneg(name, g, "a grid of variances")
-    batch_size = _check_int("batch_size", batch_size)
+        _checks.nonneg(name, g, "a grid of variances")
+    batch_size = _checks.size("batch_size", batch_size)
     sw2_grid, sb2_grid = _as_float(sw2_grid), _as_float(sb2_grid)
     sw2, sb2 = jnp.meshgrid(sw2_grid, sb2_grid)
     out = _summary_public(
@@ -1167,12 +1093,12 @@ def critical_sw2(
     """
     static = _resolve(activation)
     order = _check_order("order", order)
-    num_iters = _check_int("num_iters", num_iters)
-    num_bisect = _check_int("num_bisect", num_bisect)
+    num_iters = _checks.size("num_iters", num_iters)
+    num_bisect = _checks.size("num_bisect", num_bisect)
     lo, hi = (float(v) for v in bracket)
     if not (0 < lo < hi < math.inf):
         raise ValueError(f"bracket must be (lo, hi) with 0 < lo < hi < inf, got {bracket!r}")
-    _check_nonneg("sb2", sb2, "sigma_b^2 = Var(b)")
+    _checks.nonneg("sb2", sb2, "sigma_b^2 = Var(b)")
     sb2 = _as_float(sb2)
     lo_, hi_ = jnp.asarray(lo, sb2.dtype), jnp.asarray(hi, sb2.dtype)
     return _critical_sw2_jit(sb2, lo_, hi_, static, order, num_iters, num_bisect)
@@ -1205,7 +1131,7 @@ def critical_point(
     """
     static = _resolve(activation)
     order = _check_order("order", order)
-    _check_positive("q_star", q_star, "a pre-activation variance")
+    _checks.positive("q_star", q_star, "a pre-activation variance")
     return _critical_point_jit(_as_float(q_star), static, order)
 
 
@@ -1234,7 +1160,7 @@ def relu_q_star(sw2: Any, sb2: Any, *, negative_slope: float = 0.0) -> Array:
 def relu_chi1(sw2: Any, *, negative_slope: float = 0.0) -> Array:
     r"""Closed-form :math:`\chi_1 = \sigma_w^2 (1 + a^2)/2` of (leaky) ReLU (independent of q)."""
     negative_slope = _check_slope(negative_slope)
-    _check_nonneg("sw2", sw2, "sigma_w^2 = N Var(W)")
+    _checks.nonneg("sw2", sw2, "sigma_w^2 = N Var(W)")
     return _as_float(sw2) * (1 + negative_slope**2) / 2
 
 
@@ -1250,8 +1176,8 @@ def relu_c_map(c: Any, q: Any, sw2: Any, sb2: Any, *, negative_slope: float = 0.
     :math:`(1-a)^2 E[\mathrm{relu}\,\mathrm{relu}] + a q c`. Returns
     :math:`(\sigma_w^2 E[\phi\phi] + \sigma_b^2) / (\sigma_w^2 \tfrac{1+a^2}{2} q + \sigma_b^2)`.
     """
-    _check_correlation("c", c)
-    _check_positive("q", q, "a pre-activation variance")
+    _checks.correlation("c", c)
+    _checks.positive("q", q, "a pre-activation variance")
     sw2, sb2, q, c = _variances(sw2, sb2, q, c)
     a = _check_slope(negative_slope)
     k_relu = q / (2 * math.pi) * (jnp.sqrt(1 - c * c) + (math.pi - jnp.arccos(c)) * c)
@@ -1321,11 +1247,11 @@ def propagate(
       :class:`Propagation` with arrays of shape ``(*broadcast(sw2, sb2, q0, c0).shape, depth)``.
     """
     static = _resolve(activation)
-    depth = _check_int("depth", depth)
+    depth = _checks.size("depth", depth)
     order = _check_order("order", order)
     order_2d = _check_order("order_2d", order_2d)
-    _check_positive("q0", q0, "the inputs' mean square")
-    _check_correlation("c0", c0)
+    _checks.positive("q0", q0, "the inputs' mean square")
+    _checks.correlation("c0", c0)
     sw2, sb2, q0, c0 = _variances(sw2, sb2, q0, c0)
     return _propagate_jit(sw2, sb2, q0, c0, static, depth, order, order_2d)
 
@@ -1418,11 +1344,11 @@ def measure_propagation(
     """
     key = _checks.prng_key("key", key)
     static = _resolve(activation)
-    width = _check_int("width", width)
-    depth = _check_int("depth", depth)
+    width = _checks.size("width", width)
+    depth = _checks.size("depth", depth)
     weights = _check_weights(weights)
-    _check_positive("q0", q0, "the inputs' mean square")
-    _check_correlation("c0", c0)
+    _checks.positive("q0", q0, "the inputs' mean square")
+    _checks.correlation("c0", c0)
     sw2, sb2, q0, c0 = _variances(sw2, sb2, q0, c0)
     dtype = _checks.float_dtype("dtype", dtype) or sw2.dtype
     if sw2.ndim:

@@ -121,51 +121,34 @@ _NO_PARAMS_MSG = "{name} needs the parameters: call tx.update(updates, state, pa
 # --------------------------------------------------------------------------------------------------
 
 
-def _concrete(name: str, value: Any) -> np.ndarray | None:
-    """``value`` as a NumPy array, or None if it is traced (or a schedule)."""
-    if callable(value):
-        return None
-    try:
-        arr = np.asarray(value)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
-        raise TypeError(
-            f"{name} must be a real number, got {value!r} of type {type(value).__name__}."
-        )
-    if np.iscomplexobj(arr):
-        raise TypeError(f"{name} must be a real number, got complex {value!r}.")
-    return arr
-
-
 def _check_positive(name: str, value: Any) -> None:
-    """Threshold-like: > 0 (inf allowed: it means "never clip"), not NaN."""
-    arr = _concrete(name, value)
-    if arr is not None and (np.any(np.isnan(arr)) or np.any(arr <= 0)):
-        raise ValueError(f"{name} must be positive (> 0; inf disables it), got {value!r}.")
+    """Threshold-like: > 0 (inf allowed: it means "never clip"), not NaN; schedules pass."""
+    if not callable(value):
+        _checks.values(name, value, lambda h: h > 0, "must be positive (> 0; inf disables it)")
 
 
 def _check_nonnegative(name: str, value: Any) -> None:
-    """Decay-like: finite and >= 0."""
-    arr = _concrete(name, value)
-    if arr is not None and (not np.all(np.isfinite(arr)) or np.any(arr < 0)):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+    """Decay-like: finite and >= 0; schedules pass."""
+    if not callable(value):
+        _checks.values(
+            name, value, lambda h: np.isfinite(h) & (h >= 0), "must be a finite number >= 0"
+        )
 
 
 def _check_unit_interval(name: str, value: Any) -> None:
-    """Averaging constants: in [0, 1)."""
-    arr = _concrete(name, value)
-    if arr is not None and (np.any(np.isnan(arr)) or np.any(arr < 0) or np.any(arr >= 1)):
-        raise ValueError(f"{name} must lie in [0, 1), got {value!r}.")
+    """Averaging constants: in [0, 1); schedules pass."""
+    if not callable(value):
+        _checks.values(name, value, lambda h: (h >= 0) & (h < 1), "must lie in [0, 1)")
 
 
 def _check_learning_rate(value: Any) -> None:
-    if callable(value):  # an optax schedule: step -> learning rate
-        return
-    arr = _concrete("learning_rate", value)
-    if arr is not None and (not np.all(np.isfinite(arr)) or np.any(arr <= 0)):
-        raise ValueError(
-            f"learning_rate must be a finite number > 0 or an optax schedule, got {value!r}."
+    """Finite and > 0, or an optax schedule (step -> learning rate)."""
+    if not callable(value):
+        _checks.values(
+            "learning_rate",
+            value,
+            lambda h: np.isfinite(h) & (h > 0),
+            "must be a finite number > 0 or an optax schedule",
         )
 
 
@@ -443,7 +426,19 @@ def layer_norms(tree: Any, *, layers: LayerSpec = None) -> jax.Array:
 # --------------------------------------------------------------------------------------------------
 
 
-class ClipByValueState(NamedTuple):
+class _ClipState(NamedTuple):
+    """The telemetry fields every clipping transform records (see :class:`ClipByValueState`).
+
+    Each transform has its own subclass, so that :func:`telemetry` names it by its type.
+    """
+
+    global_norm: jax.Array
+    layer_norms: jax.Array
+    clipped: jax.Array
+    nonfinite_count: jax.Array
+
+
+class ClipByValueState(_ClipState):
     """Telemetry of :func:`clip_by_value` from the latest update.
 
     Attributes:
@@ -454,49 +449,37 @@ class ClipByValueState(NamedTuple):
         update was replaced by zeros (see :func:`clip_by_value`).
     """
 
-    global_norm: jax.Array
-    layer_norms: jax.Array
-    clipped: jax.Array
-    nonfinite_count: jax.Array
+    __slots__ = ()
 
 
-class ClipByGlobalNormState(NamedTuple):
+class ClipByGlobalNormState(_ClipState):
     """Telemetry of :func:`clip_by_global_norm`; fields as in :class:`ClipByValueState`.
 
     ``clipped`` is True for every layer when the global norm exceeded the threshold.
     """
 
-    global_norm: jax.Array
-    layer_norms: jax.Array
-    clipped: jax.Array
-    nonfinite_count: jax.Array
+    __slots__ = ()
 
 
-class ClipByLayerNormState(NamedTuple):
+class ClipByLayerNormState(_ClipState):
     """Telemetry of :func:`clip_by_layer_norm`; fields as in :class:`ClipByValueState`.
 
     ``clipped`` is True for the layers whose norm exceeded the threshold.
     """
 
-    global_norm: jax.Array
-    layer_norms: jax.Array
-    clipped: jax.Array
-    nonfinite_count: jax.Array
+    __slots__ = ()
 
 
-class AdaptiveGradClipState(NamedTuple):
+class AdaptiveGradClipState(_ClipState):
     """Telemetry of :func:`adaptive_grad_clip`; fields as in :class:`ClipByValueState`.
 
     ``clipped`` is True for the layers in which at least one unit was rescaled.
     """
 
-    global_norm: jax.Array
-    layer_norms: jax.Array
-    clipped: jax.Array
-    nonfinite_count: jax.Array
+    __slots__ = ()
 
 
-def _init_clip_state(cls: type, params: Any, layers: LayerSpec) -> Any:
+def _init_clip_state(cls: type[_ClipState], params: Any, layers: LayerSpec) -> _ClipState:
     n = len(_partition(params, layers).names)
     dtype = _norm_dtype(params)
     zeros = jnp.zeros((n,), dtype)

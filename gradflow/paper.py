@@ -391,11 +391,11 @@ def benchmarks_table(results_json: str | os.PathLike, tables_dir: str | os.PathL
     PyTorch loop, and over torch.func where measured (the other way's median over gradflow's);
     a workload without a ``gradflow`` way (the compile-time one) has no row. Macros (also
     ``...SpeedupTorchFunc``):
-    ``enchmarks<Workload>SpeedupPytorch`` / ``...SpeedupNaiveJax`` (e.g.
-    ``enchmarksWorkloadOneSpeedupPytorch``), ``enchmarks<Workload>PeakFraction`` where FLOPs
-    were counted, ``enchmarksMatmulPeak`` (GFLOP/s), ``enchmarksCpus`` (usable CPUs),
-    ``enchmarksLoadAverage`` (one-minute load average when the run started) and
-    ``enchmarksQuick`` (1 for the quick sizes, else 0).
+    ``\benchmarks<Workload>SpeedupPytorch`` / ``...SpeedupNaiveJax`` (e.g.
+    ``\benchmarksWorkloadOneSpeedupPytorch``), ``\benchmarks<Workload>PeakFraction`` where FLOPs
+    were counted, ``\benchmarksMatmulPeak`` (GFLOP/s), ``\benchmarksCpus`` (usable CPUs),
+    ``\benchmarksLoadAverage`` (one-minute load average when the run started) and
+    ``\benchmarksQuick`` (1 for the quick sizes, else 0).
 
     Raises:
       FileNotFoundError: no ``results_json``.

@@ -48,8 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax._src.random import rbg as _rbg  # JAX's threefry-based seed/split/fold_in on 4 words
 from jax.extend.random import define_prng_impl
+from jax.extend.random import rbg_prng_impl as _rbg  # JAX's threefry seed/split/fold_in on 4 words
 
 __all__ = ["IMPL", "NAMES", "key", "resolve", "threefry2x32"]
 
@@ -149,10 +149,10 @@ def _random_bits(key_data: jax.Array, bit_width: int, shape) -> jax.Array:
 #: The PRNG implementation (pass as ``impl=`` to ``jax.random.key``).
 IMPL = define_prng_impl(
     key_shape=(4,),
-    seed=_rbg._rbg_seed,
-    split=_rbg._rbg_split,
+    seed=_rbg.seed,
+    split=_rbg.split,
     random_bits=_random_bits,
-    fold_in=_rbg._rbg_fold_in,
+    fold_in=_rbg.fold_in,
     name="gradflow_threefry_native",
     tag="gfn",
 )

@@ -106,34 +106,6 @@ def _check_weights(weights: Any) -> str:
     return weights
 
 
-def _check_int(name: str, x: Any) -> int:
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < 1:
-        raise ValueError(f"{name} must be a positive integer, got {x!r}")
-    return int(x)
-
-
-def _resolve(activation: ActivationLike) -> _activations.Activation:
-    if isinstance(activation, _activations.Activation):
-        return activation
-    if isinstance(activation, str):
-        return _activations.get(activation)  # ValueError naming the valid names
-    raise TypeError(
-        "activation must be a name from gradflow.activations.names() or an Activation, "
-        f"got {type(activation).__name__}"
-    )
-
-
-def _check_variance(name: str, value: Any, meaning: str) -> None:
-    host = _checks.concrete(_checks.array(name, value, finite=False, nonempty=False))
-    if host is None:
-        return  # traced: cannot raise
-    host = host.astype(np.float64)
-    bad = ~(np.isfinite(host) & (host >= 0))
-    if bad.any():
-        first = float(host[bad].flat[0] if host.ndim else host)
-        raise ValueError(f"{name} ({meaning}) must be finite and >= 0, got {first!r}")
-
-
 # --- exact Jacobian spectra ----------------------------------------------------------------------
 
 
@@ -227,11 +199,11 @@ def init_network(
       dtype: float dtype (default: JAX's default float).
     """
     key = _checks.prng_key("key", key)
-    width = _check_int("width", width)
-    depth = _check_int("depth", depth)
+    width = _checks.size("width", width)
+    depth = _checks.size("depth", depth)
     weights = _check_weights(weights)
-    _check_variance("sw2", sw2, "sigma_w^2 = N Var(W)")
-    _check_variance("sb2", sb2, "sigma_b^2 = Var(b)")
+    _checks.nonneg("sw2", sw2, "sigma_w^2 = N Var(W)")
+    _checks.nonneg("sb2", sb2, "sigma_b^2 = Var(b)")
     dtype = _checks.float_dtype("dtype", dtype) or jnp.dtype(jnp.result_type(float))
     return _init_network_jit(
         key, jnp.asarray(sw2, dtype), jnp.asarray(sb2, dtype), width, depth, weights, dtype
@@ -270,7 +242,7 @@ def apply_network(params: NetworkParams, x: Any, activation: ActivationLike) -> 
     :math:`J = \prod_l D_l W_l^\top` as in Pennington et al. 2017) for one input ``x`` of shape
     ``(width,)``."""
     _check_params(params)
-    act = _resolve(activation)
+    act = _activations.get(activation)
     x = _checks.array("x", x)
     _check_input(x, params.weights.shape[1])
     return _apply_jit(params, x, act)
@@ -303,7 +275,7 @@ def layer_jacobian_singular_values(
       :func:`jacobian_singular_values` of :func:`apply_network` at ``x``.
     """
     _check_params(params)
-    act = _resolve(activation)
+    act = _activations.get(activation)
     x = _checks.array("x", x)
     _check_input(x, params.weights.shape[1])
     return _layer_svals_jit(params, x, act)
@@ -315,10 +287,10 @@ def network_input(key: Array, width: int, q: Any, *, sw2: Any = 1.0, sb2: Any = 
     that :math:`q^1 = \sigma_w^2\|x\|^2/N + \sigma_b^2 = q` (e.g. ``q = q_star(sw2, sb2, act)``
     puts every layer at the fixed point)."""
     key = _checks.prng_key("key", key)
-    width = _check_int("width", width)
-    _check_variance("sw2", sw2, "sigma_w^2 = N Var(W)")
-    _check_variance("sb2", sb2, "sigma_b^2 = Var(b)")
-    _check_variance("q", q, "the first layer's pre-activation variance")
+    width = _checks.size("width", width)
+    _checks.nonneg("sw2", sw2, "sigma_w^2 = N Var(W)")
+    _checks.nonneg("sb2", sb2, "sigma_b^2 = Var(b)")
+    _checks.nonneg("q", q, "the first layer's pre-activation variance")
     try:
         concrete = tuple(np.asarray(v, np.float64) for v in (q, sb2, sw2))
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
@@ -418,11 +390,11 @@ def jacobian_moments(
       >>> print(m.variance.round(4))
       [0. 0. 0. 0.]
     """
-    act = _resolve(activation)
-    depth = _check_int("depth", depth)
+    act = _activations.get(activation)
+    depth = _checks.size("depth", depth)
     spread = _WEIGHT_SPREAD[_check_weights(weights)]
-    _check_variance("sw2", sw2, "sigma_w^2 = N Var(W)")
-    _check_variance("sb2", sb2, "sigma_b^2 = Var(b)")
+    _checks.nonneg("sw2", sw2, "sigma_w^2 = N Var(W)")
+    _checks.nonneg("sb2", sb2, "sigma_b^2 = Var(b)")
     if np.ndim(sw2) or np.ndim(sb2):
         raise ValueError("sw2 and sb2 must be scalars here (vmap over grids)")
     if q is None:

@@ -137,7 +137,6 @@ measures both (``benchmarks/RESULTS.md``).
 
 from __future__ import annotations
 
-import datetime
 import functools
 import hashlib
 import importlib.metadata
@@ -1029,10 +1028,6 @@ def _environment() -> dict[str, Any]:
     }
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
 def _open_store(workdir: Path, plan: _Plan) -> tuple[dict | None, np.ndarray, str | None]:
     """Process 0, holding the store's lock: create or check the store; return (metadata, done
     mask, error). Every existing chunk is checked against this sweep (:func:`_check_chunk`)."""
@@ -1147,7 +1142,7 @@ class _StoreLock:
         info = {
             "pid": os.getpid(),
             "host": platform.node(),
-            "started": _now(),
+            "started": _io.timestamp(),
             "argv": list(sys.argv),
         }
         os.ftruncate(fd, 0)
@@ -1389,7 +1384,7 @@ def _run_locked(
     padded = plan.padded_size(len(devices))
     session = {
         **_environment(),
-        "started": _now(),
+        "started": _io.timestamp(),
         "finished": None,
         "matmul_precision": precision,
         "block_size": block_size,
@@ -1464,7 +1459,7 @@ def _run_locked(
     finally:
         bar.close()
         if lead:
-            session["finished"] = _now()
+            session["finished"] = _io.timestamp()
             meta["complete"] = bool(done.all())
             _write_json(workdir / "metadata.json", meta)
     if jax.process_count() > 1:

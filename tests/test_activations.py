@@ -135,7 +135,9 @@ def test_bad_input():
         gf.activations.get("leaky_relu", negative_slope=float("nan"))
     with pytest.raises(ValueError, match="alpha must be >= 0"):
         gf.activations.get("elu", alpha=-1.0)
-    with pytest.raises(TypeError, match="must be a name or an Activation"):
+    with pytest.raises(
+        TypeError, match=r"must be a name from gradflow.activations.names\(\) or an Activation"
+    ):
         gf.activations.get(3)
 
 

@@ -452,11 +452,9 @@ def test_run_on_two_processes(tmp_path):
 
 
 def test_compile_mode_sets_xla_flags(monkeypatch, capsys):
-    from jax._src import xla_bridge
+    from gradflow import _jax_compat, cli
 
-    from gradflow import cli
-
-    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+    monkeypatch.setattr(_jax_compat, "backends_are_initialized", lambda: False)
     flag = cli.FAST_COMPILE_FLAG
 
     def flags_after(**kw):
@@ -473,7 +471,7 @@ def test_compile_mode_sets_xla_flags(monkeypatch, capsys):
     assert flags_after(compile="fast", quick=False) == flag
     # too late: the backend already runs, so say so instead of silently doing nothing
     monkeypatch.delenv("XLA_FLAGS")
-    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: True)
+    monkeypatch.setattr(_jax_compat, "backends_are_initialized", lambda: True)
     assert flags_after(compile="fast") == ""
     assert "--compile fast has no effect" in capsys.readouterr().err
     assert flags_after(compile="auto", quick=True) == ""  # implicit: silently best effort

@@ -84,3 +84,13 @@ def test_writers_do_not_follow_a_planted_symlink(tmp_path):
 def test_write_atomic_takes_text_only(tmp_path):
     with pytest.raises(TypeError, match="write_atomic writes text: got bytes"):
         gf.experiment.write_atomic(tmp_path / "x", b"bytes")
+
+
+def test_timestamp_is_utc_iso_to_the_second():
+    import datetime
+
+    stamp = _io.timestamp()
+    parsed = datetime.datetime.fromisoformat(stamp)
+    assert parsed.utcoffset() == datetime.timedelta(0) and parsed.microsecond == 0
+    now = datetime.datetime.now(datetime.UTC)
+    assert abs((now - parsed).total_seconds()) < 60

@@ -416,7 +416,7 @@ def test_bad_input_raises():
         meanfield.q_star(1.0, 0.1, "tanhh")
     with pytest.raises(TypeError, match="activation must be a name"):
         meanfield.q_star(1.0, 0.1, np.tanh)
-    with pytest.raises(ValueError, match="order must be an integer >= 2"):
+    with pytest.raises(ValueError, match="order must be an int >= 2, got 1"):
         meanfield.q_star(1.0, 0.1, "tanh", order=1)
     with pytest.raises(ValueError, match="bracket must be"):
         meanfield.critical_sw2(0.1, "tanh", bracket=(2.0, 1.0))
@@ -424,10 +424,14 @@ def test_bad_input_raises():
         meanfield.measure_propagation(
             jax.random.key(0), 1.0, 0.1, "tanh", width=8, depth=2, weights="uniform"
         )
-    with pytest.raises(ValueError, match="width must be an integer >= 1"):
+    with pytest.raises(ValueError, match="width must be an int >= 1, got 0"):
         meanfield.measure_propagation(jax.random.key(0), 1.0, 0.1, "tanh", width=0, depth=2)
-    with pytest.raises(ValueError, match="depth must be an integer >= 1"):
+    with pytest.raises(ValueError, match="depth must be an int >= 1, got 0"):
         meanfield.propagate(1.0, 0.1, "tanh", 0)
+    with pytest.raises(TypeError, match=r"depth must be an int >= 1, got 2\.5"):
+        meanfield.propagate(1.0, 0.1, "tanh", 2.5)
+    with pytest.raises(TypeError, match="sw2 must be a real number or array, got 'x'"):
+        meanfield.q_star("x", 0.1, "tanh")
     with pytest.raises(ValueError, match="sw2_grid must be a non-empty 1-D array"):
         meanfield.phase_diagram(jnp.ones((2, 2)), jnp.ones(3), "tanh")
     shifted = activations.Activation(

@@ -1,4 +1,4 @@
-"""The public surface researchers type (DESIGN.md API contract): a rename is a visible decision."""
+"""The public surface researchers type (the API contract): a rename is a visible decision."""
 
 import pytest
 

@@ -157,7 +157,7 @@ def test_bad_input_raises():
     key = jax.random.key(0)
     with pytest.raises(ValueError, match=r"weights must be one of \('gaussian', 'orthogonal'\)"):
         spectra.init_network(key, 8, 2, weights="uniform")
-    with pytest.raises(ValueError, match="width must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="width must be an int >= 1, got 0"):
         spectra.init_network(key, 0, 2)
     with pytest.raises(ValueError, match=r"sw2 .* must be finite and >= 0, got -1\.0"):
         spectra.init_network(key, 8, 2, sw2=-1.0)
@@ -178,7 +178,7 @@ def test_bad_input_raises():
         spectra.network_input(key, 8, 0.1, sb2=0.2)
     with pytest.raises(ValueError, match="sw2 and sb2 must be scalars"):
         spectra.jacobian_moments(jnp.ones(2), 0.0, "tanh", 3)
-    with pytest.raises(ValueError, match="depth must be a positive integer"):
+    with pytest.raises(ValueError, match="depth must be an int >= 1, got 0"):
         spectra.jacobian_moments(1.0, 0.0, "tanh", 0)
 
 

@@ -10,7 +10,9 @@ the paper. Import as ``import gradflow as gf``; the public modules are re-export
 * :mod:`gradflow.meanfield` -- mean-field q-map, c-map, chi1, depth scales, critical line
 * :mod:`gradflow.spectra` -- input-output Jacobian spectra and free-probability moments
 * :mod:`gradflow.models` -- Flax linen Chain, MLP, DeepLinear, RNN/LSTM
-* :mod:`gradflow.probes` -- per-layer gradient and signal statistics, health verdicts
+* :mod:`gradflow.adapters` -- any model (Flax linen, NNX, Equinox, plain JAX) as a pure function
+* :mod:`gradflow.taps` -- find the layers of any JAX function and tap their outputs exactly
+* :mod:`gradflow.probes` -- per-layer gradient and signal statistics of any model, verdicts
 * :mod:`gradflow.optim` -- optax transforms: clipping with telemetry, weight decay, monitors
 * :mod:`gradflow.data` -- scikit-learn digits and synthetic tasks
 * :mod:`gradflow.training` -- train state, jitted step, loop with divergence detection
@@ -22,6 +24,7 @@ the paper. Import as ``import gradflow as gf``; the public modules are re-export
 
 from gradflow import (
     activations,
+    adapters,
     analytic,
     data,
     experiment,
@@ -34,6 +37,7 @@ from gradflow import (
     rng,
     spectra,
     sweep,
+    taps,
     training,
 )
 
@@ -42,6 +46,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "activations",
+    "adapters",
     "analytic",
     "data",
     "experiment",
@@ -54,5 +59,6 @@ __all__ = [
     "rng",
     "spectra",
     "sweep",
+    "taps",
     "training",
 ]

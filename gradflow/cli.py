@@ -785,8 +785,153 @@ _SPEC_EXAMPLES = {
 }
 
 
+_MLP_FLAGS = {
+    "activation": "sigmoid",
+    "depth": 20,
+    "width": 30,
+    "init": "normal",
+    "bias_init": "normal",
+    "norm": "none",
+    "residual": False,
+}
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected D1,D2,... (positive ints), got {text!r}"
+        ) from None
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"expected positive dimensions, got {text!r}")
+    return dims
+
+
+def _load_factory(spec: str) -> tuple[str, Callable[..., Any]]:
+    """``PACKAGE.MODULE:FACTORY`` -> (the spec, the callable); CLIError on any mistake."""
+    import importlib
+
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr.isidentifier():
+        raise CLIError(
+            f"malformed --model {spec!r}: expected PACKAGE.MODULE:FACTORY, e.g. "
+            "my_project.models:make_cnn"
+        )
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise CLIError(
+            f"--model: cannot import {module!r} ({e}); install it, or add its directory to "
+            "PYTHONPATH"
+        ) from None
+    factory = getattr(mod, attr, None)
+    if not callable(factory):
+        raise CLIError(f"--model: {module} has no callable {attr!r}")
+    return spec, factory
+
+
+def _user_model(args: argparse.Namespace, seed: int) -> tuple[Any, Any, Any, Any]:
+    """Call the --model factory (with a key if it takes an argument) -> (model, variables, x, y);
+    without a batch of its own, the digits of --n reshaped to --input-shape."""
+    import inspect
+
+    import jax
+
+    spec, factory = args.model_factory
+    try:
+        takes_key = bool(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        takes_key = False
+    try:
+        made = factory(jax.random.key(seed)) if takes_key else factory()
+    except Exception as e:  # the user's code: say where it failed, in one line
+        raise CLIError(f"--model: {spec}() raised {type(e).__name__}: {e}") from None
+    if not isinstance(made, tuple) or len(made) not in (2, 4):
+        raise CLIError(
+            f"--model: {spec}() must return (model, variables), (apply_fn, params) or "
+            f"(model, variables, x, y); got {type(made).__name__}"
+            + (f" of length {len(made)}" if isinstance(made, tuple) else "")
+        )
+    if len(made) == 4:
+        return made
+    x, y = args.digits
+    try:
+        x = x.reshape((x.shape[0], *args.input_shape))
+    except (TypeError, ValueError):
+        raise CLIError(
+            f"--input-shape {args.input_shape} does not hold the 64 pixels of a digit"
+        ) from None
+    return (*made, x, y)
+
+
+def _diagnose_user_model(args: argparse.Namespace) -> int:
+    import inspect
+
+    import jax
+
+    from gradflow import data, probes
+
+    changed = [f"--{k.replace('_', '-')}" for k, v in _MLP_FLAGS.items() if getattr(args, k) != v]
+    if changed:
+        raise CLIError(f"--model diagnoses your model: {', '.join(changed)} only apply to the MLP")
+    args.model_factory = _load_factory(args.model)
+    with _user_input("--n: "):
+        digits = data.load_digits(n_train=args.n, seed=0)
+    args.digits = (jax.numpy.asarray(digits.x_train), jax.numpy.asarray(digits.y_train))
+    loss = args.loss or "softmax_cross_entropy"
+    reports = []
+    for seed in range(args.seed, args.seed + args.draws):
+        model, variables, x, y = _user_model(args, seed)
+        try:
+            reports.append(probes.probe(model, variables, x, y, loss=loss, train=args.train))
+        except Exception as e:  # the user's model (or its batch) failed: one line, exit 2
+            msg = str(e).split("\n")[0]
+            raise CLIError(
+                f"--model: probing {args.model} failed: {type(e).__name__}: {msg}"
+            ) from None
+    report = reports[0] if len(reports) == 1 else jax.tree.map(lambda *a: jax.numpy.stack(a),
+                                                               *reports)  # fmt: skip
+    name = getattr(model, "__name__", None) if inspect.isroutine(model) else None
+    name = name or type(model).__name__
+    desc = (
+        f"{args.model}: {name} on a batch of {jax.tree.leaves(x)[0].shape[0]}; {loss}; seed "
+        f"{args.seed}"
+        + (f", {args.draws} draws" if args.draws > 1 else "")
+        + (", train mode" if args.train else "")
+    )
+    print(desc)
+    return _print_diagnosis(args, report, f"diagnose_{args.model.rpartition(':')[2]}", args.model)
+
+
+def _print_diagnosis(args: argparse.Namespace, report: Any, default_out: str, title: str) -> int:
+    """Print the table and the verdict counts of ``report``, save its figure."""
+    from gradflow import plotting, probes
+
+    print(probes.format_report(report))
+    counts = {v: int((probes.verdict(report) == v).sum()) for v in ("vanishing", "exploding")}
+    if any(counts.values()):
+        print(", ".join(f"{n} layer(s) {v}" for v, n in counts.items() if n))
+    _agg()
+    with plotting.style():
+        written = probes.plot_report(report, args.out or default_out, title=title)
+    print(f"figure: {_fmt_paths(_paths(written))}")
+    return 0
+
+
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     from gradflow import activations, data, initializers, models, probes
+
+    for flag, least in (("n", 1), ("draws", 1)):
+        if getattr(args, flag) < least:
+            raise CLIError(f"--{flag} must be >= {least}, got {getattr(args, flag)}")
+    if args.seed < 0:
+        raise CLIError(f"--seed must be >= 0, got {args.seed}")
+    if args.model is not None:
+        return _diagnose_user_model(args)
+    if args.train or args.input_shape != (64,):
+        raise CLIError("--train and --input-shape apply to --model only")
+    args.loss = args.loss or "sigmoid_cross_entropy"
 
     act_name, act_params = _spec(args.activation, "activation")
     with _user_input("--activation: "):
@@ -796,11 +941,9 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         name, params = _spec(text, flag)
         with _user_input(f"--{flag}: "):
             inits[flag] = initializers.get(name, **params)
-    for flag, least in (("depth", 2), ("width", 1), ("n", 1), ("draws", 1)):
+    for flag, least in (("depth", 2), ("width", 1)):
         if getattr(args, flag) < least:
             raise CLIError(f"--{flag} must be >= {least}, got {getattr(args, flag)}")
-    if args.seed < 0:
-        raise CLIError(f"--seed must be >= 0, got {args.seed}")
     norm = None if args.norm == "none" else args.norm
     with _user_input():
         model = models.MLP(
@@ -837,25 +980,13 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         + (f", {args.draws} draws" if args.draws > 1 else "")
     )
     print(desc)
-    print(probes.format_report(report))
-    counts = {v: int((probes.verdict(report) == v).sum()) for v in ("vanishing", "exploding")}
-    if any(counts.values()):
-        print(", ".join(f"{n} layer(s) {v}" for v, n in counts.items() if n))
-    out = args.out or (
-        f"diagnose_{act_name}_{args.init.split('(')[0]}_depth{args.depth}_width{args.width}"
-    )
-    _agg()
-    from gradflow import plotting
-
+    out = f"diagnose_{act_name}_{args.init.split('(')[0]}_depth{args.depth}_width{args.width}"
     title = (
         f"{args.activation}, init {args.init}, depth {args.depth}, width {args.width}"
         + ("" if norm is None else f", {norm} norm")
         + (", residual" if args.residual else "")
     )
-    with plotting.style():
-        written = probes.plot_report(report, out, title=title)
-    print(f"figure: {_fmt_paths(_paths(written))}")
-    return 0
+    return _print_diagnosis(args, report, out, title)
 
 
 # ------------------------------------------------------------------------------------ parser
@@ -961,13 +1092,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "diagnose",
-        help="probe an MLP on digits: per-layer gradient table and figure",
-        description="Build gradflow.models.MLP(widths=(WIDTH,)*(DEPTH-1), out=10) from the flags, "
-        "probe one forward/backward pass on N scikit-learn digits (gradflow.probes.probe), print "
-        "the per-layer table with a verdict per layer (vanishing / healthy / exploding) and save "
-        "the figure (PDF + PNG). Activations and initializers take parameters as "
-        "NAME(param=value), e.g. --activation 'leaky_relu(negative_slope=0.2)' --init "
-        "'scaled_normal(scale=2.0)'.",
+        help="probe an MLP, or your own model, on digits: per-layer gradient table and figure",
+        description="Build gradflow.models.MLP(widths=(WIDTH,)*(DEPTH-1), out=10) from the flags "
+        "(or take your model from --model PACKAGE.MODULE:FACTORY), probe one forward/backward "
+        "pass on N scikit-learn digits (gradflow.probes.probe), print the per-layer table with a "
+        "verdict per layer (vanishing / healthy / exploding) and save the figure (PDF + PNG). "
+        "Activations and initializers take parameters as NAME(param=value), e.g. --activation "
+        "'leaky_relu(negative_slope=0.2)' --init 'scaled_normal(scale=2.0)'.",
     )
     p.add_argument(
         "--activation",
@@ -1003,9 +1134,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--residual", action="store_true", help="identity skips around hidden blocks")
     p.add_argument(
         "--loss",
-        default="sigmoid_cross_entropy",
+        default=None,
         choices=probes.LOSSES,
-        help="loss (default: sigmoid_cross_entropy, Nielsen's cross-entropy on sigmoid outputs)",
+        help="loss (default: sigmoid_cross_entropy, Nielsen's cross-entropy on sigmoid outputs, "
+        "for the MLP; softmax_cross_entropy for --model)",
+    )
+    p.add_argument(
+        "--model",
+        metavar="PACKAGE.MODULE:FACTORY",
+        help="diagnose your own model instead of the MLP: FACTORY (called with a PRNG key if it "
+        "takes an argument) returns (model, variables) for a Flax linen module, (module, None) "
+        "for an NNX or Equinox module, (apply_fn, params) for a plain function, or any of these "
+        "followed by a batch x, y; without a batch it gets the digits reshaped to --input-shape. "
+        "The module must be importable (installed, or on PYTHONPATH)",
+    )
+    p.add_argument(
+        "--input-shape",
+        type=_shape,
+        default=(64,),
+        metavar="D1,D2,...",
+        help="--model: the shape of one input, e.g. 8,8,1 for a CNN (default: 64)",
+    )
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="--model: training-mode behaviour (BatchNorm batch statistics, dropout off)",
     )
     p.add_argument(
         "--n", type=int, default=1000, help="number of digits in the batch (default: 1000)"

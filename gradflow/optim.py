@@ -16,15 +16,33 @@ reused; this module adds what optax lacks:
 * a gradient-statistics monitor, identity on the updates (:func:`monitor_grad_stats`);
 * an optimizer factory by name (:func:`make_optimizer`).
 
-**Layers.** A *layer* is a subtree of the parameter pytree. By default (``layers=None``) the layers
-are the top-level keys of the params dict, e.g. ``params["dense_3"] = {"kernel", "bias"}`` is one
-layer; ``layers=k`` (an int) groups by the first ``k`` path keys, joined by ``"/"``; ``layers=fn``
-maps a leaf's path (a tuple of key strings) to its layer name. Layers are ordered in *forward
-order*, defined as the natural sort of their names (digit runs compare as integers, so
-``dense_2 < dense_10``), except that a layer named ``"readout"`` comes last. That is the forward
-order of gradflow.models (``dense_0`` ... ``dense_{L-1}`` with the readout last; ``rnn``,
-``readout`` for the RNN) and of Flax's automatic names (``Dense_0``, ``Dense_1``, ...).
-:func:`layer_names` returns that order; every per-layer array here is indexed by it.
+**Layers.** A *layer* is a group of leaves of the parameter pytree, and the per-layer arrays here
+(norms, clipped flags) list the layers in *forward order*. Say which with ``layers=``:
+
+* ``layers=gf.optim.layer_order(model, variables, x)`` -- the layers the forward pass runs, in the
+  order it runs them, found on the traced program by :mod:`gradflow.taps` (the same rows as
+  :func:`gradflow.probes.probe`): a Flax linen, NNX or Equinox model or a plain ``apply_fn``.
+  A weight with its bias (or a norm's scale with its shift) is one layer; the layers of a stack
+  scanned over stacked parameters share their leaves and form one group; parameters no layer
+  uses on the data (positional embeddings, class tokens) form groups of their own, first. It
+  also gives :func:`adaptive_grad_clip` each weight's fan-in axes;
+* ``layers=["embed", "block_0", ..., "head"]`` -- the forward order by hand: a leaf belongs to
+  the longest listed name that is a prefix of its path (``"block_0/attn/query/kernel"`` is in
+  ``"block_0"``); every leaf must belong to one;
+* ``layers=k`` (an int) groups by the first ``k`` path keys, joined by ``"/"``; ``layers=fn``
+  maps a leaf's path (a tuple of key strings) to its layer name; these two, and the default,
+  order the layers by the natural sort of their names (digit runs compare as integers, so
+  ``dense_2 < dense_10``), a layer named ``"readout"`` last;
+* the default (``layers=None``) groups by the top-level key (one level deeper under a
+  top-level sequence: an Equinox ``layers[i]``, an NNX ``nnx.List``). The natural sort is the
+  forward order of gradflow.models (``dense_0`` ... ``dense_{L-1}``, ``rnn``/``readout``) and
+  of Flax's automatic names of one module type (``Dense_0``, ``Dense_1``, ...), but not of
+  arbitrary names (``Conv_0, BatchNorm_0, Dense_0`` sorts BatchNorm first). The order only
+  labels the per-layer telemetry (:func:`layer_names` gives the labels) -- except for
+  :func:`adaptive_grad_clip` with ``unclipped="last"``, which refuses to guess the readout when
+  the names are not one such family.
+
+Paths name dict keys, attributes and sequence indices; an NNX Variable's ``.value`` is dropped.
 
 Hyperparameters (thresholds, decays, learning rates) may be traced values, so a sweep can
 ``jax.vmap`` over them; they are validated only when concrete. Under
@@ -35,7 +53,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -43,12 +61,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gradflow import taps as _taps
+
 __all__ = [
     "AdaptiveGradClipState",
     "ClipByGlobalNormState",
     "ClipByLayerNormState",
     "ClipByValueState",
     "GradStatsState",
+    "LayerOrder",
     "adaptive_grad_clip",
     "add_l1_decay",
     "add_l2_decay",
@@ -61,13 +82,30 @@ __all__ = [
     "direction",
     "layer_names",
     "layer_norms",
+    "layer_order",
     "make_optimizer",
     "monitor_grad_stats",
     "optimizer_names",
     "telemetry",
 ]
 
-LayerSpec = int | Callable[[tuple[str, ...]], str] | None
+
+class LayerOrder(NamedTuple):
+    """The layers of a model in forward order, from :func:`layer_order` (pass as ``layers=``).
+
+    Attributes:
+      names: layer names, forward order (the readout last).
+      groups: the layer name of every parameter leaf, by its path (a tuple of names).
+      fan_in: the fan-in (contracted) axes of every weight leaf the layers use directly, by
+        path: the reduction axes of a unit-wise norm (one norm per output unit).
+    """
+
+    names: tuple[str, ...]
+    groups: Mapping[tuple[str, ...], str]
+    fan_in: Mapping[tuple[str, ...], tuple[int, ...]]
+
+
+LayerSpec = int | Callable[[tuple[str, ...]], str] | Sequence[str] | LayerOrder | None
 #: A layer of this name is the readout: last in forward order whatever the other names.
 READOUT = "readout"
 _NO_PARAMS_MSG = "{name} needs the parameters: call tx.update(updates, state, params) with params."
@@ -127,12 +165,22 @@ def _check_learning_rate(value: Any) -> None:
 
 
 def _check_layers(layers: LayerSpec) -> None:
-    if layers is None or callable(layers):
+    if layers is None or callable(layers) or isinstance(layers, LayerOrder):
+        return
+    if isinstance(layers, Sequence) and not isinstance(layers, str):
+        bad = [n for n in layers if not isinstance(n, str)]
+        if bad or not layers:
+            raise TypeError(
+                f"layers as a sequence must list layer names (non-empty strings), got {layers!r}"
+            )
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"layers lists a name twice: {list(layers)}")
         return
     if isinstance(layers, bool) or not isinstance(layers, int | np.integer):
         raise TypeError(
-            "layers must be None (top-level keys), a positive int (path depth) or a callable "
-            f"path -> layer name, got {layers!r}. Under optax.inject_hyperparams pass "
+            "layers must be None (top-level keys), gf.optim.layer_order(...), a sequence of "
+            "layer names in forward order, a positive int (path depth) or a callable path -> "
+            f"layer name, got {layers!r}. Under optax.inject_hyperparams pass "
             "static_args=('layers',)."
         )
     if layers < 1:
@@ -152,7 +200,7 @@ def _key_name(key: Any) -> str:
 
 
 def _path_names(path: Sequence[Any]) -> tuple[str, ...]:
-    return tuple(_key_name(k) for k in path)
+    return _taps.path_names(path)
 
 
 def _natural_key(name: str) -> tuple[Any, ...]:
@@ -163,23 +211,66 @@ def _natural_key(name: str) -> tuple[Any, ...]:
     return (name.split("/", 1)[0] == READOUT, parts)
 
 
-def _layer_of(path: tuple[str, ...], layers: LayerSpec) -> str:
+def _one_family(names: Sequence[str]) -> bool:
+    """Whether natural sorting surely gives the forward order: the names (but ``readout``) are
+    one prefix numbered by creation, e.g. ``dense_0 .. dense_9`` or ``layers/0 .. layers/3``."""
+    prefixes = {re.sub(r"\d+$", "", n) for n in names if n.split("/", 1)[0] != READOUT}
+    return len(prefixes) <= 1
+
+
+def _layer_of(path: tuple[str, ...], layers: LayerSpec, seq_top: frozenset = frozenset()) -> str:
     if callable(layers):
         return str(layers(path))
-    return "/".join(path[: 1 if layers is None else layers])
+    if isinstance(layers, LayerOrder):
+        name = layers.groups.get(path)
+        if name is None:
+            raise ValueError(
+                f"the parameter {'/'.join(path)!r} is not in the LayerOrder (built for other "
+                f"parameters?); its layers are {list(layers.names)}"
+            )
+        return name
+    if isinstance(layers, Sequence) and not isinstance(layers, str):
+        joined = "/".join(path)
+        hits = [n for n in layers if joined == n or joined.startswith(n + "/")]
+        if not hits:
+            raise ValueError(
+                f"the parameter {joined!r} belongs to none of the layers {list(layers)}: list "
+                "every layer (a name is a prefix of its parameters' paths)"
+            )
+        return max(hits, key=len)
+    if layers is None:
+        depth = 2 if path and path[0] in seq_top and len(path) > 2 else 1
+        return "/".join(path[:depth])
+    return "/".join(path[:layers])
 
 
 class _Partition(NamedTuple):
     names: tuple[str, ...]  # layer names, forward order
     leaf_layer: tuple[int, ...]  # layer index of every leaf, in jax.tree.leaves order
+    ordered: bool = True  # False: natural sort of names that need not be the forward order
+
+
+def _sequence_tops(paths: list[tuple[str, ...]]) -> frozenset:
+    """Top-level keys holding a sequence (their next key is an index)."""
+    return frozenset(p[0] for p in paths if len(p) > 2 and p[1].isdigit())
 
 
 def _partition(tree: Any, layers: LayerSpec) -> _Partition:
     with_path = jax.tree_util.tree_flatten_with_path(tree)[0]
-    leaf_names = [_layer_of(_path_names(p), layers) for p, _ in with_path]
-    names = tuple(sorted(set(leaf_names), key=_natural_key))
+    paths = [_path_names(p) for p, _ in with_path]
+    seq_top = _sequence_tops(paths) if layers is None else frozenset()
+    leaf_names = [_layer_of(p, layers, seq_top) for p in paths]
+    if isinstance(layers, LayerOrder):
+        names = tuple(n for n in layers.names if n in set(leaf_names))
+        ordered = True
+    elif isinstance(layers, Sequence) and not isinstance(layers, str):
+        names = tuple(n for n in layers if n in set(leaf_names))
+        ordered = True
+    else:
+        names = tuple(sorted(set(leaf_names), key=_natural_key))
+        ordered = layers is not None or _one_family(names)
     index = {n: i for i, n in enumerate(names)}
-    return _Partition(names, tuple(index[n] for n in leaf_names))
+    return _Partition(names, tuple(index[n] for n in leaf_names), ordered)
 
 
 def _norm_dtype(tree: Any) -> jnp.dtype:
@@ -195,12 +286,79 @@ def _layer_sq_norms(tree: Any, part: _Partition, dtype: Any) -> jax.Array:
     return jnp.stack(sums) if sums else jnp.zeros((0,), dtype)
 
 
+def layer_order(
+    model: Any, variables: Any, x: Any, *, train: bool = False, rngs: Any = None
+) -> LayerOrder:
+    """The layers of ``model`` in the order its forward pass runs them, for ``layers=``.
+
+    One traced call of the model on ``x`` (shapes only; nothing is computed), read by
+    :mod:`gradflow.taps`: the same layers :func:`gradflow.probes.probe` reports, grouped by the
+    parameters they use (see the module docstring).
+
+    Args:
+      model, variables: as :func:`gradflow.probes.probe` takes them -- a linen module and its
+        variables (or their ``params``), an NNX or Equinox module and None, or an
+        ``apply_fn(params, x)`` and its ``params``.
+      x: a batch of inputs (only its shape and dtype are used).
+      train, rngs: as for :func:`gradflow.adapters.as_model`.
+
+    Returns:
+      A :class:`LayerOrder` whose paths match the parameter pytree an optimizer of this model
+      sees (linen ``variables["params"]``, NNX ``nnx.state(model, nnx.Param)``, Equinox
+      ``eqx.filter(model, eqx.is_inexact_array)``, the ``params`` of an ``apply_fn``).
+
+    Raises:
+      ValueError: if the model has no parameterised layer.
+    """
+    from gradflow import adapters as _adapters
+
+    if (
+        variables is not None
+        and isinstance(model, __import__("flax").linen.Module)
+        and isinstance(variables, Mapping)
+        and "params" not in variables
+    ):
+        variables = {"params": variables}
+    m = _adapters.as_model(model, variables, train=train, rngs=rngs)
+    plan = _taps.trace(m.apply, m.params, x, m.state, paths=m.paths)
+    if not plan.layers:
+        raise ValueError(
+            f"layer_order: {type(model).__name__} has no parameterised layer on this input"
+        )
+    paths = m.paths
+    groups: dict[tuple[str, ...], str] = {}
+    fan_in: dict[tuple[str, ...], tuple[int, ...]] = {}
+    names: list[str] = []
+    for row in plan.layers:
+        leaves = [i for i, _ in (*row.weight, *row.bias)]
+        taken = [groups[paths[i]] for i in leaves if paths[i] in groups]
+        # a leaf used again (a scanned stack, a shared weight) keeps its first layer
+        name = taken[0] if taken else ("/".join(row.owner) or "/".join(paths[leaves[0]]))
+        if name not in names:
+            names.append(name)
+        for i in leaves:
+            groups.setdefault(paths[i], name)
+        for i, axes in row.fan_in:
+            fan_in.setdefault(paths[i], axes)
+    unused = [p for p in paths if p not in groups]
+    extra: list[str] = []
+    for p in unused:
+        name = "/".join(p[:-1]) or "/".join(p)
+        while name in names:
+            name += "'"
+        groups[p] = name
+        if name not in extra:
+            extra.append(name)
+    return LayerOrder(tuple(extra + names), groups, fan_in)
+
+
 def layer_names(params: Any, *, layers: LayerSpec = None) -> tuple[str, ...]:
     """Names of the layers of ``params`` in forward order (see the module docstring).
 
     Args:
       params: a parameter (or gradient) pytree, e.g. ``variables["params"]`` of a Flax model.
-      layers: None (top-level keys), an int path depth, or a callable ``path -> name``.
+      layers: a :class:`LayerOrder` (:func:`layer_order`), names in forward order, None
+        (top-level keys), an int path depth, or a callable ``path -> name``.
 
     Returns:
       A tuple of layer names; per-layer arrays of this module are indexed in this order.
@@ -424,6 +582,21 @@ def _resolve_unclipped(
     return frozenset(wanted)
 
 
+def _unit_axes(
+    path: tuple[str, ...], ndim: int, axis: int | tuple[int, ...] | None, layers: LayerSpec
+) -> int | tuple[int, ...] | None:
+    """Reduction axes of the unit norm of one leaf: ``axis`` where the leaf has those axes,
+    else its fan-in axes from a :class:`LayerOrder`, else None (optax infers them by rank)."""
+    if axis is not None:
+        wanted = (axis,) if isinstance(axis, int) else tuple(axis)
+        if all(-ndim <= a < ndim for a in wanted) and ndim > 1:
+            return axis
+        return None
+    if isinstance(layers, LayerOrder) and path in layers.fan_in and ndim > 1:
+        return layers.fan_in[path]
+    return None
+
+
 def adaptive_grad_clip(
     clipping: Any = 0.01,
     eps: Any = 1e-3,
@@ -452,8 +625,13 @@ def adaptive_grad_clip(
         parameter norm (may be traced). Brock et al. use 0.01 to 0.16 depending on batch size.
       eps: :math:`\epsilon > 0`, floor on the parameter norm so zero-initialised units can move.
       unclipped: ``"last"`` (the readout layer), None (clip every layer), or a layer name or names.
-      layers: how leaves group into layers (see the module docstring).
-      axis: reduction axes of the unit norm; None infers them from the rank (as optax does).
+      layers: how leaves group into layers (see the module docstring). With
+        :func:`layer_order`, every weight's unit norm reduces over its fan-in axes, whatever its
+        layout (Flax ``(in, out)``, PyTorch/Equinox ``(out, in)``, conv ``HWIO``).
+      axis: reduction axes of the unit norm for the leaves that have them (e.g. ``axis=1`` for
+        ``(out, in)`` weights; vectors such as biases keep the whole-vector norm); None takes
+        the fan-in axes from a :class:`LayerOrder`, else infers them from the rank (as optax
+        does: axis 0 for a Flax ``(in, out)`` kernel).
 
     Returns:
       An :class:`optax.GradientTransformation` whose ``update`` needs ``params``.
@@ -468,7 +646,15 @@ def adaptive_grad_clip(
         )
 
     def init_fn(params):
-        _resolve_unclipped(unclipped, _partition(params, layers).names)
+        part = _partition(params, layers)
+        if unclipped == "last" and not part.ordered:
+            raise ValueError(
+                f"adaptive_grad_clip: unclipped='last' but the layers {list(part.names)} are "
+                "ordered by name, so the last need not be the readout; pass "
+                "layers=gf.optim.layer_order(model, variables, x), the names in forward order, "
+                "or unclipped='<readout name>'"
+            )
+        _resolve_unclipped(unclipped, part.names)
         return _init_clip_state(AdaptiveGradClipState, params, layers)
 
     def update_fn(updates, state, params=None):
@@ -476,16 +662,17 @@ def adaptive_grad_clip(
             raise ValueError(_NO_PARAMS_MSG.format(name="adaptive_grad_clip"))
         part, gnorm, lnorms = _pre_clip(updates, layers)
         skip = _resolve_unclipped(unclipped, part.names)
-        leaves, treedef = jax.tree.flatten(updates)
+        with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
         p_leaves = treedef.flatten_up_to(params)
         hit = [jnp.zeros((), bool) for _ in part.names]
         out = []
-        for g, p, i in zip(leaves, p_leaves, part.leaf_layer, strict=True):
+        for (path, g), p, i in zip(with_path, p_leaves, part.leaf_layer, strict=True):
             if part.names[i] in skip:
                 out.append(g)
                 continue
-            g_norm = optax.transforms.unitwise_norm(g, axis=axis)
-            max_norm = clipping * jnp.maximum(optax.transforms.unitwise_norm(p, axis=axis), eps)
+            ax = _unit_axes(_path_names(path), jnp.ndim(g), axis, layers)
+            g_norm = optax.transforms.unitwise_norm(g, axis=ax)
+            max_norm = clipping * jnp.maximum(optax.transforms.unitwise_norm(p, axis=ax), eps)
             max_norm = max_norm.astype(g_norm.dtype)
             hit[i] = hit[i] | jnp.any(g_norm > max_norm)
             out.append(optax.transforms.unitwise_clip(g_norm, max_norm, g))
@@ -651,9 +838,11 @@ def decay_mask(
 ) -> Any:
     """Which leaves weight decay applies to: kernels yes, biases and normalisation scales no.
 
-    A leaf is decayed when its own name (the last key of its path) is in ``decay``; not decayed when
-    it is in ``no_decay`` (Flax Dense/LSTM ``bias``, BatchNorm/LayerNorm ``scale`` and ``bias``);
-    otherwise decayed iff it has rank >= 2 (a matrix-like weight). Override the names with
+    A leaf is decayed when its own name (the last key of its path; for an NNX Variable the
+    attribute holding it, not ``.value``) is in ``decay``; not decayed when it is in ``no_decay``
+    (Flax Dense/LSTM/attention ``bias``, BatchNorm/LayerNorm ``scale`` and ``bias``, Equinox
+    ``bias``); otherwise decayed iff it has rank >= 2 (a matrix-like weight: an Equinox
+    ``weight``, but not a LayerNorm's rank-1 ``weight``). Override the names with
     ``functools.partial(decay_mask, decay=..., no_decay=...)``, or pass any tree of bools or
     callable as ``mask=`` to the decay transforms.
 
@@ -669,7 +858,8 @@ def decay_mask(
         raise TypeError("decay and no_decay must be sequences of leaf names, not a single string.")
 
     def rule(path, leaf):
-        name = _key_name(path[-1]) if path else ""
+        names = _path_names(path)  # an NNX Variable's ".value" is dropped
+        name = names[-1] if names else ""
         if name in no_decay:
             return False
         if name in decay:

@@ -1,11 +1,15 @@
 r"""Per-layer gradient and signal statistics in one jitted call, and health verdicts.
 
-"Where do my gradients vanish or explode, layer by layer, and why?" :func:`probe` answers for any
-:mod:`gradflow.models` feed-forward network (and any module following its layer protocol: blocks
-that perturb their pre-activation as ``"z"`` and sow ``"preact"``, ``"slope"``, ``"act"``).
+"Where do my gradients vanish or explode, layer by layer, and why?" :func:`probe` answers for
+the model the researcher wrote, unchanged: a Flax linen module, a Flax NNX module, an Equinox
+module or any ``apply_fn(params, x)`` (see :mod:`gradflow.adapters`). Its layers -- every
+parameterised linear map the forward pass runs (Dense, Einsum, attention projections, Conv,
+Embed, ``x @ w``) and every norm layer with parameters -- are found on the traced program and
+tapped exactly by :mod:`gradflow.taps`, in the order the forward pass runs them. Layers of
+:mod:`gradflow.models` also report the statistics of their activation (they sow it).
 
-For each Dense layer :math:`l = 1..L` in forward order, the readout last, with the cost
-:math:`C = \frac{1}{B}\sum_x C_x` the mean over the batch:
+For each layer :math:`l = 1..L` in forward order, the readout last, with output :math:`z_l` and
+the cost :math:`C = \frac{1}{B}\sum_x C_x` the mean over the batch:
 
 * ``weight_grad_norm`` :math:`\|\partial C/\partial W_l\|_F` and ``bias_grad_norm``
   :math:`\|\partial C/\partial b_l\|_2` -- Nielsen's "speed of learning" of layer :math:`l`
@@ -16,15 +20,21 @@ For each Dense layer :math:`l = 1..L` in forward order, the readout last, with t
   of the *mean* cost with respect to one example's :math:`z` carries a factor :math:`1/B`; we undo
   it so the numbers do not depend on the batch size, and :math:`\partial C/\partial b_l =
   \frac{1}{B}\sum_x \delta_l^x`.)
-* ``act_mean``, ``act_var`` -- mean and variance of the layer output :math:`h_l` over examples
-  and units; ``avg_sq_channel_mean`` :math:`\frac{1}{n}\sum_i (E_x h_{l,i})^2` and
-  ``avg_channel_var`` :math:`\frac{1}{n}\sum_i \mathrm{Var}_x h_{l,i}`, the signal-propagation
-  plot statistics of Brock et al. (2021); ``preact_sq_mean`` :math:`\frac{1}{n}\sum_i E_x u_{l,i}^2`
-  (the mean-field length :math:`q^l` of Poole et al. 2016 when there is no norm).
+* ``act_mean``, ``act_var`` -- mean and variance of the layer's signal :math:`h_l` over
+  examples, positions and channels; ``avg_sq_channel_mean`` :math:`\frac{1}{n}\sum_i (E_x
+  h_{l,i})^2` and ``avg_channel_var`` :math:`\frac{1}{n}\sum_i \mathrm{Var}_x h_{l,i}` over the
+  :math:`n` channels (means over examples and positions), the signal-propagation plot statistics
+  of Brock et al. (2021); ``preact_sq_mean`` :math:`\frac{1}{n}\sum_i E_x u_{l,i}^2` (the
+  mean-field length :math:`q^l` of Poole et al. 2016 when there is no norm). For a
+  :mod:`gradflow.models` layer, :math:`h_l = \phi(u_l)` is the activation and :math:`u_l` its
+  argument; for any other layer both are its output :math:`z_l` (the probe cannot know which
+  nonlinearity, if any, the model applies next).
 * ``saturated_frac`` -- fraction of (example, unit) pairs with
   :math:`|\phi'(u)| < 0.01 \sup|\phi'|` (for ReLU this counts the inactive half);
   ``dead_frac`` -- fraction of units with :math:`\phi'(u) = 0` for every example of the batch
-  (dead ReLUs). Both 0 for the linear readout.
+  (dead ReLUs). Both 0 for the linear readout, and NaN for layers not built from
+  :class:`gradflow.models.DenseBlock`: they need :math:`\phi'`, which a generic layer does not
+  name.
 * ``weight_norm`` :math:`\|W_l\|_F`, and ``loss`` :math:`C`.
 
 All arrays have shape ``(..., L)`` (``loss`` ``(...)``): ``jax.vmap`` over seeds adds the leading
@@ -41,8 +51,8 @@ it readable.
 
 from __future__ import annotations
 
+import collections
 import functools
-import inspect
 import math
 import numbers
 import os
@@ -54,9 +64,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import struct, traverse_util
+from flax import struct
 
+from gradflow import adapters as _adapters
 from gradflow import models as _models
+from gradflow import taps as _taps
 
 __all__ = [
     "LOSSES",
@@ -178,6 +190,7 @@ class LayerReport:
     saturated_frac: Array
     dead_frac: Array
     layer_names: tuple[str, ...] = struct.field(pytree_node=False, default=())
+    layer_kinds: tuple[str, ...] = struct.field(pytree_node=False, default=())
 
     @property
     def num_layers(self) -> int:
@@ -186,7 +199,9 @@ class LayerReport:
 
 #: The array fields of :class:`LayerReport` (``verdict(stat=...)`` takes the gradient ones).
 STATS: tuple[str, ...] = tuple(
-    f.name for f in LayerReport.__dataclass_fields__.values() if f.name != "layer_names"
+    f.name
+    for f in LayerReport.__dataclass_fields__.values()
+    if f.name not in ("layer_names", "layer_kinds")
 )
 _GRAD_STATS = ("weight_grad_norm", "bias_grad_norm", "preact_grad_norm")
 
@@ -211,38 +226,6 @@ class RecurrentReport:
 # ----------------------------------------------------------------------------------------- probe
 
 
-def _accepts_train(model: nn.Module) -> bool:
-    try:
-        return "train" in inspect.signature(type(model).__call__).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins
-        return False
-
-
-def _layer_paths(model: nn.Module, found: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
-    """Paths (tuples of module names) of the layers, in forward order.
-
-    ``found``: the paths of the blocks that sowed ``"act"``, in the order they ran (Flax keeps the
-    creation order of a collection). ``model.layer_names()``, when defined, fixes the order.
-    """
-    if not found:
-        raise ValueError(
-            f"{type(model).__name__} exposes no layers: build it from "
-            "gradflow.models.DenseBlock (perturb 'z', sow 'preact', 'slope', 'act')"
-        )
-    order = getattr(model, "layer_names", None)
-    if not callable(order):
-        return list(found)
-    names = tuple(order())
-    by_name = {"/".join(p): p for p in found}
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        raise ValueError(
-            f"{type(model).__name__}.layer_names() lists {missing} but found only the layers "
-            f"{list(by_name)}"
-        )
-    return [by_name[n] for n in names]
-
-
 def _strip(variables: Mapping) -> dict:
     return {k: v for k, v in variables.items() if k not in ("perturbations", "intermediates")}
 
@@ -253,143 +236,286 @@ def _norm(x: Array) -> Array:
 
 def _get(tree: Mapping, path: tuple[str, ...]) -> Any:
     for p in path:
+        if not isinstance(tree, Mapping) or p not in tree:
+            return None
         tree = tree[p]
     return tree
 
 
-def _make_probe(model: nn.Module, loss_fn: LossFn, train: bool, layers: tuple | None):
-    kw = {"train": train} if _accepts_train(model) else {}
-    if train and not kw:
-        raise TypeError(f"train=True but {type(model).__name__}.__call__ takes no 'train'")
-
-    def run(variables, x, y):
-        variables = _strip(variables)
-        if "params" not in variables:
-            raise ValueError(f"variables must contain 'params', got {sorted(variables)}")
-        mutable = ["intermediates"]
-        if train and "batch_stats" in variables:
-            mutable.append("batch_stats")
-        perts = _models.perturbations(model, variables, x, **kw)
-        found: list[tuple[str, ...]] = []
-
-        def cost(params, perts):
-            v = {**variables, "params": params, "perturbations": perts}
-            out, state = model.apply(v, x, mutable=mutable, **kw)
-            # record the forward order at trace time (pytree flattening would sort the names)
-            flat = traverse_util.flatten_dict(state["intermediates"])
-            found[:] = [k[:-1] for k in flat if k[-1] == "act"]
-            return loss_fn(out, y), state["intermediates"]
-
-        (c, inter), (g_params, g_perts) = jax.value_and_grad(cost, argnums=(0, 1), has_aux=True)(
-            variables["params"], perts
+def _select_rows(
+    plan: _taps.TapPlan, layers: tuple | None, declared: tuple | None, owner: str
+) -> list[_taps.Layer]:
+    """The rows to report: ``layers`` if given, else the model's declared ``layer_names()``,
+    else every layer the forward pass ran."""
+    found = {row.name: row for row in plan.layers}
+    if not found:
+        raise ValueError(
+            f"{owner} has no parameterised layer: no dot_general, conv or embedding lookup "
+            "uses a parameter on the data, and no norm scales it (see gradflow.taps)"
         )
-        if layers is not None:
-            paths = [tuple(n.split("/")) for n in layers]
-            unknown = [n for n, p in zip(layers, paths) if p not in found]
-            if unknown:
+    want = layers if layers is not None else declared
+    if want is None:
+        return list(plan.layers)
+    missing = [n for n in want if n not in found]
+    if missing:
+        what = "" if layers is not None else f" in {owner}.layer_names()"
+        raise ValueError(f"unknown layers {missing}{what}; the model has {list(found)}")
+    return [found[n] for n in want]
+
+
+def _sq_norm(leaves: list, items: tuple, dt) -> Array:
+    """Root of the summed squares of ``leaves[i][index]`` over ``items``; NaN when empty."""
+    if not items:
+        return jnp.full((), jnp.nan, dtype=dt)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(leaves[i][idx].astype(dt))) for i, idx in items))
+
+
+def _row(
+    row: _taps.Layer, z: Array, gz: Array, batch: int, sown: Mapping | None, leaves, gleaves
+) -> dict[str, Array]:
+    """The statistics of one layer from its output ``z``, ``dC/dz`` and its parameters."""
+    dt = jnp.promote_types(z.dtype, jnp.float32)
+    z, gz = z.astype(dt), gz.astype(dt)
+    nan = jnp.full((), jnp.nan, dtype=dt)
+    ba = row.batch_axis
+    if ba is not None and z.shape[ba] % batch == 0 and batch > 0:
+        # per-example delta: all positions of example x (batch-major when the batch axis was
+        # flattened with positions), times B to undo the batch mean of the cost
+        delta = jnp.moveaxis(gz, ba, 0).reshape(batch, -1) * batch
+        dn = jnp.sqrt(jnp.sum(jnp.square(delta), axis=-1))
+        d_mean, d_std = dn.mean(), dn.std()
+    else:
+        d_mean = d_std = nan
+    if sown is not None:  # gradflow.models layers sow what they apply the activation to
+        n = z.shape[-1]
+        h = sown["act"][0].astype(dt).reshape(-1, n)
+        u = sown["preact"][0].astype(dt).reshape(-1, n)
+        slope = jnp.abs(sown["slope"][0].astype(dt).reshape(-1, n))
+        sat = jnp.mean((slope < SATURATION).astype(dt))
+        dead = jnp.mean(jnp.all(slope == 0, axis=0).astype(dt))
+        q = jnp.mean(jnp.square(u))
+    else:
+        ch = row.channel_axes
+        rest = [a for a in range(z.ndim) if a not in ch]
+        h = jnp.transpose(z, (*rest, *ch)).reshape(-1, max(1, math.prod(z.shape[a] for a in ch)))
+        sat = dead = nan
+        q = jnp.mean(jnp.square(z))
+    chan_mean = h.mean(0)
+    return dict(
+        weight_grad_norm=_sq_norm(gleaves, row.weight, dt),
+        bias_grad_norm=_sq_norm(gleaves, row.bias, dt),
+        preact_grad_norm=d_mean,
+        preact_grad_norm_std=d_std,
+        weight_norm=_sq_norm(leaves, row.weight, dt),
+        act_mean=h.mean(),
+        act_var=h.var(),
+        avg_sq_channel_mean=jnp.mean(jnp.square(chan_mean)),
+        avg_channel_var=jnp.mean(h.var(0)),
+        preact_sq_mean=q,
+        saturated_frac=sat,
+        dead_frac=dead,
+    )
+
+
+def _make_probe(model: _adapters.Model, loss_fn: LossFn, layers: tuple | None, labels: bool):
+    apply, paths, declared = model.apply, model.paths, model.layer_names
+    owner = getattr(type(model.source), "__name__", "model")
+    if model.kind == "function":
+        owner = getattr(model.source, "__name__", "apply_fn")
+
+    def run(params, state, x, y):
+        plan = _taps.trace(apply, params, x, state, paths=paths)
+        rows = _select_rows(plan, layers, declared, owner)
+        batch = jax.tree.leaves(x)[0].shape[0]
+
+        def cost(params, perturbations):
+            (out, aux), values = plan.apply(params, x, state, taps=perturbations)
+            c = loss_fn(out, y)
+            if jnp.ndim(c) != 0:
                 raise ValueError(
-                    f"unknown layers {unknown}; the model has {['/'.join(p) for p in found]}"
+                    f"loss must return a scalar (the mean over the batch), got shape {jnp.shape(c)}"
                 )
-        else:
-            paths = _layer_paths(model, found)
-        rows = []
-        for path in paths:
-            p = _get(variables["params"], path)
-            gp = _get(g_params, path)
-            gz = _get(g_perts, path)["z"]
-            it = _get(inter, path)
-            n = gz.shape[-1]
-            delta = gz.reshape(-1, n) * (gz.size // n)  # per-example delta: B dC/dz
-            delta_norm = jnp.sqrt(jnp.sum(jnp.square(delta), axis=-1))
-            h = it["act"][0].reshape(-1, n)
-            u = it["preact"][0].reshape(-1, n)
-            slope = jnp.abs(it["slope"][0].reshape(-1, n))
-            chan_mean = h.mean(0)
-            nan = jnp.full((), jnp.nan, dtype=gz.dtype)
-            rows.append(
-                dict(
-                    weight_grad_norm=_norm(gp["kernel"]),
-                    bias_grad_norm=_norm(gp["bias"]) if "bias" in gp else nan,
-                    preact_grad_norm=delta_norm.mean(),
-                    preact_grad_norm_std=delta_norm.std(),
-                    weight_norm=_norm(p["kernel"]),
-                    act_mean=h.mean(),
-                    act_var=h.var(),
-                    avg_sq_channel_mean=jnp.mean(jnp.square(chan_mean)),
-                    avg_channel_var=jnp.mean(h.var(0)),
-                    preact_sq_mean=jnp.mean(jnp.square(u)),
-                    saturated_frac=jnp.mean((slope < SATURATION).astype(gz.dtype)),
-                    dead_frac=jnp.mean(jnp.all(slope == 0, axis=0).astype(gz.dtype)),
-                )
-            )
-        stacked = {k: jnp.stack([r[k] for r in rows]) for k in rows[0]}
-        return LayerReport(loss=c, layer_names=tuple("/".join(p) for p in paths), **stacked)
+            return c, (values, aux, out)
+
+        (c, (values, aux, out)), (g_params, g_values) = jax.value_and_grad(
+            cost, argnums=(0, 1), has_aux=True
+        )(params, plan.zeros())
+        leaves, gleaves = jax.tree.leaves(params), jax.tree.leaves(g_params)
+        stats = []
+        for row in rows:
+            sown = _get(aux, row.owner)
+            if not (isinstance(sown, Mapping) and {"act", "preact", "slope"} <= set(sown)):
+                sown = None
+            z, gz = plan.output(values, row), plan.output(g_values, row)
+            stats.append(_row(row, z, gz, batch, sown, leaves, gleaves))
+        stacked = {k: jnp.stack([s[k] for s in stats]) for k in stats[0]}
+        ok = jnp.asarray(True)
+        if labels and jnp.issubdtype(jnp.result_type(y), jnp.integer):
+            n_classes = jnp.shape(out)[-1]
+            ok = jnp.all((y >= 0) & (y < max(n_classes, 2 if n_classes == 1 else n_classes)))
+        report = LayerReport(
+            loss=c,
+            layer_names=tuple(r.name for r in rows),
+            layer_kinds=tuple(r.kind for r in rows),
+            **stacked,
+        )
+        return report, ok
 
     return run
 
 
-@functools.lru_cache(maxsize=256)
-def _cached(model: nn.Module, loss: Any, train: bool, layers: tuple | None):
-    return jax.jit(_make_probe(model, get_loss(loss), train, layers))
+_CACHE: collections.OrderedDict = collections.OrderedDict()
+_CACHE_SIZE = 256
 
 
-def _compiled(model, loss, train, layers, maker):
+def _compiled(model: _adapters.Model, loss: str | LossFn, layers: tuple | None) -> Callable:
+    """The jitted probe of ``model`` (cached per model, loss and layers when hashable)."""
+    labels = isinstance(loss, str)
+    key = None if model.key is None else (model.key, loss, layers)
     try:
-        return maker(model, loss, train, layers)
-    except TypeError as e:
-        if "unhashable" not in str(e):
-            raise
-        # An unhashable model or loss (e.g. a list field): compile without caching.
-        return jax.jit(_make_probe(model, get_loss(loss), train, layers))
+        hit = _CACHE.get(key) if key is not None else None
+    except TypeError:  # an unhashable loss
+        key, hit = None, None
+    if hit is not None:
+        _CACHE.move_to_end(key)
+        return hit
+    fn = jax.jit(_make_probe(model, get_loss(loss), layers, labels))
+    if key is not None:
+        _CACHE[key] = fn
+        if len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return fn
+
+
+def _batch_size(x: Any, y: Any) -> int:
+    leaves = jax.tree.leaves(x)
+    if not leaves:
+        raise ValueError("x is empty: pass a batch of inputs with the examples on axis 0")
+    sizes = {jnp.shape(v)[0] if jnp.ndim(v) else None for v in leaves}
+    if None in sizes:
+        raise ValueError("every input in x needs a batch axis 0; got a scalar")
+    if len(sizes) != 1:
+        raise ValueError(f"the inputs in x disagree on the batch size: {sorted(sizes)}")
+    (batch,) = sizes
+    if batch == 0:
+        raise ValueError("x holds an empty batch (0 examples); a probe needs at least one")
+    ny = jnp.shape(y)[0] if jnp.ndim(y) else None
+    if ny != batch:
+        raise ValueError(f"x has {batch} examples but y has {ny} (shape {jnp.shape(y)})")
+    return batch
+
+
+def _check_finite(name: str, tree: Any) -> None:
+    for v in jax.tree.leaves(tree):
+        if isinstance(v, jax.core.Tracer) or not jnp.issubdtype(jnp.result_type(v), jnp.inexact):
+            continue
+        a = np.asarray(v)
+        bad = ~np.isfinite(a)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{name} holds {int(bad.sum())} non-finite value(s) (first {a[first]} at index "
+                f"{first}); gradient statistics of non-finite inputs are meaningless"
+            )
 
 
 def probe(
-    model: nn.Module,
-    variables: Mapping,
-    x: Array,
+    model: Any,
+    variables: Any,
+    x: Any,
     y: Array,
     loss: str | LossFn = "softmax_cross_entropy",
     *,
     train: bool = False,
     layers: Sequence[str] | None = None,
+    rngs: Any = None,
 ) -> LayerReport:
-    r"""Per-layer gradient and signal statistics of ``model`` on the batch ``(x, y)``.
+    r"""Per-layer gradient and signal statistics of any model on the batch ``(x, y)``.
 
-    One jitted forward and backward pass (cached per ``(model, loss, train, layers)``, so calls
-    with new variables or data of the same shapes do not recompile); traceable, so it can be
-    ``jax.vmap`` -ed over seeds or hyperparameters.
+    One jitted forward and backward pass, traceable, so it can be ``jax.vmap`` -ed over seeds or
+    hyperparameters. The compiled program is cached per model (a linen module, an NNX graph
+    definition, an Equinox module's structure or an ``apply_fn`` object), loss and ``layers``,
+    so calls with new parameters or data of the same shapes do not recompile.
+
+    **Which model.** Whatever the researcher wrote, unchanged:
+
+    * ``probe(module, variables, x, y)`` -- a :class:`flax.linen.Module` and the variables of
+      ``module.init``; :mod:`gradflow.models` networks and any linen CNN, Transformer, ...;
+    * ``probe(nnx_module, None, x, y)`` -- a :class:`flax.nnx.Module` with its own state;
+    * ``probe(eqx_module, None, x, y)`` -- an Equinox module, applied per example with vmap;
+    * ``probe(apply_fn, params, x, y)`` -- any ``apply_fn(params, x) -> outputs`` of a pytree
+      ``params`` (e.g. an Equinox model split with ``eqx.partition``).
+
+    **Which layers.** Every parameterised linear map the forward pass runs (Dense, Einsum, the
+    query/key/value/out projections of attention, Conv, ConvTranspose, Embed, ``x @ w``), and
+    every norm layer with parameters, as its own row, in the order the forward pass runs them
+    (readout last), named by their parameters' module path and labelled with a ``kind`` --
+    found on the traced program by :mod:`gradflow.taps`. A stack built with ``nn.scan`` over
+    stacked parameters gives a row per layer (``stack/Dense_0[3]``); a recurrent cell whose
+    weights are shared across time steps gives one row whose positions are the time steps. A
+    model that declares ``layer_names()`` (every :mod:`gradflow.models` network) is reported
+    on exactly those layers.
+
+    **What.** For layer :math:`l` with output :math:`z_l` (for a Dense layer :math:`xW + b`)
+    and the cost :math:`C = \frac{1}{B}\sum_x C_x`:
+    :math:`\|\partial C/\partial W_l\|`, :math:`\|\partial C/\partial b_l\|`, and the
+    per-example error :math:`\delta_l^x = B\,\partial C/\partial z_l^x` over every position of
+    example :math:`x` (sequence, spatial axes), as the mean and standard deviation of
+    :math:`\|\delta_l^x\|` over the examples. It is exact: the gradient with respect to a zero
+    perturbation of :math:`z_l`. With BatchNorm in ``train=True`` mode the batch statistics
+    couple the examples: :math:`\delta_l^x` is then the gradient of the *mean* cost with respect
+    to example :math:`x`'s output (times :math:`B`), which includes the paths through the other
+    examples' normalisation, not the gradient of :math:`C_x` alone. The signal statistics are
+    those of :math:`z_l` over examples and positions, per channel (the last axis; a conv's
+    feature axis); for :mod:`gradflow.models` layers they are those of the activation
+    :math:`h_l = \phi(u_l)` and its argument :math:`u_l`, as the module docstring defines.
+    ``saturated_frac`` and ``dead_frac`` need the activation function, which a generic layer
+    does not name: they are NaN for layers not built from :class:`gradflow.models.DenseBlock`.
 
     Args:
-      model: a :mod:`gradflow.models` feed-forward model (:class:`~gradflow.models.Chain`,
-        :class:`~gradflow.models.MLP`, :class:`~gradflow.models.DeepLinear`) or any module built
-        from :class:`~gradflow.models.DenseBlock` s.
-      variables: from ``model.init`` (``params``, and ``batch_stats`` with BatchNorm); any
-        ``perturbations`` / ``intermediates`` in it are ignored.
-      x: inputs ``(B, ...)``.
-      y: integer labels ``(B,)`` or real targets shaped like the output.
+      model: a linen module, an NNX module, an Equinox module or a callable ``apply_fn``.
+      variables: linen: the variables of ``model.init`` (``params``, and ``batch_stats`` with
+        BatchNorm; ``perturbations``/``intermediates`` are ignored); NNX and Equinox: None;
+        ``apply_fn``: its ``params`` pytree.
+      x: inputs, examples on axis 0 (an array or a pytree of arrays).
+      y: integer labels ``(B,)`` (or ``(B, T)`` for sequences) or real targets shaped like the
+        output.
       loss: ``"softmax_cross_entropy"``, ``"sigmoid_cross_entropy"`` (Nielsen's), ``"mse"``
-        (see :func:`get_loss`) or a callable ``(outputs, y) -> scalar`` that averages over the
-        batch.
-      train: passed to the model; with BatchNorm, ``True`` uses batch statistics, i.e. the
-        gradients a training step sees (updated statistics are discarded), ``False`` the running
-        averages (at initialisation, mean 0 and variance 1: BatchNorm then does almost nothing).
-      layers: names of the layers to report, nested ones as ``"outer/inner"`` (default
-        ``model.layer_names()``, else every :class:`~gradflow.models.DenseBlock` in the order
-        the blocks run).
+        (see :func:`get_loss`) or a callable ``(outputs, y) -> scalar`` averaging over the batch.
+      train: training-mode behaviour: linen ``train=True`` (BatchNorm uses the batch statistics,
+        i.e. the gradients a training step sees; updated statistics are discarded), NNX
+        ``.train()``; ``False`` gives evaluation mode (running averages; at initialisation mean
+        0 and variance 1, so BatchNorm does almost nothing).
+      layers: names of the rows to report (default: all, or ``model.layer_names()``).
+      rngs: linen only, e.g. ``{"dropout": key}`` when ``train=True`` enables dropout.
 
     Returns:
-      :class:`LayerReport` with arrays ``(L,)`` (``(..., L)`` under vmap).
+      :class:`LayerReport` with arrays ``(L,)`` (``(..., L)`` under vmap), ``layer_names`` and
+      ``layer_kinds``.
+
+    Raises:
+      ValueError: an empty batch, ``x`` and ``y`` of different batch sizes, non-finite inputs or
+        labels outside the output's classes (checked when the values are concrete), a model with
+        no parameterised layer, a loss that is not a scalar, unknown ``layers``.
+      TypeError: variables of the wrong kind for the model.
     """
     if isinstance(model, _models.RNN):
-        raise TypeError("probe reports Dense layers; use gradflow.probes.probe_rnn for an RNN")
+        raise TypeError("probe reports layers; use gradflow.probes.probe_rnn for an RNN")
+    m = _adapters.as_model(model, variables, train=train, rngs=rngs)
+    _batch_size(x, y)
+    _check_finite("x", x)
     layers = None if layers is None else tuple(layers)
-    fn = _compiled(model, loss, bool(train), layers, _cached)
-    return fn(variables, x, y)
+    get_loss(loss)
+    report, ok = _compiled(m, loss, layers)(m.params, m.state, x, y)
+    if not isinstance(ok, jax.core.Tracer) and not bool(ok):
+        raise ValueError(
+            f"labels y must lie in [0, number of outputs) for loss {loss!r}; got values from "
+            f"{int(jnp.min(y))} to {int(jnp.max(y))}"
+        )
+    return report
 
 
-def _make_probe_rnn(model: nn.Module, loss_fn: LossFn, train: bool, layers: Any):
-    del train, layers
-
+def _make_probe_rnn(model: nn.Module, loss_fn: LossFn):
     def run(variables, x, y):
         variables = _strip(variables)
         perts = _models.perturbations(model, variables, x)
@@ -418,8 +544,8 @@ def _make_probe_rnn(model: nn.Module, loss_fn: LossFn, train: bool, layers: Any)
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_rnn(model, loss, train, layers):
-    return jax.jit(_make_probe_rnn(model, get_loss(loss), train, layers))
+def _cached_rnn(model, loss):
+    return jax.jit(_make_probe_rnn(model, get_loss(loss)))
 
 
 def probe_rnn(
@@ -444,7 +570,10 @@ def probe_rnn(
     """
     if not isinstance(model, _models.RNN):
         raise TypeError(f"probe_rnn takes a gradflow.models.RNN, got {type(model).__name__}")
-    fn = _compiled(model, loss, False, None, _cached_rnn)
+    try:
+        fn = _cached_rnn(model, loss)
+    except TypeError:  # an unhashable loss: compile without caching
+        fn = jax.jit(_make_probe_rnn(model, get_loss(loss)))
     return fn(variables, x, y)
 
 
@@ -702,19 +831,22 @@ def to_frame(report: LayerReport):
     """A tidy :class:`pandas.DataFrame`: one row per (draw, layer), a column per statistic.
 
     Columns ``draw`` (flat index over leading vmapped axes; 0 for a single report), ``layer``
-    (0-based, forward order), ``name``, the statistics of :data:`STATS` (``loss`` repeated per
-    layer) and ``verdict`` (default thresholds).
+    (0-based, forward order), ``name``, ``kind`` (``""`` when the report has none), the
+    statistics of :data:`STATS` (``loss`` repeated per layer) and ``verdict`` (default
+    thresholds).
     """
     import pandas as pd
 
     L = report.num_layers or np.shape(report.weight_grad_norm)[-1]
     names = report.layer_names or tuple(f"layer_{i}" for i in range(L))
+    kinds = report.layer_kinds if len(report.layer_kinds) == L else ("",) * L
     cols = {k: np.asarray(getattr(report, k), dtype=np.float64) for k in STATS}
     draws = int(np.asarray(report.loss).size)
     data = {
         "draw": np.repeat(np.arange(draws), L),
         "layer": np.tile(np.arange(L), draws),
         "name": np.tile(np.asarray(names, dtype=object), draws),
+        "kind": np.tile(np.asarray(kinds, dtype=object), draws),
     }
     for k, v in cols.items():
         data[k] = np.repeat(v.reshape(-1), L) if k == "loss" else v.reshape(-1)
@@ -731,9 +863,10 @@ def format_report(
 ) -> str:
     r"""A table for the terminal: one row per layer, forward order, readout last.
 
-    Columns: :math:`\|\partial C/\partial W\|`, :math:`\|\partial C/\partial b\|` (Nielsen's
-    speed), :math:`\|\delta\|` mean and std over examples, the ratio of ``stat`` to the readout's,
-    activation mean and variance, % saturated and % dead units, and the :func:`verdict`. A
+    Columns: the layer's kind (when the report has them), :math:`\|\partial C/\partial W\|`,
+    :math:`\|\partial C/\partial b\|` (Nielsen's speed), :math:`\|\delta\|` mean and std
+    over examples, the ratio of ``stat`` to the readout's, activation mean and variance, %
+    saturated and % dead units ("-" where undefined), and the :func:`verdict`. A
     vmapped report is summarised by the median over its draws (said in the header).
     """
     arrays, draws = _summary(report)
@@ -748,8 +881,13 @@ def format_report(
     def sci(v: float) -> str:
         return "-" if np.isnan(v) else f"{v:.2e}"
 
+    def pct(v: float) -> str:
+        return "-" if np.isnan(v) else f"{100 * v:.1f}"
+
+    kinds = report.layer_kinds if len(report.layer_kinds) == L else None
     header = [
         "layer",
+        *(["kind"] if kinds else []),
         "|dC/dW|",
         "|dC/db|",
         "|delta|",
@@ -766,6 +904,7 @@ def format_report(
         rows.append(
             [
                 names[i],
+                *([kinds[i]] if kinds else []),
                 sci(arrays["weight_grad_norm"][i]),
                 sci(arrays["bias_grad_norm"][i]),
                 sci(arrays["preact_grad_norm"][i]),
@@ -773,17 +912,18 @@ def format_report(
                 sci(ratio[i]),
                 f"{arrays['act_mean'][i]:.3f}",
                 f"{arrays['act_var'][i]:.3g}",
-                f"{100 * arrays['saturated_frac'][i]:.1f}",
-                f"{100 * arrays['dead_frac'][i]:.1f}",
+                pct(arrays["saturated_frac"][i]),
+                pct(arrays["dead_frac"][i]),
                 str(labels[i]),
             ]
         )
     widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
 
+    left = {0, len(header) - 1, *([1] if kinds else [])}
+
     def line(cells):
         return "  ".join(
-            c.ljust(w) if j in (0, len(cells) - 1) else c.rjust(w)
-            for j, (c, w) in enumerate(zip(cells, widths))
+            c.ljust(w) if j in left else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths))
         ).rstrip()
 
     what = f"median over {draws} draws, " if draws > 1 else ""

@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import json
 import numbers
 import os
@@ -83,6 +82,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from gradflow import adapters as _adapters
 from gradflow import optim as _optim
 from gradflow import probes as _probes
 
@@ -151,8 +151,20 @@ class TrainConfig:
     """The static part of a training run (hashable; hyperparameters that vmap go in ``hparams``).
 
     Attributes:
-      model: a Flax module (e.g. :class:`gradflow.models.MLP`); ``train=`` is passed when its
-        ``__call__`` takes it.
+      model: the network, any of
+        - a :class:`flax.linen.Module` (e.g. :class:`gradflow.models.MLP`), initialised from each
+          run's key; ``train=`` is passed when its ``__call__`` takes it (BatchNorm statistics
+          update while training), and dropout draws a fresh key every step;
+        - a :class:`flax.nnx.Module`: its parameters (the same for every key) are trained, its
+          other state (BatchNorm statistics, RNG streams) carried along, ``.train()`` while
+          training and ``.eval()`` for records;
+        - an Equinox module, applied per example with :func:`jax.vmap` (same parameters for every
+          key);
+        - a pair ``(init_fn, apply_fn)``: ``init_fn(key, x) -> params`` (any pytree, e.g. an
+          Equinox model's ``eqx.partition`` -ed arrays, or ``nnx.state(Model(nnx.Rngs(key)),
+          nnx.Param)``) and ``apply_fn(params, x) -> outputs``, initialised from each run's key.
+        Per-layer records follow the forward order of :func:`gradflow.optim.layer_order` when the
+        parameter names do not already give it.
       optimizer: one of
         - an optimizer name of :func:`gradflow.optim.optimizer_names` -- built by
           :func:`build_optimizer` from ``hparams["learning_rate"]`` (required) and the optional
@@ -181,8 +193,7 @@ class TrainConfig:
     max_loss: float | None = None
 
     def __post_init__(self):
-        if not isinstance(self.model, nn.Module):
-            raise TypeError(f"TrainConfig: model must be a flax.linen Module, got {self.model!r}")
+        _check_model(self.model)
         opt = self.optimizer
         if isinstance(opt, str):
             if opt not in _optim.optimizer_names():
@@ -220,6 +231,15 @@ class TrainConfig:
     @property
     def num_records(self) -> int:
         return self.steps // self.record_every
+
+    def _key(self) -> tuple:
+        return tuple(_model_key(getattr(self, f.name)) for f in dataclasses.fields(self))
+
+    def __hash__(self) -> int:  # an Equinox module (arrays as fields) is unhashable: use its id
+        return hash(self._key())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TrainConfig) and self._key() == other._key()
 
 
 def record_steps(config: TrainConfig) -> np.ndarray:
@@ -267,33 +287,181 @@ def build_optimizer(
 
 
 # --------------------------------------------------------------------------------------------------
-# model plumbing
+# model plumbing: every kind of model as init / apply
 # --------------------------------------------------------------------------------------------------
 
 
-def _accepts_train(model: nn.Module) -> bool:
+class _Net(NamedTuple):
+    """A model as training sees it.
+
+    init(key, x) -> (params, model_state); apply(params, model_state, x, train, rng) ->
+    (outputs, new model_state); probe_args(params, model_state) -> (model, variables) for
+    :func:`gradflow.probes.probe`.
+    """
+
+    kind: str
+    init: Callable[[Array, Array], tuple[Any, Any]]
+    apply: Callable[..., tuple[Array, Any]]
+    probe_args: Callable[[Any, Any], tuple[Any, Any]]
+
+
+def _linen_net(model: nn.Module) -> _Net:
+    takes_train = _adapters.accepts_train(model)
+
+    def init(key, x):
+        variables = model.init(key, x)
+        return variables["params"], {
+            k: v for k, v in variables.items() if k not in _SKIP_COLLECTIONS
+        }
+
+    def apply(params, model_state, x, train, rng=None):
+        kw = {"train": train} if takes_train else {}
+        rngs = {"dropout": rng} if (train and rng is not None) else None
+        variables = {"params": params, **model_state}
+        if train and model_state:
+            out, new = model.apply(variables, x, mutable=list(model_state), rngs=rngs, **kw)
+            return out, {**model_state, **new}
+        return model.apply(variables, x, rngs=rngs, **kw), model_state
+
+    return _Net("linen", init, apply, lambda p, s: (model, {"params": p, **s}))
+
+
+def _nnx_net(model: Any) -> _Net:
+    from flax import nnx
+
+    graphdef, params0, rest0 = nnx.split(model, nnx.Param, ...)
+
+    def merged(params, model_state, train):
+        m = nnx.merge(graphdef, params, model_state, copy=True)
+        m.train() if train else m.eval()
+        return m
+
+    def apply(params, model_state, x, train, rng=None):
+        del rng  # an NNX module draws dropout from its own nnx.Rngs streams
+        m = merged(params, model_state, train)
+        out = m(x)
+        return out, (nnx.split(m, nnx.Param, ...)[2] if train else model_state)
+
+    return _Net(
+        "nnx", lambda key, x: (params0, rest0), apply, lambda p, s: (merged(p, s, False), None)
+    )
+
+
+def _equinox_net(model: Any) -> _Net:
+    import equinox as eqx
+
+    params0, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def apply(params, model_state, x, train, rng=None):
+        return jax.vmap(eqx.combine(params, static))(x), model_state
+
+    return _Net(
+        "equinox",
+        lambda key, x: (params0, ()),
+        apply,
+        lambda p, s: (eqx.combine(p, static), None),
+    )
+
+
+def _pair_net(model: tuple) -> _Net:
+    init_fn, apply_fn = model
+
+    def apply(params, model_state, x, train, rng=None):
+        return apply_fn(params, x), model_state
+
+    return _Net("function", lambda key, x: (init_fn(key, x), ()), apply, lambda p, s: (apply_fn, p))
+
+
+def _is_pair(model: Any) -> bool:
+    return isinstance(model, tuple) and len(model) == 2 and all(callable(f) for f in model)
+
+
+def _check_model(model: Any) -> None:
+    if not (
+        isinstance(model, nn.Module)
+        or _adapters.is_nnx_module(model)
+        or _adapters.is_equinox_module(model)
+        or _is_pair(model)
+    ):
+        raise TypeError(
+            "TrainConfig: model must be a flax.linen Module, a flax.nnx Module, an Equinox module "
+            f"or a pair (init_fn(key, x) -> params, apply_fn(params, x) -> outputs), got {model!r}"
+        )
+
+
+def _model_key(obj: Any) -> Any:
+    """``obj`` if it is hashable, else its identity (an Equinox module holds arrays)."""
     try:
-        return "train" in inspect.signature(type(model).__call__).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins
-        return False
+        hash(obj)
+    except TypeError:
+        return ("id", id(obj))
+    return obj
 
 
-def _apply(model: nn.Module, params: Any, model_state: Any, x: Array, *, train: bool):
-    """``(outputs, new_model_state)``; BatchNorm statistics update only when ``train``."""
-    kw = {"train": train} if _accepts_train(model) else {}
-    variables = {"params": params, **model_state}
-    if train and model_state:
-        out, new = model.apply(variables, x, mutable=list(model_state), **kw)
-        return out, {**model_state, **new}
-    return model.apply(variables, x, **kw), model_state
+def _cached(cache: dict, key: Any, model: Any, make: Callable[[], Any]) -> Any:
+    """``cache[key]``, made by ``make()`` on a miss; entries hold the model, so an id used as
+    key cannot be reused by another object while cached (at most 64 entries)."""
+    if key not in cache:
+        if len(cache) >= 64:
+            cache.pop(next(iter(cache)))
+        cache[key] = (model, make())
+    return cache[key][1]
+
+
+_NETS: dict = {}
+_LAYERS: dict = {}
+
+
+def _net(model: Any) -> _Net:
+    return _cached(_NETS, _model_key(model), model, lambda: _make_net(model))
+
+
+def _make_net(model: Any) -> _Net:
+    if isinstance(model, nn.Module):
+        return _linen_net(model)
+    if _adapters.is_nnx_module(model):
+        return _nnx_net(model)
+    if _adapters.is_equinox_module(model):
+        return _equinox_net(model)
+    return _pair_net(model)
 
 
 def _scale_kernels(params: Any, scale: Any) -> Any:
+    """Multiply every weight matrix: leaves named ``kernel``, or ``weight`` of rank >= 2."""
+
     def f(path, leaf):
-        name = _optim._key_name(path[-1]) if path else ""
-        return leaf * jnp.asarray(scale, leaf.dtype) if name == "kernel" else leaf
+        names = _optim._path_names(path)
+        name = names[-1] if names else ""
+        if name == "kernel" or (name == "weight" and jnp.ndim(leaf) >= 2):
+            return leaf * jnp.asarray(scale, leaf.dtype)
+        return leaf
 
     return jax.tree_util.tree_map_with_path(f, params)
+
+
+def _layers(model: Any, x_shape: tuple, x_dtype: Any) -> Any:
+    key = (_model_key(model), x_shape, jnp.dtype(x_dtype))
+    return _cached(_LAYERS, key, model, lambda: _find_layers(model, x_shape, x_dtype))
+
+
+def _find_layers(model: Any, x_shape: tuple, x_dtype: Any) -> Any:
+    """The ``layers=`` of gradflow.optim for this model: None when the default grouping (by
+    top-level name, naturally sorted) is the forward order, as for gradflow.models; else the
+    forward order from one traced call (:func:`gradflow.optim.layer_order`)."""
+    net = _net(model)
+    x = jax.ShapeDtypeStruct(x_shape, x_dtype)
+    params, model_state = jax.eval_shape(net.init, jax.random.key(0), x)
+    if _optim._partition(params, None).ordered:
+        return None
+    if net.kind == "linen":
+        return _optim.layer_order(model, {"params": params, **model_state}, x)
+    if net.kind == "function":
+        return _optim.layer_order(model[1], params, x)
+    return _optim.layer_order(model, None, x)
+
+
+def _layers_of(config: TrainConfig, x: Array) -> Any:
+    return _layers(config.model, (1, *x.shape[1:]), jnp.result_type(x))
 
 
 def _tree_finite(tree: Any) -> Array:
@@ -308,9 +476,12 @@ def init_state(
     hparams: Hparams | None = None,
     tx: optax.GradientTransformation | None = None,
 ) -> TrainState:
-    """Initialise a run: ``init_key, data_key = split(key)``; ``model.init(init_key, x[:1])``.
+    """Initialise a run: ``init_key, data_key = split(key)``, the parameters from ``init_key``.
 
-    Kernels are multiplied by ``hparams.get("init_scale", 1)``. Traceable (vmap over keys and
+    A linen module is initialised with ``model.init(init_key, x[:1])``, an ``(init_fn,
+    apply_fn)`` pair with ``init_fn(init_key, x[:1])``; an NNX or Equinox module brings its own
+    parameters (the same for every key: the key then drives the minibatches only). Weight
+    matrices are multiplied by ``hparams.get("init_scale", 1)``. Traceable (vmap over keys and
     hyperparameters).
 
     Args:
@@ -323,11 +494,9 @@ def init_state(
     hparams = {} if hparams is None else hparams
     tx = build_optimizer(config, hparams) if tx is None else tx
     init_key, data_key = jax.random.split(key)
-    variables = config.model.init(init_key, jnp.asarray(x[:1]))
-    params = variables["params"]
+    params, model_state = _net(config.model).init(init_key, jnp.asarray(x[:1]))
     if "init_scale" in hparams:
         params = _scale_kernels(params, hparams["init_scale"])
-    model_state = {k: v for k, v in variables.items() if k not in _SKIP_COLLECTIONS}
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -337,28 +506,36 @@ def init_state(
     )
 
 
-def evaluate(
-    model: nn.Module,
-    variables: Mapping,
-    x: Array,
-    y: Array,
-    *,
-    loss: str | Callable[[Array, Array], Array] = "softmax_cross_entropy",
-) -> dict[str, Array]:
-    """Loss and accuracy of ``model`` on ``(x, y)`` in evaluation mode (``train=False``).
-
-    Returns ``{"loss": (), "accuracy": ()}``; ``accuracy`` (fraction of ``argmax(outputs) == y``)
-    only when ``y`` holds integer class labels. Traceable.
-    """
-    variables = {k: v for k, v in variables.items() if k not in ("perturbations", "intermediates")}
-    params = variables["params"]
-    rest = {k: v for k, v in variables.items() if k != "params"}
-    out, _ = _apply(model, params, rest, jnp.asarray(x), train=False)
+def _metrics(out: Array, y: Array, loss: Any) -> dict[str, Array]:
     y = jnp.asarray(y)
     result = {"loss": _probes.get_loss(loss)(out, y)}
     if jnp.issubdtype(y.dtype, jnp.integer) and out.ndim == y.ndim + 1:
         result["accuracy"] = jnp.mean((jnp.argmax(out, axis=-1) == y).astype(out.dtype))
     return result
+
+
+def evaluate(
+    model: Any,
+    variables: Any,
+    x: Array,
+    y: Array,
+    *,
+    loss: str | Callable[[Array, Array], Array] = "softmax_cross_entropy",
+) -> dict[str, Array]:
+    """Loss and accuracy of a model on ``(x, y)`` in evaluation mode.
+
+    ``model, variables`` as :func:`gradflow.probes.probe` takes them (a linen module and its
+    variables, an NNX or Equinox module and None, an ``apply_fn`` and its params). Returns
+    ``{"loss": (), "accuracy": ()}``; ``accuracy`` (fraction of ``argmax(outputs) == y``) only
+    when ``y`` holds integer class labels. Traceable.
+    """
+    m = _adapters.as_model(model, variables, train=False)
+    return _metrics(m(m.params, jnp.asarray(x)), y, loss)
+
+
+def _evaluate_net(net: _Net, state: TrainState, x: Array, y: Array, loss: Any) -> dict:
+    out, _ = net.apply(state.params, state.model_state, jnp.asarray(x), False)
+    return _metrics(out, y, loss)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -384,23 +561,34 @@ class StepOutput(NamedTuple):
     probe: Any = None
 
 
-def _step_fn(model: nn.Module, tx: optax.GradientTransformation, loss: Any, probe: bool):
+def _probe_train(net: _Net, model: Any) -> bool:
+    """Whether the probe of a train step runs the model in training mode."""
+    if net.kind == "linen":
+        return _adapters.accepts_train(model)
+    return net.kind == "nnx"
+
+
+def _step_fn(model: Any, tx: optax.GradientTransformation, loss: Any, probe: bool, layers: Any):
     loss_fn = _probes.get_loss(loss)
+    net = _net(model)
 
     def step(state: TrainState, x: Array, y: Array) -> tuple[TrainState, StepOutput]:
+        rng = jax.random.fold_in(state.key, 1)  # dropout; the minibatch uses splits of the key
+
         def cost(params):
-            out, new_model_state = _apply(model, params, state.model_state, x, train=True)
+            out, new_model_state = net.apply(params, state.model_state, x, True, rng)
             return loss_fn(out, y), new_model_state
 
         (c, new_model_state), grads = jax.value_and_grad(cost, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        gnorm = _optim.layer_norms(grads)
-        unorm = _optim.layer_norms(updates)
+        gnorm = _optim.layer_norms(grads, layers=layers)
+        unorm = _optim.layer_norms(updates, layers=layers)
         finite = jnp.isfinite(c) & jnp.all(jnp.isfinite(gnorm)) & _tree_finite(params)
         report = None
         if probe:  # the batch as the step sees it (BatchNorm in train mode)
-            report = _probes.probe(model, state.variables, x, y, loss, train=_accepts_train(model))
+            m, v = net.probe_args(state.params, state.model_state)
+            report = _probes.probe(m, v, x, y, loss, train=_probe_train(net, model))
         new_state = state.replace(
             step=state.step + 1, params=params, model_state=new_model_state, opt_state=opt_state
         )
@@ -410,21 +598,26 @@ def _step_fn(model: nn.Module, tx: optax.GradientTransformation, loss: Any, prob
 
 
 def make_train_step(
-    model: nn.Module,
+    model: Any,
     tx: optax.GradientTransformation,
     *,
     loss: str | Callable[[Array, Array], Array] = "softmax_cross_entropy",
     probe: bool = False,
+    layers: Any = None,
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, StepOutput]]:
     """A jitted train step ``step(state, x, y) -> (new_state, StepOutput)``.
 
-    One gradient of ``loss`` on the batch, one ``tx`` update (see the module docstring). The step
-    itself does not mask divergence: check ``StepOutput.finite`` (the loops of this module do).
-    With ``probe=True`` the output also holds the per-layer :func:`gradflow.probes.probe` report of
-    the batch at the parameters *before* the update.
+    One gradient of ``loss`` on the batch, one ``tx`` update (see the module docstring), for any
+    model :class:`TrainConfig` accepts. The step itself does not mask divergence: check
+    ``StepOutput.finite`` (the loops of this module do). Dropout (linen) draws from
+    ``fold_in(state.key, 1)``: advance ``state.key`` between steps (:func:`fit` and
+    :func:`train_fn` split it every step). With ``probe=True`` the output also holds the per-layer
+    :func:`gradflow.probes.probe` report of the batch at the parameters *before* the update.
+    ``layers`` groups the per-layer norms (a ``layers=`` of :mod:`gradflow.optim`).
     """
     _probes.get_loss(loss)
-    return jax.jit(_step_fn(model, tx, loss, probe))
+    _check_model(model)
+    return jax.jit(_step_fn(model, tx, loss, probe, layers))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -468,7 +661,9 @@ def _nan_like(x: Array) -> Array:
 
 def _make_block(config: TrainConfig, data: _Data, tx: optax.GradientTransformation):
     """``block((state, diverged_step)) -> ((state, diverged_step), record)``: pure."""
-    step = _step_fn(config.model, tx, config.loss, probe=False)
+    layers = _layers_of(config, data.x)
+    net = _net(config.model)
+    step = _step_fn(config.model, tx, config.loss, False, layers)
     n = data.x.shape[0]
     batch = config.batch_size
     if batch is not None and batch > n:
@@ -509,15 +704,14 @@ def _make_block(config: TrainConfig, data: _Data, tx: optax.GradientTransformati
     def block(carry):
         (state, dstep), traj = jax.lax.scan(body, carry, None, length=config.record_every)
         record = {k: jnp.mean(v, axis=0) for k, v in traj.items()}
-        variables = state.variables
-        train_eval = evaluate(config.model, variables, data.x, data.y, loss=config.loss)
-        record.update(train_eval)
+        record.update(_evaluate_net(net, state, data.x, data.y, config.loss))
         if data.x_test is not None:
-            test = evaluate(config.model, variables, data.x_test, data.y_test, loss=config.loss)
+            test = _evaluate_net(net, state, data.x_test, data.y_test, config.loss)
             record.update({f"test_{k}": v for k, v in test.items()})
-        record["param_norm"] = _optim.layer_norms(state.params)
+        record["param_norm"] = _optim.layer_norms(state.params, layers=layers)
         if config.probe:
-            rep = _probes.probe(config.model, variables, xp, yp, config.loss)
+            m, v = net.probe_args(state.params, state.model_state)
+            rep = _probes.probe(m, v, xp, yp, config.loss)
             record.update({f"probe/{s}": getattr(rep, s) for s in _probes.STATS if s != "loss"})
         dead = dstep >= 0
         record = {k: jnp.where(dead, _nan_like(v), v) for k, v in record.items()}
@@ -645,13 +839,24 @@ def _jsonable(v: Any) -> Any:
         return repr(v)
 
 
+def _model_id(model: Any) -> str:
+    """A description of the model that is the same in every process (no object addresses)."""
+    if isinstance(model, nn.Module):
+        return repr(model)
+    if _is_pair(model):
+        return "pair:" + ",".join(f"{f.__module__}.{f.__qualname__}" for f in model)
+    params, _ = _net(model).init(None, None)
+    shapes = jax.tree.map(lambda a: list(np.shape(a)), params)
+    return f"{type(model).__module__}.{type(model).__qualname__}:{shapes}"
+
+
 def _fingerprint(config: TrainConfig, data: _Data, hparams: Hparams, key: Array) -> str:
     opt = config.optimizer
     opt_id = opt if isinstance(opt, str) else getattr(opt, "__qualname__", type(opt).__name__)
     loss = config.loss if isinstance(config.loss, str) else config.loss.__qualname__
     return json.dumps(
         {
-            "model": repr(config.model),
+            "model": _model_id(config.model),
             "optimizer": opt_id,
             "loss": loss,
             "steps": config.steps,
@@ -668,8 +873,17 @@ def _fingerprint(config: TrainConfig, data: _Data, hparams: Hparams, key: Array)
     )
 
 
+def _is_key(leaf: Any) -> bool:
+    return jnp.issubdtype(getattr(leaf, "dtype", None) or np.float32, jax.dtypes.prng_key)
+
+
+def _key_data(tree: Any) -> Any:
+    """Typed PRNG keys (the run's key, an NNX module's RNG streams) as their raw key data."""
+    return jax.tree.map(lambda a: jax.random.key_data(a) if _is_key(a) else a, tree)
+
+
 def _flat_state(state: TrainState) -> dict[str, np.ndarray]:
-    state = state.replace(key=jax.random.key_data(state.key))
+    state = _key_data(state)
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
     return {"state" + jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
 
@@ -726,7 +940,7 @@ def load_checkpoint(
         files = dict(z.items())
     if str(files.get("__format__", "")) != _FORMAT:
         raise ValueError(f"{path} is not a {_FORMAT} checkpoint")
-    template = like.replace(key=jax.random.key_data(like.key))
+    template = _key_data(like)
     with_path, treedef = jax.tree_util.tree_flatten_with_path(template)
     leaves = []
     for p, leaf in with_path:
@@ -737,9 +951,12 @@ def load_checkpoint(
                 "model or optimizer?); use a fresh checkpoint_dir"
             )
         leaves.append(jnp.asarray(files[name], dtype=leaf.dtype))
-    state = jax.tree.unflatten(treedef, leaves)
-    state = state.replace(
-        key=jax.random.wrap_key_data(state.key, impl=jax.random.key_impl(like.key))
+    state = jax.tree.map(
+        lambda a, ref: (
+            jax.random.wrap_key_data(a, impl=jax.random.key_impl(ref)) if _is_key(ref) else a
+        ),
+        jax.tree.unflatten(treedef, leaves),
+        like,
     )
     metrics = {k[len("metrics/") :]: v for k, v in files.items() if k.startswith("metrics/")}
     d = int(files["__diverged_step__"])
@@ -796,7 +1013,7 @@ def fit(
     d = _as_data(data)
     tx = build_optimizer(config, hparams)  # concrete values: validated here
     state = init_state(config, d.x, key, hparams, tx)
-    names = _optim.layer_names(state.params)
+    names = _optim.layer_names(state.params, layers=_layers_of(config, d.x))
     traced, static = _split_hparams(hparams)
     block = functools.partial(_jit_block(config, static), hparams=traced, data=d)
     records: dict[str, list[np.ndarray]] = {}

@@ -128,6 +128,22 @@ def test_top_level_help(capsys):
         (["diagnose", "--depth", "deep"], "argument --depth: invalid int value: 'deep'"),
         (["diagnose", "--depth", "1"], "--depth must be >= 2, got 1"),
         (["diagnose", "--n", "5000"], "--n: load_digits: n_train=5000 exceeds"),
+        (["diagnose", "--model", "user_models"], "malformed --model 'user_models': expected "
+         "PACKAGE.MODULE:FACTORY"),
+        (["diagnose", "--model", "no_such_pkg.models:make"], "--model: cannot import "
+         "'no_such_pkg.models'"),
+        (["diagnose", "--model", "user_models:nope"],
+         "--model: user_models has no callable 'nope'"),
+        (["diagnose", "--model", "user_models:cli_broken"], "--model: user_models:cli_broken() "
+         "raised RuntimeError: the user's factory is broken"),
+        (["diagnose", "--model", "user_models:conv_net"], "must return (model, variables)"),
+        (["diagnose", "--model", "user_models:cli_cnn"],  # 64 pixels, not 8x8x1
+         "--model: probing user_models:cli_cnn failed: ScopeParamShapeError"),
+        (["diagnose", "--model", "user_models:cli_cnn", "--input-shape", "9,9"],
+         "--input-shape (9, 9) does not hold the 64 pixels of a digit"),
+        (["diagnose", "--model", "user_models:cli_nnx", "--depth", "3"],
+         "--model diagnoses your model: --depth only apply to the MLP"),
+        (["diagnose", "--train"], "--train and --input-shape apply to --model only"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_2(argv, message, fakes, capsys):
@@ -290,9 +306,29 @@ def test_diagnose(tmp_path, capsys):
     assert [r[0] for r in rows] == [f"dense_{i}" for i in range(4)]
     assert all(r[-1] in ("vanishing", "healthy", "exploding") for r in rows)
     assert rows[-1][-1] == "healthy"  # the readout is its own reference
-    assert rows[1][2] == "-" or float(rows[1][2]) < 1e-5  # BatchNorm removes dC/db (train mode)
+    assert all(r[1] == "dense" for r in rows)  # the kind column
+    assert rows[1][3] == "-" or float(rows[1][3]) < 1e-5  # BatchNorm removes dC/db (train mode)
     for ext in ("pdf", "png"):
         assert (tmp_path / f"diag.{ext}").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "argv, rows",
+    [
+        (["--model", "user_models:cli_cnn", "--input-shape", "8,8,1"],
+         [("z_conv", "conv"), ("b_conv", "conv"), ("a_head", "dense")]),
+        (["--model", "user_models:cli_nnx", "--draws", "2"], [("fc", "dense"), ("head", "dense")]),
+        (["--model", "user_models:cli_tokens"], [("embed", "embedding"), ("block_0/ln1", "norm")]),
+    ],
+)  # fmt: skip
+def test_diagnose_user_model(argv, rows, tmp_path, capsys):
+    assert main(["diagnose", *argv, "--n", "16", "--out", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(argv[1] + ": ")
+    table = [line.split()[:2] for line in out.splitlines()[4:] if not line.startswith("figure")]
+    assert [tuple(r) for r in table[: len(rows)]] == rows
+    for ext in ("pdf", "png"):
+        assert (tmp_path / f"d.{ext}").stat().st_size > 0
 
 
 # ------------------------------------------------------------------------------------ two hosts

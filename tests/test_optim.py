@@ -23,8 +23,8 @@ LAYOUTS = (
     {
         "dense_0": {"kernel": (5, 5), "bias": (5,)},
         "dense_1": {"kernel": (5, 5), "bias": (5,)},
-        "norm_1": {"scale": (5,), "bias": (5,)},
-        "dense_2": {"kernel": (5, 3), "bias": (3,)},
+        "dense_2": {"scale": (5,), "bias": (5,)},  # a norm layer between two Dense layers
+        "dense_3": {"kernel": (5, 3), "bias": (3,)},
     },
     {"block": {"inner": {"kernel": (2, 3)}, "bias": (3,)}, "readout": {"kernel": (3, 1)}},
 )
@@ -465,3 +465,129 @@ def test_bad_hyperparameters_raise_clear_errors():
         optim.coupled_l2(optax.adam, 0.1, 0.1)
     # a schedule is a valid learning rate
     optim.make_optimizer("sgd", optax.constant_schedule(0.1))
+
+
+# --------------------------------------------------------------------------------------------------
+# layers of the researcher's own models: forward order from one traced call
+# --------------------------------------------------------------------------------------------------
+
+
+def _user(name):
+    import user_models
+
+    return user_models.FACTORIES[name](jax.random.key(2))
+
+
+def _optimizer_params(um):
+    """The parameter pytree an optimizer of this model sees."""
+    from flax import nnx
+
+    if um.variables is None:  # NNX
+        return nnx.state(um.model, nnx.Param)
+    if isinstance(um.variables, dict) and "params" in um.variables:  # linen
+        return um.variables["params"]
+    return um.variables  # Equinox (partitioned) or a plain dict
+
+
+@pytest.mark.parametrize(
+    "name, readout",
+    [
+        ("linen_cnn", "a_head"),
+        ("linen_bn_cnn_train", "Dense_0"),
+        ("linen_pre_ln_transformer", "head"),
+        ("linen_post_ln_transformer", "head"),
+        ("linen_scan", "out"),
+        ("nnx_mlp", "head"),
+        ("nnx_cnn", "head"),
+        ("equinox_mlp", "layers/2"),
+        ("plain_dict", "w3"),
+    ],
+)
+def test_layer_order_is_the_forward_order_and_agc_spares_the_readout(name, readout):
+    um = _user(name)
+    order = optim.layer_order(um.model, um.variables, um.x, train=um.train)
+    params = _optimizer_params(um)
+    # one group per layer the probe reports (a scanned stack is one group: its leaves are shared)
+    probe_layers = [n.split("[")[0] for n in um.names]
+    assert order.names == tuple(dict.fromkeys(probe_layers))
+    assert optim.layer_names(params, layers=order) == order.names
+    assert order.names[-1] == readout
+    # AGC with a tiny threshold clips every layer but the readout
+    grads = jax.tree.map(lambda p: 100.0 * jnp.ones_like(p), params)
+    tx = optim.adaptive_grad_clip(1e-3, layers=order)
+    out, state = tx.update(grads, tx.init(params), params)
+    assert list(np.asarray(state.clipped)) == [True] * (len(order.names) - 1) + [False]
+    flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+    readout_out = [
+        o
+        for (path, _), o in zip(flat, jax.tree.leaves(out))
+        if order.groups[optim._path_names(path)] == readout
+    ]
+    assert readout_out and all(np.all(np.asarray(o) == 100.0) for o in readout_out)
+
+
+def test_default_grouping_refuses_to_guess_the_readout_of_unordered_names():
+    params = {
+        "Conv_0": {"kernel": jnp.ones((3, 3, 1, 2))},
+        "BatchNorm_0": {"scale": jnp.ones(2)},
+        "Dense_0": {"kernel": jnp.ones((2, 3))},
+    }
+    assert optim.layer_names(params) == ("BatchNorm_0", "Conv_0", "Dense_0")  # sorted: wrong
+    with pytest.raises(ValueError, match="last need not be the readout"):
+        optim.adaptive_grad_clip(0.01).init(params)
+    names = ["Conv_0", "BatchNorm_0", "Dense_0"]
+    assert optim.layer_names(params, layers=names) == tuple(names)
+    optim.adaptive_grad_clip(0.01, layers=names).init(params)
+
+
+def test_default_grouping_splits_a_top_level_sequence():
+    params = {"layers": [{"weight": jnp.ones((3, 2))}, {"weight": jnp.ones((1, 3))}]}
+    assert optim.layer_names(params) == ("layers/0", "layers/1")
+
+
+def test_layers_by_name_reject_unknown_or_unlisted_leaves():
+    params = {"a": {"w": jnp.ones(2)}, "b": {"w": jnp.ones(2)}}
+    with pytest.raises(ValueError, match="belongs to none of the layers"):
+        optim.layer_names(params, layers=["a"])
+    with pytest.raises(ValueError, match="lists a name twice"):
+        optim.layer_names(params, layers=["a", "a"])
+    with pytest.raises(TypeError, match="layer names"):
+        optim.layer_names(params, layers=["a", 3])
+
+
+def test_agc_unit_axes_follow_the_weight_layout():
+    """Equinox/PyTorch (out, in) weights: units are rows; axis=1 by hand skips the bias, and
+    layer_order finds the fan-in axes itself."""
+    um = _user("equinox_mlp")
+    order = optim.layer_order(um.model, um.variables, um.x)
+    params = um.variables
+    w = params.layers[0].weight  # (8, 4): (out, in)
+    assert order.fan_in[("layers", "0", "weight")] == (1,)
+    grads = jax.tree.map(jnp.ones_like, params)
+    for layers, axis in ((order, None), (["layers/0", "layers/1", "layers/2"], 1)):
+        tx = optim.adaptive_grad_clip(1e-3, layers=layers, axis=axis)
+        out, _ = tx.update(grads, tx.init(params), params)
+        g = out.layers[0].weight
+        row_norms = np.linalg.norm(np.asarray(g), axis=1)
+        want = 1e-3 * np.maximum(np.linalg.norm(np.asarray(w), axis=1), 1e-3)
+        np.testing.assert_allclose(row_norms, want, rtol=1e-5)
+
+
+def test_decay_mask_reads_nnx_and_equinox_paths():
+    from flax import nnx
+
+    class Attn(nnx.Module):
+        def __init__(self, rngs):
+            self.attn = nnx.MultiHeadAttention(2, 4, rngs=rngs, decode=False)
+            self.ln = nnx.LayerNorm(4, rngs=rngs)
+
+    state = nnx.state(Attn(nnx.Rngs(0)), nnx.Param)
+    mask = optim.decay_mask(state)
+    flat = {optim._path_names(p): m for p, m in jax.tree_util.tree_flatten_with_path(mask)[0]}
+    assert flat[("attn", "query", "bias")] is False  # (heads, head_dim): rank 2, still a bias
+    assert flat[("attn", "query", "kernel")] is True
+    assert flat[("ln", "scale")] is False
+    custom = optim.decay_mask(state, no_decay=("bias", "scale", "kernel"))
+    assert not any(jax.tree.leaves(custom))
+    eqx_mask = optim.decay_mask(_user("equinox_mlp").variables)
+    assert [bool(m) for m in jax.tree.leaves(eqx_mask)] == [True, False] * 3

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import user_models
+from flax import nnx
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -303,13 +305,23 @@ def test_probe_finds_the_layers_of_a_custom_module():
 
 
 def test_probe_is_cached_per_model():
-    model = models.MLP(widths=(4,), out=2)
+    """New variables of the same shapes, and an equal model object, trace the model no more."""
+    traces = []
+
+    class Counted(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            traces.append(x.shape)
+            return nn.Dense(2)(jnp.tanh(nn.Dense(4)(x)))
+
     x, y = jnp.ones((3, 2)), jnp.array([0, 1, 1])
-    probes.probe(model, model.init(KEY, x), x, y)
-    before = probes._cached.cache_info()
-    probes.probe(models.MLP(widths=[4], out=2), model.init(jax.random.key(1), x), x, y)
-    after = probes._cached.cache_info()
-    assert after.hits == before.hits + 1 and after.misses == before.misses
+    v0, v1 = Counted().init(KEY, x), Counted().init(jax.random.key(1), x)
+    n0 = len(traces)
+    probes.probe(Counted(), v0, x, y)
+    n1 = len(traces)
+    assert n1 > n0
+    probes.probe(Counted(), v1, x, y)
+    assert len(traces) == n1
 
 
 # ------------------------------------------------------------------------ verdicts, depth 20
@@ -564,3 +576,220 @@ def test_plot_report_writes_pdf_and_png(nielsen, tmp_path):
     paths = probes.plot_report(r, tmp_path / "report", title="sigmoid [64, 30, 30, 30, 30, 10]")
     assert sorted(p.suffix for p in paths) == [".pdf", ".png"]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+# ------------------------------------------------------------- the researcher's own models
+
+
+def _layer_grads(grads, name):
+    """(weight, bias) gradients of the layer ``name`` from a gradient pytree of the params."""
+    if isinstance(grads, dict) and name in grads and not isinstance(grads[name], dict):
+        return grads[name], grads.get("b" + name[1:])  # plain dict: w1 / b1
+    index = None
+    if name.endswith("]"):
+        name, index = name[:-1].split("[")
+        index = int(index)
+    node = grads
+    for part in name.split("/"):
+        key = int(part) if part.isdigit() else part
+        if isinstance(node, (list, tuple)):
+            node = node[key]
+        elif hasattr(node, "keys"):  # a dict or an NNX State (integer keys for nnx.List)
+            node = node[key] if key in node else node[part]
+        else:  # an Equinox module
+            node = getattr(node, part)
+    get = (lambda k: node.get(k)) if hasattr(node, "get") else (lambda k: getattr(node, k, None))
+    w = next(
+        v for v in (get("kernel"), get("embedding"), get("scale"), get("weight")) if v is not None
+    )
+    b = get("bias")
+    w = w[...] if isinstance(w, nnx.Variable) else w
+    b = b[...] if isinstance(b, nnx.Variable) else b
+    if index is not None:
+        w, b = w[index], None if b is None else b[index]
+    return w, b
+
+
+@pytest.fixture(scope="module", params=sorted(user_models.FACTORIES))
+def user_model(request):
+    um = user_models.FACTORIES[request.param](jax.random.key(3))
+    report = probes.probe(um.model, um.variables, um.x, um.y, um.loss, train=um.train)
+    return request.param, um, report
+
+
+def test_user_model_layers_are_those_the_forward_pass_runs(user_model):
+    name, um, report = user_model
+    assert list(report.layer_names) == um.names, name
+    assert len(report.layer_kinds) == len(um.names)
+    assert set(report.layer_kinds) <= set(gf.taps.KINDS)
+
+
+def test_user_model_gradients_equal_autodiff_and_explicit_perturbation(user_model):
+    """|dC/dW|, |dC/db| equal jax.grad; the per-example delta equals B dC/d(eps) of an explicit
+    zero perturbation of the layer's output (rtol 1e-5, float32; atol 1e-6 for gradients that
+    are zero in exact arithmetic, e.g. a conv bias before train-mode BatchNorm)."""
+    _, um, report = user_model
+    loss = probes.get_loss(um.loss)
+    m = gf.adapters.as_model(um.model, um.variables, train=um.train)
+    shapes = {
+        row.name: row.shape
+        for row in gf.taps.trace(m.apply, m.params, um.x, m.state, paths=m.paths).layers
+    }
+    zeros = {n: jnp.zeros(shapes[n]) for n in um.names}
+    g_params = jax.grad(lambda p: loss(um.outputs(zeros, p), um.y))(um.params())
+    g_eps = jax.grad(lambda e: loss(um.outputs(e), um.y))(zeros)
+    batch = jax.tree.leaves(um.x)[0].shape[0]
+    for i, layer in enumerate(um.names):
+        gw, gb = _layer_grads(g_params, layer)
+        np.testing.assert_allclose(
+            report.weight_grad_norm[i], jnp.linalg.norm(gw.ravel()), rtol=1e-5, err_msg=layer
+        )
+        if gb is None:
+            assert np.isnan(report.bias_grad_norm[i]), layer
+        else:
+            np.testing.assert_allclose(
+                report.bias_grad_norm[i],
+                jnp.linalg.norm(gb.ravel()),
+                rtol=1e-5,
+                atol=1e-6,
+                err_msg=layer,
+            )
+        per_example = jnp.linalg.norm((g_eps[layer] * batch).reshape(batch, -1), axis=1)
+        np.testing.assert_allclose(
+            report.preact_grad_norm[i], per_example.mean(), rtol=1e-5, err_msg=layer
+        )
+        np.testing.assert_allclose(
+            report.preact_grad_norm_std[i], per_example.std(), rtol=1e-4, atol=1e-7, err_msg=layer
+        )
+    np.testing.assert_allclose(report.loss, loss(um.outputs(zeros), um.y), rtol=1e-6)
+
+
+def test_user_model_report_displays(user_model, tmp_path):
+    name, um, report = user_model
+    text = probes.format_report(report)
+    for layer in um.names:
+        assert layer in text
+    frame = probes.to_frame(report)
+    assert list(frame["name"]) == um.names and list(frame["kind"]) == list(report.layer_kinds)
+    assert probes.verdict(report).shape == (len(um.names),)
+    paths = probes.plot_report(report, tmp_path / name)
+    assert all(p.exists() for p in map(__import__("pathlib").Path, paths))
+
+
+def test_user_model_kinds():
+    um = user_models.FACTORIES["linen_pre_ln_transformer"](KEY)
+    r = probes.probe(um.model, um.variables, um.x, um.y)
+    kinds = dict(zip(r.layer_names, r.layer_kinds))
+    assert kinds["embed"] == "embedding" and kinds["head"] == "dense"
+    assert kinds["block_0/ln1"] == "norm" and kinds["ln_f"] == "norm"
+    assert {kinds[f"block_1/attn/{p}"] for p in ("query", "key", "value", "out")} == {"attention"}
+    cnn = user_models.FACTORIES["linen_bn_cnn_train"](KEY)
+    r = probes.probe(cnn.model, cnn.variables, cnn.x, cnn.y, train=True)
+    assert r.layer_kinds == ("conv", "norm", "dense")
+    # the attention key's bias gets no gradient: softmax is invariant to a shift of the logits
+    assert np.all(np.asarray(r.saturated_frac) != np.asarray(r.saturated_frac))  # NaN: unknown phi
+
+
+def test_user_models_vmap_over_seeds_equals_separate_calls():
+    for factory in ("linen_cnn", "plain_dict", "equinox_mlp"):
+        keys = jax.random.split(jax.random.key(5), 3)
+        ums = [user_models.FACTORIES[factory](k) for k in keys]
+        x, y, model = ums[0].x, ums[0].y, ums[0].model
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), *[u.variables for u in ums])
+        batched = jax.vmap(lambda v, m=model, x=x, y=y: probes.probe(m, v, x, y))(stacked)
+        for i, u in enumerate(ums):
+            single = probes.probe(model, u.variables, x, y)
+            np.testing.assert_allclose(
+                batched.weight_grad_norm[i], single.weight_grad_norm, rtol=1e-5, err_msg=factory
+            )
+            np.testing.assert_allclose(
+                batched.preact_grad_norm[i], single.preact_grad_norm, rtol=1e-5, err_msg=factory
+            )
+
+
+def test_user_function_compiles_once_per_shape():
+    calls = []
+
+    def apply_fn(p, x):
+        calls.append(1)
+        return user_models._plain_apply(p, x)
+
+    um = user_models.plain_dict(KEY)
+    probes.probe(apply_fn, um.variables, um.x, um.y)
+    n = len(calls)
+    other = user_models.plain_dict(jax.random.key(9))
+    probes.probe(apply_fn, other.variables, um.x, um.y)
+    probes.probe(apply_fn, um.variables, um.x + 1.0, um.y)
+    assert len(calls) == n
+
+
+def test_nnx_probe_leaves_the_module_untouched():
+    um = user_models.FACTORIES["nnx_cnn"](KEY)
+    before = jax.tree.map(np.asarray, nnx.state(um.model))
+    probes.probe(um.model, None, um.x, um.y, train=True)
+    after = jax.tree.map(np.asarray, nnx.state(um.model))
+    jax.tree.map(np.testing.assert_array_equal, before, after)
+
+
+@pytest.mark.parametrize(
+    "case, error, match",
+    [
+        ("empty", ValueError, "empty batch"),
+        ("mismatch", ValueError, "x has 6 examples but y has 5"),
+        ("nan_x", ValueError, r"x holds 1 non-finite value"),
+        ("labels", ValueError, r"labels y must lie in \[0, number of outputs\)"),
+        ("nnx_state_for_linen", TypeError, "NNX State"),
+        ("variables_for_nnx", TypeError, "pass variables=None"),
+        ("no_layers", ValueError, "has no parameterised layer"),
+        ("loss_not_scalar", ValueError, "loss must return a scalar"),
+        ("not_a_model", TypeError, "model must be a flax.linen Module"),
+        ("no_params", ValueError, "params has no floating-point array"),
+    ],
+)
+def test_probe_rejects_bad_input(case, error, match):
+    um = user_models.FACTORIES["plain_dict"](KEY)
+    nx = user_models.FACTORIES["nnx_mlp"](KEY)
+    cnn = user_models.FACTORIES["linen_cnn"](KEY)
+    call = {
+        "empty": lambda: probes.probe(um.model, um.variables, um.x[:0], um.y[:0]),
+        "mismatch": lambda: probes.probe(um.model, um.variables, um.x, um.y[:5]),
+        "nan_x": lambda: probes.probe(um.model, um.variables, um.x.at[2, 1].set(jnp.nan), um.y),
+        "labels": lambda: probes.probe(um.model, um.variables, um.x, um.y.at[0].set(7)),
+        "nnx_state_for_linen": lambda: probes.probe(cnn.model, nnx.state(nx.model), cnn.x, cnn.y),
+        "variables_for_nnx": lambda: probes.probe(nx.model, {"params": {}}, nx.x, nx.y),
+        "no_layers": lambda: probes.probe(
+            lambda p, x: jnp.tanh(x) * 0 + p["c"], {"c": jnp.zeros(3)}, um.x[:, :3], um.y
+        ),
+        "loss_not_scalar": lambda: probes.probe(
+            um.model, um.variables, um.x, um.y, loss=lambda out, y: out.sum(-1)
+        ),
+        "not_a_model": lambda: probes.probe(42, None, um.x, um.y),
+        "no_params": lambda: probes.probe(um.model, {"w": 1}, um.x, um.y),
+    }[case]
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_denseblock_on_sequences_reports_per_example_delta():
+    """A DenseBlock on (batch, time, features): delta_x covers all T positions of example x
+    (it used to count positions as examples: sqrt(T) too large)."""
+
+    class Seq(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = models.DenseBlock(6, activation="tanh", name="dense_0")(x)
+            return models.DenseBlock(3, name="dense_1")(h.mean(1))
+
+    m = Seq()
+    x = jax.random.normal(KEY, (4, 10, 5))
+    y = jnp.array([0, 1, 2, 1])
+    v = m.init(KEY, x)
+    r = probes.probe(m, v, x, y)
+    perts = models.perturbations(m, v, x)
+    g = jax.grad(lambda p: probes.softmax_cross_entropy(m.apply({**v, "perturbations": p}, x), y))(
+        perts
+    )["dense_0"]["z"]
+    per_example = jnp.linalg.norm((4 * g).reshape(4, -1), axis=1)
+    np.testing.assert_allclose(r.preact_grad_norm[0], per_example.mean(), rtol=1e-5)
+    assert r.layer_names == ("dense_0", "dense_1")
+    assert np.isfinite(r.saturated_frac[0])  # the protocol's activation slope is known

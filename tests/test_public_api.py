@@ -30,6 +30,8 @@ CONTRACT = {
     ],
     "spectra": ["jacobian_singular_values", "jacobian_moments"],
     "models": ["Chain", "MLP", "DeepLinear", "RNN"],
+    "adapters": ["KINDS", "Model", "as_model"],
+    "taps": ["KINDS", "Layer", "TapPlan", "leaf_paths", "trace"],
     "probes": [
         "probe",
         "probe_rnn",
@@ -40,6 +42,8 @@ CONTRACT = {
         "LayerReport",
     ],
     "optim": [
+        "layer_order",
+        "LayerOrder",
         "clip_by_value",
         "clip_by_global_norm",
         "clip_by_layer_norm",

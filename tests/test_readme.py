@@ -14,11 +14,61 @@ def test_examples_found():
     assert len(BLOCKS) >= 4
 
 
+# the output a README example shows: the fenced block right after "prints ...:" that follows it
+SHOWN = {
+    i: m.group(1)
+    for i, block in enumerate(BLOCKS)
+    if (
+        m := re.match(
+            r"\s*prints[^\n]*:\n\n```\n(.*?)```",
+            README.split(f"```python\n{block}```", 1)[1],
+            flags=re.S,
+        )
+    )
+}
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?%?$")
+
+
+def _same_line(shown: str, printed: str) -> bool:
+    """Token by token: words equal, numbers within 1% (or both below 1e-6: float32 noise)."""
+    a, b = shown.split(), printed.split()
+    if len(a) != len(b):
+        return False
+    for s, p in zip(a, b):
+        if _NUMBER.match(s.strip("(),")) and _NUMBER.match(p.strip("(),")):
+            x, y = float(s.strip("(),%")), float(p.strip("(),%"))
+            if not (abs(x - y) <= 0.01 * max(abs(x), abs(y)) + 1e-3 * (abs(x) < 1)
+                    or max(abs(x), abs(y)) < 1e-6):  # fmt: skip
+                return False
+        elif s != p:
+            return False
+    return True
+
+
+def _check_shown(shown: str, printed: str) -> None:
+    """Every shown line (but "...") appears in the printed output, in order."""
+    lines = printed.splitlines()
+    at = 0
+    for want in shown.splitlines():
+        if want.strip() in ("...", ""):
+            continue
+        hit = next((k for k in range(at, len(lines)) if _same_line(want, lines[k])), None)
+        assert hit is not None, f"README shows a line the example does not print:\n{want}"
+        at = hit + 1
+
+
 @pytest.mark.parametrize("i", range(len(BLOCKS)))
 def test_readme_example_runs(i, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exec(compile(BLOCKS[i], f"README.md block {i}", "exec"), {"__name__": "__readme__"})
-    assert capsys.readouterr().out.strip()  # every example prints something
+    printed = capsys.readouterr().out
+    assert printed.strip()  # every example prints something
+    if i in SHOWN:
+        _check_shown(SHOWN[i], printed)
+
+
+def test_readme_shows_printed_output():
+    assert SHOWN, "no README example shows its output"
 
 
 def test_two_commands_and_ci():

@@ -281,7 +281,7 @@ def test_bad_configuration_and_hyperparameters_raise():
         training.TrainConfig(model=model, batch_size=0)
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         training.TrainConfig(model=model, loss="hinge")
-    with pytest.raises(TypeError, match=r"model must be a flax\.linen Module"):
+    with pytest.raises(TypeError, match=r"model must be a flax\.linen Module, a flax\.nnx"):
         training.TrainConfig(model="mlp")
     with pytest.raises(ValueError, match="max_loss must be a positive number"):
         training.TrainConfig(model=model, max_loss=-1.0)
@@ -301,3 +301,142 @@ def test_bad_configuration_and_hyperparameters_raise():
         training.train_fn(cfg, data.x_train)
     with pytest.raises(ValueError, match="checkpoint_every must be an int >= 1"):
         training.fit(cfg, data, {"learning_rate": 0.1}, key=jax.random.key(0), checkpoint_every=0)
+
+
+# ------------------------------------------------------------- the researcher's own models
+
+
+class _NNXNet:
+    """An NNX MLP on digits with BatchNorm and dropout (defined lazily: flax.nnx import)."""
+
+    @staticmethod
+    def make(seed=0):
+        from flax import nnx
+
+        class Net(nnx.Module):
+            def __init__(self, rngs):
+                self.fc = nnx.Linear(64, 16, rngs=rngs)
+                self.bn = nnx.BatchNorm(16, rngs=rngs)
+                self.drop = nnx.Dropout(0.1, rngs=rngs)
+                self.head = nnx.Linear(16, 10, rngs=rngs)
+
+            def __call__(self, x):
+                return self.head(self.drop(nnx.relu(self.bn(self.fc(x)))))
+
+        return Net(nnx.Rngs(seed))
+
+
+def _eqx_pair():
+    import equinox as eqx
+
+    static = eqx.partition(eqx.nn.MLP(64, 10, 16, 1, key=jax.random.key(0)), eqx.is_inexact_array)[
+        1
+    ]
+
+    def init_fn(key, x):
+        return eqx.partition(eqx.nn.MLP(64, 10, 16, 1, key=key), eqx.is_inexact_array)[0]
+
+    def apply_fn(params, x):
+        return jax.vmap(eqx.combine(params, static))(x)
+
+    return init_fn, apply_fn
+
+
+def _linen_unordered():
+    import flax.linen as nn
+
+    class ConvBN(nn.Module):
+        rate: float = 0.0
+
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = x.reshape(x.shape[0], 8, 8, 1)
+            x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(4, (3, 3))(x)))
+            x = nn.Dropout(self.rate, deterministic=not train)(x.mean((1, 2)))
+            return nn.Dense(10)(x)
+
+    return ConvBN
+
+
+def test_train_nnx_module_with_batchnorm_dropout_and_resume(tmp_path):
+    data = digits(256, 64)
+    cfg = training.TrainConfig(
+        model=_NNXNet.make(), optimizer="adam", steps=6, batch_size=32, record_every=2, probe=True
+    )
+    hp = {"learning_rate": 1e-2}
+    whole = training.fit(cfg, data, hp, key=jax.random.key(1))
+    assert whole.layer_names == ("fc", "bn", "head")  # forward order, not alphabetical
+    assert whole.metrics["grad_norm"].shape == (3, 3)
+    assert whole.metrics["loss"][-1] < whole.metrics["loss"][0]
+    assert whole.metrics["probe/preact_grad_norm"].shape == (3, 3)
+
+    def crash(r, record):
+        if r == 1:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        training.fit(cfg, data, hp, key=jax.random.key(1), checkpoint_dir=tmp_path, callback=crash)
+    resumed = training.fit(cfg, data, hp, key=jax.random.key(1), checkpoint_dir=tmp_path)
+    chex.assert_trees_all_equal(resumed.state, whole.state)  # BatchNorm stats and RNG streams
+    chex.assert_trees_all_equal(resumed.metrics, whole.metrics)
+
+
+def test_train_pair_per_seed_init_vmapped_equals_separate_runs():
+    data = digits(128, 32)
+    cfg = training.TrainConfig(
+        model=_eqx_pair(), optimizer="sgd", steps=4, batch_size=16, record_every=2
+    )
+    fn = training.train_fn(cfg, data)
+    keys = jax.vmap(jax.random.key)(jnp.arange(3))
+    batched = jax.jit(jax.vmap(lambda k: fn({"learning_rate": 0.1}, k)))(keys)
+    assert batched["grad_norm"].shape == (3, 2, 2)  # seeds, records, layers/0 and layers/1
+    for i in range(3):
+        single = fn({"learning_rate": 0.1}, keys[i])
+        np.testing.assert_allclose(batched["loss"][i], single["loss"], rtol=1e-5)
+    assert not np.allclose(batched["loss"][0], batched["loss"][1])  # different inits
+
+
+def test_train_equinox_module_detects_divergence():
+    import equinox as eqx
+
+    data = digits(128, 32)
+    mlp = eqx.nn.MLP(64, 10, 32, 4, activation=jnp.tanh, key=jax.random.key(0))
+    cfg = training.TrainConfig(model=mlp, optimizer="sgd", loss="mse", steps=40, batch_size=32,
+                               record_every=10)  # fmt: skip
+    out = training.train_fn(cfg, data)({"learning_rate": 50.0, "init_scale": 4.0},
+                                       jax.random.key(0))  # fmt: skip
+    assert int(out["diverged_step"]) >= 0
+    assert np.isnan(out["loss"][-1])
+    calm = training.train_fn(cfg, data)({"learning_rate": 0.01}, jax.random.key(0))
+    assert int(calm["diverged_step"]) == -1
+
+
+def test_train_linen_unordered_names_and_dropout_per_step():
+    data = digits(128, 32)
+    ConvBN = _linen_unordered()
+    hist = training.fit(
+        training.TrainConfig(
+            model=ConvBN(rate=0.5), optimizer="adam", steps=4, batch_size=32, record_every=2
+        ),
+        data,
+        {"learning_rate": 1e-2},
+        key=jax.random.key(0),
+    )
+    assert hist.layer_names == ("Conv_0", "BatchNorm_0", "Dense_0")
+    # dropout draws a fresh mask every step: two steps from the same state differ only by key
+    cfg = training.TrainConfig(model=ConvBN(rate=0.5), steps=1, record_every=1)
+    tx = optax.sgd(0.1)
+    state = training.init_state(cfg, data.x_train, jax.random.key(0), tx=tx)
+    step = training.make_train_step(cfg.model, tx)
+    x, y = data.x_train[:16], data.y_train[:16]
+    _, a = step(state, x, y)
+    _, b = step(state.replace(key=jax.random.split(state.key)[0]), x, y)
+    _, c = step(state, x, y)
+    assert float(a.loss) != float(b.loss) and float(a.loss) == float(c.loss)
+
+
+def test_train_config_rejects_models_it_cannot_train():
+    with pytest.raises(TypeError, match="or a pair"):
+        training.TrainConfig(model=lambda p, x: x)
+    with pytest.raises(TypeError, match="or a pair"):
+        training.TrainConfig(model=(1, 2))

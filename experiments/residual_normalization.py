@@ -38,9 +38,10 @@ above, :math:`m = 2`).
 
 * **At initialisation**, on ``probe_batch`` training images (BatchNorm with batch statistics, as a
   training step sees it): the SPP statistics of every block (sown in the forward pass, in the log
-  domain: an unnormalised depth-128 network reaches variances near float32's limit), and the
-  weight-gradient norm of every layer (:func:`layer_rows`, by module path, forward order) from
-  :func:`jax.grad`.
+  domain: an unnormalised depth-128 network reaches variances near float32's limit), and
+  :func:`gradflow.probes.probe`'s weight-gradient norm and per-example error of every layer
+  (rows ``stem``, ``blocks/conv_0[l]``, ..., ``readout`` in forward order; the probe lists a
+  :class:`Conv3x3` as kind ``dense``, the matrix product it computes).
 * **Trainability**: SGD with momentum 0.9 (the papers' optimiser) for ``steps`` steps of
   ``batch_size`` images at each rate of ``learning_rates`` (vmapped with the seeds in the same
   program, :func:`gradflow.training.train_fn`); the test accuracy of each (variant, depth) at the
@@ -54,6 +55,7 @@ that measures the initial network and trains it.
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -262,65 +264,6 @@ class ResNet(nn.Module):
         return nn.Dense(10, kernel_init=init, name="readout")(x)
 
 
-# --------------------------------------------------------------- per-layer gradient norms
-
-
-def layer_rows(variant: str, depth: int) -> list[tuple[str, str]]:
-    """``(name, kind)`` of every layer with parameters of :class:`ResNet`, forward order.
-
-    Names are module paths with the block index (``block_3/conv_0``); kinds ``conv``, ``norm``,
-    ``scalar`` (SkipInit's ``alpha``; Fixup's biases and multiplier, one row per block) and
-    ``dense``.
-    """
-    rows = [("stem", "conv")]
-    for l in range(depth):
-        b = f"block_{l}"
-        if variant == "batchnorm":
-            rows += [(f"{b}/bn_0", "norm"), (f"{b}/conv_0", "conv"), (f"{b}/bn_1", "norm"),
-                     (f"{b}/conv_1", "conv")]  # fmt: skip
-        else:
-            rows += [(f"{b}/conv_0", "conv"), (f"{b}/conv_1", "conv")]
-        if variant == "skipinit":
-            rows.append((f"{b}/alpha", "scalar"))
-        if variant == "fixup":
-            rows.append((f"{b}/scalars", "scalar"))
-    if variant == "batchnorm":
-        rows.append(("bn_final", "norm"))
-    rows.append(("readout", "dense"))
-    return rows
-
-
-def _norm(tree) -> jax.Array:
-    """Frobenius norm of every leaf together, scaled by the largest entry so that no square
-    overflows float32."""
-    leaves = [jnp.ravel(x) for x in jax.tree.leaves(tree)]
-    flat = jnp.concatenate(leaves)
-    m = jnp.max(jnp.abs(flat))
-    m = jnp.where(m > 0, m, 1.0)
-    return m * jnp.sqrt(jnp.sum(jnp.square(flat / m)))
-
-
-def weight_grad_norms(grads: dict, variant: str, depth: int) -> jax.Array:
-    r"""``(len(layer_rows(variant, depth)),)``: the gradient norm of every layer of
-    :func:`layer_rows` -- a conv's kernel (and bias), a BatchNorm's scale and bias, the scalars --
-    from the gradient pytree of a :class:`ResNet` (scanned blocks unstacked)."""
-    blocks = grads["blocks"]
-    names = {n.split("/", 1)[1] for n, _ in layer_rows(variant, 1) if n.startswith("block_")}
-    fixup = ("bias_0", "bias_1", "bias_2", "bias_3", "scale")
-    per_block = {}
-    for name in names:
-        sub = {k: blocks[k] for k in fixup} if name == "scalars" else blocks[name]
-        per_block[name] = jax.vmap(_norm)(sub)
-    out = []
-    for name, _ in layer_rows(variant, depth):
-        if name.startswith("block_"):
-            l, rest = name.split("/", 1)
-            out.append(per_block[rest][int(l.removeprefix("block_"))])
-        else:
-            out.append(_norm(grads[name]))
-    return jnp.stack(out)
-
-
 # ------------------------------------------------------------------------------------- sweeps
 
 
@@ -352,43 +295,53 @@ def _data() -> gf.data.Digits:
     return gf.data.load_digits(scale="standardize")
 
 
-def _make_fn(config: dict):
+def _probe_batch(config: dict) -> tuple[jax.Array, jax.Array]:
     data = _data()
-    x = jnp.asarray(data.x_train[: config["probe_batch"]])
-    y = jnp.asarray(data.y_train[: config["probe_batch"]])
-    loss_fn = gf.probes.get_loss(LOSS)
+    n = config["probe_batch"]
+    return jnp.asarray(data.x_train[:n]), jnp.asarray(data.y_train[:n])
+
+
+def _init_probe(config: dict, variant: str, depth: int, key: jax.Array) -> tuple:
+    """``(probe report, SPP intermediates)`` of the network ``train_fn`` initialises from
+    ``key`` (the first half of ``split(key)``), BatchNorm with batch statistics."""
+    x, y = _probe_batch(config)
+    net = ResNet(width=config["width"], depth=depth, variant=variant)
+    variables = net.init(jax.random.split(key)[0], x[:1])
+    report = gf.probes.probe(net, variables, x, y, LOSS, train=True)
+    _, state = net.apply(variables, x, train=True, mutable=["intermediates", "batch_stats"])
+    return report, state["intermediates"]["blocks"]
+
+
+def layers(config: dict, variant: str, depth: int) -> list[tuple[str, str]]:
+    """``(name, kind)`` of the probe's rows, forward order (``blocks/conv_0[3]``: block 3's first
+    convolution; ``blocks[3]``: its scalar multiplier), from the traced program alone."""
+    out = jax.eval_shape(lambda k: _init_probe(config, variant, depth, k)[0], jax.random.key(0))
+    return [(str(n), str(k)) for n, k in zip(out.layer_names, out.layer_kinds)]
+
+
+def _make_fn(config: dict):
     steps = config["steps"]
 
     @functools.cache
-    def parts(variant: str, depth: int):
+    def trainer(variant: str, depth: int):
         net = ResNet(width=config["width"], depth=depth, variant=variant)
         cfg = gf.training.TrainConfig(
             model=net, optimizer="momentum", loss=LOSS, steps=steps,
             batch_size=config["batch_size"], record_every=steps,
         )  # fmt: skip
-        return net, gf.training.train_fn(cfg, data)
+        return gf.training.train_fn(cfg, _data())
 
     def fn(hparams, key):
         variant, depth = hparams["variant"], int(hparams["depth"])
-        net, train = parts(variant, depth)
-        # train_fn initialises with the first half of split(key): measure those parameters
-        init_key, _ = jax.random.split(key)
-        variables = net.init(init_key, x[:1])
-        state = {k: v for k, v in variables.items() if k == "batch_stats"}
-
-        def cost(params):
-            logits, new = net.apply({"params": params, **state}, x, train=True,
-                                    mutable=["intermediates", *state])  # fmt: skip
-            return loss_fn(logits, y), new["intermediates"]["blocks"]
-
-        (loss, spp), grads = jax.value_and_grad(cost, has_aux=True)(variables["params"])
-        rec = train({"learning_rate": hparams["learning_rate"]}, key)
+        report, spp = _init_probe(config, variant, depth, key)
+        rec = trainer(variant, depth)({"learning_rate": hparams["learning_rate"]}, key)
         return {
-            "init_loss": loss,
+            "init_loss": report.loss,
             "init_log10_sq_mean": spp["sq_mean"][0],
             "init_log10_var": spp["var"][0],
             "init_branch_ratio": spp["ratio"][0],
-            "init_weight_grad_norm": weight_grad_norms(grads, variant, depth),
+            "init_weight_grad_norm": report.weight_grad_norm,
+            "init_preact_grad_norm": report.preact_grad_norm,
             "loss": rec["loss"][-1],
             "test_accuracy": rec["test_accuracy"][-1],
             "diverged_step": rec["diverged_step"],
@@ -401,6 +354,9 @@ def run(config: dict, results_dir: Path) -> None:
     """Every (variant, depth) group: the initial network's statistics and its training at every
     learning rate x seed, one compiled program per group."""
     _check(config)
+    rows = {f"{v}/{d}": layers(config, v, int(d)) for v in config["variants"]
+            for d in config["depths"]}  # fmt: skip
+    gf.experiment.write_atomic(Path(results_dir) / "layers.json", json.dumps(rows))
     gf.sweep.run(
         _make_fn(config),
         grid={
@@ -416,6 +372,7 @@ def run(config: dict, results_dir: Path) -> None:
             "init_log10_var": ("block",),
             "init_branch_ratio": ("block",),
             "init_weight_grad_norm": ("layer",),
+            "init_preact_grad_norm": ("layer",),
         },
         name=NAME,
         config=dict(config),
@@ -426,26 +383,36 @@ def run(config: dict, results_dir: Path) -> None:
 
 
 def load(results_dir: Path) -> tuple[pd.DataFrame, dict]:
-    """The saved table and the run's config."""
+    """The saved table and the run's config; the table's ``layer`` index is named by the probe's
+    rows, ``df.attrs["layers"]`` (``{"variant/depth": [(name, kind), ...]}``)."""
     workdir = Path(results_dir) / "resnets"
-    return gf.sweep.load(workdir), gf.sweep.load_metadata(workdir)["config"]["config"]
+    df = gf.sweep.load(workdir)
+    df.attrs["layers"] = json.loads((Path(results_dir) / "layers.json").read_text())
+    return df, gf.sweep.load_metadata(workdir)["config"]["config"]
 
 
 def init_profile(df: pd.DataFrame, variant: str, depth: int, metric: str) -> np.ndarray:
     """``(seeds, n)`` of a per-block (``init_log10_*``, ``init_branch_ratio``) or per-layer
-    (``init_weight_grad_norm``) statistic at initialisation. Every learning rate of a seed starts
+    (``init_weight_grad_norm``, ``init_preact_grad_norm``: the probe's rows) statistic at
+    initialisation. Every learning rate of a seed starts
     from the same network, so the first is read."""
     sub = df[(df["variant"] == variant) & (df["depth"] == depth) & (df["metric"] == metric)]
     sub = sub[sub["learning_rate"] == sub["learning_rate"].min()]
-    axis = "layer" if metric == "init_weight_grad_norm" else "block"
+    axis = "layer" if metric.endswith("grad_norm") else "block"
     return sub.pivot(index="seed", columns=axis, values="value").to_numpy(float)
 
 
-def conv_grads(df: pd.DataFrame, variant: str, depth: int, conv: str = "conv_0") -> np.ndarray:
-    """``(seeds, depth)``: the gradient norm of every block's ``conv`` at initialisation."""
-    rows = layer_rows(variant, depth)
-    index = [i for i, (n, _) in enumerate(rows) if n.endswith(f"/{conv}")]
-    return init_profile(df, variant, depth, "init_weight_grad_norm")[:, index]
+def row_names(df: pd.DataFrame, variant: str, depth: int) -> list[str]:
+    """The probe's row names of ``(variant, depth)``, forward order."""
+    return [n for n, _ in df.attrs["layers"][f"{variant}/{depth}"]]
+
+
+def conv_grads(df: pd.DataFrame, variant: str, depth: int, conv: str = "conv_0",
+               metric: str = "init_weight_grad_norm") -> np.ndarray:  # fmt: skip
+    """``(seeds, depth)``: the probe's ``metric`` at initialisation of every block's ``conv``."""
+    names = row_names(df, variant, depth)
+    index = [names.index(f"blocks/{conv}[{l}]") for l in range(depth)]
+    return init_profile(df, variant, depth, metric)[:, index]
 
 
 def growth_rate(log10_var: np.ndarray, skip: int = 1) -> float:

@@ -20,10 +20,11 @@ What it measures.
   token embedding scaled by :math:`\sqrt d` plus sinusoidal positions as in Vaswani et al. 2017,
   causal multi-head self-attention, a ReLU FFN of width ``4 d``, Flax's default initialisers) of
   width ``width`` and depth ``L`` in ``depths``; next-token cross-entropy on ``probe_batch``
-  sequences of :func:`gradflow.data.markov_sequences`; :func:`jax.grad` of the parameters, one
-  norm per layer (:func:`layer_rows`: every block's attention query/key/value/out projections, its
-  FFN layers and LayerNorms, in forward order), and the mean square of the residual stream
-  :math:`\|x_l\|^2/d` after every block (sown in the forward pass). The blocks are one
+  sequences of :func:`gradflow.data.markov_sequences`; :func:`gradflow.probes.probe` gives
+  the weight-gradient norm and the per-example error :math:`\|\delta\|` of every layer -- the
+  embedding, every block's attention query/key/value/out projections, FFN layers and LayerNorms
+  (rows ``blocks/attn/query[l]``, ...), the readout -- in forward order; the mean square of the
+  residual stream :math:`\|x_l\|^2/d` after every block is sown in the forward pass. The blocks are one
   :func:`flax.linen.scan`, so compile time does not grow with depth, and one program per
   architecture serves every depth and seed (vmapped): the stack holds ``max(depths)`` blocks and a
   depth-:math:`L` network skips the blocks past :math:`L` (:class:`Transformer`).
@@ -49,6 +50,7 @@ Cost: the init programs run one forward and backward pass per seed; training is
 from __future__ import annotations
 
 import functools
+import json
 import math
 from pathlib import Path
 
@@ -240,60 +242,6 @@ def model(arch: str, width: int, heads: int, depth: int, vocab: int, activation:
                        activation=activation)  # fmt: skip
 
 
-# --------------------------------------------------------------- per-layer gradient norms
-
-_ATTN = ("query", "key", "value", "out")
-
-
-def layer_rows(arch: str, depth: int) -> list[tuple[str, str]]:
-    """``(name, kind)`` of every parameterised layer of the :class:`Transformer`, forward order.
-
-    Names are module paths with the scanned block's index, e.g. ``block_3/attn/query``; kinds
-    are ``embedding``, ``attention``, ``dense`` and ``norm``.
-    """
-    rows = [("embed", "embedding")]
-    for l in range(depth):
-        attn = [(f"block_{l}/attn/{p}", "attention") for p in _ATTN]
-        ffn = [(f"block_{l}/ffn_in", "dense"), (f"block_{l}/ffn_out", "dense")]
-        ln_a, ln_f = (f"block_{l}/ln_attn", "norm"), (f"block_{l}/ln_ffn", "norm")
-        rows += [ln_a, *attn, ln_f, *ffn] if arch == "pre" else [*attn, ln_a, *ffn, ln_f]
-    if arch == "pre":
-        rows.append(("ln_final", "norm"))
-    rows.append(("readout", "dense"))
-    return rows
-
-
-def weight_grad_norms(grads: dict, arch: str, depth: int) -> jax.Array:
-    r"""``(len(layer_rows(arch, depth)),)``: :math:`\|\partial C/\partial W\|_F` of every layer
-    of :func:`layer_rows` -- the kernel of a projection, the embedding table, the scale of a
-    LayerNorm -- from the gradient pytree of a :class:`Transformer` (scanned blocks unstacked)."""
-
-    def weight(tree):
-        for leaf in ("kernel", "embedding", "scale"):
-            if leaf in tree:
-                return tree[leaf]
-        raise KeyError(f"no weight in {sorted(tree)}")
-
-    blocks = grads["blocks"]
-    per_block = {}  # name within a block -> (depth,) norms
-    for p in _ATTN:
-        per_block[f"attn/{p}"] = weight(blocks["attn"][p])
-    for m in ("ffn_in", "ffn_out", "ln_attn", "ln_ffn"):
-        per_block[m] = weight(blocks[m])
-    per_block = {
-        k: jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(range(1, v.ndim))))
-        for k, v in per_block.items()
-    }
-    out = []
-    for name, _ in layer_rows(arch, depth):
-        if name.startswith("block_"):
-            l, rest = name.split("/", 1)
-            out.append(per_block[rest][int(l.removeprefix("block_"))])
-        else:
-            out.append(jnp.sqrt(jnp.sum(jnp.square(weight(grads[name])))))
-    return jnp.stack(out)
-
-
 # ------------------------------------------------------------------------------------- sweeps
 
 
@@ -353,30 +301,42 @@ def _task(config: dict) -> gf.data.Sequences:
     return task(config["vocab"], config["length"], config["n_train"], config["n_test"])
 
 
-def _init_fn(config: dict):
+def _probe_batch(config: dict) -> tuple[jax.Array, jax.Array]:
     data = _task(config)
-    x = jnp.asarray(data.x_train[: config["probe_batch"]])
-    y = jnp.asarray(data.y_train[: config["probe_batch"]])
-    loss_fn = gf.probes.get_loss(LOSS)
+    n = config["probe_batch"]
+    return jnp.asarray(data.x_train[:n]), jnp.asarray(data.y_train[:n])
 
+
+def _init_probe(config: dict, arch: str, key: jax.Array, depth) -> tuple:
+    """``(probe report, stream mean squares (max_depth,))`` of a freshly initialised network of
+    ``depth`` blocks (may be traced: the stack holds ``max(depths)`` and skips the rest)."""
+    x, y = _probe_batch(config)
     max_depth = max(int(d) for d in config["depths"])
+    net = model(arch, config["width"], config["heads"], max_depth, config["vocab"],
+                config["activation"])  # fmt: skip
+    params = net.init(key, x[:1])["params"]
+    report = gf.probes.probe(
+        lambda p, tokens: net.apply({"params": p}, tokens, depth=depth), params, x, y, LOSS
+    )
+    _, state = net.apply({"params": params}, x, depth=depth, mutable=["intermediates"])
+    return report, state["intermediates"]["blocks"]["stream_sq"][0]
 
+
+def layers(config: dict, arch: str) -> list[tuple[str, str]]:
+    """``(name, kind)`` of the probe's rows for ``arch``, forward order (``blocks/ffn_out[3]``:
+    block 3's FFN output layer), from the traced program alone (nothing is computed)."""
+    out = jax.eval_shape(lambda k: _init_probe(config, arch, k, 1)[0], jax.random.key(0))
+    return [(str(n), str(k)) for n, k in zip(out.layer_names, out.layer_kinds)]
+
+
+def _init_fn(config: dict):
     def fn(hparams, key):
-        arch = hparams["arch"]
-        net = model(arch, config["width"], config["heads"], max_depth, config["vocab"],
-                    config["activation"])  # fmt: skip
-        params = net.init(key, x[:1])["params"]
-
-        def cost(p):
-            logits, state = net.apply({"params": p}, x, depth=hparams["depth"],
-                                      mutable=["intermediates"])  # fmt: skip
-            return loss_fn(logits, y), state["intermediates"]["blocks"]["stream_sq"][0]
-
-        (loss, stream_sq), grads = jax.value_and_grad(cost, has_aux=True)(params)
+        report, stream_sq = _init_probe(config, hparams["arch"], key, hparams["depth"])
         return {
-            "weight_grad_norm": weight_grad_norms(grads, arch, max_depth),
+            "weight_grad_norm": report.weight_grad_norm,
+            "preact_grad_norm": report.preact_grad_norm,
             "stream_sq": stream_sq,
-            "loss": loss,
+            "loss": report.loss,
         }
 
     return fn
@@ -426,12 +386,15 @@ def run(config: dict, results_dir: Path) -> None:
     learning rate x warm-up x seeds)."""
     _check(config)
     results_dir = Path(results_dir)
+    rows = {arch: layers(config, arch) for arch in ARCHS}
+    gf.experiment.write_atomic(results_dir / "layers.json", json.dumps(rows))
     gf.sweep.run(
         _init_fn(config),
         grid={"arch": list(ARCHS), "depth": [int(d) for d in config["depths"]]},
         seeds=range(config["seeds"]),
         workdir=results_dir / "init",
-        axes={"weight_grad_norm": ("layer",), "stream_sq": ("block",), "loss": ()},
+        axes={"weight_grad_norm": ("layer",), "preact_grad_norm": ("layer",),
+              "stream_sq": ("block",), "loss": ()},  # fmt: skip
         name=f"{NAME}/init",
         config=dict(config),
     )
@@ -454,28 +417,26 @@ def run(config: dict, results_dir: Path) -> None:
 
 
 def load(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """``(init table, training table, config)`` as saved."""
+    """``(init table, training table, config)`` as saved; the init table's ``layer`` index is
+    named by the probe's rows, ``init.attrs["layers"]`` (``{arch: [(name, kind), ...]}``)."""
     results_dir = Path(results_dir)
     init = gf.sweep.load(results_dir / "init")
+    init.attrs["layers"] = json.loads((results_dir / "layers.json").read_text())
     train = gf.sweep.load(results_dir / "training")
     config = gf.sweep.load_metadata(results_dir / "init")["config"]["config"]
     return init, train, config
 
 
-def _max_depth(init: pd.DataFrame) -> int:
-    return int(init.loc[init["metric"] == "stream_sq", "block"].max()) + 1
-
-
-def grad_profile(init: pd.DataFrame, arch: str, depth: int, module: str) -> np.ndarray:
-    """``(seeds, depth)``: the weight-gradient norm of ``module`` (e.g. ``"ffn_out"``,
-    ``"attn/query"``) in each of the ``depth`` blocks, one row per seed."""
-    rows = layer_rows(arch, _max_depth(init))
-    index = [i for i, (n, _) in enumerate(rows)
-             if n.startswith("block_") and n.split("/", 1)[1] == module]  # fmt: skip
-    sub = init[(init["arch"] == arch) & (init["depth"] == depth)
-               & (init["metric"] == "weight_grad_norm")]  # fmt: skip
+def grad_profile(init: pd.DataFrame, arch: str, depth: int, module: str,
+                 metric: str = "weight_grad_norm") -> np.ndarray:  # fmt: skip
+    """``(seeds, depth)``: the probe's ``metric`` (``weight_grad_norm`` or ``preact_grad_norm``)
+    of ``module`` (e.g. ``"ffn_out"``, ``"attn/query"``) in each of the ``depth`` blocks, one row
+    per seed."""
+    names = [n for n, _ in init.attrs["layers"][arch]]
+    index = [names.index(f"blocks/{module}[{l}]") for l in range(depth)]
+    sub = init[(init["arch"] == arch) & (init["depth"] == depth) & (init["metric"] == metric)]
     wide = sub.pivot(index="seed", columns="layer", values="value")
-    return wide[index[:depth]].to_numpy(float)
+    return wide[index].to_numpy(float)
 
 
 def stream_profile(init: pd.DataFrame, arch: str, depth: int) -> np.ndarray:

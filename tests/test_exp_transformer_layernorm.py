@@ -49,32 +49,33 @@ def test_skipped_blocks_give_the_shallower_network(arch, tiny):
 
 
 @pytest.mark.parametrize("arch", exp.ARCHS)
-def test_weight_grad_norms_match_autodiff(arch, tiny):
+def test_probe_rows_match_autodiff(arch, tiny):
+    """gf.probes.probe on the scanned Transformer: a row per layer per block, in forward order,
+    with the weight-gradient norms of jax.grad."""
     x, y = tiny
     net = exp.model(arch, 8, 2, 3, 7)
-    params = net.init(jax.random.key(1), x)["params"]
+    v = net.init(jax.random.key(1), x)
+    report = gf.probes.probe(net, v, x, y, exp.LOSS)
     loss = gf.probes.get_loss(exp.LOSS)
-    g = jax.grad(lambda p: loss(net.apply({"params": p}, x), y))(params)
-    norms = np.asarray(exp.weight_grad_norms(g, arch, 3))
-    rows = exp.layer_rows(arch, 3)
-    assert len(norms) == len(rows) == 1 + 3 * 8 + (arch == "pre") + 1
-    names = [n for n, _ in rows]
+    g = jax.grad(lambda p: loss(net.apply({"params": p}, x), y))(v["params"])
+    names = list(report.layer_names)
+    assert len(names) == 1 + 3 * 8 + (arch == "pre") + 1
     assert names[0] == "embed" and names[-1] == "readout"
     # forward order: a Pre-LN block normalises before attention, a Post-LN block after it
-    first = names.index("block_0/ln_attn") < names.index("block_0/attn/query")
+    first = names.index("blocks/ln_attn[0]") < names.index("blocks/attn/query[0]")
     assert first == (arch == "pre")
     ref = {
-        "block_1/ffn_out": g["blocks"]["ffn_out"]["kernel"][1],
-        "block_2/attn/query": g["blocks"]["attn"]["query"]["kernel"][2],
-        "block_0/ln_ffn": g["blocks"]["ln_ffn"]["scale"][0],
+        "blocks/ffn_out[1]": g["blocks"]["ffn_out"]["kernel"][1],
+        "blocks/attn/query[2]": g["blocks"]["attn"]["query"]["kernel"][2],
+        "blocks/ln_ffn[0]": g["blocks"]["ln_ffn"]["scale"][0],
         "embed": g["embed"]["embedding"],
         "readout": g["readout"]["kernel"],
     }
+    norms = np.asarray(report.weight_grad_norm)
     for name, leaf in ref.items():
         want = float(np.linalg.norm(np.asarray(leaf, np.float64)))
         assert norms[names.index(name)] == pytest.approx(want, rel=1e-5), name
-    kinds = {k for _, k in rows}
-    assert kinds == {"embedding", "attention", "dense", "norm"}
+    assert set(report.layer_kinds) == {"embedding", "attention", "dense", "norm"}
 
 
 def test_adam_with_warmup_ramps_linearly():

@@ -411,7 +411,7 @@ def conv_grads(df: pd.DataFrame, variant: str, depth: int, conv: str = "conv_0",
                metric: str = "init_weight_grad_norm") -> np.ndarray:  # fmt: skip
     """``(seeds, depth)``: the probe's ``metric`` at initialisation of every block's ``conv``."""
     names = row_names(df, variant, depth)
-    index = [names.index(f"blocks/{conv}[{l}]") for l in range(depth)]
+    index = [names.index(f"blocks/{conv}[{b}]") for b in range(depth)]
     return init_profile(df, variant, depth, metric)[:, index]
 
 
@@ -420,8 +420,8 @@ def growth_rate(log10_var: np.ndarray, skip: int = 1) -> float:
     :math:`\log_2 \mathrm{Var}(x_l)` against :math:`l` (median over seeds), from block ``skip``
     on."""
     v = np.median(np.asarray(log10_var, float), axis=0)[skip:] / np.log10(2.0)
-    l = np.arange(skip, skip + v.size, dtype=float)
-    return float(np.polyfit(l, v, 1)[0])
+    blocks = np.arange(skip, skip + v.size, dtype=float)
+    return float(np.polyfit(blocks, v, 1)[0])
 
 
 def ratio_exponent(ratio: np.ndarray, skip: int = 1) -> float:
@@ -429,8 +429,8 @@ def ratio_exponent(ratio: np.ndarray, skip: int = 1) -> float:
     (block index from 1, median over seeds), from block ``skip`` on: :math:`-1` when the branch is
     downscaled by :math:`1/\sqrt l`."""
     r = np.median(np.asarray(ratio, float), axis=0)[skip:]
-    l = np.arange(skip + 1, skip + 1 + r.size, dtype=float)
-    return float(np.polyfit(np.log(l), np.log(r), 1)[0])
+    blocks = np.arange(skip + 1, skip + 1 + r.size, dtype=float)
+    return float(np.polyfit(np.log(blocks), np.log(r), 1)[0])
 
 
 def summary(df: pd.DataFrame, config: dict) -> pd.DataFrame:
@@ -580,15 +580,6 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
         return gf.plotting.savefig(fig, Path(figures_dir) / f"{NAME}_headline")
 
 
-_DIGITS = ("Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine")
-
-
-def depth_word(depth: int) -> str:
-    """A depth spelled digit by digit for a LaTeX macro name (letters only): 128 ->
-    ``OneTwoEight``."""
-    return "".join(_DIGITS[int(c)] for c in str(int(depth)))
-
-
 def tables(results_dir: Path, tables_dir: Path) -> list[Path]:
     """The table (variant, depth, growth, ratio exponent, initial loss, learning rate, accuracy)
     and the macros."""
@@ -611,23 +602,24 @@ def tables(results_dir: Path, tables_dir: Path) -> list[Path]:
         f"{p}Width": config["width"], f"{p}Seeds": config["seeds"],
         f"{p}ProbeBatch": config["probe_batch"], f"{p}Steps": config["steps"],
         f"{p}BatchSize": config["batch_size"], f"{p}Momentum": MOMENTUM,
-        f"{p}Depths": ", ".join(str(d) for d in depths), f"{p}DepthMax": depths[-1],
+        f"{p}Depths": ", ".join(str(d) for d in depths), f"{p}DepthMin": depths[0],
+        f"{p}DepthMax": depths[-1],
         f"{p}LearningRates": ", ".join(f"{float(r):g}" for r in config["learning_rates"]),
     }  # fmt: skip
     for r in s.itertuples():
         v = r.variant.capitalize()
-        d = depth_word(r.depth)
-        macros[f"{p}Acc{v}{d}"] = r.acc_mean
-        macros[f"{p}AccSd{v}{d}"] = r.acc_sd
-        macros[f"{p}Lr{v}{d}"] = r.learning_rate
-        macros[f"{p}Diverged{v}{d}"] = r.diverged_all
-        macros[f"{p}Runs{v}{d}"] = r.runs_all
-        macros[f"{p}Growth{v}{d}"] = r.growth
-        macros[f"{p}RatioExp{v}{d}"] = r.ratio_exponent
-        macros[f"{p}InitLoss{v}{d}"] = r.init_loss
-        macros[f"{p}VarSlope{v}{d}"] = r.var_slope
-        macros[f"{p}VarLast{v}{d}"] = r.var_last
-        macros[f"{p}ConvGrad{v}{d}"] = r.conv_grad
+        for d in [w for w, depth in (("Min", depths[0]), ("Max", depths[-1])) if depth == r.depth]:
+            macros[f"{p}Acc{v}{d}"] = r.acc_mean
+            macros[f"{p}AccSd{v}{d}"] = r.acc_sd
+            macros[f"{p}Lr{v}{d}"] = r.learning_rate
+            macros[f"{p}Diverged{v}{d}"] = r.diverged_all
+            macros[f"{p}Runs{v}{d}"] = r.runs_all
+            macros[f"{p}Growth{v}{d}"] = r.growth
+            macros[f"{p}RatioExp{v}{d}"] = r.ratio_exponent
+            macros[f"{p}InitLoss{v}{d}"] = r.init_loss
+            macros[f"{p}VarSlope{v}{d}"] = r.var_slope
+            macros[f"{p}VarLast{v}{d}"] = r.var_last
+            macros[f"{p}ConvGrad{v}{d}"] = r.conv_grad
     macros[f"{p}VarSlopeTheory"] = 1.0 - 1.0 / math.pi
     out.append(gf.experiment.write_macros(Path(tables_dir) / f"{NAME}_macros.tex", macros))
     return out

@@ -258,9 +258,7 @@ def _check(config: dict) -> None:
             raise ValueError(f"{key} must be an int >= {lo}, got {v!r}")
     for w, h in (("width", "heads"), ("train_width", "train_heads")):
         if config[w] % config[h] or config[w] % 2:
-            raise ValueError(
-                f"{w} ({config[w]}) must be even and a multiple of {h} ({config[h]})"
-            )
+            raise ValueError(f"{w} ({config[w]}) must be even and a multiple of {h} ({config[h]})")
     depths = list(config["depths"])
     if len(depths) < 2 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
                               for d in depths) or len(set(depths)) != len(depths):  # fmt: skip
@@ -393,8 +391,12 @@ def run(config: dict, results_dir: Path) -> None:
         grid={"arch": list(ARCHS), "depth": [int(d) for d in config["depths"]]},
         seeds=range(config["seeds"]),
         workdir=results_dir / "init",
-        axes={"weight_grad_norm": ("layer",), "preact_grad_norm": ("layer",),
-              "stream_sq": ("block",), "loss": ()},  # fmt: skip
+        axes={
+            "weight_grad_norm": ("layer",),
+            "preact_grad_norm": ("layer",),
+            "stream_sq": ("block",),
+            "loss": (),
+        },
         name=f"{NAME}/init",
         config=dict(config),
     )
@@ -433,7 +435,7 @@ def grad_profile(init: pd.DataFrame, arch: str, depth: int, module: str,
     of ``module`` (e.g. ``"ffn_out"``, ``"attn/query"``) in each of the ``depth`` blocks, one row
     per seed."""
     names = [n for n, _ in init.attrs["layers"][arch]]
-    index = [names.index(f"blocks/{module}[{l}]") for l in range(depth)]
+    index = [names.index(f"blocks/{module}[{b}]") for b in range(depth)]
     sub = init[(init["arch"] == arch) & (init["depth"] == depth) & (init["metric"] == metric)]
     wide = sub.pivot(index="seed", columns="layer", values="value")
     return wide[index].to_numpy(float)
@@ -454,7 +456,7 @@ def fit_exponent(depths: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     values = np.asarray(values, float)
     x = np.repeat(np.log(depths), values.shape[1])
     y = np.log(values).ravel()
-    (slope, intercept), res, *_ = np.linalg.lstsq(np.stack([x, np.ones_like(x)], 1), y, rcond=None)
+    (slope, intercept), *_ = np.linalg.lstsq(np.stack([x, np.ones_like(x)], 1), y, rcond=None)
     dof = max(len(x) - 2, 1)
     resid = y - (slope * x + intercept)
     se = math.sqrt(float(resid @ resid) / dof / float(np.sum((x - x.mean()) ** 2)))
@@ -646,7 +648,8 @@ def _plot_headline(init, train, config, figures_dir: Path) -> list[Path]:
                           label=f"{LABELS[arch]}, {'warm-up' if w else 'none'}")  # fmt: skip
                 pts = fin[(fin["arch"] == arch) & (fin["warmup_steps"] == w) & ~fin["diverged"]]
                 ax_r.plot(pts["learning_rate"], pts["value"], "o" if w == 0 else "s",
-                          color=_ARCH_COLOR[arch], ms=2, alpha=0.4, mfc="none", mew=0.5)  # fmt: skip
+                          color=_ARCH_COLOR[arch], ms=2, alpha=0.4, mfc="none",
+                          mew=0.5)  # fmt: skip
                 div = rows[rows["diverged"] > 0]
                 ax_r.plot(div["learning_rate"], np.full(len(div), math.log(config["vocab"])),
                           "x", color=_ARCH_COLOR[arch], ms=5)  # fmt: skip

@@ -317,8 +317,9 @@ def markov_sequences(
       :class:`Sequences` ``(x_train, y_train, x_test, y_test, table)``, NumPy int32.
 
     Raises:
-      TypeError / ValueError: a size that is not an int or is below its minimum, or a table
-        larger than :math:`2^{20}` entries.
+      TypeError / ValueError: a size that is not an int or is below its minimum, a table larger
+        than :math:`2^{20}` entries, or a traced ``key`` (the arrays are drawn eagerly; a
+        concrete key works inside a traced function too).
     """
     n_train = _int("markov_sequences", "n_train", n_train, 1)
     n_test = _int("markov_sequences", "n_test", n_test, 0)
@@ -330,18 +331,26 @@ def markov_sequences(
             f"markov_sequences: the table has vocab**order = {vocab}**{order} entries, more "
             f"than 2**20; lower vocab or order"
         )
-    k_table, k_train, k_test = jax.random.split(key, 3)
-    table = np.asarray(jax.random.randint(k_table, (vocab,) * order, 0, vocab), np.int32)
+    if isinstance(key, jax.core.Tracer):
+        raise TypeError(
+            "markov_sequences: key is traced (inside jit, vmap or eval_shape); the sequences are "
+            "NumPy arrays drawn eagerly, so pass a concrete key made outside the traced function"
+        )
+    # NumPy arrays out: the draws run eagerly even when called while JAX traces a function
+    with jax.ensure_compile_time_eval():
+        k_table, k_train, k_test = jax.random.split(key, 3)
+        table = np.asarray(jax.random.randint(k_table, (vocab,) * order, 0, vocab), np.int32)
+        starts = [np.asarray(jax.random.randint(k, (n, order), 0, vocab), np.int32)
+                  for k, n in ((k_train, n_train), (k_test, n_test))]  # fmt: skip
 
-    def draw(k: jax.Array, n: int) -> tuple[np.ndarray, np.ndarray]:
-        s = np.zeros((n, length + 1), np.int32)
-        s[:, :order] = np.asarray(jax.random.randint(k, (n, order), 0, vocab))
+    def draw(start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s = np.zeros((len(start), length + 1), np.int32)
+        s[:, :order] = start
         for t in range(order, length + 1):
             s[:, t] = table[tuple(s[:, t - order + i] for i in range(order))]
         return s[:, :-1].copy(), s[:, 1:].copy()
 
-    x_tr, y_tr = draw(k_train, n_train)
-    x_te, y_te = draw(k_test, n_test)
+    (x_tr, y_tr), (x_te, y_te) = draw(starts[0]), draw(starts[1])
     for a in (table, x_tr, y_tr, x_te, y_te):
         a.setflags(write=False)
     return Sequences(x_tr, y_tr, x_te, y_te, table)

@@ -156,6 +156,14 @@ def test_markov_sequences_keyed_split_and_floor():
     # order 2: only the first target is uniform, so the floor is ln(16) / 15 nats per token
     assert a.loss_floor == pytest.approx(np.log(16) / 15, rel=1e-12)
     assert data.markov_sequences(jax.random.key(0), 2, 0, 4, order=1).loss_floor == 0.0
+    # the same arrays when called while JAX traces a function (e.g. under jax.eval_shape); a
+    # traced key is refused
+    seen, key = [], jax.random.key(3)
+    jax.eval_shape(lambda: seen.append(data.markov_sequences(key, 200, 100, 15)))
+    for u, v in zip(seen[0], a):
+        np.testing.assert_array_equal(u, v)
+    with pytest.raises(TypeError, match="key is traced"):
+        jax.eval_shape(lambda k: data.markov_sequences(k, 2, 2, 4), key)
     with pytest.raises(ValueError, match="length must be >= 3"):
         data.markov_sequences(jax.random.key(0), 2, 2, 2, order=3)
     with pytest.raises(ValueError, match=r"vocab\*\*order = 64\*\*4 entries, more than 2\*\*20"):

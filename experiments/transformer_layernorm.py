@@ -108,7 +108,7 @@ CONFIGS = {
         "activation": "relu",
         "width": 64,
         "heads": 4,
-        "depths": [6, 12, 24],
+        "depths": [3, 6, 12],
         "seeds": 4,
         "probe_batch": 8,
         "train_width": 32,
@@ -693,8 +693,8 @@ def _plot_headline(init, train, config, figures_dir: Path) -> list[Path]:
         return gf.plotting.savefig(fig, figures_dir / f"{NAME}_headline")
 
 
-MODULES: tuple[str, ...] = ("attn/query", "attn/key", "attn/value", "attn/out", "ffn_in",
-                            "ffn_out")  # fmt: skip
+#: The projections of the per-module figure (the key's gradient tracks the query's).
+MODULES: tuple[str, ...] = ("attn/query", "attn/value", "attn/out", "ffn_in", "ffn_out")
 
 
 def _plot_modules(init, config, figures_dir: Path) -> list[Path]:

@@ -137,7 +137,7 @@ def test_last_ffn_gradient_post_flat_pre_inverse_sqrt_depth(done):
     slopes = exp.exponents(init, config)
     post, _ = slopes["post"]
     pre, _ = slopes["pre"]
-    # measured (quick, 4 seeds, L = 6..24): post +0.20 +- 0.08, pre -0.61 +- 0.06
+    # measured (quick, 4 seeds, L = 3..12): post -0.00 +- 0.08, pre -0.57 +- 0.06
     assert abs(post) < 0.35, slopes
     assert -0.8 < pre < -0.3, slopes
     assert pre < post - 0.5, slopes
@@ -151,16 +151,19 @@ def test_last_ffn_gradient_post_flat_pre_inverse_sqrt_depth(done):
 
 
 def test_pre_ln_stream_grows_linearly_post_ln_stays_normalised(done):
+    """Every Pre-LN block adds to the residual stream: E||x_l||^2 / d grows linearly in l (the
+    mechanism of the 1/sqrt(L) of the last FFN layer's gradient)."""
     _, cfg, _, _, init, _, _ = done
-    depths = np.asarray(cfg["depths"], float)
-    last = np.array([np.median(exp.stream_profile(init, "pre", int(d))[:, -1]) for d in depths])
-    slope = np.polyfit(np.log(depths), np.log(last), 1)[0]
-    assert slope == pytest.approx(1.0, abs=0.15)  # E||x_L||^2 grows linearly in L; measured 1.0
+    deepest = max(cfg["depths"])
+    pre = np.median(exp.stream_profile(init, "pre", deepest), axis=0)
+    blocks = np.arange(1, deepest + 1)
+    fit = np.polyval(np.polyfit(blocks, pre, 1), blocks)
+    r2 = 1 - np.sum((pre - fit) ** 2) / np.sum((pre - pre.mean()) ** 2)
+    assert r2 > 0.98, r2  # a straight line in l
+    assert np.all(np.diff(pre) > 0)  # every block adds
     for d in cfg["depths"]:
         post = exp.stream_profile(init, "post", d)
         np.testing.assert_allclose(post, 1.0, atol=1e-3)  # a LayerNorm output: mean square ~1
-        pre = np.median(exp.stream_profile(init, "pre", d), axis=0)
-        assert np.all(np.diff(pre) > 0)  # every Pre-LN block adds to the stream
 
 
 def test_post_ln_gradients_grow_toward_the_output(done):
@@ -169,7 +172,7 @@ def test_post_ln_gradients_grow_toward_the_output(done):
     _, cfg, _, _, init, _, config = done
     s = exp.init_summary(init, config).set_index(["arch", "depth"])
     deepest = max(cfg["depths"])
-    assert s.loc[("post", deepest), "last_over_first"] > 1.2  # measured 1.66 at L = 24
+    assert s.loc[("post", deepest), "last_over_first"] > 1.2  # measured 1.37 at L = 12
     for d in cfg["depths"]:
         assert s.loc[("post", d), "last_over_first"] > s.loc[("pre", d), "last_over_first"]
 

@@ -433,7 +433,8 @@ class _Plan:
             static = _validate_static(config["static"], grid)
             axes = _validate_axes({str(k): v for k, v in config["axes"]}, tuple(grid))
             plan = cls(grid, seeds, static, config["chunk_size"], axes, config["name"],
-                       dict(config["config"]), None, config.get("rng", "threefry"))  # fmt: skip
+                       dict(config["config"]), None, config.get("rng", "threefry"),
+                       config.get("matmul_precision", _config.DEFAULT))  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(
                 f"{where} holds a damaged sweep config ({type(e).__name__}: {e}); restore the "

@@ -9,6 +9,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 from jax.extend import core as jcore
 
@@ -199,6 +200,10 @@ def test_sweep_compiles_at_the_policy_and_records_it(tmp_path):
     meta = gf.sweep.load_metadata(tmp_path / "b")
     assert meta["config"]["matmul_precision"] == "high"
     assert meta["sessions"][-1]["matmul_precision"] == "high"
+    with config.use_matmul_precision("tensorfloat32"):  # resumes: the store checks its own plan
+        again = gf.sweep.run(fn, grid={"s": [1.0]}, seeds=range(2), workdir=tmp_path / "b",
+                             progress=False)  # fmt: skip
+    pd.testing.assert_frame_equal(again, gf.sweep.load(tmp_path / "b"))
 
 
 def test_fit_checkpoint_does_not_resume_at_another_precision(tmp_path):

@@ -301,6 +301,12 @@ def _check(config: dict) -> None:
         for r in lrs
     ):
         raise ValueError(f"learning_rates must be positive numbers, got {lrs!r}")
+    depth = max(depths)
+    per_net = 18 * config["width"] ** 2 + 12 * config["probe_batch"] * 64 * config["width"]
+    gf.experiment.check_memory(
+        f"depths up to {depth} at width={config['width']} x seeds={config['seeds']}",
+        4 * 4 * config["seeds"] * len(config["variants"]) * depth * per_net,
+    )
 
 
 @functools.cache
@@ -658,4 +664,5 @@ EXPERIMENT = gf.experiment.Experiment(
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_headline",),
+    check=_check,
 )

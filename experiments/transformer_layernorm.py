@@ -298,6 +298,14 @@ def _check(config: dict) -> None:
             f"probe_batch ({config['probe_batch']}) and batch_size ({config['batch_size']}) must "
             f"not exceed n_train ({config['n_train']})"
         )
+    depth = max(depths)
+    per_net = (
+        12 * config["width"] ** 2 + 16 * config["probe_batch"] * config["length"] * config["width"]
+    )
+    gf.experiment.check_memory(
+        f"depths up to {depth} at width={config['width']} x seeds={config['seeds']}",
+        4 * 4 * config["seeds"] * depth * per_net,
+    )
 
 
 @functools.cache
@@ -825,4 +833,5 @@ EXPERIMENT = gf.experiment.Experiment(
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_headline",),
+    check=_check,
 )

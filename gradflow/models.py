@@ -262,6 +262,12 @@ def _child_keys(rng: Any, names: Sequence[str], counter: int) -> Array:
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng.rng, data)
 
 
+def _staged() -> bool:
+    """Whether JAX is staging a program out (``jit``, ``eval_shape``, a loop body) rather than
+    running it op by op: staged, even a constant is a tracer (omnistaging)."""
+    return isinstance(jnp.zeros(()), jax.core.Tracer)
+
+
 def _fixed(value: Array) -> Callable[..., Array]:
     """An initializer that returns ``value`` (drawn beforehand, see :class:`_Stack`)."""
 
@@ -325,13 +331,19 @@ class _Stack(nn.Module):
         h = x
         for start, stop, spec in self._segments(x.shape[-1]):
             names = [f"dense_{i}" for i in range(start, stop)]
-            if len(names) >= SCAN_MIN_RUN and self.is_initializing():
-                h = self._init_run(spec, names, h, train)
-            elif len(names) >= SCAN_MIN_RUN and not self._unrolled(spec, names, train):
-                h = self._scan_run(spec, names, h, train)
+            if len(names) < SCAN_MIN_RUN:
+                unrolled = True
+            elif self.is_initializing():
+                unrolled = not _staged()
             else:
+                unrolled = self._unrolled(spec, names, train)
+            if unrolled:
                 for name in names:
                     h = DenseBlock(**spec, name=name)(h, train=train)
+            elif self.is_initializing():
+                h = self._init_run(spec, names, h, train)
+            else:
+                h = self._scan_run(spec, names, h, train)
         return h
 
     def _unrolled(self, spec: dict, names: list[str], train: bool) -> bool:

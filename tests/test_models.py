@@ -357,30 +357,41 @@ def _unrolled(fn):
 @pytest.mark.parametrize("case", sorted(STACKS))
 def test_init_draws_flax_s_unrolled_numbers_bit_for_bit(case):
     """Under jit, a run's parameters come from one draw per initializer over the keys Flax
-    derives for each layer; they equal Flax's per-layer draws exactly -- eager, jitted, vmapped
-    over seeds, in float32 and float64, with typed and raw keys, at the top level and nested --
-    so a change in Flax's key derivation shows here. (Eager and jitted draws differ in the last
-    bit, for the unrolled network too: XLA folds the normal's scale factors together.)"""
+    derives for each layer; they equal Flax's per-layer draws exactly (here jitted and vmapped
+    over seeds, as a sweep draws them), so a change in Flax's key derivation shows here."""
     model, width, _ = STACKS[case]
-    modes = {
-        "eager": lambda m, key, x: m.init(key, x),
-        "jit": lambda m, key, x: jax.jit(m.init)(key, x),
-        "vmap": lambda m, key, x: jax.vmap(lambda k: m.init(k, x))(jnp.stack([key, key])),
-        "jit_vmap": lambda m, key, x: jax.jit(jax.vmap(lambda k: m.init(k, x)))(
-            jnp.stack([key, key])
-        ),
+    x = jnp.ones((2, width))
+    keys = jax.random.split(jax.random.key(3), 2)
+    init = jax.jit(jax.vmap(lambda k: model.init(k, x)))
+    new, old = init(keys), _unrolled(lambda: jax.jit(jax.vmap(lambda k: model.init(k, x)))(keys))
+    assert jax.tree.structure(new) == jax.tree.structure(old)
+    chex.assert_trees_all_equal(new, old)
+    chex.assert_trees_all_equal_dtypes(new, old)
+
+
+@pytest.mark.parametrize("case", ["mlp_layer_residual", "deep_linear_bias_identity"])
+def test_init_is_flax_s_eager_jitted_nested_float64_and_with_raw_keys(case):
+    """The same numbers as Flax's own per-layer init: eager (op by op, which rounds the normal's
+    scale differently from a compiled draw, for Flax's own init too), vmapped eagerly, jitted
+    with a raw ``PRNGKey``, nested in another module (a non-empty RNG path), and a callable
+    initializer drawing float64."""
+    model, width, _ = STACKS[case]
+    x = jnp.ones((2, width))
+    key, keys = jax.random.key(3), jax.random.split(jax.random.key(4), 2)
+    runs = {
+        "eager": lambda: model.init(key, x),
+        "eager_vmap": lambda: jax.vmap(lambda k: model.init(k, x))(keys),
+        "raw_key_nested": lambda: jax.jit(_Nested(model).init)(jax.random.PRNGKey(5), x),
     }
-    for x64 in (False, True):
-        with jax.enable_x64(x64):
-            x = jnp.ones((2, width))
-            for key in (jax.random.key(3), jax.random.PRNGKey(4)):
-                for m in (model, _Nested(model)):
-                    for mode, init in modes.items():
-                        new = init(m, key, x)
-                        old = _unrolled(lambda m=m, key=key, init=init: init(m, key, x))
-                        assert jax.tree.structure(new) == jax.tree.structure(old), mode
-                        chex.assert_trees_all_equal(new, old, custom_message=mode)
-                        chex.assert_trees_all_equal_dtypes(new, old)
+    for name, run in runs.items():
+        chex.assert_trees_all_equal(run(), _unrolled(run), custom_message=name)
+    with jax.enable_x64(True):  # a user's callable initializer drawing float64
+        m = model.clone(kernel_init=lambda k, shape: 0.5 * jax.random.normal(k, shape, "f8"))
+        run = lambda: jax.jit(m.init)(key, x)  # noqa: E731
+        new, old = run(), _unrolled(run)
+        chex.assert_trees_all_equal(new, old)
+        chex.assert_trees_all_equal_dtypes(new, old)
+        assert new["params"]["dense_1"]["kernel"].dtype == jnp.float64
 
 
 def test_flax_child_keys_are_flax_s_own():

@@ -135,11 +135,11 @@ class _Info:
     data: depends on the data x. leaves: for values computed from parameters alone, the leaves
     they come from, as (leaf, scan levels along which the leaf was sliced); ``leaf`` is a leaf
     index, or a tuple of leaf indices for a stack of whole leaves (``jnp.stack``), whose first
-    slicing level selects the leaf (see _stacked). exact: the value is such a leaf or stack itself (or a dtype
-    cast or transpose of it: ``perm``, with ``_STACK`` for the stacking axis), so a scan over it
-    slices the leaf (or, over a stack, takes leaf t at iteration t). chain: the chain
-    whose output this is (through views). axes: the chain output's channel axes. norm: distance
-    (in equations) from a rsqrt/sqrt, or None beyond _NORM_DEPTH.
+    slicing level selects the leaf (see _stacked). exact: the value is such a leaf or stack
+    itself (or a dtype cast or transpose of it: ``perm``, with ``_STACK`` for the stacking axis),
+    so a scan over it slices the leaf (or, over a stack, takes leaf t at iteration t). chain: the
+    chain whose output this is (through views). axes: the chain output's channel axes. norm:
+    distance (in equations) from a rsqrt/sqrt, or None beyond _NORM_DEPTH.
     """
 
     data: bool = False
@@ -300,8 +300,14 @@ class _Analysis:
             elif info.leaves and info.exact:
                 sliced = frozenset((leaf, (*s, level.id)) for leaf, s in info.leaves)
                 # a stacked leaf is sliced along its axis 0; a stack of leaves along _STACK
-                head = _STACK if any(isinstance(leaf, tuple) for leaf, _ in info.leaves) else 0
+                stack = any(isinstance(leaf, tuple) for leaf, _ in info.leaves)
+                head = _STACK if stack else 0
                 perm = info.perm[1:] if info.perm and info.perm[0] == head else None
+                if stack and perm is None:
+                    # a stack scanned along another axis: iteration t does not see leaf t, so
+                    # the whole stack is one weight shared by every iteration
+                    xs_body.append(_Info(leaves=info.leaves))
+                    continue
                 xs_body.append(_Info(leaves=sliced, exact=perm is not None, perm=perm))
             else:
                 xs_body.append(_Info(leaves=info.leaves))

@@ -353,8 +353,8 @@ class _Stack(nn.Module):
             self.has_variable("perturbations", n) for n in names
         ):
             return True
-        return spec.get("norm") == "batch" and train and not self.is_mutable_collection(
-            "batch_stats"
+        return (
+            spec.get("norm") == "batch" and train and not self.is_mutable_collection("batch_stats")
         )
 
     def _init_run(self, spec: dict, names: list[str], h: Array, train: bool) -> Array:
@@ -394,9 +394,7 @@ class _Stack(nn.Module):
             for name in names:
                 h = DenseBlock(**spec, name=name)(h, train=train)
             return h
-        stacked = {
-            col: jax.tree.map(lambda *a: jnp.stack(a), *vs) for col, vs in per_layer.items()
-        }
+        stacked = {col: jax.tree.map(lambda *a: jnp.stack(a), *vs) for col, vs in per_layer.items()}
         mutable = []
         if block.norm == "batch" and train:
             mutable.append("batch_stats")

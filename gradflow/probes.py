@@ -264,8 +264,10 @@ def _sq_norms(leaves: list, items: Sequence[tuple], dt) -> Array:
     n = len(parts[0])
     if n == 0 and all(not p for p in parts):
         return jnp.full((len(items),), jnp.nan, dtype=dt)
-    if n and all(len(p) == n for p in parts) and all(
-        p[k].shape == parts[0][k].shape for p in parts for k in range(n)
+    if (
+        n
+        and all(len(p) == n for p in parts)
+        and all(p[k].shape == parts[0][k].shape for p in parts for k in range(n))
     ):
         total = 0
         for k in range(n):
@@ -393,9 +395,7 @@ def _make_probe(model: _adapters.Model, loss_fn: LossFn, layers: tuple | None, l
                 sw = None
                 if sown[group[0]] is not None:
                     sw = {k: jnp.stack([sown[i][k] for i in group]) for k in sown[group[0]]}
-                sig = jax.vmap(lambda z, gz, sw, row=row: _signal(row, z, gz, batch, sw))(
-                    z, gz, sw
-                )
+                sig = jax.vmap(lambda z, gz, sw, row=row: _signal(row, z, gz, batch, sw))(z, gz, sw)
             dt = jnp.promote_types(z.dtype, jnp.float32)
             sig["weight_grad_norm"] = _sq_norms(gleaves, [r.weight for r in members], dt)
             sig["bias_grad_norm"] = _sq_norms(gleaves, [r.bias for r in members], dt)

@@ -316,7 +316,11 @@ STACKS = {
         5,
         {},
     ),
-    "mlp_two_runs": (models.MLP(widths=(5, 5, 7, 7, 7), out=2, kernel_init="xavier_uniform"), 3, {}),
+    "mlp_two_runs": (
+        models.MLP(widths=(5, 5, 7, 7, 7), out=2, kernel_init="xavier_uniform"),
+        3,
+        {},
+    ),
     "deep_linear": (models.DeepLinear(width=4, depth=6), 4, {}),  # the readout joins the run
     "deep_linear_bias_identity": (
         models.DeepLinear(
@@ -387,7 +391,7 @@ def test_init_is_flax_s_eager_jitted_nested_float64_and_with_raw_keys(case):
         chex.assert_trees_all_equal(run(), _unrolled(run), custom_message=name)
     with jax.enable_x64(True):  # a user's callable initializer drawing float64
         m = model.clone(kernel_init=lambda k, shape: 0.5 * jax.random.normal(k, shape, "f8"))
-        run = lambda: jax.jit(m.init)(key, x)  # noqa: E731
+        run = lambda: jax.jit(m.init)(key, x)
         new, old = run(), _unrolled(run)
         chex.assert_trees_all_equal(new, old)
         chex.assert_trees_all_equal_dtypes(new, old)
@@ -444,8 +448,8 @@ def test_a_run_of_identical_blocks_is_traced_once():
         v = m.init(KEY, x)
         counts.append(
             (
-                _count(lambda v: m.apply(v, x), v),
-                _count(lambda k: m.init(k, x), KEY, what="random_bits"),
+                _count(lambda v, m=m: m.apply(v, x), v),
+                _count(lambda k, m=m: m.init(k, x), KEY, what="random_bits"),
             )
         )
     assert counts[0] == counts[1]

@@ -84,6 +84,11 @@ class Measurement:
     def min_s(self) -> float:
         return min(self.times_s) * self.scale
 
+    @property
+    def e2e_s(self) -> float:
+        """End to end, as a one-shot run sees it: compile time (0 if none) + the median."""
+        return (self.compile_s or 0.0) + self.median_s
+
     def to_json(self) -> dict[str, Any]:
         return {
             "method": self.method,
@@ -93,6 +98,7 @@ class Measurement:
             "times_s": self.times_s,
             "repeats": len(self.times_s),
             "compile_s": self.compile_s,
+            "e2e_s": self.e2e_s,
             "timed_runs": self.timed,
             "total_runs": self.total,
             "scale": self.scale,
@@ -205,29 +211,56 @@ def machine_info() -> dict[str, Any]:
         "jax_devices": [str(d) for d in jax.devices()],
         "device_kind": jax.devices()[0].device_kind,
         "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
+        "matmul_precision": gf.config.matmul_precision(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "gradflow_commit": _git_commit(),
     }
     for pkg in ("jax", "jaxlib", "flax", "optax", "numpy", "torch"):
         info[pkg] = _version(pkg)
+    info["gpu"] = _gpu_name()
     return info
 
 
-def matmul_peak(n: int = 2048, *, repeats: int = 10, dtype: Any = jnp.float32) -> dict[str, Any]:
+def _gpu_name() -> str | None:
+    """The accelerator's name (``nvidia-smi``), or None on a CPU-only host."""
+    if jax.default_backend() == "cpu":
+        return None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return jax.devices()[0].device_kind
+    return (
+        out.stdout.strip().splitlines()[0]
+        if out.returncode == 0 and out.stdout.strip()
+        else (jax.devices()[0].device_kind)
+    )
+
+
+def matmul_peak(
+    n: int = 2048, *, repeats: int = 10, dtype: Any = jnp.float32, precision: str = "highest"
+) -> dict[str, Any]:
     """The machine's dense matmul rate: median GFLOP/s of a jitted ``(n, n) @ (n, n)``.
 
     :math:`2 n^3` FLOPs per product; inputs are random (not constants XLA could fold) and stay on
-    the device; the output is waited for, not copied back.
+    the device; the output is waited for, not copied back. ``precision``: JAX's matmul precision
+    (``"highest"``: float32 products on every backend; ``"default"``: TF32 on an NVIDIA GPU).
     """
     ka, kb = jax.random.split(jax.random.key(0))
     a = jax.random.normal(ka, (n, n), dtype)
     b = jax.random.normal(kb, (n, n), dtype)
-    compiled, compile_s = compile_jax(jax.jit(jnp.matmul), a, b)
+    with jax.default_matmul_precision(precision):
+        compiled, compile_s = compile_jax(jax.jit(jnp.matmul), a, b)
     times, _ = measure(lambda: compiled(a, b).block_until_ready(), repeats=repeats)
     flops = 2.0 * n**3
     return {
         "n": n,
         "dtype": str(np.dtype(dtype)),
+        "precision": precision,
         "flops": flops,
         "median_s": statistics.median(times),
         "gflops": flops / statistics.median(times) / 1e9,

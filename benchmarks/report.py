@@ -1,9 +1,10 @@
 """``results.json`` and ``RESULTS.md`` from one run's results (generated, never typed).
 
-:func:`targets` scores issue 9's targets for gradflow as it is (``gradflow``) and for the best
-proposed variant measured in the same run; :func:`markdown` renders everything a reader needs
-(machine, load, every way's median, compile time, ratios, checks, profiles); :func:`write` writes
-both files.
+:func:`targets` scores the targets of :data:`benchmarks.workloads.TARGETS` that belong to the run's
+suite (CPU or GPU) for the way each names, and the best proposed variant measured in the same run;
+:func:`requirements` says what each missed target needs; :func:`markdown` renders everything a
+reader needs (machine, load, every way's median, compile and end-to-end time, ratios, checks,
+profiles); :func:`write` writes both files.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.workloads import TARGETS
+from benchmarks.workloads import TARGETS, Target
 
-__all__ = ["markdown", "targets", "write"]
+__all__ = ["markdown", "readme_gpu_block", "requirements", "targets", "update_readme", "write"]
 
-_PROPOSED_EXCLUDE = ("gradflow", "gradflow_sweep_run", "gradflow_log", "gradflow_before")
-#: The way before a fix in gradflow itself, per workload (reported beside gradflow's way).
-_BEFORE = "gradflow_before"
+#: Ways that are measured beside the default as candidate changes of it (the "best proposed").
+_PROPOSED = ("gradflow_native", "gradflow_blocked", "gradflow_fast")
 
 
 def _fmt_s(v: float | None) -> str:
@@ -44,82 +44,161 @@ def _measured(w: dict[str, Any], method: str, what: str, peak: float | None) -> 
     if what == "peak_fraction":
         gflops = w.get("gflops", {}).get(method)
         return None if gflops is None or not peak else gflops / peak
-    return w["speedups"].get(method, {}).get(what)
+    if what == "compile_ratio":
+        return w.get("compile_ratio")
+    if what == "compile_s":
+        m = next((m for m in w["measurements"] if m["method"] == method), None)
+        return None if m is None else m["compile_s"]
+    kind, base = what.split(":")
+    table = w["speedups"] if kind == "speedup" else w.get("e2e_speedups", {})
+    return table.get(method, {}).get(base)
+
+
+def _met(t: Target, v: float | None) -> bool:
+    return v is not None and (v <= t.threshold if t.lower_is_better else v >= t.threshold)
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per target of the workloads that ran: measured values and whether met."""
+    """One row per target of the run's suite whose workload ran: measured values, whether met."""
     peak = results.get("matmul_peak_gflops")
+    suite = results.get("suite", "cpu")
     rows = []
-    for key, what, threshold in TARGETS:
-        w = results["workloads"].get(key)
-        if w is None:
+    for t in TARGETS:
+        w = results["workloads"].get(t.workload)
+        if t.suite != suite or w is None:
             continue
-        now = _measured(w, "gradflow", what, peak)
-        proposed = {
-            m: _measured(w, m, what, peak) for m in w["speedups"] if m not in _PROPOSED_EXCLUDE
-        }
-        proposed = {m: v for m, v in proposed.items() if v is not None}
-        best = max(proposed, key=proposed.get) if proposed else None
+        now = _measured(w, t.method, t.what, peak)
+        proposed = {}
+        if t.method == "gradflow" and t.what not in ("compile_ratio",):
+            proposed = {m: _measured(w, m, t.what, peak) for m in w["speedups"] if m in _PROPOSED}
+            proposed = {m: v for m, v in proposed.items() if v is not None}
+        pick = min if t.lower_is_better else max
+        best = pick(proposed, key=proposed.get) if proposed else None
         rows.append(
             {
-                "workload": key,
-                "what": what,
-                "threshold": threshold,
-                "gradflow": now,
-                "met": now is not None and now >= threshold,
-                "before": _measured(w, _BEFORE, what, peak) if _BEFORE in w["speedups"] else None,
+                "issue": t.issue,
+                "workload": t.workload,
+                "method": t.method,
+                "what": t.what,
+                "threshold": t.threshold,
+                "value": now,
+                "met": _met(t, now),
                 "best_proposed": best,
                 "best_proposed_value": proposed.get(best),
-                "best_proposed_met": best is not None and proposed[best] >= threshold,
+                "best_proposed_met": best is not None and _met(t, proposed[best]),
             }
         )
     return rows
 
 
 def requirements(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """For every missed speed-up target: the median and FLOP rate that would meet it, against
-    the machine's matmul peak and the rate of one batched matmul at the workload's layer shape."""
+    """For every missed target: what would meet it. Speed-ups: the median (end to end: compile +
+    median) at most the base's median / the target, i.e. every counted FLOP at the rate given,
+    against the matmul peak and the rate of one batched matmul at the workload's layer shape.
+    Compile targets: the compile time that would meet them."""
     peak = results.get("matmul_peak_gflops")
     out = []
     for r in targets(results):
+        if r["met"] or r["value"] is None:
+            continue
         w = results["workloads"][r["workload"]]
-        if r["met"] or r["what"] == "peak_fraction" or "flops_per_run" not in w or not peak:
-            continue
-        by = {m["method"]: m["median_s"] for m in w["measurements"]}
-        if r["what"] not in by or "gradflow" not in by:
-            continue
-        needed_s = by[r["what"]] / r["threshold"]
-        gflops = w["flops_per_run"] * w["runs"] / needed_s / 1e9
-        lm = w.get("layer_matmul", {}).get("gflops")
-        out.append(
-            {
-                **{k: r[k] for k in ("workload", "what", "threshold")},
-                "needed_s": needed_s,
-                "now_s": by["gradflow"],
-                "needed_gflops": gflops,
-                "needed_peak_fraction": gflops / peak,
-                "layer_matmul_gflops": lm,
-                "vs_layer_matmul": gflops / lm if lm else None,
-            }
-        )
+        by = {m["method"]: m for m in w["measurements"]}
+        row = {k: r[k] for k in ("issue", "workload", "method", "what", "threshold")}
+        if r["what"] == "compile_ratio":
+            d = w["per_depth"]
+            row.update(needed_s=r["threshold"] * d[0]["compile_s"], now_s=d[-1]["compile_s"],
+                       depths=(d[0]["depth"], d[-1]["depth"]))  # fmt: skip
+        elif r["what"] == "compile_s":
+            row.update(needed_s=r["threshold"], now_s=by[r["method"]]["compile_s"])
+        elif r["what"] == "peak_fraction":
+            row.update(needed_peak_fraction=r["threshold"], now=r["value"])
+        else:
+            kind, base = r["what"].split(":")
+            if base not in by or r["method"] not in by:
+                continue
+            mm = by[r["method"]]
+            budget = by[base]["median_s"] / r["threshold"]
+            if kind == "e2e":  # compile + run within the budget
+                row.update(needed_s=budget, now_s=mm["e2e_s"], compile_s=mm["compile_s"],
+                           run_s=mm["median_s"])  # fmt: skip
+                needed_run = budget - (mm["compile_s"] or 0.0)
+            else:
+                row.update(needed_s=budget, now_s=mm["median_s"])
+                needed_run = budget
+            if "flops_per_run" in w and peak and needed_run > 0:
+                gflops = w["flops_per_run"] * w["runs"] / needed_run / 1e9
+                lm = w.get("layer_matmul", {}).get("gflops")
+                row.update(
+                    needed_gflops=gflops,
+                    needed_peak_fraction=gflops / peak,
+                    layer_matmul_gflops=lm,
+                    vs_layer_matmul=gflops / lm if lm else None,
+                )
+        out.append(row)
     return out
+
+
+_WAY_NAMES = {"pytorch": "the PyTorch loop", "torch_func": "torch.func",
+              "naive_jax": "naive JAX", "jax_grad": "jax.grad"}  # fmt: skip
 
 
 def _target_text(what: str, threshold: float) -> str:
     if what == "peak_fraction":
-        return f">= {threshold:.0%} of the matmul peak"
-    return f">= {threshold:g}x {'PyTorch' if what == 'pytorch' else 'naive JAX'}"
+        return f">= {threshold:.0%} of the float32 matmul peak"
+    if what == "compile_ratio":
+        return f"compile at the deepest <= {threshold:g}x at the shallowest"
+    if what == "compile_s":
+        return f"compile <= {threshold:g} s"
+    kind, base = what.split(":")
+    name = _WAY_NAMES.get(base, base)
+    if kind == "e2e":
+        return f"end to end (compile + run) >= {threshold:g}x {name}"
+    return f">= {threshold:g}x {name}"
 
 
 def _value_text(what: str, v: float | None) -> str:
     if v is None:
         return "not measured"
-    return f"{v:.0%}" if what == "peak_fraction" else _fmt_x(v)
+    if what == "peak_fraction":
+        return f"{v:.0%}"
+    if what == "compile_s":
+        return _fmt_s(v)
+    return _fmt_x(v)
+
+
+def _requirement_text(r: dict[str, Any]) -> str:
+    head = f"- {r['workload']} `{r['method']}` {_target_text(r['what'], r['threshold'])}: "
+    if r["what"] == "compile_ratio":
+        hi = r["depths"][1]
+        return head + (f"compile at depth {hi} <= {_fmt_s(r['needed_s'])} (now "
+                       f"{_fmt_s(r['now_s'])}): XLA must not compile every layer (a scan over "
+                       "the stacked layers)")  # fmt: skip
+    if r["what"] == "compile_s":
+        return head + f"compile <= {_fmt_s(r['needed_s'])} (now {_fmt_s(r['now_s'])})"
+    if r["what"] == "peak_fraction":
+        return head + f"now {r['now']:.0%} of the float32 peak"
+    text = head + f"at most {_fmt_s(r['needed_s'])} (now {_fmt_s(r['now_s'])}"
+    if r["what"].startswith("e2e:"):
+        text += f" = compile {_fmt_s(r['compile_s'])} + run {_fmt_s(r['run_s'])}"
+        if r["needed_s"] <= (r["compile_s"] or 0.0):
+            return text + "): the compile alone exceeds it"
+    text += ")"
+    if "needed_gflops" in r:
+        lm = (
+            f", {r['vs_layer_matmul']:.2f}x the rate of one batched matmul of the layer shape "
+            f"alone ({r['layer_matmul_gflops']:.1f} GFLOP/s)"
+            if r.get("vs_layer_matmul") is not None
+            else ""
+        )
+        text += (
+            f", i.e. the run at {r['needed_gflops']:.1f} GFLOP/s = "
+            f"{r['needed_peak_fraction']:.0%} of the float32 matmul peak{lm}"
+        )
+    return text
 
 
 def _config_text(cfg: dict[str, Any]) -> str:
-    skip = {"title", "naive_timed", "torch_timed", "sweep_run", "topk_variant"}
+    skip = {"title", "naive_timed", "torch_timed", "sweep_run", "topk_variant", "extra_ways"}
     return ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in skip and v is not None)
 
 
@@ -127,22 +206,28 @@ def markdown(results: dict[str, Any]) -> str:
     """RESULTS.md: machine, targets, then one section per workload."""
     m = results["machine"]
     opts = results["options"]
+    suite = results.get("suite", "cpu")
+    gpu = suite == "gpu"
     lines = [
-        "# gradflow benchmarks",
+        "# gradflow benchmarks" + (" on a GPU" if gpu else ""),
         "",
         f"Generated by `{results['command']}` on {m['date_utc']} UTC. Do not edit: rerun to "
-        "regenerate. Machine-readable: `benchmarks/results.json`.",
+        f"regenerate. Machine-readable: `benchmarks/{results.get('json_name', 'results.json')}`.",
         "",
-        "Each workload is computed three ways in the same process on the same machine (see "
+        "Each workload is computed several ways in the same process on the same machine (see "
         "`benchmarks/__init__.py`); times are medians of repeated runs from host inputs to host "
-        "results, compile time excluded and reported separately. Speed-up = the other way's "
-        "median / gradflow's median.",
+        "results, compile time excluded and reported separately, and end to end (compile + "
+        "median: what a one-shot run costs). Speed-up = the other way's median / gradflow's "
+        "median. gradflow's float32 matmuls run at `gradflow.config`'s precision "
+        f"`{m.get('matmul_precision', 'highest')}` unless a way says otherwise"
+        + (f"; the PyTorch ways run on `{results.get('torch_device', 'cpu')}`." if gpu else "."),
         "",
         "## Machine",
         "",
         "| | |",
         "| --- | --- |",
         f"| CPU | {m['cpu_model']} ({m['cpu_count']} logical CPUs, {m['cpu_usable']} usable) |",
+        *([f"| GPU | {m['gpu']} |"] if m.get("gpu") else []),
         f"| JAX devices | {', '.join(m['jax_devices'])} (backend `{m['jax_backend']}`, "
         f"{m['device_kind']}) |",
         f"| versions | jax {m['jax']}, jaxlib {m['jaxlib']}, flax {m['flax']}, optax "
@@ -167,13 +252,18 @@ def markdown(results: dict[str, Any]) -> str:
             )
             + f"; used: {results['matmul_peak_gflops']:.1f} (the higher) |"
         )
+    fast = results.get("matmul_peak_fast")
+    if fast:
+        lines.append(
+            f"| matmul at precision `{fast['precision']}` (TF32 on NVIDIA GPUs) | "
+            f"{fast['gflops']:.1f} GFLOP/s (jnp.matmul {fast['n']}x{fast['n']}) |"
+        )
     if results.get("torch_matmul_peak"):
         p = results["torch_matmul_peak"]
-        lines.append(
-            f"| torch matmul (reference) | {p['gflops']:.1f} GFLOP/s ({p['threads']} threads) |"
-        )
+        where = f"{p['threads']} threads" if p.get("device", "cpu") == "cpu" else p["device"]
+        lines.append(f"| torch matmul (reference) | {p['gflops']:.1f} GFLOP/s ({where}) |")
     load = m.get("load_average")
-    if load and m.get("cpu_usable") and load[0] > 0.5 * m["cpu_usable"]:
+    if not gpu and load and m.get("cpu_usable") and load[0] > 0.5 * m["cpu_usable"]:
         lines += [
             "",
             f"> **Noisy machine**: load average {load[0]:g} on {m['cpu_usable']} usable CPUs "
@@ -184,69 +274,81 @@ def markdown(results: dict[str, Any]) -> str:
     if rows:
         lines += [
             "",
-            "## Targets (issue 9)",
+            "## Targets",
             "",
-            "| workload | target | before (jax.random.key) | gradflow | met | best proposed change "
-            "| value | met |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| issue | workload | way | target | value | met | best proposed change | value "
+            "| met |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in rows:
-            before = "-" if r["before"] is None else _value_text(r["what"], r["before"])
+            best = r["best_proposed"]
+            best_value = _value_text(r["what"], r["best_proposed_value"]) if best else "-"
+            best_met = "-" if not best else ("yes" if r["best_proposed_met"] else "no")
             lines.append(
-                f"| {r['workload']} | {_target_text(r['what'], r['threshold'])} | {before} | "
-                f"{_value_text(r['what'], r['gradflow'])} | {'yes' if r['met'] else 'no'} | "
-                f"{r['best_proposed'] or '-'} | "
-                f"{_value_text(r['what'], r['best_proposed_value'])} | "
-                f"{'yes' if r['best_proposed_met'] else ('-' if not r['best_proposed'] else 'no')}"
-                " |"
+                f"| {r['issue']} | {r['workload']} | `{r['method']}` | "
+                f"{_target_text(r['what'], r['threshold'])} | "
+                f"{_value_text(r['what'], r['value'])} | {'yes' if r['met'] else 'no'} | "
+                f"{best or '-'} | {best_value} | {best_met} |"
             )
+    for label, key in (
+        ("failed", "failed_workloads"),
+        ("skipped (--deadline)", "skipped_workloads"),
+    ):
+        if results.get(key):
+            items = results[key]
+            text = ", ".join(f"{k} ({v})" for k, v in items.items()) if isinstance(
+                items, dict) else ", ".join(items)  # fmt: skip
+            lines += ["", f"Workloads {label}: {text}."]
     needs = requirements(results)
     if needs:
         lines += [
             "",
-            "What each missed speed-up target needs: gradflow's median at most the baseline's "
-            "median / the target, i.e. every counted FLOP (all of them matmul FLOPs) done at the "
-            "rate below, against the matmul peak and against the rate one batched matmul of the "
-            "workload's layer shape (w3: its training step's) reaches alone, with no activation, "
-            "statistic, random number or host transfer:",
+            "What each missed target needs. Speed-ups: the way's median (end to end: compile + "
+            "median) at most the other way's median / the target, i.e. every counted FLOP (all of "
+            "them matmul FLOPs) done at the rate given, against the float32 matmul peak and "
+            "against the rate one batched matmul of the workload's layer shape (w3: its training "
+            "step's) reaches alone, with no activation, statistic, random number or host "
+            "transfer:",
             "",
         ]
-        for r in needs:
-            lm = (
-                f", {r['vs_layer_matmul']:.2f}x the rate of one batched matmul of the layer shape "
-                f"alone ({r['layer_matmul_gflops']:.1f} GFLOP/s)"
-                if r["vs_layer_matmul"] is not None
-                else ""
-            )
-            lines.append(
-                f"- {r['workload']} {_target_text(r['what'], r['threshold'])}: median <= "
-                f"{_fmt_s(r['needed_s'])} (now {_fmt_s(r['now_s'])}), i.e. "
-                f"{r['needed_gflops']:.1f} GFLOP/s = {r['needed_peak_fraction']:.0%} of the "
-                f"matmul peak{lm}"
-            )
+        lines += [_requirement_text(r) for r in needs]
     for key, w in results["workloads"].items():
         lines += ["", f"## {key}: {w['title']}", "", _config_text(w["config"]), ""]
         by = {mm["method"]: mm for mm in w["measurements"]}
         ref = by.get("gradflow", {}).get("median_s")
         lines += [
-            "| way | median | min | repeats | compile | / gradflow | GFLOP/s | notes |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| way | median | min | repeats | compile | end to end | / gradflow | GFLOP/s | "
+            "notes |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for mm in w["measurements"]:
             rel = mm["median_s"] / ref if ref else None
             gflops = w.get("gflops", {}).get(mm["method"])
+            e2e = mm.get("e2e_s") if mm["compile_s"] is not None else None
             lines.append(
                 f"| {mm['method']}: {mm['label']} | {_fmt_s(mm['median_s'])} | "
                 f"{_fmt_s(mm['min_s'])} | {mm['repeats']} | {_fmt_s(mm['compile_s'])} | "
-                f"{'-' if rel is None else f'{rel:.2f}'} | "
+                f"{_fmt_s(e2e)} | {'-' if rel is None else f'{rel:.2f}'} | "
                 f"{'-' if gflops is None else f'{gflops:.1f}'} | {mm['notes']} |"
             )
+        if w.get("skipped"):
+            lines += ["", f"Not measured (the run's --deadline had passed): "
+                      f"{', '.join(w['skipped'])}."]  # fmt: skip
         if w["speedups"]:
             lines.append("")
             for method, sp in w["speedups"].items():
                 if sp:
                     parts = ", ".join(f"vs {b} **{_fmt_x(v)}**" for b, v in sp.items())
                     lines.append(f"- speed-up of `{method}`: {parts}")
+                e2e = w.get("e2e_speedups", {}).get(method)
+                if e2e:
+                    parts = ", ".join(f"vs {b} **{_fmt_x(v)}**" for b, v in e2e.items())
+                    lines.append(f"  - end to end (its compile + run): {parts}")
+        if w.get("per_depth"):
+            lines += ["", "Compile time by depth: " + ", ".join(
+                f"depth {d['depth']} {_fmt_s(d['compile_s'])}" for d in w["per_depth"]
+            ) + (f"; deepest / shallowest {w['compile_ratio']:.1f}x" if "compile_ratio" in w
+                 else "")]  # fmt: skip
         if "gflops" in w and results.get("matmul_peak_gflops"):
             g = w["gflops"].get("gradflow")
             if g:
@@ -306,3 +408,103 @@ def write(results: dict[str, Any], md_path: str | Path, json_path: str | Path) -
 def command_line() -> str:
     """The command that produced the results, for the header."""
     return "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+# ------------------------------------------------------------------------- the README's GPU table
+
+README_BEGIN = "<!-- gpu-results: generated by `python -m benchmarks.report --readme` -->"
+README_END = "<!-- /gpu-results -->"
+_README_WAYS = (("w1", "gradflow"), ("w2", "gradflow"), ("w2big", "gradflow"),
+                ("w2big", "gradflow_fast"), ("w3", "gradflow"))  # fmt: skip
+
+
+def readme_gpu_block(results: dict[str, Any] | None) -> str:
+    """The README's GPU table, generated from ``benchmarks/results-gpu.json`` (None: not yet
+    measured): per workload, gradflow's median and compile time against torch.func's and the
+    PyTorch loop's medians on the same GPU."""
+    lines = [README_BEGIN]
+    if not results:
+        lines += [
+            "",
+            "No GPU results yet: run `python -m benchmarks.run --device gpu` (or "
+            "`bash benchmarks/gpu_session.sh`) on a GPU host, then "
+            "`python -m benchmarks.report --readme`.",
+            "",
+        ]
+    else:
+        m = results["machine"]
+        lines += [
+            "",
+            f"Measured by `{results['command']}` on {m['date_utc']} UTC, "
+            f"{m.get('gpu') or m['device_kind']}, jax {m['jax']}, torch {m['torch']} on "
+            f"`{results.get('torch_device', '?')}` "
+            f"([benchmarks/RESULTS-gpu.md](benchmarks/RESULTS-gpu.md)):",
+            "",
+            "| workload | gradflow | compile | torch.func | PyTorch loop |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for key, method in _README_WAYS:
+            w = results["workloads"].get(key)
+            if w is None:
+                continue
+            by = {mm["method"]: mm for mm in w["measurements"]}
+            if method not in by:
+                continue
+            mm = by[method]
+            fast = method.endswith("_fast")
+            base = "torch_func_fast" if fast else "torch_func"
+            cells = []
+            for b in (base, "pytorch"):
+                if b in by:
+                    ratio = by[b]["median_s"] / mm["median_s"]
+                    cells.append(f"{_fmt_s(by[b]['median_s'])} ({_fmt_x(ratio)})")
+                else:
+                    cells.append("-")
+            precision = mm.get("extra", {}).get("matmul_precision", "highest")
+            lines.append(
+                f"| {key}: {_config_text(w['config'])} (`{precision}`) | "
+                f"{_fmt_s(mm['median_s'])} | {_fmt_s(mm['compile_s'])} | {cells[0]} | "
+                f"{cells[1] if not fast else '-'} |"
+            )
+        lines.append("")
+        big = results["workloads"].get("w2big", {})
+        moved = [c for c in big.get("checks", []) if c["check"].startswith("gradflow at")]
+        if moved:
+            lines += [
+                f"At the fast passes the w2big per-layer gradient norms moved by "
+                f"{moved[0]['max_rel_err']:.2g} relative to float32 (`highest`).",
+                "",
+            ]
+    lines.append(README_END)
+    return "\n".join(lines)
+
+
+def update_readme(readme: str | Path, results_json: str | Path) -> bool:
+    """Rewrite the README's generated GPU block from ``results_json`` (missing: the "not yet"
+    text); returns whether the README changed."""
+    readme = Path(readme)
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_BEGIN!r} ... {README_END!r} block")
+    results = json.loads(Path(results_json).read_text()) if Path(results_json).is_file() else None
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    new = head + readme_gpu_block(results) + tail
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.report",
+        description="Regenerate the README's GPU table from benchmarks/results-gpu.json.",
+    )
+    parser.add_argument("--readme", action="store_true", help="rewrite README.md's GPU block")
+    args = parser.parse_args()
+    if args.readme:
+        root = Path(__file__).resolve().parents[1]
+        changed = update_readme(root / "README.md", root / "benchmarks" / "results-gpu.json")
+        print("README.md " + ("updated" if changed else "unchanged"))

@@ -1,26 +1,32 @@
-"""The four workloads, their configurations (full and quick), and how each way is measured.
+"""The workloads, their configurations (full and quick, CPU and GPU), and how each way is measured.
 
 Every workload function takes its configuration and an :class:`Options` and returns a plain dict
-(see :func:`result`): the configuration, the :class:`~benchmarks.harness.Measurement` of each way,
-the correctness checks run before timing, and the targets of issue 9 with the measured ratios.
+(see :func:`result`): the configuration, the :class:`~benchmarks.harness.Measurement` of each way
+(median, compile time, end to end = compile + median), the correctness checks run before timing,
+and the measured ratios the targets of :data:`TARGETS` are scored on.
 
 Ways (``method`` ids):
 
-* ``gradflow`` -- the program :func:`gradflow.sweep.run` compiles: ``jax.jit(jax.vmap(one))`` over
-  a 1-D mesh of every device with ``NamedSharding(mesh, P("sweep"))`` on the run axis; ``one``
-  is the gradflow call a user writes (:func:`gradflow.probes.probe` of ``model.init``, or
-  :func:`gradflow.training.train_fn`). The probe sweeps use the options ``rng="native"`` (seed
-  run ``i`` with ``gradflow.rng.key(seed_i)``, ThreeFry fused on CPU) and ``block_size`` (each
-  device maps over its runs ``block`` at a time, ``lax.map`` inside ``jax.shard_map``); the
-  training sweep the defaults (``jax.random.key(seed_i)``, every run at once).
-* ``gradflow_before`` -- the probe sweeps before ``gradflow.sweep.run``'s ``rng="native"`` and
-  ``block_size`` options: ``jit(vmap(one))`` over every seed with ``jax.random.key(seed_i)`` (the
-  "before" of the targets table; the same parameters as the naive loop and PyTorch, so the
-  equality checks use it). ``gradflow_vmap_native``: native keys without blocks.
+* ``gradflow`` -- the program :func:`gradflow.sweep.run` compiles by default:
+  ``jax.jit(jax.vmap(one))`` over a 1-D mesh of every device (each device vmaps its own runs under
+  ``jax.shard_map``), ``one`` the gradflow call a user writes (:func:`gradflow.probes.probe` of
+  ``model.init(jax.random.key(seed), x)``, or :func:`gradflow.training.train_fn`).
+  ``gradflow_fast`` (GPU suite, w2big): the same at ``gradflow.config``'s ``"default"`` precision
+  (TF32 on an NVIDIA GPU) instead of ``"highest"``.
+* ``gradflow_readme`` -- the README's way, as typed there:
+  ``jax.jit(jax.vmap(lambda k: probe(model, model.init(k, x), x, y)))(keys)`` (one device).
+* ``gradflow_native`` / ``gradflow_blocked`` -- the proposed default paths measured beside it:
+  :func:`gradflow.sweep.run` with ``rng="native"`` (:func:`gradflow.rng.key`, ThreeFry fused on
+  CPU, another random stream) and with ``block_size`` (each device maps over its runs ``block``
+  at a time).
 * ``gradflow_sweep_run`` -- :func:`gradflow.sweep.run` end to end, once (it compiles on every call
   and writes its parquet store); compile, run and write times from its metadata.
 * ``naive_jax`` -- ``jax.jit(one)`` called once per seed (and learning rate) in a Python loop.
-* ``pytorch`` -- :mod:`benchmarks.torch_baselines`.
+* ``pytorch`` -- the common PyTorch loop; ``torch_func`` -- the expert PyTorch way,
+  ``torch.func.functional_call`` + ``vmap(grad(...))`` over stacked parameters
+  (:mod:`benchmarks.torch_baselines`; ``torch_func_fast``: at TF32, GPU suite).
+* ``compile`` workload: the compile time of the init + probe program (the README's way) at
+  several depths, with the report checked against ``jax.grad`` at each depth.
 """
 
 from __future__ import annotations
@@ -45,9 +51,12 @@ from benchmarks.harness import Measurement
 
 __all__ = [
     "FULL",
+    "GPU_FULL",
+    "GPU_QUICK",
     "QUICK",
     "TARGETS",
     "ChainSweep",
+    "CompileSweep",
     "Options",
     "ProbeSweep",
     "TrainSweep",
@@ -78,9 +87,13 @@ class ProbeSweep:
 
     ``depth`` hidden layers of ``width`` units (``phi``), a linear readout to 10 classes, batch
     ``batch`` of digits, kernels ``lecun_normal``, biases ``bias_init``. ``block``: seeds per
-    block of gradflow's way (its ``block_size``; None: every seed at once). ``naive_timed`` /
-    ``torch_timed``: seeds the loops time (None: all). FLOPs per network:
-    ``6 * batch * width**2 * depth`` (forward, and backward for activations and weights).
+    block of the ``gradflow_blocked`` way (None: not measured). ``naive_timed`` /
+    ``torch_timed``: seeds the loops time (None: all; 0: not measured). ``precisions``: the
+    ``gradflow.config`` precisions the gradflow way is measured at (the first is ``gradflow``, a
+    second ``gradflow_fast``; PyTorch's ``torch_func`` at the matching
+    ``torch.set_float32_matmul_precision``). ``extra_ways``: also the README's way, the proposed
+    paths and naive JAX (the GPU suite's big workload leaves them out to fit its time). FLOPs per
+    network: ``6 * batch * width**2 * depth`` (forward, and backward for activations and weights).
     """
 
     title: str
@@ -94,6 +107,8 @@ class ProbeSweep:
     naive_timed: int | None = None
     torch_timed: int | None = None
     sweep_run: bool = False
+    precisions: tuple[str, ...] = ("highest",)
+    extra_ways: bool = True
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -174,6 +189,33 @@ class TrainSweep:
 
 
 @dataclasses.dataclass(frozen=True)
+class CompileSweep:
+    """Compile time of the init + probe program at several depths (the README's way).
+
+    ``jax.jit(jax.vmap(lambda k: probe(model, model.init(k, x), x, y)))`` for ``seeds`` keys of a
+    ``tanh`` MLP of ``width`` units and each depth in ``depths``, batch ``batch`` of digits;
+    compiled ahead of time (``.lower().compile()``), run once, and its report checked against
+    ``jax.grad`` of the same loss (per-layer kernel gradient norms of the first seed).
+    """
+
+    title: str
+    depths: tuple[int, ...]
+    width: int = 64
+    seeds: int = 8
+    batch: int = 64
+    activation: str = "tanh"
+
+    def model(self, depth: int) -> gf.models.MLP:
+        return gf.models.MLP(
+            widths=(self.width,) * depth,
+            out=CLASSES,
+            activation=self.activation,
+            kernel_init="lecun_normal",
+            bias_init="zeros",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class ChainSweep:
     """Gradients of ``chains`` one-neuron chains of depth ``depth`` (workload 4).
 
@@ -202,6 +244,7 @@ FULL: dict[str, Any] = {
         steps=200, record_every=10, batch=64, naive_timed=8, torch_timed=8,
     ),
     "w4": ChainSweep("analytic chain gradients", chains=10_000, depth=100),
+    "compile": CompileSweep("compile time of init + probe vs depth", depths=(10, 50, 200)),
 }  # fmt: skip
 
 QUICK: dict[str, Any] = {
@@ -218,16 +261,94 @@ QUICK: dict[str, Any] = {
         steps=20, record_every=10, batch=16, naive_timed=2, torch_timed=2,
     ),
     "w4": ChainSweep("analytic chain gradients (quick)", chains=200, depth=10),
+    "compile": CompileSweep(
+        "compile time of init + probe vs depth (quick)", depths=(2, 4), width=8, seeds=2, batch=8
+    ),
 }  # fmt: skip
 
-#: Issue 9's targets: (workload, what, threshold). "pytorch"/"naive_jax": speed-up of gradflow
-#: (baseline median / gradflow median); "peak_fraction": achieved FLOP/s / matmul peak.
-TARGETS: tuple[tuple[str, str, float], ...] = (
-    ("w1", "pytorch", 20.0),
-    ("w1", "naive_jax", 5.0),
-    ("w2", "pytorch", 1.5),
-    ("w2", "peak_fraction", 0.5),
-    ("w3", "pytorch", 10.0),
+#: The GPU suite (``--suite gpu``): JAX on the GPU, PyTorch on CUDA, sized to fit one prepared
+#: session (``benchmarks/gpu_session.sh``). The PyTorch loops time a prefix of their runs.
+GPU_FULL: dict[str, Any] = {
+    "w2big": ProbeSweep(
+        "probe sweep, big (float32 vs fast precision)", seeds=16, depth=50, width=1024,
+        batch=1024, activation="tanh", bias_init="zeros", torch_timed=4,
+        precisions=("highest", "default"), extra_ways=False,
+    ),
+    "w1": ProbeSweep(
+        "probe sweep, research size", seeds=1024, depth=10, width=30, batch=64, torch_timed=64,
+        naive_timed=64, sweep_run=True,
+    ),
+    "w2": ProbeSweep(
+        "probe sweep, large", seeds=32, depth=50, width=256, batch=256, activation="tanh",
+        bias_init="zeros", torch_timed=8, naive_timed=8,
+    ),
+    "w3": TrainSweep(
+        "training sweep", seeds=16, learning_rates=(0.01, 0.03, 0.1, 0.3), depth=20, width=64,
+        steps=200, record_every=10, batch=64, naive_timed=4, torch_timed=4,
+    ),
+    "compile": CompileSweep("compile time of init + probe vs depth", depths=(10, 50, 200)),
+    "w4": ChainSweep("analytic chain gradients", chains=10_000, depth=100),
+}  # fmt: skip
+
+GPU_QUICK: dict[str, Any] = {
+    "w2big": ProbeSweep(
+        "probe sweep, big (quick)", seeds=2, depth=3, width=32, batch=32, activation="tanh",
+        bias_init="zeros", torch_timed=2, precisions=("highest", "default"), extra_ways=False,
+    ),
+    **{k: v for k, v in QUICK.items()},
+}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One speed target, scored on one run's results.
+
+    ``what``: ``"speedup:<base>"`` (the base way's median / ``method``'s median),
+    ``"e2e:<base>"`` (the base's median / ``method``'s compile + median: a one-shot run),
+    ``"peak_fraction"`` (``method``'s FLOP/s over the float32 matmul peak),
+    ``"compile_s"`` (``method``'s compile seconds, at most ``threshold``) or
+    ``"compile_ratio"`` (compile at the deepest over the shallowest depth, at most).
+    """
+
+    suite: str  # "cpu" or "gpu"
+    issue: int
+    workload: str
+    method: str
+    what: str
+    threshold: float
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.what in ("compile_s", "compile_ratio")
+
+
+#: Issue 9's CPU targets and issue 14's CPU and GPU targets.
+TARGETS: tuple[Target, ...] = (
+    Target("cpu", 9, "w1", "gradflow", "speedup:pytorch", 20.0),
+    Target("cpu", 9, "w1", "gradflow", "speedup:naive_jax", 5.0),
+    Target("cpu", 9, "w2", "gradflow", "speedup:pytorch", 1.5),
+    Target("cpu", 9, "w2", "gradflow", "peak_fraction", 0.5),
+    Target("cpu", 9, "w3", "gradflow", "speedup:pytorch", 10.0),
+    Target("cpu", 14, "compile", "gradflow_readme", "compile_ratio", 1.5),
+    Target("cpu", 14, "w2", "gradflow", "compile_s", 3.0),
+    Target("cpu", 14, "w1", "gradflow_readme", "speedup:torch_func", 1.0),
+    Target("cpu", 14, "w1", "gradflow", "speedup:torch_func", 1.0),
+    Target("cpu", 14, "w2", "gradflow_readme", "speedup:torch_func", 1.0),
+    Target("cpu", 14, "w2", "gradflow", "speedup:torch_func", 1.0),
+    *(
+        Target("cpu", 14, w, "gradflow", f"e2e:{base}", 1.0)
+        for w in ("w1", "w2", "w3", "w4")
+        for base in ("torch_func", "pytorch")
+    ),
+    Target("gpu", 14, "w1", "gradflow", "speedup:torch_func", 10.0),
+    Target("gpu", 14, "w2", "gradflow", "speedup:torch_func", 5.0),
+    Target("gpu", 14, "w3", "gradflow", "speedup:torch_func", 24.0),
+    Target("gpu", 14, "w2big", "gradflow", "speedup:torch_func", 1.0),
+    Target("gpu", 14, "w2big", "gradflow", "peak_fraction", 0.85),
+    *(
+        Target("gpu", 14, w, "gradflow", "e2e:torch_func", 1.0)
+        for w in ("w1", "w2", "w2big", "w3", "w4")
+    ),
 )
 
 
@@ -242,6 +363,7 @@ class Options:
     torch: bool = True
     profile: bool = False
     peak_gflops: float | None = None
+    deadline: float | None = None  # time.perf_counter() after which no further way starts
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -349,6 +471,11 @@ def _check(name: str, err: float, tol: float, note: str = "") -> dict[str, Any]:
     return {"check": name, "max_rel_err": err, "tol": tol, "ok": bool(err <= tol), "note": note}
 
 
+def _expired(options: Options) -> bool:
+    """Whether the run's deadline (``--deadline``) has passed: no further way starts."""
+    return options.deadline is not None and time.perf_counter() > options.deadline
+
+
 def _torch_way(
     label: str,
     run: Callable[[], Any],
@@ -358,6 +485,7 @@ def _torch_way(
     options: Options,
     *,
     calls: int | None = None,
+    method: str = "pytorch",
 ) -> tuple[Measurement, Any]:
     """The PyTorch way at its best intra-op thread count.
 
@@ -370,7 +498,9 @@ def _torch_way(
     """
     from benchmarks import torch_baselines as tb
 
-    if options.torch_threads is not None:
+    if tb.DEVICE != "cpu":  # on a GPU the host threads only launch kernels
+        counts, calibration = [options.torch_threads or 1], {}
+    elif options.torch_threads is not None:
         counts, calibration = [options.torch_threads], {}
     else:
         calibration = {}
@@ -387,10 +517,10 @@ def _torch_way(
     results = {}
     for n in counts:
         tb.set_threads(n)
-        results[n] = _loop_way("pytorch", label, run, None, timed, total, options, calls=calls)
+        results[n] = _loop_way(method, label, run, None, timed, total, options, calls=calls)
     best = min(results, key=lambda n: results[n][0].median_s)
     m, out = results[best]
-    parts = [f"torch threads {best}"]
+    parts = [f"torch threads {best}" if tb.DEVICE == "cpu" else f"torch on {tb.DEVICE}"]
     if calibration:
         parts.append("calibration " + ", ".join(f"{n}: {t:.3g} s" for n, t in calibration.items()))
     others = [f"{n} threads: {results[n][0].median_s:.3g} s" for n in results if n != best]
@@ -418,8 +548,15 @@ def _probe_one(model: gf.models.MLP, x: jax.Array, y: jax.Array, make_key=jax.ra
     return one
 
 
+def _readme_program(model, x, y) -> Callable:
+    """The README's way: ``jax.jit(jax.vmap(lambda k: probe(model, model.init(k, x), x, y)))``
+    of ``jax.random.key(seed)`` keys (built inside, from the seeds)."""
+    one = _probe_one(model, x, y)
+    return jax.jit(lambda seeds: jax.vmap(one)(seeds))
+
+
 def probe_sweep(cfg: ProbeSweep, options: Options) -> dict[str, Any]:
-    """Workloads 1 and 2: see :class:`ProbeSweep`."""
+    """Workloads 1 and 2 (and the GPU suite's w2big): see :class:`ProbeSweep`."""
     data = _digits()
     x, y = jnp.asarray(data.x_train[: cfg.batch]), jnp.asarray(data.y_train[: cfg.batch])
     model = cfg.model()
@@ -427,103 +564,163 @@ def probe_sweep(cfg: ProbeSweep, options: Options) -> dict[str, Any]:
     seeds = np.arange(cfg.seeds, dtype=np.uint32)
     measurements: list[Measurement] = []
     checks: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    notes = "all 13 LayerReport statistics (the PyTorch ways compute only the 3 gradient norms)"
 
-    # gradflow's way: what gradflow.sweep.run(fn, ..., rng="native", block_size=cfg.block)
-    # compiles (gradflow.rng keys: ThreeFry fused on CPU; each device maps over its seeds
-    # cfg.block at a time). "gradflow_before" is the program before those two options:
-    # jit(vmap(one)) with jax.random.key(seed), the same parameters as the naive loop and PyTorch
-    # are given, so the equality checks use it.
-    native_one = _probe_one(model, x, y, gf.rng.key)
-    if cfg.block:
-        program = _blocked_program(native_one, cfg.block, 1)
-        label = (
-            f'as gradflow.sweep.run(rng="native", block_size={cfg.block}): gf.rng.key seeds, '
-            f"lax.map over each device's seeds {cfg.block} at a time, vmapped within"
-        )
-    else:
-        program, _ = _sharded_program(native_one, 1)
-        label = 'as gradflow.sweep.run(rng="native"): jit(vmap(probe(init(gf.rng.key(seed)))))'
-    m, (fast, _) = _jax_way(
-        "gradflow",
-        label,
-        program,
-        [seeds],
-        cfg.seeds,
-        options,
-        notes="all 13 LayerReport statistics (the other ways compute only the 3 gradient norms); "
-        "gradflow.rng keys draw another random stream than jax.random.key",
-    )
-    measurements.append(m)
-    before, _ = _sharded_program(one, 1)
-    m, (ref, _) = _jax_way(
-        "gradflow_before",
-        "before: jit(vmap(probe(init(jax.random.key(seed))))), every seed at once",
-        before,
-        [seeds],
-        cfg.seeds,
-        options,
-    )
-    measurements.append(m)
-    med = {k: np.median(getattr(fast, k), 0) for k in _GRAD_STATS}
-    ref_med = {k: np.median(getattr(ref, k), 0) for k in _GRAD_STATS}
-    spread = max(_rel_err(np.log(med[k]), np.log(ref_med[k])) for k in _GRAD_STATS)
-    checks.append(
-        _check(
-            "gradflow vs gradflow_before: per-layer median over seeds (log scale, two random "
-            "streams)",
-            spread,
-            0.25,
-            "informative: differs by sampling noise",
-        )
-    )
-    if cfg.block:  # the block option alone changes no number
-        m, (out, _) = _jax_way(
-            "gradflow_vmap_native",
-            "gf.rng.key seeds, every seed at once (no blocks)",
-            _sharded_program(native_one, 1)[0],
-            [seeds],
-            cfg.seeds,
-            options,
-        )
+    # gradflow: the program gradflow.sweep.run(fn, grid={}, seeds) compiles by default, at each
+    # precision of cfg.precisions ("highest" first: gradflow.config's default)
+    program, _ = _sharded_program(one, 1)
+    ref = None
+    for i, precision in enumerate(cfg.precisions):
+        method = "gradflow" if i == 0 else "gradflow_fast"
+        if _expired(options):
+            skipped.append(method)
+            continue
+        with gf.config.use_matmul_precision(precision):
+            m, (out, _) = _jax_way(
+                method,
+                f"as gradflow.sweep.run's default: jit(vmap(probe(init(jax.random.key(seed))))) "
+                f"sharded over devices, matmul precision {precision!r}",
+                _sharded_program(one, 1)[0],
+                [seeds],
+                cfg.seeds,
+                options,
+                notes=notes,
+            )
+        m.extra["matmul_precision"] = precision
         measurements.append(m)
-        err = max(_rel_err(getattr(out, s), getattr(fast, s)) for s in _GRAD_STATS)
-        checks.append(_check("gradflow_vmap_native == gradflow (same seeds)", err, 1e-3))
+        if ref is None:
+            ref = out
+        else:  # the fast passes move the numbers: by how much, relative to float32
+            err = max(_rel_err(getattr(out, s), getattr(ref, s)) for s in _GRAD_STATS)
+            checks.append(
+                _check(
+                    f"gradflow at {precision!r} vs at {cfg.precisions[0]!r} (same seeds)",
+                    err,
+                    1e-3,
+                    "informative: what the fast passes change",
+                )
+            )
+    if ref is None:
+        return result(cfg, measurements, checks, {"skipped": skipped})
+
+    # the PyTorch ways next (under a --deadline the ratios matter most), torch.func first
+    if options.torch and torch_available():
+        for i, precision in enumerate(cfg.precisions):
+            method = "torch_func" if i == 0 else "torch_func_fast"
+            if _expired(options):
+                skipped.append(method)
+                continue
+            measurements.append(
+                _probe_torch_func(cfg, model, x, y, ref, checks, options, method, precision)
+            )
+
+        if cfg.torch_timed != 0:
+            if _expired(options):
+                skipped.append("pytorch")
+            else:
+                measurements.append(_probe_torch(cfg, model, x, y, ref, checks, options))
+
+    if cfg.extra_ways:
+        if _expired(options):
+            skipped.append("gradflow_readme")
+        else:
+            m, (out, _) = _jax_way(
+                "gradflow_readme",
+                "the README's way: jax.jit(jax.vmap(lambda k: probe(model, model.init(k, x), x, "
+                "y)))(keys), one device",
+                _readme_program(model, x, y),
+                [seeds],
+                cfg.seeds,
+                options,
+                notes=notes,
+            )
+            measurements.append(m)
+            err = max(_rel_err(getattr(out, s), getattr(ref, s)) for s in _GRAD_STATS)
+            checks.append(_check("gradflow_readme == gradflow (same seeds)", err, 1e-3))
+        # the proposed default paths (another stream; blocks): measured beside the default
+        proposed = [
+            ("gradflow_native", 'gradflow.sweep.run(rng="native"): gf.rng.key seeds',
+             _sharded_program(_probe_one(model, x, y, gf.rng.key), 1)[0]),
+        ]  # fmt: skip
+        if cfg.block:
+            proposed.append(
+                ("gradflow_blocked",
+                 f"gradflow.sweep.run(block_size={cfg.block}): each device maps over its seeds "
+                 f"{cfg.block} at a time", _blocked_program(one, cfg.block, 1)),
+            )  # fmt: skip
+        for method, label, prog in proposed:
+            if _expired(options):
+                skipped.append(method)
+                continue
+            m, (out, _) = _jax_way(method, label, prog, [seeds], cfg.seeds, options)
+            measurements.append(m)
+            if method == "gradflow_native":
+                med = {k: np.median(getattr(out, k), 0) for k in _GRAD_STATS}
+                ref_med = {k: np.median(getattr(ref, k), 0) for k in _GRAD_STATS}
+                spread = max(_rel_err(np.log(med[k]), np.log(ref_med[k])) for k in _GRAD_STATS)
+                checks.append(
+                    _check(
+                        "gradflow_native vs gradflow: per-layer median over seeds (log scale, "
+                        "two random streams)",
+                        spread,
+                        0.25,
+                        "informative: differs by sampling noise",
+                    )
+                )
+            else:
+                err = max(_rel_err(getattr(out, s), getattr(ref, s)) for s in _GRAD_STATS)
+                checks.append(_check(f"{method} == gradflow (same seeds)", err, 1e-3))
 
     if cfg.sweep_run:
-        measurements.append(_probe_sweep_run(cfg, model, x, y))
+        if _expired(options):
+            skipped.append("gradflow_sweep_run")
+        else:
+            measurements.append(_probe_sweep_run(cfg, model, x, y))
 
-    jitted = jax.jit(one)
     timed = min(cfg.naive_timed or cfg.seeds, cfg.seeds)
+    if cfg.extra_ways and cfg.naive_timed != 0:
+        if _expired(options):
+            skipped.append("naive_jax")
+        else:
+            jitted = jax.jit(one)
 
-    def naive():
-        outs = jax.device_get([jitted(s) for s in seeds[:timed]])
-        return {s: np.stack([getattr(o, s) for o in outs]) for s in ("loss", *_GRAD_STATS)}
+            def naive():
+                outs = jax.device_get([jitted(s) for s in seeds[:timed]])
+                return {s: np.stack([getattr(o, s) for o in outs]) for s in ("loss", *_GRAD_STATS)}
 
-    m, out = _loop_way(
-        "naive_jax",
-        "jax.jit(probe) called once per seed in a Python loop",
-        naive,
-        lambda: jax.block_until_ready(jitted(seeds[0])),
-        timed,
-        cfg.seeds,
-        options,
-    )
-    measurements.append(m)
-    err = max(_rel_err(out[s], getattr(ref, s)[:timed]) for s in _GRAD_STATS)
-    checks.append(_check("naive_jax == gradflow (same seeds)", err, 1e-3))
+            with gf.config.use_matmul_precision(cfg.precisions[0]):
+                m, out = _loop_way(
+                    "naive_jax",
+                    "jax.jit(probe) called once per seed in a Python loop",
+                    naive,
+                    lambda: jax.block_until_ready(jitted(seeds[0])),
+                    timed,
+                    cfg.seeds,
+                    options,
+                )
+            measurements.append(m)
+            err = max(_rel_err(out[s], getattr(ref, s)[:timed]) for s in _GRAD_STATS)
+            checks.append(_check("naive_jax == gradflow (same seeds)", err, 1e-3))
 
-    if options.torch and torch_available():
-        measurements.append(_probe_torch(cfg, model, data, x, y, ref, checks, options))
-
-    rate = harness.batched_matmul_rate(cfg.seeds, cfg.batch, cfg.width, cfg.width)
-    extra = {"layer_matmul": rate}
+    extra: dict[str, Any] = {"skipped": skipped}
+    if not _expired(options):
+        with gf.config.matmul_scope():
+            extra["layer_matmul"] = harness.batched_matmul_rate(
+                cfg.seeds, cfg.batch, cfg.width, cfg.width
+            )
     if options.profile:
         extra["breakdown"] = _probe_breakdown(cfg, model, x, y, options)
         extra["profile"] = _profile(program, [seeds], _PROBE_CATEGORIES)
     return result(cfg, measurements, checks, extra)
 
 
-def _probe_torch(cfg, model, data, x, y, ref, checks, options) -> Measurement:
+def _torch_precision(precision: str) -> str:
+    """torch.set_float32_matmul_precision's name for a gradflow.config precision."""
+    return {"highest": "highest", "high": "high", "default": "high"}[gf.config.canonical(precision)]
+
+
+def _probe_torch(cfg, model, x, y, ref, checks, options) -> Measurement:
     import torch
 
     from benchmarks import torch_baselines as tb
@@ -531,14 +728,10 @@ def _probe_torch(cfg, model, data, x, y, ref, checks, options) -> Measurement:
     # Same numbers as gradflow for the same parameters (seeds 0 and 1)?
     errs = []
     xt = np.array(x, np.float32)
+    yt = torch.from_numpy(np.asarray(y, np.int64)).to(tb.DEVICE)
     for s in range(min(2, cfg.seeds)):
         params = model.init(jax.random.key(np.uint32(s)), x)["params"]
-        rep = tb.probe(
-            tb.from_jax(params),
-            torch.from_numpy(xt),
-            torch.from_numpy(np.asarray(y, np.int64)),
-            cfg.activation,
-        )
+        rep = tb.probe(tb.from_jax(params), torch.from_numpy(xt).to(tb.DEVICE), yt, cfg.activation)
         errs += [_rel_err(rep[k], getattr(ref, k)[s]) for k in ("loss", *_GRAD_STATS)]
     checks.append(_check("pytorch == gradflow (same parameters, 2 seeds)", max(errs), 1e-3))
     timed = min(cfg.torch_timed or cfg.seeds, cfg.seeds)
@@ -571,6 +764,67 @@ def _probe_torch(cfg, model, data, x, y, ref, checks, options) -> Measurement:
     return m
 
 
+def _probe_torch_func(cfg, model, x, y, ref, checks, options, method, precision) -> Measurement:
+    import torch
+
+    from benchmarks import torch_baselines as tb
+
+    tb.set_matmul_precision(_torch_precision(precision))
+    try:
+        xt = np.array(x, np.float32)
+        yt = np.asarray(y, np.int64)
+        if method == "torch_func":  # same numbers as gradflow for the same parameters
+            n = min(4, cfg.seeds)
+            params = jax.vmap(lambda s: model.init(jax.random.key(s), x)["params"])(
+                jnp.arange(n, dtype=jnp.uint32)
+            )
+            got = tb.probe_func(
+                tb.stack_from_jax(params),
+                torch.from_numpy(xt).to(tb.DEVICE),
+                torch.from_numpy(yt).to(tb.DEVICE),
+                cfg.activation,
+                cfg.widths,
+            )
+            err = max(
+                _rel_err(got[k].detach().cpu().numpy(), getattr(ref, k)[:n])
+                for k in ("loss", *_GRAD_STATS)
+            )
+            checks.append(_check(f"torch_func == gradflow (same parameters, {n} seeds)", err, 1e-3))
+
+        def sweep(n):
+            return tb.probe_func_sweep(
+                n, cfg.widths, xt, yt, cfg.activation, bias_init=cfg.bias_init
+            )
+
+        m, out = _torch_way(
+            "torch.func: stacked parameters (one randn per tensor), functional_call, vmap(grad) "
+            f"over all seeds at once; float32 matmul precision {_torch_precision(precision)!r}",
+            lambda: sweep(cfg.seeds),
+            lambda: sweep(min(2, cfg.seeds)),
+            cfg.seeds,
+            cfg.seeds,
+            options,
+            calls=1,
+            method=method,
+        )
+    finally:
+        tb.set_matmul_precision("highest")
+    if method == "torch_func":
+        med = {k: np.median(out[k], 0) for k in _GRAD_STATS}
+        ref_med = {k: np.median(getattr(ref, k), 0) for k in _GRAD_STATS}
+        spread = max(_rel_err(np.log(med[k]), np.log(ref_med[k])) for k in _GRAD_STATS)
+        checks.append(
+            _check(
+                "torch_func vs gradflow: per-layer median over seeds (log scale, own random "
+                "streams)",
+                spread,
+                0.25,
+                "informative: differs by sampling noise",
+            )
+        )
+    return m
+
+
 def _probe_sweep_run(cfg: ProbeSweep, model, x, y) -> Measurement:
     """gradflow.sweep.run end to end, once: compile + run + tidy table + parquet store."""
 
@@ -580,9 +834,7 @@ def _probe_sweep_run(cfg: ProbeSweep, model, x, y) -> Measurement:
 
     with tempfile.TemporaryDirectory() as workdir:
         t0 = time.perf_counter()
-        gf.sweep.run(
-            fn, grid={}, seeds=range(cfg.seeds), workdir=workdir, progress=False, rng="native"
-        )
+        gf.sweep.run(fn, grid={}, seeds=range(cfg.seeds), workdir=workdir, progress=False)
         wall = time.perf_counter() - t0
         meta = gf.sweep.load_metadata(workdir)
     groups = meta["sessions"][-1]["groups"]
@@ -591,7 +843,7 @@ def _probe_sweep_run(cfg: ProbeSweep, model, x, y) -> Measurement:
     write_s = sum(g["write_s"] for g in groups)
     return Measurement(
         "gradflow_sweep_run",
-        'gradflow.sweep.run(fn, grid={}, seeds=range(n), rng="native") end to end, one call',
+        "gradflow.sweep.run(fn, grid={}, seeds=range(n)) end to end, one call",
         [run_s + write_s],
         compile_s,
         cfg.seeds,
@@ -649,6 +901,7 @@ def train_sweep(cfg: TrainSweep, options: Options) -> dict[str, Any]:
 
     measurements: list[Measurement] = []
     checks: list[dict[str, Any]] = []
+    skipped: list[str] = []
     program, _ = _sharded_program(one, 2)
     m, (ref, _) = _jax_way(
         "gradflow",
@@ -661,41 +914,131 @@ def train_sweep(cfg: TrainSweep, options: Options) -> dict[str, Any]:
     )
     measurements.append(m)
 
-    if cfg.sweep_run:
-        measurements.append(_train_sweep_run(cfg, fn))
-
-    jitted = jax.jit(one)
-    timed_runs = _subset(cfg, cfg.naive_timed)
-
-    def naive():
-        outs = jax.device_get([jitted(np.float32(lr), np.uint32(s)) for lr, s in timed_runs])
-        return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
-
-    m, out = _loop_way(
-        "naive_jax",
-        "jax.jit(train_fn) called once per (learning rate, seed) in a Python loop",
-        naive,
-        lambda: jax.block_until_ready(jitted(lrs[0], seeds[0])),
-        len(timed_runs),
-        n,
-        options,
-    )
-    measurements.append(m)
-    idx = [runs.index(r) for r in timed_runs]
-    err = _rel_err(out["grad_norm"][:, 0], ref["grad_norm"][idx, 0])
-    checks.append(_check("naive_jax == gradflow: first record of grad_norm", err, 1e-3))
-
     if options.torch and torch_available():
-        measurements.append(_train_torch(cfg, data, ref, checks, options))
+        if _expired(options):
+            skipped.append("torch_func")
+        else:
+            measurements.append(_train_torch_func(cfg, data, ref, checks, options))
+        if _expired(options):
+            skipped.append("pytorch")
+        else:
+            measurements.append(_train_torch(cfg, data, ref, checks, options))
+
+    if cfg.sweep_run:
+        if _expired(options):
+            skipped.append("gradflow_sweep_run")
+        else:
+            measurements.append(_train_sweep_run(cfg, fn))
+
+    if _expired(options):
+        skipped.append("naive_jax")
+    else:
+        jitted = jax.jit(one)
+        timed_runs = _subset(cfg, cfg.naive_timed)
+
+        def naive():
+            outs = jax.device_get([jitted(np.float32(lr), np.uint32(s)) for lr, s in timed_runs])
+            return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
+
+        m, out = _loop_way(
+            "naive_jax",
+            "jax.jit(train_fn) called once per (learning rate, seed) in a Python loop",
+            naive,
+            lambda: jax.block_until_ready(jitted(lrs[0], seeds[0])),
+            len(timed_runs),
+            n,
+            options,
+        )
+        measurements.append(m)
+        idx = [runs.index(r) for r in timed_runs]
+        err = _rel_err(out["grad_norm"][:, 0], ref["grad_norm"][idx, 0])
+        checks.append(_check("naive_jax == gradflow: first record of grad_norm", err, 1e-3))
 
     extra = {
-        "layer_matmul": harness.batched_matmul_rate(n, cfg.batch, cfg.width, cfg.width),
         "flops_per_run": cfg.flops_with_eval(len(data.x_train) + len(data.x_test)),
         "flops_counted": "6 B W^2 D per step + 2 (train + test examples) W^2 D per record",
+        "skipped": skipped,
     }
+    if not _expired(options):
+        with gf.config.matmul_scope():
+            extra["layer_matmul"] = harness.batched_matmul_rate(n, cfg.batch, cfg.width, cfg.width)
     if options.profile:
         extra["profile"] = _profile(program, [lrs, seeds], _TRAIN_CATEGORIES)
     return result(cfg, measurements, checks, extra)
+
+
+def _train_torch_func(cfg: TrainSweep, data, ref, checks, options) -> Measurement:
+    from benchmarks import torch_baselines as tb
+
+    # Same records as gradflow for the same parameters, full batch, 2 records, 4 networks.
+    steps = 2 * cfg.record_every
+    check_cfg = cfg.config(batch_size=None, steps=steps)
+    picks = cfg.runs[: min(4, len(cfg.runs))]
+    states = [
+        gf.training.init_state(check_cfg, data.x_train, jax.random.key(np.uint32(s)),
+                               {"learning_rate": lr})
+        for lr, s in picks
+    ]  # fmt: skip
+    check_fn = jax.jit(gf.training.train_fn(check_cfg, data))
+    want = [check_fn({"learning_rate": lr}, jax.random.key(np.uint32(s))) for lr, s in picks]
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *[st.params for st in states])
+    got = tb.train_func(
+        tb.stack_from_jax(stacked),
+        [lr for lr, _ in picks],
+        data,
+        activation=cfg.activation,
+        widths=cfg.widths,
+        steps=steps,
+        batch_size=None,
+        record_every=cfg.record_every,
+    )
+    keys = ("grad_norm", "update_norm", "param_norm", "loss", "test_accuracy", "batch_loss")
+    err = max(_rel_err(got[k], np.stack([np.asarray(w[k]) for w in want])) for k in keys)
+    checks.append(
+        _check(
+            f"torch_func == gradflow (same parameters, full batch, {steps} steps, "
+            f"{len(picks)} networks)",
+            err,
+            1e-3,
+        )
+    )
+    lrs = [lr for lr, _ in cfg.runs]
+
+    def sweep(steps):
+        params = tb.stacked_mlp(cfg.widths, len(lrs), 0, bias_init="zeros")
+        return tb.train_func(
+            params,
+            lrs,
+            data,
+            activation=cfg.activation,
+            widths=cfg.widths,
+            steps=steps,
+            batch_size=cfg.batch,
+            record_every=cfg.record_every,
+        )
+
+    m, out = _torch_way(
+        "torch.func: every network's parameters stacked, vmap(grad) of the minibatch loss, one "
+        "SGD update of the stack per step, records as gradflow's",
+        lambda: sweep(cfg.steps),
+        lambda: sweep(min(cfg.steps, 2 * cfg.record_every)),
+        len(lrs),
+        len(lrs),
+        options,
+        calls=1,
+        method="torch_func",
+    )
+    acc = np.median(out["test_accuracy"][:, -1])
+    acc_ref = np.nanmedian(ref["test_accuracy"][:, -1])
+    checks.append(
+        _check(
+            "torch_func vs gradflow: median final test accuracy (own random streams)",
+            abs(float(acc) - float(acc_ref)),
+            0.1,
+            f"{acc:.3f} vs {acc_ref:.3f}; informative",
+        )
+    )
+    return m
 
 
 def _subset(cfg: TrainSweep, timed: int | None) -> list[tuple[float, int]]:
@@ -908,7 +1251,70 @@ def chain_sweep(cfg: ChainSweep, options: Options) -> dict[str, Any]:
         measurements.append(m)
         err = _rel_err(out[0] / scale, auto[1] / scale)
         checks.append(_check("pytorch autograd == jax.grad", err, 1e-4))
+        m, out = _torch_way(
+            "torch.func: vmap(grad) of one chain over the N chains",
+            lambda: tb.chain_grads_func(w, b, x, g, cfg.activation),
+            lambda: tb.chain_grads_func(w, b, x, g, cfg.activation),
+            cfg.chains,
+            cfg.chains,
+            options,
+            calls=1,
+            method="torch_func",
+        )
+        measurements.append(m)
+        err = _rel_err(out[0] / scale, auto[1] / scale)
+        checks.append(_check("torch_func == jax.grad", err, 1e-4))
     return result(cfg, measurements, checks, {})
+
+
+# ---------------------------------------------------------------------- compile time vs depth
+
+
+def compile_sweep(cfg: CompileSweep, options: Options) -> dict[str, Any]:
+    """The compile-time workload: see :class:`CompileSweep`."""
+    data = _digits()
+    x, y = jnp.asarray(data.x_train[: cfg.batch]), jnp.asarray(data.y_train[: cfg.batch])
+    seeds = np.arange(cfg.seeds, dtype=np.uint32)
+    loss = gf.probes.get_loss("softmax_cross_entropy")
+    measurements: list[Measurement] = []
+    checks: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    per_depth = []
+    for depth in cfg.depths:
+        method = f"gradflow_readme_depth{depth}"
+        if _expired(options):
+            skipped.append(method)
+            continue
+        model = cfg.model(depth)
+        compiled, compile_s = harness.compile_jax(_readme_program(model, x, y), seeds)
+        t0 = time.perf_counter()
+        rep = harness.to_host(compiled(seeds))
+        run_s = time.perf_counter() - t0
+        measurements.append(
+            Measurement(
+                method,
+                f"the README's way at depth {depth}: compile, then one run",
+                [run_s],
+                compile_s,
+                cfg.seeds,
+                cfg.seeds,
+            )
+        )
+        per_depth.append({"depth": depth, "compile_s": compile_s, "run_s": run_s})
+        # the report still equals jax.grad (kernel gradient norms of seed 0, every layer)
+        params = model.init(jax.random.key(np.uint32(0)), x)["params"]
+        with gf.config.matmul_scope():
+            grads = jax.jit(
+                jax.grad(lambda p, model=model: loss(model.apply({"params": p}, x), y))
+            )(params)
+        want = [float(jnp.linalg.norm(grads[n]["kernel"])) for n in rep.layer_names]
+        err = _rel_err(rep.weight_grad_norm[0], np.asarray(want))
+        checks.append(_check(f"probe == jax.grad at depth {depth} (kernel norms, seed 0)", err,
+                             1e-4))  # fmt: skip
+    extra: dict[str, Any] = {"per_depth": per_depth, "skipped": skipped}
+    if len(per_depth) >= 2:
+        extra["compile_ratio"] = per_depth[-1]["compile_s"] / per_depth[0]["compile_s"]
+    return result(cfg, measurements, checks, extra)
 
 
 # ---------------------------------------------------------------------------------- profiling
@@ -995,14 +1401,18 @@ def _profile(program, args, categories) -> dict[str, Any]:
 def result(cfg, measurements: list[Measurement], checks, extra) -> dict[str, Any]:
     """The workload's results: config, measurements, speed-ups of every gradflow way."""
     by = {m.method: m for m in measurements}
+    bases = ("pytorch", "torch_func", "torch_func_fast", "naive_jax", "jax_grad")
     speedups: dict[str, dict[str, float]] = {}
+    e2e: dict[str, dict[str, float]] = {}
     for m in measurements:
         if not m.method.startswith("gradflow"):
             continue
         speedups[m.method] = {
-            base: by[base].median_s / m.median_s
-            for base in ("pytorch", "naive_jax", "jax_grad")
-            if base in by and m.median_s > 0
+            base: by[base].median_s / m.median_s for base in bases if base in by and m.median_s > 0
+        }
+        # one-shot use: the other way's time over this way's compile + run
+        e2e[m.method] = {
+            base: by[base].median_s / m.e2e_s for base in bases if base in by and m.e2e_s > 0
         }
     out = {
         "title": cfg.title,
@@ -1010,6 +1420,7 @@ def result(cfg, measurements: list[Measurement], checks, extra) -> dict[str, Any
         "config": dataclasses.asdict(cfg),
         "measurements": [m.to_json() for m in measurements],
         "speedups": speedups,
+        "e2e_speedups": e2e,
         "checks": checks,
         **extra,
     }
@@ -1023,7 +1434,12 @@ def result(cfg, measurements: list[Measurement], checks, extra) -> dict[str, Any
     return out
 
 
-_RUNNERS = {ProbeSweep: probe_sweep, TrainSweep: train_sweep, ChainSweep: chain_sweep}
+_RUNNERS = {
+    ProbeSweep: probe_sweep,
+    TrainSweep: train_sweep,
+    ChainSweep: chain_sweep,
+    CompileSweep: compile_sweep,
+}
 
 
 def run_workload(cfg: Any, options: Options) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def _camel(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_"))
 
 
-def _grids(config: dict) -> tuple[np.ndarray, np.ndarray]:
+def _check(config: dict) -> None:
     for key in ("n_plot", "n_sup"):
         if config[key] < 3 or config[key] % 2 == 0:
             raise ValueError(
@@ -63,6 +63,16 @@ def _grids(config: dict) -> tuple[np.ndarray, np.ndarray]:
     for key in ("x_range", "sup_range"):
         if not config[key] > 0:
             raise ValueError(f"{key} must be positive, got {config[key]}")
+    # Peak: ~12 float64 arrays of n_sup per activation in the compiled program (phi' and its
+    # masks), ~10 of n_plot, and the table's ~3 curves x 10 activations x ~100 bytes a row.
+    gf.experiment.check_memory(
+        f"n_sup={config['n_sup']}, n_plot={config['n_plot']}",
+        8 * 12 * config["n_sup"] + (80 + 3000) * config["n_plot"],
+    )
+
+
+def _grids(config: dict) -> tuple[np.ndarray, np.ndarray]:
+    _check(config)
     x = np.linspace(-config["x_range"], config["x_range"], config["n_plot"])
     xs = np.linspace(-config["sup_range"], config["sup_range"], config["n_sup"])
     return x, xs
@@ -284,4 +294,5 @@ EXPERIMENT = gf.experiment.Experiment(
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_sigmoid_tanh", f"{NAME}_all"),
+    check=_check,
 )

@@ -223,19 +223,34 @@ def _linear_fn(width: int):
     return fn
 
 
-def run(config: dict, results_dir: Path) -> None:
-    """The three sweeps (sigmoid, exploding, linear), float64 enabled for the references."""
+def _check(config: dict) -> None:
     for key in ("sigmoid_depth", "exploding_depth", "sigmoid_seeds", "linear_width"):
         if config[key] < 2:
             raise ValueError(f"{key} must be >= 2, got {config[key]}")
-    if not all(d >= 2 for d in config["linear_depths"]):
+    if not config["linear_depths"] or not all(d >= 2 for d in config["linear_depths"]):
         raise ValueError(f"linear_depths must all be >= 2, got {config['linear_depths']}")
+    for key in ("exploding_weights", "linear_gains"):
+        if not config[key] or not all(v > 0 for v in config[key]):
+            raise ValueError(f"{key} must be non-empty and positive, got {config[key]!r}")
     x = float(config["exploding_x"])
     if np.float32(x) * np.float32(100.0) != np.float64(x) * 100.0:
         raise ValueError(
             f"exploding_x must be exactly representable (a dyadic rational such as 0.5), got {x}; "
             "see gradflow.analytic.exploding_chain"
         )
+    # float64 arrays of every (seed, layer) and (depth, width, width) of the three sweeps
+    gf.experiment.check_memory(
+        "chain_anatomy",
+        64 * config["sigmoid_seeds"] * config["sigmoid_depth"]
+        + 64 * len(config["exploding_weights"]) * config["exploding_depth"]
+        + 32 * max(config["linear_depths"]) * config["linear_width"] ** 2,
+    )
+
+
+def run(config: dict, results_dir: Path) -> None:
+    """The three sweeps (sigmoid, exploding, linear), float64 enabled for the references."""
+    _check(config)
+    x = float(config["exploding_x"])
     results_dir = Path(results_dir)
     with jax.enable_x64(True):
         gf.sweep.run(
@@ -708,4 +723,5 @@ EXPERIMENT = gf.experiment.Experiment(
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_gradients", f"{NAME}_errors"),
+    check=_check,
 )

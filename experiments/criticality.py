@@ -41,6 +41,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import warnings
 from pathlib import Path
 
 import flax.linen as nn
@@ -166,6 +167,16 @@ def _check(config: dict) -> None:
     for key in ("width", "steps", "batch_size", "seeds", "phase_n_sw2", "phase_n_sb2"):
         if config[key] < 1:
             raise ValueError(f"{key} must be >= 1, got {config[key]}")
+    for key in ("phase_sw2_max", "learning_rate"):
+        if not config[key] > 0:
+            raise ValueError(f"{key} must be positive, got {config[key]}")
+    if not config["phase_sb2_max"] >= 0:
+        raise ValueError(f"phase_sb2_max must be >= 0, got {config['phase_sb2_max']}")
+    if config["optimizer"] not in gf.optim.optimizer_names():
+        raise ValueError(
+            f"unknown optimizer {config['optimizer']!r}; valid: "
+            f"{', '.join(gf.optim.optimizer_names())}"
+        )
 
 
 def _theory(config: dict) -> dict:
@@ -190,7 +201,13 @@ def _theory(config: dict) -> dict:
         near = crit * np.concatenate([1 - g, 1 + g])
         sw2 = np.unique(np.concatenate([phase_sw2, near, config["sw2"]]))
         sb2 = np.unique(np.append(np.linspace(0.0, sb2_max, n_sb2), config["sb2"]))
-        pd = mf.phase_diagram(jnp.asarray(sw2), jnp.asarray(sb2), ACTIVATION)
+        with warnings.catch_warnings():
+            # the grid holds (sw2, sb2) = (1, 0) up to rounding: on the critical line, where
+            # xi_c = inf and gradflow.meanfield says it cannot resolve the distance to the line
+            warnings.filterwarnings(
+                "ignore", "gradflow.meanfield: .* within float64 rounding", RuntimeWarning
+            )
+            pd = mf.phase_diagram(jnp.asarray(sw2), jnp.asarray(sb2), ACTIVATION)
     chi1, xi_c = np.asarray(pd.chi1), np.asarray(pd.xi_c)
     row = int(np.flatnonzero(sb2 == config["sb2"])[0])
     cols = np.searchsorted(sw2, np.asarray(config["sw2"], float))
@@ -333,8 +350,11 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
         fig.colorbar(m, ax=ax, label=r"$\chi_1$ (per-layer gradient factor)")
         ax.set_title(r"(a) $\chi_1 = \sigma_w^2\,E[\phi'(\sqrt{q^*}z)^2]$, tanh")
         ax2 = axes[1]
-        xi_c = gf.plotting.finite_or_raise(ph["xi_c"], "xi_c")
-        # xi_c diverges on the line: the colour scale stops at XI_MAX layers (extend="max")
+        # xi_c is infinite on the critical line (gradflow.meanfield reports inf there, stored
+        # as null): shown at the top of the colour scale, which stops at XI_MAX layers
+        xi_raw = np.asarray(ph["xi_c"], dtype=float)
+        on_line = np.isnan(xi_raw) & np.isfinite(chi1) & (np.abs(chi1 - 1.0) < 1e-12)
+        xi_c = gf.plotting.finite_or_raise(np.where(on_line, XI_MAX, xi_raw), "xi_c")
         m = ax2.pcolormesh(_edges(sw2), _edges(sb2), xi_c,
                            norm=mcolors.LogNorm(vmin=max(xi_c.min(), 0.1), vmax=XI_MAX),
                            cmap="cividis", shading="flat", rasterized=True)  # fmt: skip
@@ -485,4 +505,5 @@ EXPERIMENT = gf.experiment.Experiment(
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_trainability", f"{NAME}_phase"),
+    check=_check,
 )

@@ -97,6 +97,11 @@ def _check(config: dict) -> None:
         raise ValueError(f"record_depths must lie in [1, depth={config['depth']}], got {rec!r}")
     if not config["tanh_q"] > 0:
         raise ValueError(f"tanh_q must be positive, got {config['tanh_q']}")
+    # every seed's depth x width x width float64 weights, twice (Gaussian and orthogonal)
+    gf.experiment.check_memory(
+        f"width={config['width']}, depth={config['depth']}, seeds={config['seeds']}",
+        16 * config["seeds"] * config["depth"] * config["width"] ** 2,
+    )
 
 
 def _make_fn(config: dict, points: dict):
@@ -383,4 +388,5 @@ EXPERIMENT = gf.experiment.Experiment(
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_spectra", f"{NAME}_moments"),
+    check=_check,
 )

@@ -340,4 +340,5 @@ EXPERIMENT = gf.experiment.Experiment(
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_training", f"{NAME}_init"),
+    check=_check,
 )

@@ -563,4 +563,5 @@ EXPERIMENT = gf.experiment.Experiment(
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_headline",),
+    check=_check,
 )

@@ -753,4 +753,5 @@ EXPERIMENT = gf.experiment.Experiment(
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_headline", f"{NAME}_adding"),
+    check=_check,
 )

@@ -481,4 +481,5 @@ EXPERIMENT = gf.experiment.Experiment(
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_depth", f"{NAME}_xavier_he"),
+    check=_check,
 )

@@ -4,6 +4,7 @@ Every claim about why gradients vanish or explode becomes an exact jittable func
 modules), a property test of its bound, a reproducible experiment with a figure, and a section of
 the paper. Import as ``import gradflow as gf``; the public modules are re-exported here:
 
+* :mod:`gradflow.config` -- the precision policy: float32 matmuls on every backend unless asked
 * :mod:`gradflow.activations` -- registry of phi, closed-form phi', sup|phi'|
 * :mod:`gradflow.initializers` -- Xavier/He/LeCun/orthogonal/... and their theoretical Var(W)
 * :mod:`gradflow.analytic` -- closed-form chain gradients, log-domain products, bounds
@@ -26,6 +27,7 @@ from gradflow import (
     activations,
     adapters,
     analytic,
+    config,
     data,
     experiment,
     initializers,
@@ -48,6 +50,7 @@ __all__ = [
     "activations",
     "adapters",
     "analytic",
+    "config",
     "data",
     "experiment",
     "initializers",

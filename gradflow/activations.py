@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -239,7 +240,9 @@ def _elu_family(name: str, alpha: float, scale: float, params) -> Activation:
 
     # phi'(x) = scale for x > 0, scale alpha e^x for x <= 0 (rising to scale alpha at 0-).
     if alpha > 1:
-        sup, argsup = scale * alpha, None  # approached as x -> 0-, never attained
+        # approached as x -> 0-, never attained by the derivative (grad's value at the kink 0,
+        # the left limit scale * alpha, is a convention: phi is not differentiable there)
+        sup, argsup = scale * alpha, None
     else:
         sup, argsup = scale, 1.0
     return Activation(
@@ -360,6 +363,8 @@ def names(*, builtin_only: bool = False) -> tuple[str, ...]:
     With ``builtin_only=True`` the activations added by :func:`register` are left out, so code
     that must not depend on what a user registered (the experiments, the paper) sees a fixed set.
     """
+    if not isinstance(builtin_only, bool):
+        raise TypeError(f"builtin_only must be True or False, got {builtin_only!r}")
     return BUILTIN if builtin_only else tuple(_FACTORIES)
 
 
@@ -403,6 +408,13 @@ def get(name: str | Activation, **params: float) -> Activation:
     Raises:
       ValueError: unknown name (the message lists the valid names) or non-finite parameter.
       TypeError: a parameter the activation does not take.
+
+    Example:
+      >>> act = gf.activations.get("sigmoid")
+      >>> act.sup_grad, act.argsup           # sup |sigmoid'| = 1/4, at z = 0
+      (0.25, 0.0)
+      >>> float(act.grad(0.0))
+      0.25
     """
     if isinstance(name, Activation):
         if params:
@@ -435,10 +447,25 @@ def register(
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty string, got {name!r}")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
     if (name in _FACTORIES or name in _ALIASES) and not overwrite:
         raise ValueError(f"activation {name!r} is already registered; pass overwrite=True")
+    for label, f in (("fn", fn), ("grad", grad), ("grad2", grad2)):
+        if not callable(f) and not (label == "grad2" and f is None):
+            raise TypeError(f"{label} must be a callable x -> array, got {f!r}")
+    if isinstance(sup_grad, bool) or not isinstance(sup_grad, numbers.Real):
+        raise TypeError(f"sup_grad must be a real number, got {sup_grad!r}")
     if not (math.isfinite(sup_grad) and sup_grad >= 0):
         raise ValueError(f"sup_grad must be finite and >= 0, got {sup_grad}")
+    real = isinstance(argsup, numbers.Real) and not isinstance(argsup, bool)
+    if argsup is not None and not (real and math.isfinite(argsup)):
+        raise TypeError(f"argsup must be a finite real number or None, got {argsup!r}")
+    kinks = tuple(kinks) if isinstance(kinks, list | tuple) else kinks
+    if not isinstance(kinks, tuple) or not all(
+        isinstance(k, numbers.Real) and not isinstance(k, bool) and math.isfinite(k) for k in kinks
+    ):
+        raise TypeError(f"kinks must be a tuple of finite real numbers, got {kinks!r}")
     if grad2 is None:
         grad2 = jnp.vectorize(jax.grad(lambda x: grad(x)))
 

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -58,7 +59,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradflow import _checks, _limits
 from gradflow import activations as _activations
+from gradflow import config as _config
 
 __all__ = [
     "ChainForward",
@@ -119,7 +122,7 @@ class LogGrads(NamedTuple):
 
 class MLPForward(NamedTuple):
     """Forward pass of an MLP: lists of per-layer pre-activations ``z[l]`` and activations ``a[l]``
-    (``l = 0 .. L-1`` for layers 1..L), each ``(..., fan_out_l)``."""
+    (``l = 0, ..., L-1`` for layers 1 to L), each ``(..., fan_out_l)``."""
 
     z: list[Array]
     a: list[Array]
@@ -208,13 +211,24 @@ def _float_dtype(*arrays: Any) -> np.dtype:
 
 
 def _as_array(name: str, value: Any) -> Array:
+    if value is None or isinstance(value, str | bytes):
+        raise TypeError(f"{name} must be array-like, got {value!r}")
     try:
-        return jnp.asarray(value)
-    except TypeError as err:
+        arr = jnp.asarray(value)
+    except (TypeError, ValueError) as err:
         raise TypeError(f"{name} must be array-like, got {type(value).__name__}") from err
+    if jnp.issubdtype(arr.dtype, jnp.complexfloating):
+        raise TypeError(
+            f"{name} must be real; got {arr.dtype} (the chain rule here is for real weights: "
+            "pass the real part explicitly if that is what you mean)"
+        )
+    return arr
 
 
-def _chain_inputs(w, b, x, dC_daL=None):
+_ABSENT = object()
+
+
+def _chain_inputs(w, b, x, dC_daL=_ABSENT):
     """Validate and cast chain inputs; returns (w, b, x) or (w, b, x, dC_daL)."""
     w, b, x = _as_array("w", w), _as_array("b", b), _as_array("x", x)
     if w.ndim == 0 or b.ndim == 0:
@@ -228,11 +242,11 @@ def _chain_inputs(w, b, x, dC_daL=None):
         )
     if w.shape[-1] == 0:
         raise ValueError(f"depth must be at least 1; got w.shape={w.shape} (depth 0)")
-    arrays = [w, b, x] if dC_daL is None else [w, b, x, _as_array("dC_daL", dC_daL)]
+    arrays = [w, b, x] if dC_daL is _ABSENT else [w, b, x, _as_array("dC_daL", dC_daL)]
     try:
         jnp.broadcast_shapes(w.shape[:-1], b.shape[:-1], *(a.shape for a in arrays[2:]))
     except ValueError as err:
-        extra = "" if dC_daL is None else f", dC_daL.shape={jnp.shape(dC_daL)}"
+        extra = "" if dC_daL is _ABSENT else f", dC_daL.shape={jnp.shape(dC_daL)}"
         raise ValueError(
             "w[..., 0], b[..., 0], x and dC_daL must broadcast to one batch shape; got "
             f"w.shape={w.shape}, b.shape={b.shape}, x.shape={x.shape}{extra}"
@@ -323,6 +337,7 @@ def signed_log_abs_grad(z: Any, activation: ActivationLike) -> tuple[Array, Arra
     """
     act = _resolve(activation)
     z = _as_array("z", z)
+    _check_finite("z", z)
     return _signed_log_jit(z.astype(_float_dtype(z)), _Static(act))
 
 
@@ -431,6 +446,14 @@ def chain_grads(w: Any, b: Any, x: Any, dC_daL: Any, activation: ActivationLike)
 
     Raises:
       ValueError: as :func:`chain_forward`, and for non-finite concrete ``dC_daL``.
+
+    Example:
+      The seed's exploding chain: every factor :math:`w_j \sigma'(z_j)` is 25.
+
+      >>> w, b = gf.analytic.exploding_chain(4, x=0.5)
+      >>> g = gf.analytic.chain_grads(w, b, 0.5, 1.0, "sigmoid")
+      >>> print(g.bias[:-1] / g.bias[1:])
+      [25. 25. 25.]
     """
     act = _resolve(activation)
     return _chain_grads_jit(*_chain_inputs(w, b, x, dC_daL), _Static(act))
@@ -475,6 +498,16 @@ def chain_log_grads(w: Any, b: Any, x: Any, dC_daL: Any, activation: ActivationL
     Returns:
       ``LogGrads(sign, log_abs)``, each ``(..., L)``; ``sign * exp(log_abs)`` equals
       ``chain_grads(...).bias`` wherever the latter does not underflow or overflow.
+
+    Example:
+      Depth 1000 in float32, where the plain product is 0:
+
+      >>> ones, zeros = jnp.ones(1000), jnp.zeros(1000)
+      >>> sign, log_abs = gf.analytic.chain_log_grads(ones, zeros, 0.0, 1.0, "sigmoid")
+      >>> round(float(log_abs[0] / jnp.log(10)), 1)     # log10 |dC/db_1|
+      -648.3
+      >>> float(gf.analytic.chain_grads(ones, zeros, 0.0, 1.0, "sigmoid").bias[0])
+      0.0
     """
     act = _resolve(activation)
     return _chain_log_grads_jit(*_chain_inputs(w, b, x, dC_daL), _Static(act))
@@ -515,7 +548,7 @@ def log_gradient_bound(w: Any, activation: ActivationLike, *, per_layer: bool = 
     log_w = _exclusive_suffix("sum", jnp.log(jnp.abs(w)), 0)
     n_factors = jnp.arange(depth, 0, -1, dtype=w.dtype)  # L - j + 1 for j = 1..L
     out = n_factors * log_sup + log_w
-    return out if per_layer else out[..., 0]
+    return out if _checks.boolean("per_layer", per_layer) else out[..., 0]
 
 
 def gradient_bound(w: Any, activation: ActivationLike, *, per_layer: bool = False) -> Array:
@@ -541,13 +574,17 @@ def gradient_bound(w: Any, activation: ActivationLike, *, per_layer: bool = Fals
     Returns:
       ``(...)`` (or ``(..., L)`` with ``per_layer``). Overflows/underflows like the product it is;
       see :func:`log_gradient_bound`.
+
+    Example:
+      >>> float(gf.analytic.gradient_bound(jnp.ones(10), "sigmoid"))   # (1/4)^10
+      9.5367431640625e-07
     """
     act, w = _bound_inputs(w, activation)
     depth = w.shape[-1]
     suffix = _exclusive_suffix("prod", jnp.abs(w), 1)
     n_factors = jnp.arange(depth, 0, -1, dtype=w.dtype)
     out = jnp.asarray(act.sup_grad, w.dtype) ** n_factors * suffix
-    return out if per_layer else out[..., 0]
+    return out if _checks.boolean("per_layer", per_layer) else out[..., 0]
 
 
 def exploding_chain(
@@ -625,6 +662,12 @@ def exploding_chain(
     dtype = jnp.dtype(dtype) if dtype is not None else _float_dtype(x_arr, w_arr)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+    # three float64 work arrays and the two results, of (*x.shape, depth) entries each
+    n = math.prod(np.broadcast_shapes(np.shape(w_arr), (*np.shape(x_arr), 1))[:-1]) * depth
+    _limits.check_bytes(
+        f"exploding_chain(depth={depth}) with x of shape {np.shape(x_arr)}",
+        n * (3 * 8 + 2 * dtype.itemsize),
+    )
     # Round x, weight and phi(0) to dtype first: the forward pass sees exactly these values.
     x64 = np.asarray(jnp.asarray(x_arr, dtype), np.float64)
     w64 = np.asarray(jnp.asarray(w_arr, dtype), np.float64)
@@ -655,12 +698,17 @@ def deep_linear_gain(gain: Any, depth: int) -> Array:
     g^L \nabla C`: :math:`2^{100} \approx 1.3 \times 10^{30}` for :math:`g = 2` over 100 layers
     (exploding), :math:`0.5^{100} \approx 7.9 \times 10^{-31}` for :math:`g = 0.5` (vanishing).
     ``gain`` may be an array (a grid of gains).
+
+    Example:
+      >>> float(gf.analytic.deep_linear_gain(2.0, 100)) == 2.0**100
+      True
     """
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)):
         raise TypeError(f"depth must be an int, got {type(depth).__name__}")
     if depth < 0:
         raise ValueError(f"depth must be >= 0, got {depth}")
     gain = _as_array("gain", gain)
+    _check_finite("gain", gain)
     return gain.astype(_float_dtype(gain)) ** depth
 
 
@@ -684,9 +732,13 @@ def scaled_identity_mlp(
             raise TypeError(f"{name} must be an int, got {type(v).__name__}")
         if v < 1:
             raise ValueError(f"{name} must be at least 1, got {v}")
+    if isinstance(gain, bool) or not isinstance(gain, numbers.Real):
+        raise TypeError(f"gain must be a real number, got {gain!r}")
     if not math.isfinite(float(gain)):
         raise ValueError(f"gain must be finite, got {gain}")
     dtype = jnp.dtype(dtype) if dtype is not None else jnp.result_type(float)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"dtype must be a floating dtype (kernel and bias share it), got {dtype}")
     kernel = gain * jnp.eye(width, dtype=dtype)
     bias = jnp.zeros((width,), dtype)
     return [(kernel, bias) for _ in range(depth)]
@@ -704,12 +756,16 @@ def _mlp_params(params) -> list[tuple[Array, Array]]:
     for i, layer in enumerate(params):
         if isinstance(layer, Mapping):
             if "kernel" not in layer or "bias" not in layer:
-                raise ValueError(f"layer {i}: dict needs 'kernel' and 'bias', got {list(layer)}")
+                raise ValueError(
+                    f"params: layer {i}: dict needs 'kernel' and 'bias', got {list(layer)}"
+                )
             kernel, bias = layer["kernel"], layer["bias"]
         elif isinstance(layer, Sequence) and len(layer) == 2:
             kernel, bias = layer
         else:
-            raise TypeError(f"layer {i} must be a (kernel, bias) pair, got {type(layer).__name__}")
+            raise TypeError(
+                f"params: layer {i} must be a (kernel, bias) pair, got {type(layer).__name__}"
+            )
         kernel, bias = _as_array(f"kernel {i}", kernel), _as_array(f"bias {i}", bias)
         if kernel.ndim != 2 or bias.shape != kernel.shape[-1:]:
             raise ValueError(
@@ -843,6 +899,7 @@ def _flatten_runs(per_run):
     return [stacked[i] for stacked in per_run for i in range(stacked.shape[0])]
 
 
+@_config.wrap
 def mlp_forward(
     params: Sequence[Any], x: Any, activation: ActivationLike, *, linear_readout: bool = False
 ) -> MLPForward:
@@ -864,11 +921,13 @@ def mlp_forward(
     """
     act = _resolve(activation)
     layers, x, _ = _mlp_setup(params, x)
-    runs = _stack_runs(layers, bool(linear_readout))
-    fwd = _mlp_forward_jit(runs, x, _Static(act), bool(linear_readout))
+    linear_readout = _checks.boolean("linear_readout", linear_readout)
+    runs = _stack_runs(layers, linear_readout)
+    fwd = _mlp_forward_jit(runs, x, _Static(act), linear_readout)
     return MLPForward(z=_flatten_runs(z for z, _ in fwd), a=_flatten_runs(a for _, a in fwd))
 
 
+@_config.wrap
 def mlp_grads(
     params: Sequence[Any],
     x: Any,
@@ -912,9 +971,12 @@ def mlp_grads(
       ``MLPGrads(kernel, bias, input)`` with ``.delta`` (= ``bias``), per layer in forward order.
     """
     act = _resolve(activation)
+    if dC_daL is None:
+        raise TypeError("dC_daL must be array-like (dC/da at the output), got None")
     layers, x, g = _mlp_setup(params, x, dC_daL)
-    runs = _stack_runs(layers, bool(linear_readout))
-    out, dx = _mlp_grads_jit(runs, x, g, _Static(act), bool(linear_readout))
+    linear_readout = _checks.boolean("linear_readout", linear_readout)
+    runs = _stack_runs(layers, linear_readout)
+    out, dx = _mlp_grads_jit(runs, x, g, _Static(act), linear_readout)
     return MLPGrads(
         kernel=_flatten_runs(k for _, k in out), bias=_flatten_runs(d for d, _ in out), input=dx
     )

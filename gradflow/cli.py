@@ -28,9 +28,13 @@ with ``--distributed`` alone its arguments come from the cluster environment: SL
 Cloud TPU). Every process runs the sweeps (:func:`gradflow.sweep.run` shards them over the global
 devices); process 0 alone writes results, figures, tables, timings and the paper.
 
-Errors in what you typed (an unknown experiment, activation, initializer, norm or loss, a malformed
-or unknown ``--set`` key) print one line, ``gradflow: error: ...`` naming the valid choices, and
-exit with status 2. A failing experiment prints its traceback and exits with status 1.
+Errors in what you typed (an unknown experiment, activation, initializer, norm or loss, a malformed,
+unknown or invalid ``--set`` value: the whole config is checked by
+:func:`gradflow.experiment.resolve_config` and the experiment's ``check`` before anything runs; a
+``--workdir`` that cannot be written) print one line, ``gradflow: error: ...`` naming the valid
+choices, and exit with status 2. ``plot`` on incomplete results (an interrupted run) says how many
+chunks are saved and to rerun. A failing experiment prints its traceback and exits with status 1.
+The paper is built with ``latexmk -norc``: no ``latexmkrc`` (Perl) in a workdir is ever run.
 """
 
 from __future__ import annotations
@@ -69,7 +73,9 @@ LATEX_HELP = (
     "`sudo apt-get install latexmk texlive-latex-recommended texlive-fonts-recommended` "
     "(macOS: MacTeX; any OS: TeX Live), then run `gradflow paper`"
 )
-_LATEXMK_ARGS = ("-pdf", "-interaction=nonstopmode", "-halt-on-error")
+# -norc: read no latexmkrc (not the system's, the user's, nor one in the paper directory, which
+# is Perl that latexmk would run); every setting gradflow needs is on the command line.
+_LATEXMK_ARGS = ("-norc", "-pdf", "-interaction=nonstopmode", "-halt-on-error")
 _STEPS = ("run", "plot", "tables")
 
 
@@ -378,6 +384,60 @@ def _check_record(results: Path, name: str, mode: str, config: dict, *, fresh: b
         )
 
 
+def _check_workdir(root: Path) -> None:
+    """``--workdir`` must be a directory gradflow can write (created if missing)."""
+    import tempfile
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as e:
+        raise CLIError(f"--workdir {root}: cannot write there ({e.strerror or e})", 2) from None
+
+
+def _stores(results: Path) -> list[Path]:
+    """The sweep stores (directories holding a metadata.json) below ``results``."""
+    return sorted(p.parent for p in results.rglob("metadata.json")) if results.is_dir() else []
+
+
+def _check_not_in_use(results: Path) -> None:
+    """Refuse to delete results another process is writing (``--fresh``)."""
+    from gradflow import sweep
+
+    for store in _stores(results):
+        holder = sweep.in_use(store)
+        if holder is not None:
+            raise CLIError(
+                f"{_rel(store)} is in use by {holder}; --fresh would delete results that run is "
+                "writing: wait for it to finish, or use another --workdir",
+                1,
+            )
+
+
+def _incomplete(results: Path) -> str | None:
+    """Why the results in ``results`` are not complete (an interrupted run), or None."""
+    from gradflow import sweep
+
+    done = total = 0
+    unfinished = False
+    for store in _stores(results):
+        try:
+            meta = sweep.load_metadata(store)
+        except (OSError, ValueError) as e:
+            return f"a results store is damaged ({_one_line(e)})"
+        chunks = sum(int(g.get("chunks", 0)) for g in meta["groups"])
+        present = len(list((store / "rows").glob("*.parquet"))) if (store / "rows").is_dir() else 0
+        total += chunks
+        done += min(present, chunks)
+        unfinished |= not meta.get("complete")
+    if unfinished or done < total:
+        return f"results are incomplete ({done} of {total} chunks)"
+    if not (results / RUN_RECORD).exists():
+        return "results are incomplete (the run that made them did not finish)"
+    return None
+
+
 def _failure(step: str, name: str, e: BaseException) -> str:
     msg = f"experiment {name!r} failed in its {step} step ({type(e).__name__}: "
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -438,6 +498,7 @@ def _write_record(lay: _experiment.Layout, mode: str, config: dict, overrides: d
         "config": _jsonable(config),
         "overrides": _jsonable(overrides),
         "gradflow": gradflow.__version__,
+        "matmul_precision": gradflow.config.matmul_precision(),
         "finished": _now(),
         "seconds": {k: round(v, 3) for k, v in out.seconds.items()},
         "resumed": out.resumed,
@@ -499,6 +560,7 @@ def _record_runtime(root: Path, mode: str, out: _Outcome) -> Path:
             "resumed": out.resumed,
             "finished": _now(),
             "devices": _devices(),
+            "matmul_precision": gradflow.config.matmul_precision(),
             "gradflow": gradflow.__version__,
         }
     data[mode] = dict(sorted(entries.items()))
@@ -562,8 +624,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     lead = _is_lead()
 
     def check():
+        _check_workdir(root)
         _check_record(lay.results, exp.name, mode, config, fresh=args.fresh)
         if args.fresh and lay.results.exists():
+            _check_not_in_use(lay.results)
             shutil.rmtree(lay.results)
 
     _lead_check(check)
@@ -593,6 +657,17 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         raise CLIError(
             f"no {mode} results for {exp.name} in {_rel(lay.results)}; run `{cmd}` first", 1
         )
+    why = _incomplete(lay.results)
+    if why is not None:
+        cmd = f"gradflow run {exp.name}" + (" --quick" if mode == "quick" else "")
+        if root != Path("."):
+            cmd += f" --workdir {args.workdir}"
+        raise CLIError(
+            f"{mode} {why} for {exp.name} in {_rel(lay.results)}: rerun `{cmd}` (finished "
+            "chunks are kept)",
+            1,
+        )
+    _check_workdir(root)
     out = _steps(exp, None, lay, run=False, write=True)
     if out.error:
         raise CLIError(out.error, 1)
@@ -643,7 +718,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     lead = _is_lead()
 
     def fresh():
+        _check_workdir(root)
         if args.fresh:
+            for n in chosen:
+                _check_not_in_use(_experiment.layout(n, mode, root).results)
             for n in chosen:
                 shutil.rmtree(_experiment.layout(n, mode, root).results, ignore_errors=True)
 
@@ -709,6 +787,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             "compile": _compile_mode(args),
             "machine_at_start": machine_at_start,
             "devices": _devices(),
+            "matmul_precision": gradflow.config.matmul_precision(),
             "finished": _now(),
             "gradflow": gradflow.__version__,
         })  # fmt: skip
@@ -909,7 +988,8 @@ def _print_diagnosis(args: argparse.Namespace, report: Any, default_out: str, ti
     from gradflow import plotting, probes
 
     print(probes.format_report(report))
-    counts = {v: int((probes.verdict(report) == v).sum()) for v in ("vanishing", "exploding")}
+    labels = probes.verdict(report)
+    counts = {v: int((labels == v).sum()) for v in ("vanishing", "exploding", "non-finite")}
     if any(counts.values()):
         print(", ".join(f"{n} layer(s) {v}" for v, n in counts.items() if n))
     _agg()

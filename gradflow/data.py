@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradflow import _checks
+
 __all__ = [
     "SCALES",
     "Digits",
@@ -113,6 +115,11 @@ def load_digits(
     Raises:
       ValueError: unknown ``scale``, ``test_fraction`` outside ``(0, 1)``, ``n_train`` or
         ``n_test`` larger than the split holds.
+
+    Example:
+      >>> digits = gf.data.load_digits(n_train=100, n_test=50)
+      >>> digits.x_train.shape, digits.y_train.shape, digits.x_test.shape
+      ((100, 64), (100,), (50, 64))
     """
     from sklearn.model_selection import train_test_split
 
@@ -177,9 +184,10 @@ def adding_problem(
     Returns:
       ``(x, y)``: ``x`` ``(n, T, 2)`` (channel 0 values, channel 1 markers), ``y`` ``(n, 1)``.
     """
+    key = _checks.prng_key("key", key)
     n = _int("adding_problem", "n", n, 1)
     length = _int("adding_problem", "length", length, 2)
-    return _adding(key, n, length, jnp.dtype(dtype))
+    return _adding(key, n, length, _checks.float_dtype("dtype", dtype))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
@@ -235,13 +243,13 @@ def teacher_student(
     if not (isinstance(noise_std, numbers.Real) and np.isfinite(noise_std) and noise_std >= 0):
         raise ValueError(f"teacher_student: noise_std must be a finite float >= 0, got {noise_std}")
     teacher = models.MLP(
-        widths=tuple(widths),
+        widths=tuple(widths) if isinstance(widths, Sequence) else widths,
         out=out,
         activation=activation,
         kernel_init=kernel_init,
         bias_init=bias_init,
     )
-    k_x, k_teacher, k_noise = jax.random.split(key, 3)
+    k_x, k_teacher, k_noise = jax.random.split(_checks.prng_key("key", key), 3)
     x = jax.random.normal(k_x, (n, in_dim), dtype=jnp.float32)
     variables = teacher.init(k_teacher, x)
     y = teacher.apply(variables, x)

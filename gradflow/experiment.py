@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
+import numbers
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -34,10 +35,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from gradflow import _checks, _io, _limits
+
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Experiment",
     "Layout",
+    "check_memory",
     "fmt",
     "get",
     "latex_table",
@@ -69,6 +75,10 @@ class Experiment:
       tables: ``tables(results_dir, tables_dir) -> list[Path]``: ``.tex`` tables and macros.
       figures: the stems of the headline figures (shown in the README), e.g.
         ``("layer_speed_training",)``.
+      check: ``check(config)`` raises ``ValueError``/``TypeError`` naming a bad value (and the
+        valid choices) of a config; :func:`resolve_config` calls it, so ``gradflow run`` refuses
+        a bad ``--set`` in one line before anything runs. Sizes that would not fit in memory are
+        bad values too (:func:`check_memory`).
     """
 
     name: str
@@ -79,13 +89,22 @@ class Experiment:
     plot: Callable[[Path, Path], Sequence[Path]]
     tables: Callable[[Path, Path], Sequence[Path]] | None = None
     figures: tuple[str, ...] = ()
+    check: Callable[[dict], None] | None = None
 
     def __post_init__(self):
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
+        if not isinstance(self.name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
             raise ValueError(f"experiment name must match [a-z][a-z0-9_]*, got {self.name!r}")
+        if not isinstance(self.configs, Mapping):
+            raise TypeError(f"configs must be a dict mode -> config, got {self.configs!r}")
         missing = [m for m in MODES if m not in self.configs]
         if missing:
             raise ValueError(f"experiment {self.name!r} lacks config(s) {missing}; needs {MODES}")
+        for field in ("run", "plot"):
+            if not callable(getattr(self, field)):
+                raise TypeError(f"experiment {self.name!r}: {field} must be callable")
+        for field in ("tables", "check"):
+            if getattr(self, field) is not None and not callable(getattr(self, field)):
+                raise TypeError(f"experiment {self.name!r}: {field} must be callable or None")
 
     def config(self, mode: str = "full", overrides: Mapping[str, Any] | None = None) -> dict:
         """The ``mode`` config with ``overrides`` applied (see :func:`resolve_config`)."""
@@ -151,19 +170,72 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    if default is None or isinstance(value, type(default)):
+def _describe(default: Any) -> str:
+    if isinstance(default, (tuple, list)):
+        kinds = sorted({type(v).__name__ for v in default})
+        return f"a {type(default).__name__} of {'/'.join(kinds) or 'values'}"
+    return f"a {type(default).__name__}"
+
+
+def _coerce_scalar(key: str, value: Any, default: Any, where: str = "") -> Any:
+    """``value`` as the type of the scalar ``default``, or ValueError."""
+    if default is None:
         return value
     if isinstance(default, bool):
-        raise ValueError(f"config key {key!r} takes True or False, got {value!r}")
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(default, (tuple, list)) and isinstance(value, (tuple, list, int, float, str)):
-        seq = value if isinstance(value, (tuple, list)) else (value,)
-        return type(default)(seq)
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"config key {key!r} takes True or False, got {value!r}{where}")
+    if isinstance(default, numbers.Integral):
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+    elif isinstance(default, numbers.Real):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            value = float(value)
+            if not math.isfinite(value) and math.isfinite(default):
+                raise ValueError(
+                    f"config key {key!r} takes a finite number (default {default!r}), got "
+                    f"{value!r}{where}"
+                )
+            return value
+    elif isinstance(value, type(default)):
+        return value
     raise ValueError(
-        f"config key {key!r} takes a {type(default).__name__} (default {default!r}), got {value!r}"
+        f"config key {key!r} takes {_describe(default)} (default {default!r}), got {value!r}{where}"
     )
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """``value`` as the type of ``default``: bools stay bools, ints ints, floats finite floats
+    (an int is promoted), strings strings; a tuple/list default takes a tuple/list (or one
+    value) whose every element has the type of the default's elements."""
+    if isinstance(default, (tuple, list)):
+        if isinstance(value, (tuple, list)):
+            seq = value
+        elif isinstance(value, (bool, numbers.Real, str)):
+            seq = (value,)
+        else:
+            raise ValueError(
+                f"config key {key!r} takes {_describe(default)} (default {default!r}), got "
+                f"{value!r}"
+            )
+        if default:
+            numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in default)
+            proto = 0.0 if numeric and any(isinstance(v, float) for v in default) else default[0]
+            out = []
+            for i, v in enumerate(seq):
+                try:
+                    out.append(_coerce_scalar(key, v, proto, ""))
+                except ValueError:
+                    finite_issue = isinstance(v, float) and isinstance(proto, float)
+                    what = "a finite number" if finite_issue else _describe(proto)
+                    at = f": element {i} ({v!r}) is not {what}" if seq is value else ""
+                    raise ValueError(
+                        f"config key {key!r} takes {_describe(default)} (default {default!r}), "
+                        f"got {value!r}{at}"
+                    ) from None
+            seq = out
+        return type(default)(seq)
+    return _coerce_scalar(key, value, default, "")
 
 
 def resolve_config(
@@ -174,6 +246,12 @@ def resolve_config(
     Raises:
       ValueError: unknown mode, unknown key (lists the valid keys), or a value of the wrong type.
     """
+    if not isinstance(experiment, Experiment):
+        raise TypeError(
+            f"experiment must be a gradflow.experiment.Experiment, got {type(experiment).__name__}"
+        )
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise TypeError(f"overrides must be a dict key -> value, got {overrides!r}")
     if mode not in experiment.configs:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(experiment.configs)}")
     cfg = dict(experiment.configs[mode])
@@ -184,7 +262,21 @@ def resolve_config(
                 f"valid keys: {', '.join(sorted(cfg))}"
             )
         cfg[key] = _coerce(key, value, cfg[key])
+    if experiment.check is not None:
+        experiment.check(cfg)
     return cfg
+
+
+def check_memory(what: str, nbytes: float) -> None:
+    """Raise ``ValueError`` when ``what`` needs more than the memory available now.
+
+    ``nbytes`` is an estimate of the peak; the available memory is ``MemAvailable`` of
+    ``/proc/meminfo`` (Linux) or free physical pages (elsewhere); nothing is checked where
+    neither is known. For an experiment's ``check``: a size that cannot fit fails at once with
+    a clear message instead of swapping for minutes and dying to the OOM killer.
+    """
+    _checks.real("nbytes", nbytes, nonneg=True, finite=False)
+    _limits.check_bytes(what, nbytes)
 
 
 # --- where things land ------------------------------------------------------------------------
@@ -206,9 +298,11 @@ class Layout:
 
 def layout(name: str, mode: str, root: str | os.PathLike = ".") -> Layout:
     """The :class:`Layout` of experiment ``name`` in ``mode`` under ``root``."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be an experiment name (a non-empty str), got {name!r}")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
-    root = Path(root)
+    root = _checks.path("root", root)
     return Layout(
         results=root / "results" / name / mode,
         figures=root / "paper" / "figures",
@@ -220,19 +314,20 @@ def layout(name: str, mode: str, root: str | os.PathLike = ".") -> Layout:
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file and :func:`os.replace` (atomic).
+    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file created exclusively (an
+    unpredictable name, never a planted file or symlink) in the same directory, fsynced and
+    renamed over ``path`` with :func:`os.replace`.
 
     Under :func:`jax.distributed.initialize` only process 0 writes (every process runs an
     experiment's sweeps; one writes its outputs); the path is returned either way.
     """
-    path = Path(path)
+    if not isinstance(text, str):
+        raise TypeError(f"write_atomic writes text: got {type(text).__name__}, not str")
+    path = _checks.path("path", path)
     if _process_index() != 0:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return _io.atomic_write(path, text)
 
 
 def _process_index() -> int:
@@ -243,11 +338,23 @@ def _process_index() -> int:
 
 def fmt(x: Any, digits: int = 3) -> str:
     """A number for the paper: ``digits`` significant digits, scientific for very small or large
-    magnitudes, ``--`` for NaN/inf (LaTeX-safe)."""
+    magnitudes, ``--`` for NaN/inf (LaTeX-safe).
+
+    Example:
+      >>> print(gf.experiment.fmt(0.000123))
+      1.23\\times10^{-4}
+      >>> gf.experiment.fmt(float("nan"))
+      '--'
+    """
+    digits = _checks.size("digits", digits)
     if isinstance(x, str):
         return x
     if isinstance(x, (bool, int)) and not isinstance(x, float):
         return str(x)
+    if not isinstance(x, numbers.Real) and not (
+        hasattr(x, "dtype") and getattr(x, "shape", None) == () and np.isrealobj(x)
+    ):
+        raise TypeError(f"fmt formats a real number or a string, got {x!r} ({type(x).__name__})")
     x = float(x)
     if not math.isfinite(x):
         return "--"
@@ -262,27 +369,67 @@ def fmt(x: Any, digits: int = 3) -> str:
 def write_macros(path: str | os.PathLike, macros: Mapping[str, Any], *, digits: int = 3) -> Path:
     r"""Write ``\newcommand{\name}{value}`` lines for the paper's quoted numbers.
 
-    Macro names must be letters only (LaTeX); values are formatted with :func:`fmt`, and those
-    that use math (``\times10^{..}``) are wrapped in ``\ensuremath``.
+    Macro names must be letters only (LaTeX). Numbers are formatted with :func:`fmt`, and those
+    that use math (``\times10^{..}``, a minus sign) are wrapped in ``\ensuremath``; text is
+    escaped for LaTeX (``& % # _ { } $ \ ^ ~``), except the parts between pairs of ``$``.
     """
+    if not isinstance(macros, Mapping):
+        raise TypeError(f"macros must be a dict name -> value, got {macros!r}")
+    _checks.size("digits", digits)
+    path = _checks.path("path", path)
     lines = ["% generated by gradflow: do not edit"]
     for name, value in macros.items():
-        if not re.fullmatch(r"[A-Za-z]+", name):
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z]+", name):
             raise ValueError(f"LaTeX macro names must be letters only, got {name!r}")
-        text = fmt(value, digits)
-        if "\\times" in text or (text.startswith("-") and text != "--"):
+        if isinstance(value, str):
+            text = _escape(value)
+            math_mode = bool(_FMT_SCI.fullmatch(value))
+        else:
+            try:
+                text = fmt(value, digits)
+            except TypeError as e:
+                raise TypeError(f"macro {name!r}: {e}") from None
+            math_mode = "\\times" in text or (text.startswith("-") and text != "--")
+        if math_mode:
             text = f"\\ensuremath{{{text}}}"
         lines.append(f"\\newcommand{{\\{name}}}{{{text}}}")
     return write_atomic(path, "\n".join(lines) + "\n")
 
 
-_LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "#": r"\#", "_": r"\_"}
+# Text-mode escapes of LaTeX's special characters.
+_LATEX_ESCAPES = {
+    "&": r"\&",
+    "%": r"\%",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "$": r"\$",
+    "\\": r"\textbackslash{}",
+    "^": r"\textasciicircum{}",
+    "~": r"\textasciitilde{}",
+}
+# What fmt() writes for a very small or large number: LaTeX math, kept as is.
+_FMT_SCI = re.compile(r"-?\d+(?:\.\d+)?\\times10\^\{-?\d+\}")
 
 
 def _escape(text: str) -> str:
-    if text.startswith("$") and text.endswith("$"):
+    """``text`` for LaTeX: the parts between pairs of ``$`` are math and kept as they are;
+    everything else is text, its special characters escaped (a ``$`` without a partner too).
+    A number as :func:`fmt` writes it (``1.50\\times10^{-30}``) is kept for math mode."""
+    if _FMT_SCI.fullmatch(text):
         return text
-    return "".join(_LATEX_ESCAPES.get(c, c) for c in text)
+
+    def esc(part: str) -> str:
+        return "".join(_LATEX_ESCAPES.get(c, c) for c in part)
+
+    dollars = [i for i, c in enumerate(text) if c == "$"]
+    out, pos = [], 0
+    for a, b in zip(dollars[0::2], dollars[1::2]):  # complete pairs only
+        out += [esc(text[pos:a]), text[a : b + 1]]
+        pos = b + 1
+    out.append(esc(text[pos:]))  # an unpaired "$" is escaped here
+    return "".join(out)
 
 
 def latex_table(
@@ -297,9 +444,19 @@ def latex_table(
 
     Cells are formatted with :func:`fmt`; strings are escaped unless wrapped in ``$...$``.
     """
+    if isinstance(columns, str) or not isinstance(columns, Sequence):
+        raise TypeError(f"columns must be a sequence of column headers, got {columns!r}")
+    if (
+        isinstance(rows, str)
+        or not isinstance(rows, Sequence)
+        or not all(isinstance(r, Sequence) and not isinstance(r, str) for r in rows)
+    ):
+        raise TypeError(f"rows must be a sequence of rows (sequences of cells), got {rows!r}")
+    _checks.size("digits", digits)
+    path = _checks.path("path", path)
     ncol = len(columns)
     if any(len(r) != ncol for r in rows):
-        raise ValueError(f"every row must have {ncol} cells (columns {list(columns)})")
+        raise ValueError(f"rows: every row must have {ncol} cells (columns {list(columns)})")
     align = align or ("l" + "r" * (ncol - 1))
 
     def cell(v):
@@ -380,6 +537,19 @@ def index_markdown(runtimes: Mapping[str, Mapping[str, Mapping[str, Any]]] | Non
     )
     if devices:
         lines += ["", f"Wall times measured on: {'; '.join(devices)}."]
+    precisions = sorted(
+        {
+            str(e.get("matmul_precision", "not recorded"))
+            for mode in totals
+            for e in runtimes.get(mode, {}).values()
+        }
+    )
+    if precisions:
+        lines += [
+            "",
+            f"Float32 matrix products at precision: {', '.join(f'`{p}`' for p in precisions)} "
+            "(`gradflow.config`; `highest` is float32 on every backend, the default).",
+        ]
     commands = runtimes.get("reproduce", {})
     for mode, budget in (("quick", 180), ("full", 1200)):
         rec = commands.get(mode)
@@ -391,6 +561,8 @@ def index_markdown(runtimes: Mapping[str, Mapping[str, Mapping[str, Any]]] | Non
         load_txt = f", load average {load[0]:.2f} at the start" if load else ""
         verdict = "within" if rec["seconds"] < budget else "OVER"
         compile_txt = f", XLA compile `{rec['compile']}`" if rec.get("compile") else ""
+        if rec.get("matmul_precision"):
+            compile_txt += f", matmul precision `{rec['matmul_precision']}`"
         cmd = "gradflow reproduce --quick" if mode == "quick" else "gradflow reproduce"
         lines += [
             "",

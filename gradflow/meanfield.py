@@ -43,22 +43,27 @@ trainable only when the depth :math:`L \lesssim 6\xi_c`. Closed forms: tanh with
 
 How the Gaussian integrals are computed
 ---------------------------------------
-A *split* (half-range) Gauss-Hermite rule: :math:`E[f(z)] = \int_0^\infty [f(r) + f(-r)]
-\tfrac{e^{-r^2/2}}{\sqrt{2\pi}} dr`, with the ``order``-point Gauss rule for the weight
-:math:`e^{-r^2/2}` on :math:`[0, \infty)` (nodes and weights from the rule's three-term
-recurrence, computed once per order in float64 by a discretised Stieltjes/Lanczos procedure and
-Golub-Welsch; :func:`gaussian_rule`). Why not the full-line ``numpy.polynomial.hermite_e`` rule?
+A *split* rule that follows the integrand's scale. :math:`E[f(\sqrt q z)] = \int_0^\infty
+[f(\sqrt q z) + f(-\sqrt q z)] \tfrac{e^{-z^2/2}}{\sqrt{2\pi}} dz`; the integrand varies on two
+scales, the activation's :math:`1/\sqrt q` (:math:`\tanh(\sqrt q z)` has poles at
+:math:`z = \pm i\pi/(2\sqrt q)`; :math:`\operatorname{sech}^4(\sqrt q z)`, the integrand of
+:math:`\chi_1`, has width :math:`1/\sqrt q`) and the Gaussian's, 1. So :math:`[0, 1/2]` is cut
+into 7 panels graded geometrically from :math:`1/(8\sqrt q)` (``order`` Gauss-Legendre nodes
+each), and :math:`[1/2, \infty)` takes the Gauss rule of the weight :math:`e^{-z^2/2}` itself
+(``2 order + 4`` nodes, from the rule's three-term recurrence computed once in float64 by a
+discretised Stieltjes/Lanczos procedure and Golub-Welsch, as :func:`gaussian_rule`). A fixed
+Gauss-Hermite rule does not resolve :math:`\operatorname{sech}^4(\sqrt q z)` once
+:math:`1/\sqrt q` is below its node spacing: the previous rule (64 nodes per half-line) gave
+``chi1(1e4, 0.05, "tanh") = nan`` and ``chi1(1e6, q=999202) = 0.060`` for 532.
 
 * **Kinks.** relu, leaky_relu, elu and selu (``Activation.kinks == (0.0,)``) are smooth on each
   half-line, so splitting at 0 makes every integrand smooth on its interval and the rule converges
-  spectrally (it integrates piecewise polynomials with a break at 0 exactly); full-line
-  Gauss-Hermite converges only algebraically across a kink.
-* **Saturation.** :math:`\tanh(\sqrt q z)` has poles at :math:`z = \pm i\pi/(2\sqrt q)`, close to
-  the real axis when :math:`q` is large; the half-range nodes cluster at 0 where the integrand
-  varies. Measured in float64 against ``scipy.integrate.quad``: for :math:`E[\operatorname{sech}^4
-  (2z)]` (:math:`\chi_1` of tanh at :math:`q = 4`) full-line hermite_e with 201 nodes errs by
-  :math:`1.2\times10^{-6}`, the split rule with :math:`2\times64` nodes by :math:`10^{-15}`; at
-  :math:`q = 30` the split rule (``order=64``) is still within :math:`3\times10^{-10}`.
+  spectrally (the tail rule is exact for polynomials: ReLU to rounding).
+* **Accuracy** (``tests/data/meanfield_reference.json``, written by
+  ``tests/make_meanfield_reference.py`` with ``scipy.integrate.quad`` and ``mpmath``): for tanh
+  with :math:`\sigma_b^2 = 0.05` and :math:`\sigma_w^2` from :math:`10^{-8}` to :math:`10^6`,
+  :math:`q^*` within :math:`5\times10^{-13}` and :math:`\chi_1` within :math:`5\times10^{-9}`
+  relative in float64 (default ``order=10``), :math:`2\times10^{-7}` in float32.
 
 Only kinks at 0 are supported (all registered activations); an activation with a kink elsewhere
 raises ``ValueError``. The two-dimensional c-map integrals use polar coordinates
@@ -66,10 +71,15 @@ raises ``ValueError``. The two-dimensional c-map integrals use polar coordinates
 and :math:`u_2 = \sqrt q\, r \cos(\theta - \theta_0)` with :math:`\cos\theta_0 = c`: the kink
 lines :math:`u_1 = 0` and :math:`u_2 = 0` are the four rays
 :math:`\theta \in \{\pi/2, 3\pi/2, \theta_0 + \pi/2, \theta_0 + 3\pi/2\}`, so the angle is
-split into the four arcs between them (Gauss-Legendre, ``order_2d // 2`` nodes each) and the
-radius uses the half-range rule for the weight :math:`r e^{-r^2/2}` (``order_2d`` nodes). Every
-piece is smooth, for kinked and saturating activations alike (relative error :math:`< 10^{-11}`
-for tanh, relu and elu at :math:`q \le 4` with the default ``order_2d=48``).
+split into the four arcs between them; each half arc has 5 panels graded geometrically towards
+its ray from the width :math:`1/(16\sqrt q)` of the layer in which :math:`\phi` changes sign at
+radius ~16 (``order_2d`` Gauss-Legendre nodes each), and the radius uses the split rule above
+for the weight :math:`r e^{-r^2/2}` (``order_2d + 2`` nodes per panel). Every piece is smooth,
+for kinked and saturating activations alike. Measured against the reference: the c-map gap
+:math:`1 - c_{l+1}` within :math:`3\times10^{-9}` at :math:`q = 1`, :math:`3\times10^{-6}` at
+:math:`q = 100` and :math:`1.4\times10^{-5}` at :math:`q = 10^4` (default ``order_2d=6``;
+:func:`phase_diagram` uses 4, within :math:`10^{-4}` of ``order_2d=12`` up to
+:math:`\sigma_w^2 = 10^6`).
 
 Fixed points and transforms
 ---------------------------
@@ -77,8 +87,14 @@ Fixed points and transforms
 :math:`F(q) - q` starting from ``q0`` (a plain map step :math:`q \leftarrow F(q)` wherever Newton
 would not contract or would leave :math:`q > 0`), so it is the attracting fixed point that the
 network itself reaches from an input of length ``q0``. Where the iterates keep growing
-(:math:`F'(q) > 1`, e.g. ReLU with :math:`\sigma_w^2 > 2` and :math:`\sigma_b^2 > 0`) there is
-no finite fixed point and ``q_star`` is ``inf`` (and :math:`\chi_1`, :math:`\xi` are ``nan``).
+(:math:`F'(q) > 1`, e.g. ReLU with :math:`\sigma_w^2 \ge 2`) there is no finite fixed point:
+``q_star`` is ``inf``, and every layer sees the :math:`q \to \infty` limits, so :math:`\chi_1`
+(and the slope :math:`\chi_q` of the q-map) is :math:`\sigma_w^2(\phi'(+\infty)^2 +
+\phi'(-\infty)^2)/2` (ReLU: :math:`\sigma_w^2/2`, its value at every q; elu, gelu, silu,
+softplus: :math:`\sigma_w^2/2`; selu: :math:`\lambda^2\sigma_w^2/2`), :math:`c^* = 1` (the
+normalised c-map of an asymptotically piecewise-linear :math:`\phi` has slope 1 at
+:math:`c = 1`: correlations approach 1 by a power law), :math:`\chi_c = \chi_1 \ge 1` and both
+depth scales are ``inf``: never ``nan``.
 :math:`c^*` uses Newton on the c-map from :math:`c = 0`, which converges monotonically because the
 c-map is convex and increasing on :math:`[0, 1]` (its Mehler expansion has non-negative
 coefficients); in the ordered phase :math:`c^* = 1`. The critical line is found by bisection
@@ -88,9 +104,21 @@ derivatives of :math:`q^*`, :math:`c^*` and the critical :math:`\sigma_w^2` are 
 implicit function theorem (:math:`dq^*/d\theta = \partial_\theta F / (1 - F'(q^*))`), not
 derivatives of the unrolled loop.
 
+**Near the critical line** the depth scales :math:`\xi \approx 1/|\chi - 1|` need
+:math:`\chi - 1` to the precision of the inputs' dtype: they are computed from :math:`1 - \chi`
+without cancellation (``log1p``), and in float32 on the chaotic side :math:`c^*` comes from a
+local model of the c-map (Price's theorem, :func:`_near_line_model`) instead of Newton, which
+cannot resolve :math:`1 - c^* \sim 10^{-4}` in float32. Measured: float32 agrees with float64 to
+0.3% down to :math:`|\chi_1 - 1| = 4\times10^{-5}` (the reference's :math:`\xi_c = 26643` at
+:math:`10^{-4}` above the line comes out 26726; it used to be 19065). Within
+:data:`_RESOLVE_ULPS` units of roundoff of the line (:math:`|\chi_1 - 1| < 2.4\times10^{-5}` in
+float32, :math:`4\times10^{-14}` in float64) the distance to the line is not resolved: the depth
+scale is ``inf``, :math:`c^* = \chi_c = 1`, and a ``RuntimeWarning`` says how many points (when
+the inputs are concrete), never a wrong finite number.
+
 Inputs broadcast against each other (``q_star(sw2_array, 0.05, "tanh")``); the dtype is that of
 the inputs (float32 unless x64 is enabled; pass float64 under ``jax.enable_x64`` for the
-:math:`10^{-8}` accuracy above). Bad input (negative or non-finite variances, ``q <= 0``,
+accuracy above). Bad input (negative or non-finite variances, ``q <= 0``,
 ``|c| > 1``, an unknown activation) raises ``ValueError`` when the inputs are concrete; under
 ``jit``/``vmap`` tracing the value checks are skipped, because a traced value cannot raise.
 
@@ -127,7 +155,9 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.polynomial import legendre
 
+from gradflow import _checks
 from gradflow import activations as _activations
+from gradflow import config as _config
 from gradflow import initializers as _initializers
 
 __all__ = [
@@ -158,10 +188,10 @@ __all__ = [
 Array = jax.Array
 ActivationLike = str | _activations.Activation
 
-#: Nodes per half-line of the one-dimensional Gaussian rule (``2 * order`` nodes in all).
-DEFAULT_ORDER = 64
-#: Radial nodes of the two-dimensional (polar) rule; ``order_2d // 2`` angular nodes per arc.
-DEFAULT_ORDER_2D = 48
+#: Gauss-Legendre nodes per panel of the one-dimensional rule (15 panels per half-line).
+DEFAULT_ORDER = 10
+#: Gauss-Legendre nodes per panel of the two-dimensional (polar) rule, in radius and in angle.
+DEFAULT_ORDER_2D = 6
 
 _TWO_PI = 2.0 * math.pi
 
@@ -170,18 +200,19 @@ _TWO_PI = 2.0 * math.pi
 
 
 @functools.cache
-def _half_range_rule(order: int, power: int) -> tuple[np.ndarray, np.ndarray]:
-    r"""Gauss rule for :math:`\int_0^\infty g(r)\, r^{p} e^{-r^2/2}\, dr` (``power`` = p).
+def _half_range_rule(order: int, power: int, start: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    r"""Gauss rule for :math:`\int_a^\infty g(r)\, r^{p} e^{-r^2/2}\, dr` (``power`` = p,
+    ``start`` = a).
 
     The recurrence coefficients of the orthogonal polynomials come from the discretised Stieltjes
     procedure (Lanczos with full re-orthogonalisation) applied to a composite 24-point
-    Gauss-Legendre discretisation of the weight on [0, 40] (the weight is below 1e-300 beyond);
+    Gauss-Legendre discretisation of the weight on [a, 40] (the weight is below 1e-300 beyond);
     nodes and weights then follow from the Jacobi matrix (Golub-Welsch).
     """
     x, w = legendre.leggauss(24)
-    panels, length = 300, 40.0
+    panels, length = 300, 40.0 - start
     h = length / panels
-    r = (np.arange(panels)[:, None] * h + (x[None, :] + 1.0) * h / 2).ravel()
+    r = start + (np.arange(panels)[:, None] * h + (x[None, :] + 1.0) * h / 2).ravel()
     wt = np.tile(w * h / 2, panels) * r**power * np.exp(-0.5 * r * r)
     mass = wt.sum()
     basis = np.zeros((order, r.size))
@@ -201,21 +232,34 @@ def _half_range_rule(order: int, power: int) -> tuple[np.ndarray, np.ndarray]:
     return nodes, mass * vecs[0] ** 2
 
 
-def _check_order(name: str, order: Any) -> int:
+#: Largest ``order`` of :func:`gaussian_rule` (its discretised Stieltjes procedure resolves no more
+#: nodes; 5000 used to run for minutes).
+MAX_RULE_ORDER = 256
+#: Largest number of Gauss-Legendre nodes per panel of the integration rules (``order``,
+#: ``order_2d``); more never improves a float64 result.
+MAX_PANEL_ORDER = 64
+
+
+def _check_order(name: str, order: Any, maximum: int = MAX_PANEL_ORDER) -> int:
     if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 2:
         raise ValueError(f"{name} must be an integer >= 2, got {order!r}")
+    if order > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {order}")
     return int(order)
 
 
-def gaussian_rule(order: int = DEFAULT_ORDER) -> tuple[np.ndarray, np.ndarray]:
+def gaussian_rule(order: int = 64) -> tuple[np.ndarray, np.ndarray]:
     r"""The split (half-range) Gauss-Hermite rule: :math:`E[f(z)] \approx \sum_i w_i f(z_i)`.
 
     ``2 * order`` nodes, symmetric (:math:`\pm r_i`, the Gauss nodes for the weight
     :math:`e^{-r^2/2}` on :math:`[0,\infty)`), none at 0; the weights sum to 1. Exact for
     polynomials of degree :math:`< 2\,\text{order}` on each half-line separately, so for kinked
-    functions with a kink at 0 as well. float64 numpy arrays, computed once per order.
+    functions with a kink at 0 as well. float64 numpy arrays, computed once per order;
+    ``order <= 256`` (:data:`MAX_RULE_ORDER`). A fixed rule for :math:`E[f(z)]` with ``f`` varying
+    on the scale of :math:`z`; the mean-field functions integrate :math:`f(\sqrt q z)` with the
+    scale-following rule of the module docstring instead.
     """
-    order = _check_order("order", order)
+    order = _check_order("order", order, MAX_RULE_ORDER)
     r, w = _half_range_rule(order, 0)
     w = w / math.sqrt(_TWO_PI)
     return np.concatenate([-r[::-1], r]), np.concatenate([w[::-1], w])
@@ -226,9 +270,61 @@ def _legendre_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
     return legendre.leggauss(n)
 
 
-def _rule_1d(order: int, dtype) -> tuple[Array, Array]:
-    z, w = gaussian_rule(order)
-    return jnp.asarray(z, dtype), jnp.asarray(w, dtype)
+#: Panels of the scale-following rules on [0, _SPLIT], graded from the activation's scale.
+_SCALE_PANELS = 7
+#: Where the graded panels end and the Gauss rule of the Gaussian's tail takes over.
+_SPLIT = 0.5
+#: Panels per half arc of the angular rule, graded towards the arc's ends (the kink rays).
+_ANGLE_PANELS = 5
+#: Radial nodes per panel beyond order_2d: the radius also carries the activation's own scale.
+_RADIAL_EXTRA = 2
+
+
+def _tail_order(order: int) -> int:
+    """Nodes of the tail rule on [_SPLIT, inf) for ``order`` nodes per graded panel."""
+    return 2 * order + 4
+
+
+def _geometric(first: Array, last: Array, count: int) -> Array:
+    """``count`` points from ``first`` to ``last`` (> first > 0) in geometric progression."""
+    ratio = (last / first) ** (1.0 / max(count - 1, 1))
+    return first[..., None] * ratio[..., None] ** jnp.arange(count, dtype=first.dtype)
+
+
+def _scale(q: Array) -> Array:
+    r"""The activation's scale in z, :math:`1/\sqrt q`, clipped to [1e-30, 1]; no gradient (the
+    integral does not depend on where the panels end, only its discretisation does)."""
+    q = jax.lax.stop_gradient(q)
+    big = q > 1.0
+    return jnp.clip(jnp.where(big, jax.lax.rsqrt(jnp.where(big, q, 1.0)), 1.0), 1e-30, 1.0)
+
+
+def _panel_rule(q: Array, order: int, power: int) -> tuple[Array, Array]:
+    r"""Nodes ``z > 0`` and weights ``(*q.shape, n)`` of the scale-following rule for
+    :math:`\int_0^\infty g(z)\, z^p e^{-z^2/2} dz` (``power`` = p): on :math:`[0, 1/2]`,
+    :data:`_SCALE_PANELS` panels graded geometrically from the activation's scale
+    :math:`1/(8\sqrt q)` (``order`` Gauss-Legendre nodes each); on :math:`[1/2, \infty)` the
+    Gauss rule of the weight itself (:func:`_half_range_rule`, exact for polynomials). The
+    weights of ``g = 1`` sum to 1/2 for p = 0 (half a standard normal) and to 1 for p = 1."""
+    dtype = q.dtype
+    first = _scale(q) / 8
+    ends = jnp.concatenate(
+        [
+            jnp.zeros((*q.shape, 1), dtype),
+            _geometric(first, jnp.full_like(first, _SPLIT), _SCALE_PANELS),
+        ],
+        axis=-1,
+    )
+    x, w = _legendre_rule(order)
+    x, w = jnp.asarray(x, dtype), jnp.asarray(w, dtype)
+    lo, half = ends[..., :-1], 0.5 * (ends[..., 1:] - ends[..., :-1])
+    z = (lo[..., None] + (x + 1.0) * half[..., None]).reshape(*q.shape, -1)
+    wz = (w * half[..., None]).reshape(*q.shape, -1) * jnp.exp(-0.5 * z * z) * z**power
+    tz, tw = _half_range_rule(_tail_order(order), power, _SPLIT)
+    tz = jnp.broadcast_to(jnp.asarray(tz, dtype), (*q.shape, tz.size))
+    tw = jnp.broadcast_to(jnp.asarray(tw, dtype), tz.shape)
+    z, wz = jnp.concatenate([z, tz], axis=-1), jnp.concatenate([wz, tw], axis=-1)
+    return (z, wz) if power else (z, wz / math.sqrt(_TWO_PI))
 
 
 def _safe_sqrt(q: Array) -> Array:
@@ -241,10 +337,11 @@ def _safe_sqrt(q: Array) -> Array:
 
 
 def _expect(q: Array, order: int, *fs: Callable[[Array], Array]) -> list[Array]:
-    """E[f(sqrt(q) z)] for each f, broadcasting over q (the rule on a new trailing axis)."""
-    z, w = _rule_1d(order, q.dtype)
+    """E[f(sqrt(q) z)] for each f, broadcasting over q (the rule on a new trailing axis): the
+    scale-following split rule (module docstring), f(u) + f(-u) on the half-line."""
+    z, w = _panel_rule(q, order, 0)
     u = _safe_sqrt(q)[..., None] * z
-    return [jnp.sum(w * f(u), axis=-1) for f in fs]
+    return [jnp.sum(w * (f(u) + f(-u)), axis=-1) for f in fs]
 
 
 def _angle(c: Array) -> Array:
@@ -259,12 +356,9 @@ def _angle_from_gap(d: Array) -> Array:
 
 def _expect_2d(q: Array, t0: Array, order_2d: int, *fns: Callable) -> list[Array]:
     """E[f(u1, u2)] for each f, inputs at angle t0 = arccos(c): polar rule split at the four
-    kink rays u1 = 0 and u2 = 0."""
+    kink rays u1 = 0 and u2 = 0, graded towards them in angle and towards 0 in radius."""
     dtype = q.dtype
-    r, wr = _half_range_rule(order_2d, 1)  # weights sum to 1 = int_0^inf r e^{-r^2/2} dr
-    x, wx = _legendre_rule(max(order_2d // 2, 2))
-    r, wr = jnp.asarray(r, dtype), jnp.asarray(wr / _TWO_PI, dtype)
-    x, wx = jnp.asarray(x, dtype), jnp.asarray(wx, dtype)
+    r, wr = _panel_rule(q, order_2d + _RADIAL_EXTRA, 1)  # (..., n_r); weights sum to 1
     half_pi = jnp.asarray(0.5 * math.pi, dtype)
     rays = jnp.stack(
         jnp.broadcast_arrays(
@@ -273,30 +367,43 @@ def _expect_2d(q: Array, t0: Array, order_2d: int, *fns: Callable) -> list[Array
         axis=-1,
     )
     start = jnp.sort(rays, axis=-1)
-    end = jnp.concatenate([start[..., 1:], start[..., :1] + _TWO_PI], axis=-1)
-    half = 0.5 * (end - start)  # (..., 4)
-    theta = start[..., None] + (x + 1.0) * half[..., None]  # (..., 4, n_theta)
-    w_theta = wx * half[..., None]
+    end = jnp.concatenate([start[..., 1:], start[..., :1] + _TWO_PI], axis=-1)  # (..., 4)
+    # Each arc is split at its middle; each half is graded geometrically towards its ray, from
+    # the angular width s/16 of the layer in which phi changes sign at radius ~16 (s = 1/sqrt q).
+    halflen = jnp.maximum(0.5 * (end - start), 1e-30)
+    first = jnp.minimum(_scale(q)[..., None] / 16, halflen / _ANGLE_PANELS)
+    dist = jnp.concatenate(
+        [jnp.zeros((*halflen.shape, 1), dtype), _geometric(first, halflen, _ANGLE_PANELS)],
+        axis=-1,
+    )  # (..., 4, P + 1): distances from the ray
+    x, w = _legendre_rule(order_2d)
+    x, w = jnp.asarray(x, dtype), jnp.asarray(w, dtype)
+    lo, half = dist[..., :-1], 0.5 * (dist[..., 1:] - dist[..., :-1])
+    t = (lo[..., None] + (x + 1.0) * half[..., None]).reshape(*halflen.shape, -1)  # (..., 4, m)
+    wt = (w * half[..., None]).reshape(*halflen.shape, -1)
+    theta = jnp.concatenate([start[..., None] + t, end[..., None] - t], axis=-1)  # (..., 4, 2m)
+    w_theta = jnp.concatenate([wt, wt], axis=-1) / _TWO_PI
     scale = _safe_sqrt(q)[..., None, None, None]
-    u1 = scale * jnp.cos(theta)[..., None] * r  # (..., 4, n_theta, n_r)
-    u2 = scale * jnp.cos(theta - t0[..., None, None])[..., None] * r
-    weight = w_theta[..., None] * wr
+    u1 = scale * jnp.cos(theta)[..., None] * r[..., None, None, :]  # (..., 4, 2m, n_r)
+    u2 = scale * jnp.cos(theta - t0[..., None, None])[..., None] * r[..., None, None, :]
+    weight = w_theta[..., None] * wr[..., None, None, :]
     return [jnp.sum(weight * f(u1, u2), axis=(-3, -2, -1)) for f in fns]
 
 
 def gaussian_expectation(
     f: Callable[[Array], Array], q: Any = 1.0, *, order: int = DEFAULT_ORDER
 ) -> Array:
-    r""":math:`E_{z \sim N(0,1)}[f(\sqrt{q}\, z)]` by the split Gauss-Hermite rule.
+    r""":math:`E_{z \sim N(0,1)}[f(\sqrt{q}\, z)]` by the scale-following split rule.
 
     Args:
       f: elementwise function, smooth on each half-line (a kink at 0 is fine).
       q: variance :math:`q \ge 0`, any shape; the result has its shape.
-      order: nodes per half-line (:func:`gaussian_rule`).
+      order: Gauss-Legendre nodes per panel of the split rule (module docstring).
     """
+    _checks.function("f", f)
     order = _check_order("order", order)
-    q = _as_float(q)
     _check_nonneg("q", q, "a variance")
+    q = _as_float(q)
     return _expect(q, order, f)[0]
 
 
@@ -349,11 +456,13 @@ def _as_float(x: Any) -> Array:
     return x
 
 
-def _concrete(x: Any) -> np.ndarray | None:
-    try:
-        return np.asarray(x, dtype=np.float64)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError, TypeError):
+def _concrete(x: Any, name: str = "value") -> np.ndarray | None:
+    """``x`` on the host as float64, None when traced; TypeError naming ``name`` for anything
+    that is not a real number or array (None, strings, objects, complex)."""
+    if isinstance(x, jax.core.Tracer):
         return None
+    host = _checks.concrete(_checks.array(name, x, finite=False, nonempty=False))
+    return None if host is None else host.astype(np.float64)
 
 
 def _first_bad(host: np.ndarray, bad: np.ndarray) -> str:
@@ -361,7 +470,7 @@ def _first_bad(host: np.ndarray, bad: np.ndarray) -> str:
 
 
 def _check_nonneg(name: str, x: Any, meaning: str) -> None:
-    host = _concrete(x)
+    host = _concrete(x, name)
     if host is None:
         return
     bad = ~(np.isfinite(host) & (host >= 0))
@@ -370,7 +479,7 @@ def _check_nonneg(name: str, x: Any, meaning: str) -> None:
 
 
 def _check_positive(name: str, x: Any, meaning: str) -> None:
-    host = _concrete(x)
+    host = _concrete(x, name)
     if host is None:
         return
     bad = ~(np.isfinite(host) & (host > 0))
@@ -379,7 +488,7 @@ def _check_positive(name: str, x: Any, meaning: str) -> None:
 
 
 def _check_correlation(name: str, x: Any) -> None:
-    host = _concrete(x)
+    host = _concrete(x, name)
     if host is None:
         return
     bad = ~(np.isfinite(host) & (np.abs(host) <= 1))
@@ -467,8 +576,20 @@ def _q_star_core(sw2, sb2, q0, static, order, num_iters):
     # chi1 and chi_q at q*, with q* carrying its derivative.
     _, slope_star, chi = _q_map_and_slope(q_impl, sw2, sb2, static, order)
     nan = jnp.asarray(jnp.nan, q.dtype)
-    q_out = jnp.where(converged, q_impl, jnp.where(f_ > q, jnp.inf, nan))
-    return q_out, jnp.where(converged, chi, nan), jnp.where(converged, slope_star, nan)
+    unbounded = ~converged & (f_ > q)
+    q_out = jnp.where(converged, q_impl, jnp.where(unbounded, jnp.inf, nan))
+    # q* = inf: the lengths grow without bound and every layer sees the q -> inf limits,
+    # chi1 = chi_q = sw2 (phi'(+inf)^2 + phi'(-inf)^2) / 2 (ReLU: sw2 / 2, as at any q).
+    limit = sw2 * _asymptotic_grad2(static, q.dtype)
+    chi_out = jnp.where(converged, chi, jnp.where(unbounded, limit, nan))
+    return q_out, chi_out, jnp.where(converged, slope_star, jnp.where(unbounded, limit, nan))
+
+
+def _asymptotic_grad2(static: _Static, dtype) -> Array:
+    """(phi'(+inf)^2 + phi'(-inf)^2) / 2, the limit of E[phi'(sqrt(q) z)^2] as q -> inf, with
+    phi' evaluated at +-1e4 (every registered unbounded activation is linear there to rounding)."""
+    u = jnp.asarray([1e4, -1e4], dtype)
+    return jnp.mean(static.act.grad(u) ** 2)
 
 
 def _c_norm(q, sw2, sb2, static, order_2d):
@@ -499,9 +620,48 @@ def _c_map_core(t0, q, sw2, sb2, static, order_2d, norm=None):
     return 0.5 * sw2 * e_gap / norm, sw2 * e_dd * q / norm
 
 
+#: Within this many units of roundoff (times max(chi1, 1)) of the critical line chi1 = 1, the
+#: distance to the line is below what the dtype resolves to 1%: xi = inf with a warning.
+_RESOLVE_ULPS = 200
+# float32 near the line, chaotic side: the local model of D below (gaps t1 < t2).
+_MODEL_GAPS = (1e-4, 1e-3)
+_MODEL_MAX_GAP = 3e-3
+
+
+def _near_line_model(q, sw2, chi1_, static, order_2d):
+    r"""c* and :math:`1 - \chi_c` on the chaotic side near the critical line, free of the
+    cancellation that defeats Newton on the c-map in float32.
+
+    At :math:`q = q^*` Price's theorem gives :math:`1 - c_{l+1} = \int_c^1 \chi_c(c')\,dc'`,
+    :math:`\chi_c(c') = \chi_1 - D(c')` with :math:`D(c') = \frac{\sigma_w^2}{2}
+    E[(\phi'(u_1) - \phi'(u_2))^2] \ge 0` (a difference of derivatives: no cancellation). The
+    fixed point solves :math:`\chi_1 - 1 = \frac1d \int_0^d D(1 - t)\,dt`. Near the line
+    :math:`d^*` is small and :math:`D(1 - t) \approx A t^\alpha` (:math:`\alpha = 1` for smooth
+    :math:`\phi`, 1/2 where :math:`\phi'` jumps), fitted at the two gaps :data:`_MODEL_GAPS`;
+    then :math:`d^* = ((\alpha + 1)(\chi_1 - 1)/A)^{1/\alpha}` and
+    :math:`1 - \chi_c = \alpha (\chi_1 - 1)`, to relative :math:`O(d^*)`."""
+    dtype = q.dtype
+    t = jnp.asarray(_MODEL_GAPS, dtype)
+    qb = jnp.broadcast_to(q[..., None], (*q.shape, 2))
+    tb = jnp.broadcast_to(_angle_from_gap(t), qb.shape)
+    act = static.act
+    (e,) = _expect_2d(qb, tb, order_2d, lambda u1, u2: (act.grad(u1) - act.grad(u2)) ** 2)
+    d_t = 0.5 * sw2[..., None] * e  # D(1 - t) at the two gaps
+    ok = jnp.all(d_t > 0, axis=-1)
+    d1, d2 = jnp.where(ok, d_t[..., 0], 1.0), jnp.where(ok, d_t[..., 1], 10.0)
+    alpha = jnp.log(d2 / d1) / math.log(_MODEL_GAPS[1] / _MODEL_GAPS[0])
+    amp = d1 / jnp.asarray(_MODEL_GAPS[0], dtype) ** alpha
+    excess = jnp.maximum(chi1_ - 1.0, 0.0)
+    gap = ((alpha + 1.0) * excess / amp) ** (1.0 / alpha)
+    return jnp.where(ok, gap, jnp.inf), alpha * excess
+
+
 def _c_star_core(q_s, chi1_, sw2, sb2, static, order_2d, num_iters):
-    """c* by Newton from c = 0 (monotone: the c-map is convex and increasing on [0, 1]),
-    iterating on the gap d = 1 - c."""
+    """(c*, chi_c, 1 - chi_c, unresolved): c* by Newton from c = 0 (monotone: the c-map is convex
+    and increasing on [0, 1]), iterating on the gap d = 1 - c; in float32 near the line on the
+    chaotic side, :func:`_near_line_model`. Where q* = inf, c* = 1 (module docstring); within
+    roundoff of the line (:data:`_RESOLVE_ULPS`), c* = chi_c = 1 and ``unresolved``."""
+    infinite = q_s == jnp.inf
     finite = jnp.isfinite(q_s) & (q_s > 0)
     q = jnp.where(finite, q_s, 1.0)
     q_, sw2_, sb2_ = (jax.lax.stop_gradient(a) for a in (q, sw2, sb2))
@@ -529,17 +689,36 @@ def _c_star_core(q_s, chi1_, sw2, sb2, static, order_2d, num_iters):
         _angle_from_gap(jnp.where(ok, d_impl, 1.0)), q, sw2, sb2, static, order_2d, norm
     )[1]
     nan = jnp.asarray(jnp.nan, q.dtype)
-    c_out = jnp.where(ordered, 1.0, jnp.where(finite, 1.0 - d_impl, nan))
+    # q* = inf: correlations approach 1 (by a power law: chi_c = chi1 >= 1 there, xi_c = inf).
+    c_out = jnp.where(ordered | infinite, 1.0, jnp.where(finite, 1.0 - d_impl, nan))
     # A stable c* has chi_c < 1; within quadrature/rounding resolution of the critical line
-    # (|chi1 - 1| below ~1e-5 in float32) it may come out >= 1: report the line (xi_c = inf).
-    chi_c_out = jnp.where(ordered, chi1_, jnp.where(finite, jnp.minimum(chi_c_val, 1.0), nan))
-    return c_out, chi_c_out
+    # it may come out >= 1: report the line (xi_c = inf).
+    chi_c_out = jnp.where(
+        ordered | infinite, chi1_, jnp.where(finite, jnp.minimum(chi_c_val, 1.0), nan)
+    )
+    # 1 - chi_c without the cancellation of 1 - chi_c near 1 (ordered: 1 - chi1 is exact)
+    omc = jnp.where(ordered | infinite, 1.0 - chi1_, 1.0 - chi_c_out)
+    if jnp.finfo(q.dtype).bits <= 32:
+        gap_m, omc_m = _near_line_model(q, sw2, chi1_, static, order_2d)
+        use = finite & ~ordered & (gap_m < _MODEL_MAX_GAP)
+        c_out = jnp.where(use, 1.0 - gap_m, c_out)
+        omc = jnp.where(use, omc_m, omc)
+        chi_c_out = jnp.where(use, 1.0 - omc_m, chi_c_out)
+    tol = _RESOLVE_ULPS * float(jnp.finfo(q.dtype).eps) * jnp.maximum(chi1_, 1.0)
+    unresolved = finite & (jnp.abs(chi1_ - 1.0) < tol)
+    exactly = chi1_ == 1.0  # on the line (e.g. tanh at (1, 0)): inf is the exact answer
+    one = jnp.ones_like(c_out)
+    c_out = jnp.where(unresolved, one, c_out)
+    chi_c_out = jnp.where(unresolved, one, chi_c_out)
+    omc = jnp.where(unresolved, jnp.zeros_like(omc), omc)
+    return c_out, chi_c_out, omc, unresolved & ~exactly
 
 
-def _neg_inv_log(x: Array) -> Array:
-    # xi = -1 / log(chi): +inf at chi >= 1 (the critical line), 0 at chi = 0.
+def _xi(one_minus_chi: Array) -> Array:
+    """xi = -1 / log(chi) from 1 - chi (accurate near chi = 1): inf at chi >= 1, 0 at chi = 0."""
+    x = one_minus_chi
     safe = jnp.where((x > 0) & (x < 1), x, 0.5)
-    return jnp.where(x >= 1, jnp.inf, jnp.where(x > 0, -1.0 / jnp.log(safe), 0.0))
+    return jnp.where(x <= 0, jnp.inf, jnp.where(x < 1, -1.0 / jnp.log1p(-safe), 0.0))
 
 
 # --- jitted cores (activation and orders static) -------------------------------------------------
@@ -557,6 +736,24 @@ def _c_map_jit(c, q, sw2, sb2, static, order_2d):
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _q_sequence_jit(q1, sw2, sb2, static, order, depth):
+    def layer(q, _):
+        return _q_map_and_slope(q, sw2, sb2, static, order)[0], q
+
+    return jax.lax.scan(layer, q1, None, length=depth)[1]
+
+
+def _q_sequence(q1: Any, sw2: Any, sb2: Any, activation: ActivationLike, depth: int, order: int):
+    """q^1 = ``q1``, q^{l+1} = :func:`q_map` (q^l): the ``depth`` lengths, one compiled scan."""
+    static = _resolve(activation)
+    order = _check_order("order", order)
+    depth = _check_int("depth", depth)
+    _check_positive("q", q1, "a pre-activation variance")
+    sw2, sb2, q1 = _variances(sw2, sb2, q1)
+    return _q_sequence_jit(q1, sw2, sb2, static, order, depth)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
 def _q_star_jit(sw2, sb2, q0, static, order, num_iters):
     return _q_star_core(sw2, sb2, q0, static, order, num_iters)
 
@@ -569,14 +766,19 @@ def _chi1_at_q_jit(q, sw2, static, order):
 
 def _summary(sw2, sb2, q0, static, order, order_2d, num_iters, num_iters_c):
     q_s, chi1_, chi_q = _q_star_core(sw2, sb2, q0, static, order, num_iters)
-    c_s, chi_c_ = _c_star_core(q_s, chi1_, sw2, sb2, static, order_2d, num_iters_c)
+    c_s, chi_c_, omc, unresolved = _c_star_core(q_s, chi1_, sw2, sb2, static, order_2d, num_iters_c)
+    tol = _RESOLVE_ULPS * float(jnp.finfo(chi_q.dtype).eps) * jnp.maximum(chi_q, 1.0)
+    unresolved_q = jnp.abs(chi_q - 1.0) < tol
+    omq = jnp.where(unresolved_q, 0.0, 1.0 - chi_q)
+    unresolved_q = unresolved_q & (chi_q != 1.0)  # exactly on the line: inf is exact, no warning
     return {
         "q_star": q_s,
         "c_star": c_s,
         "chi1": chi1_,
         "chi_c": chi_c_,
-        "xi_q": jnp.where(jnp.isnan(chi_q), jnp.nan, _neg_inv_log(chi_q)),
-        "xi_c": jnp.where(jnp.isnan(chi_c_), jnp.nan, _neg_inv_log(chi_c_)),
+        "xi_q": jnp.where(jnp.isnan(chi_q), jnp.nan, _xi(omq)),
+        "xi_c": jnp.where(jnp.isnan(chi_c_), jnp.nan, _xi(omc)),
+        "unresolved": unresolved | unresolved_q,
     }
 
 
@@ -609,7 +811,7 @@ def q_map(
       sw2: :math:`\sigma_w^2 = N\operatorname{Var}(W) \ge 0`.
       sb2: :math:`\sigma_b^2 = \operatorname{Var}(b) \ge 0`.
       activation: a name from :func:`gradflow.activations.names` or an ``Activation``.
-      order: nodes per half-line of the Gaussian rule.
+      order: Gauss-Legendre nodes per panel of the Gaussian rule (module docstring).
 
     Returns:
       :math:`q^{l+1}`, the broadcast shape of the inputs.
@@ -645,8 +847,8 @@ def c_map(
 
     Args:
       c: correlation in :math:`[-1, 1]`; q: the common length :math:`q > 0`;
-      sw2, sb2, activation: as in :func:`q_map`; order_2d: radial nodes of the polar rule
-      (``order_2d // 2`` angular nodes on each of its four arcs).
+      sw2, sb2, activation: as in :func:`q_map`; order_2d: Gauss-Legendre nodes per panel of
+      the polar rule (module docstring).
     """
     static = _resolve(activation)
     order_2d = _check_order("order_2d", order_2d)
@@ -671,7 +873,7 @@ def q_star(
     Safeguarded Newton on :math:`F(q) - q` with :math:`F'(q) = \sigma_w^2 E[\phi'^2 +
     \phi\phi'']` (plus :math:`\sigma_w^2 (\phi'(0^+)-\phi'(0^-))\phi(0)/\sqrt{2\pi q}` at a kink),
     ``num_iters`` steps. ``inf`` where the length grows without bound (no finite fixed point, e.g.
-    ReLU with :math:`\sigma_w^2 > 2, \sigma_b^2 > 0`); 0 (to rounding) where the attracting
+    ReLU with :math:`\sigma_w^2 \ge 2`); 0 (to rounding) where the attracting
     fixed point is 0 (odd activations with :math:`\sigma_b^2 = 0` in the ordered phase). ReLU:
     :math:`q^* = \sigma_b^2 / (1 - \sigma_w^2/2)` (:func:`relu_q_star`).
     Differentiable (implicit-function derivative :math:`\partial_\theta F / (1 - F'(q^*))`).
@@ -680,6 +882,12 @@ def q_star(
       sw2, sb2: broadcastable arrays of :math:`\sigma_w^2, \sigma_b^2 \ge 0`.
       activation: name or ``Activation``.
       q0: starting length :math:`> 0`; order: Gaussian rule; num_iters: Newton steps.
+
+    Example:
+      ReLU's closed form :math:`q^* = \sigma_b^2 / (1 - \sigma_w^2/2)`:
+
+      >>> round(float(gf.meanfield.q_star(1.0, 0.5, "relu")), 5)
+      1.0
     """
     static = _resolve(activation)
     order = _check_order("order", order)
@@ -703,13 +911,20 @@ def chi1(
     gradient variance (Schoenholz et al. 2017, eq. 6; Poole et al. 2016).
 
     :math:`\chi_1 < 1`: ordered phase, gradients vanish like :math:`\chi_1^L`; :math:`> 1`:
-    chaotic, they explode. ReLU: :math:`\chi_1 = \sigma_w^2/2` (:func:`relu_chi1`). ``nan`` where
-    :math:`q^* = \infty`.
+    chaotic, they explode. ReLU: :math:`\chi_1 = \sigma_w^2/2` (:func:`relu_chi1`). Where
+    :math:`q^* = \infty`, the :math:`q \to \infty` limit :math:`\sigma_w^2(\phi'(+\infty)^2 +
+    \phi'(-\infty)^2)/2` (module docstring).
 
     Args:
       sw2, sb2, activation: as in :func:`q_star`.
       q: evaluate at this length instead of :math:`q^*` (e.g. a layer's :math:`q^l`).
       q0, order, num_iters: passed to :func:`q_star`.
+
+    Example:
+      ReLU is critical at :math:`\sigma_w^2 = 2` (:math:`\chi_1 = \sigma_w^2 / 2`):
+
+      >>> round(float(gf.meanfield.chi1(2.0, 0.0, "relu")), 5)
+      1.0
     """
     static = _resolve(activation)
     order = _check_order("order", order)
@@ -739,7 +954,26 @@ def _summary_public(sw2, sb2, activation, q0, order, order_2d, num_iters, num_it
     num_iters_c = _check_int("num_iters_c", num_iters_c)
     _check_positive("q0", q0, "the starting pre-activation variance")
     sw2, sb2, q0 = _variances(sw2, sb2, q0)
-    return _summary_jit(sw2, sb2, q0, static, order, order_2d, num_iters, num_iters_c, batch)
+    out = _summary_jit(sw2, sb2, q0, static, order, order_2d, num_iters, num_iters_c, batch)
+    unresolved = out.pop("unresolved")
+    host = _checks.concrete(unresolved)
+    if host is not None and host.any():
+        import warnings
+
+        dtype = sw2.dtype
+        hint = (
+            "; pass float64 inputs under jax.enable_x64 to resolve them"
+            if jnp.finfo(dtype).bits < 64
+            else ""
+        )
+        warnings.warn(
+            f"gradflow.meanfield: {int(host.sum())} point(s) lie within {dtype} rounding of the "
+            f"critical line (0 < |chi1 - 1| or |chi_q - 1| < {_RESOLVE_ULPS} ulps): their depth "
+            f"scales are reported as inf and c* = chi_c = 1{hint}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return out
 
 
 def c_star(
@@ -803,6 +1037,11 @@ def depth_scales(
     :math:`6\xi_c`; within rounding of the line (:math:`|\chi_1 - 1| \lesssim 10^{-5}` in float32)
     it is ``inf``. For kinked activations :math:`\phi''` includes the delta at the kink (zero for
     all registered ones, since :math:`\phi(0) = 0` there). Arguments as in :func:`c_star`.
+
+    Example:
+      >>> xi_q, xi_c = gf.meanfield.depth_scales(1.5, 0.05, "tanh")
+      >>> print(f"xi_c = {float(xi_c):.1f} layers")
+      xi_c = 15.8 layers
     """
     out = _summary_public(sw2, sb2, activation, q0, order, order_2d, num_iters, num_iters_c, None)
     return DepthScales(out["xi_q"], out["xi_c"])
@@ -830,7 +1069,7 @@ def phase_diagram(
     *,
     q0: Any = 1.0,
     order: int = DEFAULT_ORDER,
-    order_2d: int = 24,
+    order_2d: int = 4,
     num_iters: int = 64,
     num_iters_c: int = 30,
     batch_size: int = 1024,
@@ -839,8 +1078,9 @@ def phase_diagram(
     jitted, vectorised call (Poole et al. 2016 fig. 3; Schoenholz et al. 2017 fig. 1).
 
     The grid is flattened and mapped in batches of ``batch_size`` points (``jax.lax.map``) to bound
-    memory; ``order_2d`` defaults to 24 here (relative error of the 2-D integrals below
-    :math:`10^{-6}` at :math:`q \le 4`, ample for a figure; pass 48 for :math:`\sim 10^{-11}`).
+    memory; ``order_2d`` defaults to 4 here (within :math:`10^{-4}` of ``order_2d=12`` for tanh up
+    to :math:`\sigma_w^2 = 10^6`, ample for a figure; the default 6 of :func:`depth_scales` gives
+    :math:`\sim 10^{-5}`).
 
     Args:
       sw2_grid: 1-D array of :math:`\sigma_w^2` values (columns).
@@ -850,8 +1090,10 @@ def phase_diagram(
       batch_size: grid points per vectorised batch.
     """
     for name, g in (("sw2_grid", sw2_grid), ("sb2_grid", sb2_grid)):
-        if np.ndim(g) != 1 or np.size(g) == 0:
-            raise ValueError(f"{name} must be a non-empty 1-D array, got shape {np.shape(g)}")
+        g = _checks.array(name, g, finite=False, nonempty=False)
+        if g.ndim != 1 or g.size == 0:
+            raise ValueError(f"{name} must be a non-empty 1-D array, got shape {g.shape}")
+        _check_nonneg(name, g, "a grid of variances")
     batch_size = _check_int("batch_size", batch_size)
     sw2_grid, sb2_grid = _as_float(sw2_grid), _as_float(sb2_grid)
     sw2, sb2 = jnp.meshgrid(sw2_grid, sb2_grid)
@@ -916,6 +1158,12 @@ def critical_sw2(
       activation: name or ``Activation``.
       bracket: ``(lo, hi)`` with :math:`0 < lo < hi` bracketing the crossing.
       order, num_iters: passed to :func:`q_star`; num_bisect: bisection steps.
+
+    Example:
+      tanh with :math:`\sigma_b^2 = 0` is critical at :math:`\sigma_w^2 = 1`:
+
+      >>> round(float(gf.meanfield.critical_sw2(0.0, "tanh")), 4)
+      1.0
     """
     static = _resolve(activation)
     order = _check_order("order", order)
@@ -964,10 +1212,19 @@ def critical_point(
 # --- closed forms (cross-checks) -----------------------------------------------------------------
 
 
+def _check_slope(negative_slope: Any) -> float:
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, int | float | np.number):
+        raise TypeError(f"negative_slope must be a real number, got {negative_slope!r}")
+    if not math.isfinite(negative_slope):
+        raise ValueError(f"negative_slope must be finite, got {negative_slope}")
+    return float(negative_slope)
+
+
 def relu_q_star(sw2: Any, sb2: Any, *, negative_slope: float = 0.0) -> Array:
     r"""Closed-form :math:`q^*` of (leaky) ReLU: :math:`E[\phi(\sqrt q z)^2] = \tfrac{1+a^2}{2}q`,
     so :math:`q^* = \sigma_b^2 / (1 - \sigma_w^2 (1+a^2)/2)`; ``inf`` where that is not positive
     (0 when :math:`\sigma_b^2 = 0` below the critical point)."""
+    negative_slope = _check_slope(negative_slope)
     sw2, sb2 = _variances(sw2, sb2)
     slope = sw2 * (1 + negative_slope**2) / 2
     denom = 1.0 - slope
@@ -976,6 +1233,7 @@ def relu_q_star(sw2: Any, sb2: Any, *, negative_slope: float = 0.0) -> Array:
 
 def relu_chi1(sw2: Any, *, negative_slope: float = 0.0) -> Array:
     r"""Closed-form :math:`\chi_1 = \sigma_w^2 (1 + a^2)/2` of (leaky) ReLU (independent of q)."""
+    negative_slope = _check_slope(negative_slope)
     _check_nonneg("sw2", sw2, "sigma_w^2 = N Var(W)")
     return _as_float(sw2) * (1 + negative_slope**2) / 2
 
@@ -995,7 +1253,7 @@ def relu_c_map(c: Any, q: Any, sw2: Any, sb2: Any, *, negative_slope: float = 0.
     _check_correlation("c", c)
     _check_positive("q", q, "a pre-activation variance")
     sw2, sb2, q, c = _variances(sw2, sb2, q, c)
-    a = negative_slope
+    a = _check_slope(negative_slope)
     k_relu = q / (2 * math.pi) * (jnp.sqrt(1 - c * c) + (math.pi - jnp.arccos(c)) * c)
     e_pp = (1 - a) ** 2 * k_relu + a * q * c
     return (sw2 * e_pp + sb2) / (sw2 * (1 + a * a) / 2 * q + sb2)
@@ -1130,6 +1388,7 @@ def _measure_jit(key, sw2, sb2, q0, c0, static, width, depth, weights, dtype):
     )
 
 
+@_config.wrap
 def measure_propagation(
     key: Array,
     sw2: Any,
@@ -1157,6 +1416,7 @@ def measure_propagation(
     Returns:
       :class:`Propagation` with arrays of shape ``(depth,)``.
     """
+    key = _checks.prng_key("key", key)
     static = _resolve(activation)
     width = _check_int("width", width)
     depth = _check_int("depth", depth)
@@ -1164,7 +1424,7 @@ def measure_propagation(
     _check_positive("q0", q0, "the inputs' mean square")
     _check_correlation("c0", c0)
     sw2, sb2, q0, c0 = _variances(sw2, sb2, q0, c0)
-    dtype = jnp.dtype(dtype) if dtype is not None else sw2.dtype
+    dtype = _checks.float_dtype("dtype", dtype) or sw2.dtype
     if sw2.ndim:
         raise ValueError(
             f"sw2, sb2, q0 and c0 must be scalars here (vmap for grids), got {sw2.shape}"

@@ -52,13 +52,14 @@ and ``mutable=["batch_stats"]`` when ``True``, running averages when ``False``).
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gradflow import _checks
 from gradflow import activations as _activations
 from gradflow import initializers as _initializers
 
@@ -479,6 +480,14 @@ class Chain(_Stack):
             )
         ] * self.depth
 
+    def __call__(self, x: Array, *, train: bool = False) -> Array:
+        if jnp.ndim(x) == 0 or jnp.shape(x)[-1] != 1:
+            raise ValueError(
+                f"Chain has one neuron per layer: its input is (..., 1), got shape {jnp.shape(x)}"
+                "; add the axis with x[..., None]"
+            )
+        return super().__call__(x, train=train)
+
 
 class MLP(_Stack):
     r"""Multilayer perceptron: hidden blocks of the given widths and a linear readout.
@@ -502,6 +511,12 @@ class MLP(_Stack):
         (A BatchNorm right after the affine map removes its bias: :math:`\partial C/\partial b_l`
         is zero in train mode, by construction.)
       residual: identity skips around the hidden blocks (see above).
+
+    Example:
+      >>> model = gf.models.MLP(widths=(30, 30), out=10, activation="tanh")
+      >>> variables = model.init(jax.random.key(0), jnp.ones((1, 64)))
+      >>> jax.tree.map(jnp.shape, variables["params"]["dense_0"])
+      {'bias': (30,), 'kernel': (64, 30)}
     """
 
     widths: Sequence[int]
@@ -717,6 +732,10 @@ class RNN(nn.Module):
         _activation(owner, self.activation)
         for field in ("kernel_init", "recurrent_init", "bias_init"):
             _init(owner, field, getattr(self, field))
+        try:
+            _checks.real("forget_bias", self.forget_bias)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{owner}: {e}") from None
         super().__post_init__()
 
     def layer_names(self) -> tuple[str, ...]:
@@ -781,6 +800,13 @@ def perturbations(model: nn.Module, variables: Any, x: Array, **kwargs: Any) -> 
     :math:`\\partial C/\\partial h_t` for :class:`RNN`). ``kwargs`` go to ``apply`` (e.g.
     ``train=True``). Shapes come from :func:`jax.eval_shape`, so nothing is computed twice.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a flax.linen Module, got {type(model).__name__}")
+    if not isinstance(variables, Mapping) or "params" not in variables:
+        raise TypeError(
+            f"variables must be a dict with 'params' (model.init), got {type(variables).__name__}"
+        )
+    x = _checks.array("x", x, min_ndim=1)
     variables = {k: v for k, v in variables.items() if k not in ("perturbations", "intermediates")}
     mutable = ["perturbations"]
     if kwargs.get("train") and "batch_stats" in variables:
@@ -798,8 +824,8 @@ def chain_params(w: Array, b: Array) -> dict:
     The inverse of :func:`chain_weights`; leading axes (seeds) are kept, so the result can be
     ``jax.vmap`` -ed over. ``w[..., j]`` is the kernel of ``"dense_{j}"``, ``b[..., j]`` its bias.
     """
-    w = jnp.asarray(w)
-    b = jnp.asarray(b)
+    w = _checks.array("w", w)
+    b = _checks.array("b", b)
     if w.shape != b.shape or w.ndim < 1:
         raise ValueError(f"w and b must have the same shape (..., L), got {w.shape} and {b.shape}")
     return {
@@ -811,9 +837,30 @@ def chain_params(w: Array, b: Array) -> dict:
 
 
 def chain_weights(variables: Any) -> tuple[Array, Array]:
-    """The arrays ``(w, b)`` of shape ``(..., L)`` of a :class:`Chain` 's variables."""
+    """The arrays ``(w, b)`` of shape ``(..., L)`` of a :class:`Chain` 's variables.
+
+    Raises:
+      ValueError: the variables are not a Chain's (layers ``dense_0 .. dense_{L-1}`` with kernels
+        ``(..., 1, 1)`` and biases ``(..., 1)``), e.g. an :class:`MLP`'s.
+    """
+    if not isinstance(variables, Mapping):
+        raise TypeError(f"variables must be a Chain's variables, got {type(variables).__name__}")
     params = variables["params"] if "params" in variables else variables
-    names = sorted(params, key=lambda n: int(n.rsplit("_", 1)[1]))
-    w = jnp.stack([params[n]["kernel"][..., 0, 0] for n in names], axis=-1)
-    b = jnp.stack([params[n]["bias"][..., 0] for n in names], axis=-1)
+    names = list(params)
+    want = [f"dense_{j}" for j in range(len(names))]
+    if not names or sorted(names) != sorted(want):
+        raise ValueError(
+            f"not a Chain's variables: layers must be dense_0 .. dense_{{L-1}}, got {names}"
+        )
+    for n in want:
+        layer = params[n] if isinstance(params[n], Mapping) else {}
+        k, b = layer.get("kernel"), layer.get("bias")
+        if k is None or b is None or jnp.shape(k)[-2:] != (1, 1) or jnp.shape(b)[-1:] != (1,):
+            raise ValueError(
+                f"not a Chain's variables: {n} must hold kernel (..., 1, 1) and bias (..., 1), "
+                f"got kernel {jnp.shape(k) if k is not None else None} and bias "
+                f"{jnp.shape(b) if b is not None else None} (an MLP? use its params directly)"
+            )
+    w = jnp.stack([params[n]["kernel"][..., 0, 0] for n in want], axis=-1)
+    b = jnp.stack([params[n]["bias"][..., 0] for n in want], axis=-1)
     return w, b

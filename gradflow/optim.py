@@ -8,6 +8,10 @@ piece (element-wise and global-norm clipping, unit-wise norms, decayed weights, 
 reused; this module adds what optax lacks:
 
 * per-layer clipping (:func:`clip_by_layer_norm`);
+* a rule for non-finite gradients: every clipping transform here replaces the update of a layer
+  holding a NaN or an infinity by zeros (:func:`clip_by_global_norm`: the whole update, since its
+  one norm is then non-finite) and counts those updates in its state (``nonfinite_count``), where
+  optax's clipping would turn one ``inf`` into NaN updates for every parameter;
 * telemetry: every clipping transform here records, in its state, the pre-clip global norm, the
   per-layer norms and which layers were clipped; :func:`telemetry` collects them from a whole chain;
 * adaptive gradient clipping that leaves the readout layer alone (:func:`adaptive_grad_clip`);
@@ -394,11 +398,14 @@ class ClipByValueState(NamedTuple):
       global_norm: ``()`` pre-clip global L2 norm of the updates.
       layer_norms: ``(n_layers,)`` pre-clip per-layer L2 norms, forward order.
       clipped: ``(n_layers,)`` bool, True where at least one entry of the layer was clipped.
+      nonfinite_count: ``()`` int32, the number of updates so far in which a non-finite layer
+        update was replaced by zeros (see :func:`clip_by_value`).
     """
 
     global_norm: jax.Array
     layer_norms: jax.Array
     clipped: jax.Array
+    nonfinite_count: jax.Array
 
 
 class ClipByGlobalNormState(NamedTuple):
@@ -410,6 +417,7 @@ class ClipByGlobalNormState(NamedTuple):
     global_norm: jax.Array
     layer_norms: jax.Array
     clipped: jax.Array
+    nonfinite_count: jax.Array
 
 
 class ClipByLayerNormState(NamedTuple):
@@ -421,6 +429,7 @@ class ClipByLayerNormState(NamedTuple):
     global_norm: jax.Array
     layer_norms: jax.Array
     clipped: jax.Array
+    nonfinite_count: jax.Array
 
 
 class AdaptiveGradClipState(NamedTuple):
@@ -432,12 +441,27 @@ class AdaptiveGradClipState(NamedTuple):
     global_norm: jax.Array
     layer_norms: jax.Array
     clipped: jax.Array
+    nonfinite_count: jax.Array
 
 
 def _init_clip_state(cls: type, params: Any, layers: LayerSpec) -> Any:
     n = len(_partition(params, layers).names)
     dtype = _norm_dtype(params)
-    return cls(jnp.zeros((), dtype), jnp.zeros((n,), dtype), jnp.zeros((n,), bool))
+    zeros = jnp.zeros((n,), dtype)
+    return cls(jnp.zeros((), dtype), zeros, jnp.zeros((n,), bool), jnp.zeros((), jnp.int32))
+
+
+def _zero_nonfinite(updates: Any, part: _Partition, bad: jax.Array) -> Any:
+    """``updates`` with every leaf of a layer flagged in ``bad`` (``(n_layers,)`` bool) replaced
+    by zeros: the clipping transforms' rule for non-finite gradients."""
+    leaves, treedef = jax.tree.flatten(updates)
+    pairs = zip(leaves, part.leaf_layer, strict=True)
+    leaves = [jnp.where(bad[i], jnp.zeros_like(x), x) for x, i in pairs]
+    return jax.tree.unflatten(treedef, leaves)
+
+
+def _count(state: Any, bad: jax.Array) -> jax.Array:
+    return state.nonfinite_count + jnp.any(bad).astype(jnp.int32)
 
 
 def _pre_clip(updates: Any, layers: LayerSpec) -> tuple[_Partition, jax.Array, jax.Array]:
@@ -454,6 +478,10 @@ def clip_by_value(
     The update is :func:`optax.clip`; the state (:class:`ClipByValueState`) records the pre-clip
     global and per-layer norms and which layers had an entry clipped. Clipping by value changes the
     direction of the gradient, unlike norm clipping (Pascanu et al. 2013).
+
+    Non-finite gradients: an entry :math:`\pm\infty` is clipped to :math:`\pm\delta` by the rule
+    itself; a layer holding a NaN gets a zero update, and the update is counted in
+    ``nonfinite_count``.
 
     Args:
       max_delta: :math:`\delta > 0`, the largest absolute value of an update entry (may be traced).
@@ -476,9 +504,13 @@ def clip_by_value(
         for leaf, i in zip(jax.tree.leaves(updates), part.leaf_layer, strict=True):
             hit[i] = hit[i] | jnp.any(jnp.abs(leaf) > max_delta)
         clipped = jnp.stack(hit) if hit else jnp.zeros((0,), bool)
+        bad = jnp.isnan(lnorms)
         updates, _ = inner.update(updates, optax.EmptyState())
-        return updates, ClipByValueState(
-            gnorm.astype(state.global_norm.dtype), lnorms.astype(state.layer_norms.dtype), clipped
+        return _zero_nonfinite(updates, part, bad), ClipByValueState(
+            gnorm.astype(state.global_norm.dtype),
+            lnorms.astype(state.layer_norms.dtype),
+            clipped,
+            _count(state, bad),
         )
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -496,6 +528,10 @@ def clip_by_global_norm(
     update is :func:`optax.clip_by_global_norm`; the state (:class:`ClipByGlobalNormState`) records
     the pre-clip global and per-layer norms and whether the threshold was exceeded.
 
+    Non-finite gradients: when :math:`\|g\|_2` is not finite (a NaN or an infinity anywhere) the
+    rule has no direction to keep (optax would return NaN for every parameter), so the whole
+    update is zero (the step is skipped) and counted in ``nonfinite_count``.
+
     Args:
       max_norm: the threshold :math:`c > 0` (may be traced; ``inf`` never clips).
       layers: how leaves group into layers for the telemetry (see the module docstring).
@@ -512,11 +548,15 @@ def clip_by_global_norm(
 
     def update_fn(updates, state, params=None):
         del params
-        _, gnorm, lnorms = _pre_clip(updates, layers)
+        part, gnorm, lnorms = _pre_clip(updates, layers)
         clipped = jnp.broadcast_to(gnorm > max_norm, lnorms.shape)
+        bad = jnp.broadcast_to(~jnp.isfinite(gnorm), lnorms.shape)
         updates, _ = inner.update(updates, optax.EmptyState())
-        return updates, ClipByGlobalNormState(
-            gnorm.astype(state.global_norm.dtype), lnorms.astype(state.layer_norms.dtype), clipped
+        return _zero_nonfinite(updates, part, bad), ClipByGlobalNormState(
+            gnorm.astype(state.global_norm.dtype),
+            lnorms.astype(state.layer_norms.dtype),
+            clipped,
+            _count(state, bad),
         )
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -535,12 +575,27 @@ def clip_by_layer_norm(
     healthy ones as global clipping does. Each layer keeps its direction. The state
     (:class:`ClipByLayerNormState`) records the pre-clip norms and which layers were clipped.
 
+    Non-finite gradients: a layer whose norm is not finite (a NaN or an infinity in it) gets a
+    zero update (the other layers are clipped as usual), and the update is counted in
+    ``nonfinite_count``.
+
     Args:
       max_norm: the threshold :math:`c > 0` (may be traced; ``inf`` never clips).
       layers: None (top-level keys), an int path depth, or a callable ``path -> layer name``.
 
     Returns:
       An :class:`optax.GradientTransformation`.
+
+    Example:
+      >>> params = {"dense_0": {"kernel": jnp.ones((3, 4))},
+      ...           "dense_1": {"kernel": jnp.ones((4, 2))}}
+      >>> tx = gf.optim.clip_by_layer_norm(1.0)
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(jax.tree.map(lambda p: 10 * p, params), state)
+      >>> [round(float(optax.global_norm(u)), 4) for u in updates.values()]   # each layer at 1
+      [1.0, 1.0]
+      >>> gf.optim.telemetry(state)["clip_by_layer_norm/clipped"]
+      Array([ True,  True], dtype=bool)
     """
     _check_positive("max_norm", max_norm)
     _check_layers(layers)
@@ -552,14 +607,19 @@ def clip_by_layer_norm(
         del params
         part, gnorm, lnorms = _pre_clip(updates, layers)
         clipped = lnorms > max_norm
-        scale = jnp.where(clipped, max_norm / jnp.where(clipped, lnorms, 1.0), 1.0)
+        bad = ~jnp.isfinite(lnorms)
+        scale = jnp.where(clipped & ~bad, max_norm / jnp.where(clipped, lnorms, 1.0), 1.0)
         leaves, treedef = jax.tree.flatten(updates)
         leaves = [
             (x * scale[i].astype(x.dtype)).astype(x.dtype)
             for x, i in zip(leaves, part.leaf_layer, strict=True)
         ]
-        return jax.tree.unflatten(treedef, leaves), ClipByLayerNormState(
-            gnorm.astype(state.global_norm.dtype), lnorms.astype(state.layer_norms.dtype), clipped
+        clipped_tree = jax.tree.unflatten(treedef, leaves)
+        return _zero_nonfinite(clipped_tree, part, bad), ClipByLayerNormState(
+            gnorm.astype(state.global_norm.dtype),
+            lnorms.astype(state.layer_norms.dtype),
+            clipped,
+            _count(state, bad),
         )
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -620,6 +680,10 @@ def adaptive_grad_clip(
     the module docstring: the layer named ``"readout"`` if there is one, else the last of the
     naturally sorted names; for every gradflow.models network that is its readout).
 
+    Non-finite gradients: a layer whose gradient holds a NaN or an infinity gets a zero update
+    (the unclipped readout too: there is no finite update to pass on), and the update is counted
+    in ``nonfinite_count``.
+
     Args:
       clipping: :math:`\lambda > 0`, the largest allowed ratio of unit gradient norm to unit
         parameter norm (may be traced). Brock et al. use 0.01 to 0.16 depending on batch size.
@@ -677,8 +741,12 @@ def adaptive_grad_clip(
             hit[i] = hit[i] | jnp.any(g_norm > max_norm)
             out.append(optax.transforms.unitwise_clip(g_norm, max_norm, g))
         clipped = jnp.stack(hit) if hit else jnp.zeros((0,), bool)
-        return jax.tree.unflatten(treedef, out), AdaptiveGradClipState(
-            gnorm.astype(state.global_norm.dtype), lnorms.astype(state.layer_norms.dtype), clipped
+        bad = ~jnp.isfinite(lnorms)
+        return _zero_nonfinite(jax.tree.unflatten(treedef, out), part, bad), AdaptiveGradClipState(
+            gnorm.astype(state.global_norm.dtype),
+            lnorms.astype(state.layer_norms.dtype),
+            clipped,
+            _count(state, bad),
         )
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -776,9 +844,11 @@ def telemetry(opt_state: Any) -> dict[str, jax.Array]:
     returns a flat dict of arrays, readable under ``jit``/``vmap`` (under ``vmap`` every array gains
     the batch axes):
 
-    * ``"<transform>/global_norm"``, ``"<transform>/layer_norms"``, ``"<transform>/clipped"`` for
-      each clipping transform (``clip_by_value``, ``clip_by_global_norm``, ``clip_by_layer_norm``,
-      ``adaptive_grad_clip``): pre-clip norms and the clipped layers (see :func:`layer_names`);
+    * ``"<transform>/global_norm"``, ``"<transform>/layer_norms"``, ``"<transform>/clipped"``,
+      ``"<transform>/nonfinite_count"`` for each clipping transform (``clip_by_value``,
+      ``clip_by_global_norm``, ``clip_by_layer_norm``, ``adaptive_grad_clip``): pre-clip norms,
+      the clipped layers (see :func:`layer_names`) and how many updates had a non-finite layer
+      replaced by zeros;
     * ``"grad_stats/count"``, ``"grad_stats/global_norm"``, ``"grad_stats/layer_norms"``,
       ``"grad_stats/ema_layer_norms"`` for :func:`monitor_grad_stats`;
     * ``"apply_if_finite/notfinite_count"``, ``"apply_if_finite/total_notfinite"``,

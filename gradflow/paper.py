@@ -363,7 +363,15 @@ def runtimes_table(
 _WORDS = ("Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine")
 
 #: The ways of :mod:`benchmarks` the paper's table shows, in order, with their column labels.
-BENCHMARK_WAYS = (("gradflow", "gradflow"), ("naive_jax", "naive JAX"), ("pytorch", "PyTorch"))
+BENCHMARK_WAYS = (
+    ("gradflow", "gradflow"),
+    ("naive_jax", "naive JAX"),
+    ("torch_func", "torch.func"),
+    ("pytorch", "PyTorch"),
+)
+#: The speed-up columns: gradflow against each of these ways, where measured.
+_SPEEDUP_BASES = (("naive_jax", "naive JAX", "NaiveJax"), ("torch_func", "torch.func", "TorchFunc"),
+                  ("pytorch", "PyTorch", "Pytorch"))  # fmt: skip
 
 
 def _macro_key(key: str) -> str:
@@ -380,7 +388,9 @@ def benchmarks_table(results_json: str | os.PathLike, tables_dir: str | os.PathL
 
     Table: one row per workload (its title), the median wall time in milliseconds of each way of
     :data:`BENCHMARK_WAYS` that ran, and gradflow's speed-up over the naive JAX loop and the
-    PyTorch loop (the other way's median over gradflow's). Macros:
+    PyTorch loop, and over torch.func where measured (the other way's median over gradflow's);
+    a workload without a ``gradflow`` way (the compile-time one) has no row. Macros (also
+    ``...SpeedupTorchFunc``):
     ``enchmarks<Workload>SpeedupPytorch`` / ``...SpeedupNaiveJax`` (e.g.
     ``enchmarksWorkloadOneSpeedupPytorch``), ``enchmarks<Workload>PeakFraction`` where FLOPs
     were counted, ``enchmarksMatmulPeak`` (GFLOP/s), ``enchmarksCpus`` (usable CPUs),
@@ -403,6 +413,8 @@ def benchmarks_table(results_json: str | os.PathLike, tables_dir: str | os.PathL
         per: dict[str, tuple[str, dict[str, float], dict[str, float], float | None]] = {}
         for key, w in workloads.items():
             medians = {m["method"]: float(m["median_s"]) for m in w["measurements"]}
+            if "gradflow" not in medians:  # e.g. the compile-time workload: not a speed row
+                continue
             speedups = {k: float(v) for k, v in w.get("speedups", {}).get("gradflow", {}).items()}
             gflops = w.get("gflops", {}).get("gradflow")
             per[key] = (str(w["title"]), medians, speedups, gflops)
@@ -412,16 +424,20 @@ def benchmarks_table(results_json: str | os.PathLike, tables_dir: str | os.PathL
             f"{type(e).__name__}: {e}"
         ) from None
     ways = [(m, label) for m, label in BENCHMARK_WAYS if any(m in v[1] for v in per.values())]
+    bases = [
+        (b, label)
+        for b, label, _ in _SPEEDUP_BASES
+        if b != "torch_func" or any(b in v[2] for v in per.values())
+    ]
     rows = []
     for title, medians, speedups, _ in per.values():
         times = [1e3 * medians[m] if m in medians else "--" for m, _ in ways]
-        ups = [speedups.get(b, "--") for b in ("naive_jax", "pytorch")]
+        ups = [speedups.get(b, "--") for b, _ in bases]
         rows.append([title, *times, *ups])
     columns = [
         "workload",
         *(f"{label} (ms)" for _, label in ways),
-        "vs naive JAX",
-        "vs PyTorch",
+        *(f"vs {label}" for _, label in bases),
     ]
     tables_dir = Path(tables_dir)
     out = [_experiment.latex_table(rows, columns, tables_dir / "benchmarks.tex")]
@@ -429,10 +445,9 @@ def benchmarks_table(results_json: str | os.PathLike, tables_dir: str | os.PathL
     macros: dict[str, float | int] = {}
     for key, (_, _, speedups, gflops) in per.items():
         k = _macro_key(key)
-        if "pytorch" in speedups:
-            macros[f"benchmarks{k}SpeedupPytorch"] = speedups["pytorch"]
-        if "naive_jax" in speedups:
-            macros[f"benchmarks{k}SpeedupNaiveJax"] = speedups["naive_jax"]
+        for b, _, name in _SPEEDUP_BASES:
+            if b in speedups:
+                macros[f"benchmarks{k}Speedup{name}"] = speedups[b]
         if gflops is not None and peak:
             macros[f"benchmarks{k}PeakFraction"] = float(gflops) / float(peak)
     if peak:

@@ -21,13 +21,15 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import matplotlib as mpl
 import numpy as np
 
+from gradflow import _checks, _io
+
 __all__ = [
     "COLORS",
+    "FORMATS",
     "WIDTHS",
     "figure",
     "finite_or_raise",
@@ -107,6 +109,8 @@ def figure(
     """
     import matplotlib.pyplot as plt
 
+    nrows, ncols = _checks.size("nrows", nrows), _checks.size("ncols", ncols)
+    aspect = _checks.real("aspect", aspect, positive=True)
     if isinstance(width, str):
         if width not in WIDTHS:
             raise ValueError(
@@ -114,7 +118,7 @@ def figure(
             )
         w = WIDTHS[width]
     else:
-        w = float(width)
+        w = _checks.real("width", width, finite=False) if width is not None else -1.0
         if not (w > 0 and math.isfinite(w)):
             raise ValueError(f"figure width must be positive inches, got {width!r}")
     h = w / ncols * aspect * nrows
@@ -126,8 +130,7 @@ def figure(
 
 def layer_colors(n: int) -> list:
     """``n`` colours from the colour-blind-safe sequential ``cividis`` map (first layer darkest)."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    n = _checks.size("n", n)
     cmap = mpl.colormaps["cividis"]
     return [cmap(x) for x in np.linspace(0.0, 0.9, n)]
 
@@ -152,21 +155,48 @@ def finite_or_raise(values, what: str) -> np.ndarray:
     bad = ~np.isfinite(v)
     if bad.any():
         raise ValueError(
-            f"{what}: {int(bad.sum())} non-finite value(s); drop or mark diverged runs before "
+            f"{what}: {int(bad.sum())} non-finite values; drop or mark diverged runs before "
             "plotting"
         )
     return v
 
 
+#: Figure formats :func:`savefig` writes.
+FORMATS: tuple[str, ...] = ("pdf", "png", "svg")
+# Metadata that would otherwise hold the wall clock or the library version: fixed, so the bytes
+# of a figure depend only on its content.
+_FIXED_METADATA = {"pdf": {"CreationDate": None}, "png": {"Software": None}, "svg": {"Date": None}}
+
+
+def _check_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(formats, str):
+        formats = (formats,)
+    try:
+        formats = tuple(formats)
+    except TypeError:
+        raise TypeError(
+            f"formats must be a format name or a sequence of them ({', '.join(FORMATS)}), "
+            f"got {formats!r}"
+        ) from None
+    if not formats:
+        raise ValueError(f"formats is empty; give at least one of {', '.join(FORMATS)}")
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"unknown figure format(s) {bad}; valid: {', '.join(FORMATS)}")
+    return formats
+
+
 def savefig(fig, path_stem: str | os.PathLike, *, formats: Sequence[str] = ("pdf", "png")):
     """Save ``fig`` as ``path_stem.pdf`` (paper) and ``path_stem.png`` (README), atomically.
 
-    Returns the list of written paths. The figure is closed afterwards.
+    ``formats``: any of :data:`FORMATS`, a sequence or one name (``formats="png"``). Returns the
+    list of written paths. The figure is closed afterwards.
     """
     import jax
     import matplotlib.pyplot as plt
 
-    stem = Path(path_stem)
+    formats = _check_formats(formats)
+    stem = _checks.path("path_stem", path_stem)
     if jax.process_index() != 0:  # several hosts: process 0 alone writes
         plt.close(fig)
         return []
@@ -177,11 +207,11 @@ def savefig(fig, path_stem: str | os.PathLike, *, formats: Sequence[str] = ("pdf
     with style():
         for fmt in formats:
             final = stem.parent / f"{stem.name}.{fmt}"
-            tmp = stem.parent / f".{stem.name}.{os.getpid()}.tmp.{fmt}"
             # Fixed metadata so the PDF bytes do not depend on the wall clock.
-            meta = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
-            fig.savefig(tmp, format=fmt, metadata=meta)
-            os.replace(tmp, final)
+            meta = _FIXED_METADATA[fmt]
+            _io.atomic_write(
+                final, lambda f, fmt=fmt, meta=meta: fig.savefig(f, format=fmt, metadata=meta)
+            )
             written.append(final)
     plt.close(fig)
     return written

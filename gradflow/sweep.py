@@ -60,15 +60,34 @@ The store
 ``workdir/metadata.json`` holds the full config (grid, seeds, static, chunk_size, axes, name and
 your ``config``) with its hash, the groups, the column dtypes, whether the sweep is complete, and
 one entry per session (start/end time, gradflow version and git commit, Python and package
-versions, host, device list, process count, compile and run timings per group).
+versions, host, device list, process count, the float32 ``matmul_precision`` of
+:mod:`gradflow.config`, compile and run timings per group). ``fn`` is traced at that precision
+(``"highest"``, float32 products on every backend, unless you opt in to a backend's fast passes);
+a precision other than the default is part of the config, so a store never mixes two.
 ``workdir/rows/g<group>-c<chunk>-<hash>.parquet`` holds one chunk's rows; the hash covers the
-config, the group's static values and the chunk index. Every file is written to a hidden temp file
-in the same directory, fsynced and renamed with :func:`os.replace`, so a sweep killed at any moment
-(``kill -9`` included) and rerun skips its completed chunks and loses or duplicates nothing.
-Rerunning with a *different* config in the same workdir raises ``ValueError`` naming the fields that
-differ (choose a fresh workdir, or delete the old one): one workdir is one sweep, so ``load`` never
-mixes two. The store cannot see inside ``fn``: when you change its code, use a fresh workdir or
-record the change in ``config``/``name``.
+config, the group's static values and the chunk index, and the file also carries that identity
+(config hash, group, chunk, static values) in its parquet metadata. Every file is written to an
+exclusively created hidden temp file in the same directory, fsynced and renamed with
+:func:`os.replace`, so a sweep killed at any moment (``kill -9`` included) and rerun skips its
+completed chunks and loses or duplicates nothing. Rerunning with a *different* config in the same
+workdir raises ``ValueError`` naming the fields that differ (choose a fresh workdir, or delete the
+old one): one workdir is one sweep. The store cannot see inside ``fn``: when you change its code,
+use a fresh workdir or record the change in ``config``/``name``.
+
+**Nothing is mixed.** :func:`load` and a resuming :func:`run` check ``metadata.json`` against its
+own config (hash, columns, dtypes, groups: an edited file is refused) and every chunk against the
+store: a parquet file whose name is not one of this sweep's chunks (copied from another sweep),
+a chunk whose carried identity or key columns (static values, hyperparameters, seeds, rows per
+run) are not those of its name (swapped or overwritten) is refused with a ``ValueError`` naming
+the file, never loaded.
+
+**One writer.** The writing process holds an exclusive lock on ``workdir/.lock``
+(:func:`fcntl.flock`, released by the kernel when the process ends however it ends, so a killed
+run leaves no stale lock), which names its pid, host, start time and command; a second
+:func:`run` on the same workdir raises ``RuntimeError("... is in use by pid N on host H ...")``
+before touching anything (:func:`in_use` asks without waiting). A damaged store (``metadata.json``
+not valid JSON or missing fields, ``rows`` not a directory, an unwritable workdir) is a clear
+error naming the path.
 
 Several hosts
 -------------
@@ -142,6 +161,8 @@ import pandas as pd
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gradflow import _checks, _io
+from gradflow import config as _config
 from gradflow import rng as _rng
 
 __all__ = [
@@ -149,6 +170,7 @@ __all__ = [
     "MESH_AXIS",
     "batched",
     "cpu_devices",
+    "in_use",
     "load",
     "load_metadata",
     "run",
@@ -340,9 +362,12 @@ def _hash(text: str) -> str:
 class _Plan:
     """Everything derived from the config: groups, runs, chunks, columns, file names."""
 
-    def __init__(self, grid, seeds, static, chunk_size, axes, name, user_config, fn, rng):
+    def __init__(
+        self, grid, seeds, static, chunk_size, axes, name, user_config, fn, rng, precision
+    ):
         self.grid = grid
         self.rng = rng
+        self.matmul_precision = precision
         self.make_key = _rng.resolve(rng)
         self.seeds = seeds
         self.static = static
@@ -382,8 +407,11 @@ class _Plan:
         }
         if rng != "threefry":  # the default is left out: stores made before the option resume
             self.config["rng"] = rng
+        if precision != _config.DEFAULT:  # likewise; a store never mixes two precisions
+            self.config["matmul_precision"] = precision
         self.config_hash = _hash(_canonical(self.config))
         self.fn_name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+        self.grid_keys = tuple(grid)
 
         self.groups = [
             dict(zip(static, values)) for values in itertools.product(*(grid[k] for k in static))
@@ -395,12 +423,45 @@ class _Plan:
         # run index -> (index into each batched key's values..., index into seeds)
         self.run_index = np.indices(self.batched_shape).reshape(len(self.batched_shape), -1)
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], where: Path) -> _Plan:
+        """The plan of a stored config (``metadata.json``'s ``"config"``), to check a store
+        against what its config implies. ``where`` names the file in error messages."""
+        try:
+            grid = _validate_grid({str(k): v for k, v in config["grid"]})
+            seeds = _validate_seeds(config["seeds"])
+            static = _validate_static(config["static"], grid)
+            axes = _validate_axes({str(k): v for k, v in config["axes"]}, tuple(grid))
+            plan = cls(grid, seeds, static, config["chunk_size"], axes, config["name"],
+                       dict(config["config"]), None, config.get("rng", "threefry"),
+                       config.get("matmul_precision", _config.DEFAULT))  # fmt: skip
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(
+                f"{where} holds a damaged sweep config ({type(e).__name__}: {e}); restore the "
+                "file or delete the store to start over"
+            ) from None
+        return plan
+
     def group_label(self, g: int) -> str:
         return ",".join(f"{k}={v}" for k, v in self.groups[g].items()) or "all"
 
     def chunk_file(self, g: int, c: int) -> str:
         ident = _hash(_canonical([self.config_hash, g, self.groups[g], c]))[:12]
         return f"g{g:04d}-c{c:05d}-{ident}.parquet"
+
+    def chunk_keys(self, g: int, c: int) -> pd.DataFrame:
+        """The grid-key and seed columns of chunk ``c`` of group ``g``, one row per run."""
+        runs = self.chunk_runs(c)
+        idx = self.run_index[:, runs]
+        cols = {}
+        for k in self.grid:
+            if k in self.groups[g]:
+                cols[k] = pd.array([self.groups[g][k]] * len(runs), dtype=self.dtypes[k])
+            else:
+                values = pd.array(self.grid[k], dtype=self.dtypes[k])
+                cols[k] = values.take(idx[self.batched.index(k)])
+        cols["seed"] = np.asarray(self.seeds, dtype=np.int64)[idx[-1]]
+        return pd.DataFrame(cols)
 
     def chunk_runs(self, c: int) -> np.ndarray:
         start = c * self.chunk_size
@@ -478,8 +539,9 @@ def batched(one: Callable, mesh: Mesh, block_size: int | None = None) -> Callabl
     it maps over them ``block_size`` at a time (``lax.map`` with ``batch_size``, vmapped within a
     block), so only one block's working set is live. Under ``shard_map`` no op is partitioned by
     XLA's SPMD partitioner, which would replicate ops it has no sharding rule for (LAPACK's QR and
-    SVD custom calls) and gather their inputs across devices. Not jitted: wrap it in ``jax.jit``
-    with the shardings.
+    SVD custom calls) and gather their inputs across devices. It is traced at
+    :mod:`gradflow.config`'s precision policy in force when it is traced. Not jitted: wrap it in
+    ``jax.jit`` with the shardings.
     """
     if not callable(one):
         raise TypeError(f"one must be callable as one(*args) for one run, got {one!r}")
@@ -500,9 +562,14 @@ def batched(one: Callable, mesh: Mesh, block_size: int | None = None) -> Callabl
     def program(*args):
         # check_vma=False: fn may start scans from constants (train_fn's carries), which the
         # varying-manual-axes check rejects although every device runs its own, independent runs
-        return jax.shard_map(
-            per_device, mesh=mesh, in_specs=(spec,) * len(args), out_specs=spec, check_vma=False
-        )(*args)
+        with _config.matmul_scope():  # float32 matmuls unless asked (gradflow.config)
+            return jax.shard_map(
+                per_device,
+                mesh=mesh,
+                in_specs=(spec,) * len(args),
+                out_specs=spec,
+                check_vma=False,
+            )(*args)
 
     return program
 
@@ -661,27 +728,9 @@ def _coerce(df: pd.DataFrame, dtypes: Mapping[str, str]) -> pd.DataFrame:
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write via ``write(file)`` to a hidden temp file beside ``path``, fsync, os.replace."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable; not possible on every platform
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    """Write via ``write(file)`` to an exclusively created hidden temp file beside ``path``,
+    fsync, :func:`os.replace` (:func:`gradflow._io.atomic_write`)."""
+    _io.atomic_write(path, write)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -689,14 +738,71 @@ def _write_json(path: Path, obj: Any) -> None:
     _atomic_write(path, lambda f: f.write(data))
 
 
+def _read_metadata(path: Path) -> dict:
+    """``metadata.json`` parsed, with a clear error for a damaged file."""
+    try:
+        meta = json.loads(path.read_text())
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a text file ({e}); {_DAMAGED}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); {_DAMAGED}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} holds a {type(meta).__name__}, not a JSON object; {_DAMAGED}")
+    config = meta.get("config")
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a {FORMAT} store (no config of that format)")
+    missing = [k for k in _METADATA_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"{path} lacks the field(s) {missing}; {_DAMAGED}")
+    return meta
+
+
+def _check_metadata(meta: Mapping, path: Path) -> _Plan:
+    """The plan implied by the stored config; raises if the rest of ``metadata.json`` (hash,
+    columns, dtypes, groups) disagrees with it, i.e. the file was edited or damaged."""
+    plan = _Plan.from_config(meta["config"], path)
+    expected = {
+        "config_hash": plan.config_hash,
+        "columns": list(plan.columns),
+        "dtypes": plan.dtypes,
+        "groups": [
+            {"static": plan.groups[g], "chunks": plan.chunks_per_group}
+            for g in range(len(plan.groups))
+        ],
+    }
+    stored = {
+        "config_hash": meta["config_hash"],
+        "columns": meta["columns"],
+        "dtypes": meta["dtypes"],
+        "groups": [
+            {"static": grp.get("static"), "chunks": grp.get("chunks")}
+            if isinstance(grp, Mapping) else grp
+            for grp in (meta["groups"] if isinstance(meta["groups"], list) else [meta["groups"]])
+        ],
+    }  # fmt: skip
+    bad = [k for k in expected if _canonical(expected[k]) != _canonical(stored[k])]
+    if bad:
+        raise ValueError(
+            f"{path} does not match its own config: {', '.join(bad)} differ from what the "
+            f"config implies (e.g. {bad[0]}: stored {_short(stored[bad[0]])} vs implied "
+            f"{_short(expected[bad[0]])}); the file was edited or damaged. {_DAMAGED_FIX}"
+        )
+    return plan
+
+
 def load_metadata(workdir: str | os.PathLike) -> dict:
-    """The ``metadata.json`` of a sweep store (config, groups, dtypes, sessions)."""
-    path = Path(workdir) / "metadata.json"
+    """The ``metadata.json`` of a sweep store (config, groups, dtypes, sessions), checked: its
+    hash, columns, dtypes and groups must be those its config implies.
+
+    Raises:
+      FileNotFoundError: ``workdir`` holds no ``metadata.json``.
+      ValueError: the file is not valid JSON, not a gradflow sweep store, or was edited.
+    """
+    path = _checks.path("workdir", workdir) / "metadata.json"
     if not path.is_file():
         raise FileNotFoundError(f"{workdir} is not a gradflow sweep store: no metadata.json")
-    meta = json.loads(path.read_text())
-    if meta.get("config", {}).get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} store")
+    meta = _read_metadata(path)
+    _check_metadata(meta, path)
     return meta
 
 
@@ -705,15 +811,156 @@ def load(workdir: str | os.PathLike) -> pd.DataFrame:
 
     Works on a partial store (a sweep still running or killed): it holds the completed chunks;
     ``load_metadata(workdir)["complete"]`` says whether the sweep finished.
-    ``pd.read_parquet(Path(workdir) / "rows")`` reads the same rows.
+    ``pd.read_parquet(Path(workdir) / "rows")`` reads the same rows, unchecked.
+
+    Every chunk is checked before use: its file name, the sweep identity it carries (config
+    hash, group, chunk) and its key columns (the group's static values, the chunk's
+    hyperparameters and seeds, the same number of rows per run) must be those of this store, so
+    a chunk copied from another sweep or swapped with another chunk is refused, never mixed in.
+
+    Raises:
+      FileNotFoundError: no ``metadata.json``.
+      ValueError: damaged or edited metadata, ``rows`` not a directory, or a chunk that does
+        not belong to this store (the message names the file).
     """
-    meta = load_metadata(workdir)
-    columns, dtypes = meta["columns"], meta["dtypes"]
-    files = sorted((Path(workdir) / "rows").glob("g*-c*.parquet"))
-    if not files:
-        return _empty(columns, dtypes)
-    df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    return _coerce(df[columns], dtypes)
+    workdir = _checks.path("workdir", workdir)
+    path = workdir / "metadata.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{workdir} is not a gradflow sweep store: no metadata.json")
+    plan = _check_metadata(_read_metadata(path), path)
+    rows = workdir / "rows"
+    if rows.exists() and not rows.is_dir():
+        raise ValueError(f"{rows} is not a directory; {_DAMAGED}")
+    names = _foreign_chunks(plan, rows)
+    parts = []
+    for g in range(len(plan.groups)):
+        for c in range(plan.chunks_per_group):
+            name = plan.chunk_file(g, c)
+            if name in names:
+                parts.append(_read_chunk(plan, g, c, rows / name))
+    if not parts:
+        return _empty(plan.columns, plan.dtypes)
+    return _coerce(pd.concat(parts, ignore_index=True)[list(plan.columns)], plan.dtypes)
+
+
+# ----------------------------------------------------------------------------- chunk checks
+
+_CHUNK_KEY = b"gradflow.sweep"
+_METADATA_KEYS = ("config_hash", "config", "columns", "dtypes", "groups", "complete", "sessions")
+_DAMAGED_FIX = "Restore it, or delete the store (or use another workdir) to start over."
+_DAMAGED = "the store is damaged. " + _DAMAGED_FIX
+
+
+def _chunk_identity(plan: _Plan, g: int, c: int) -> dict:
+    return {
+        "format": FORMAT,
+        "config_hash": plan.config_hash,
+        "group": g,
+        "chunk": c,
+        "static": plan.groups[g],
+    }
+
+
+def _write_chunk(path: Path, frame: pd.DataFrame, plan: _Plan, g: int, c: int) -> None:
+    """One chunk's rows as parquet, carrying its identity in the schema's key-value metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[_CHUNK_KEY] = _canonical(_chunk_identity(plan, g, c)).encode()
+    table = table.replace_schema_metadata(meta)
+    _atomic_write(path, lambda f: pq.write_table(table, f))
+
+
+def _foreign_chunks(plan: _Plan, rows: Path) -> set[str]:
+    """The chunk files in ``rows`` (names), after refusing any parquet file that is not a chunk
+    of this plan (another sweep's chunk copied in, or a renamed file)."""
+    if not rows.is_dir():
+        return set()
+    expected = {
+        plan.chunk_file(g, c) for g in range(len(plan.groups)) for c in range(plan.chunks_per_group)
+    }
+    present = {p.name for p in rows.glob("*.parquet")}
+    foreign = sorted(present - expected)
+    if foreign:
+        raise ValueError(
+            f"{rows / foreign[0]} is not a chunk of this sweep (config hash "
+            f"{plan.config_hash[:12]}; {len(foreign)} such file(s)): it comes from another sweep "
+            "or was renamed. Move it out of the store; results are never mixed."
+        )
+    return present
+
+
+def _check_chunk(plan: _Plan, g: int, c: int, path: Path, table) -> None:
+    """Raise unless the pyarrow ``table`` read from ``path`` is chunk ``c`` of group ``g``."""
+    where = f"{path} (named as group {g}, chunk {c})"
+    raw = (table.schema.metadata or {}).get(_CHUNK_KEY)
+    if raw is not None:  # stores written before chunks carried their identity have none
+        try:
+            ident = json.loads(raw)
+        except ValueError:
+            ident = None
+        want = _chunk_identity(plan, g, c)
+        if not isinstance(ident, dict) or _canonical(ident) != _canonical(want):
+            got = ident if isinstance(ident, dict) else {}
+            raise ValueError(
+                f"{where} belongs elsewhere: it carries config hash "
+                f"{str(got.get('config_hash'))[:12]}, group {got.get('group')}, chunk "
+                f"{got.get('chunk')} (this store: {plan.config_hash[:12]}, group {g}, chunk "
+                f"{c}). Delete it and rerun the sweep to recompute it; results are never mixed."
+            )
+    keys = [*plan.grid_keys, "seed"]
+    missing = [k for k in keys if k not in table.column_names]
+    if missing:
+        raise ValueError(f"{where} lacks the column(s) {missing}; delete it and rerun the sweep")
+    frame = _coerce(table.select(keys).to_pandas(), {k: plan.dtypes[k] for k in keys})
+    runs = frame.drop_duplicates(ignore_index=True)
+    want = plan.chunk_keys(g, c)
+
+    def rows(df):
+        return sorted(
+            (tuple(_plain(v) for v in r) for r in df.itertuples(index=False)),
+            key=repr,
+        )
+
+    if len(runs) != len(want) or rows(runs) != rows(want):
+        raise ValueError(
+            f"{where} holds other runs than that chunk: its hyperparameters and seeds "
+            f"{_short(rows(runs)[:4], 160)} vs expected {_short(rows(want)[:4], 160)}. Delete "
+            "it and rerun the sweep to recompute it; results are never mixed."
+        )
+    sizes = frame.groupby(keys, dropna=False, sort=False).size()
+    if sizes.nunique() != 1:
+        raise ValueError(
+            f"{where} holds {sizes.min()} to {sizes.max()} rows per run (duplicated or missing "
+            "rows). Delete it and rerun the sweep to recompute it."
+        )
+
+
+def _plain(v: Any) -> Any:
+    """A table cell as a plain Python value (``None`` for a missing one)."""
+    if pd.isna(v):
+        return None
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _read_chunk(plan: _Plan, g: int, c: int, path: Path) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise ValueError(
+            f"{path} is not a readable parquet file ({e}); delete it and rerun the sweep"
+        ) from None
+    _check_chunk(plan, g, c, path, table)
+    if list(table.column_names) != list(plan.columns):
+        raise ValueError(
+            f"{path} has the columns {table.column_names}, not {list(plan.columns)}; delete it "
+            "and rerun the sweep"
+        )
+    return _coerce(table.to_pandas(), plan.dtypes)
 
 
 def _diff(stored: Mapping, current: Mapping) -> list[str]:
@@ -787,13 +1034,16 @@ def _now() -> str:
 
 
 def _open_store(workdir: Path, plan: _Plan) -> tuple[dict | None, np.ndarray, str | None]:
-    """Process 0: create or check the store; return (metadata, done mask, error)."""
+    """Process 0, holding the store's lock: create or check the store; return (metadata, done
+    mask, error). Every existing chunk is checked against this sweep (:func:`_check_chunk`)."""
     rows = workdir / "rows"
     meta_path = workdir / "metadata.json"
     n_groups, n_chunks = len(plan.groups), plan.chunks_per_group
     done = np.zeros((n_groups, n_chunks), dtype=bool)
+    if rows.exists() and not rows.is_dir():
+        raise ValueError(f"{rows} is not a directory; {_DAMAGED}")
     if meta_path.exists():
-        meta = load_metadata(workdir)
+        meta = _read_metadata(meta_path)
         if meta["config_hash"] != plan.config_hash:
             diff = _diff(meta["config"], plan.config) or ["  (same fields, different hash)"]
             return (
@@ -805,6 +1055,7 @@ def _open_store(workdir: Path, plan: _Plan) -> tuple[dict | None, np.ndarray, st
                     + "\nUse a fresh workdir for a new sweep (or delete this one to start over)."
                 ),
             )
+        _check_metadata(meta, meta_path)
     else:
         if rows.is_dir() and any(rows.glob("*.parquet")):
             return None, done, f"{rows} holds parquet files but {meta_path} is missing"
@@ -827,14 +1078,139 @@ def _open_store(workdir: Path, plan: _Plan) -> tuple[dict | None, np.ndarray, st
             "complete": False,
             "sessions": [],
         }
-    rows.mkdir(parents=True, exist_ok=True)
+    rows.mkdir(exist_ok=True)
+    # Left by a killed writer; never renamed, never counted. Safe: we hold the store's lock.
     for stale in itertools.chain(rows.glob(".*.tmp"), workdir.glob(".*.tmp")):
-        stale.unlink(missing_ok=True)  # left by a killed writer; never renamed, never counted
-    existing = {p.name for p in rows.glob("*.parquet")}
+        stale.unlink(missing_ok=True)
+    existing = _foreign_chunks(plan, rows)
+    import pyarrow.parquet as pq
+
     for g in range(n_groups):
         for c in range(n_chunks):
-            done[g, c] = plan.chunk_file(g, c) in existing
+            path = rows / plan.chunk_file(g, c)
+            if path.name in existing:
+                try:
+                    table = pq.read_table(path, columns=[*plan.grid_keys, "seed"])
+                except (OSError, ValueError) as e:
+                    raise ValueError(
+                        f"{path} is not a readable parquet file ({e}); delete it and rerun the "
+                        "sweep to recompute it"
+                    ) from None
+                _check_chunk(plan, g, c, path, table)
+                done[g, c] = True
     return meta, done, None
+
+
+# ----------------------------------------------------------------------------- the lock
+
+#: The lock file of a store (its content names the holder: pid, host, start time, command).
+LOCK_FILE = ".lock"
+
+
+class _StoreLock:
+    """An exclusive lock on a sweep store, held by the writing process for the whole run.
+
+    ``workdir/.lock`` is locked with :func:`fcntl.flock` (the kernel releases it when the holder
+    exits, however it exits: ``kill -9`` and power loss leave no stale lock to clear) and holds
+    the holder's pid, host, start time and command, so a second writer is refused with "in use
+    by pid ... on host ...". The file itself stays (deleting it would let two processes lock two
+    different files). Where the file system cannot lock (some network mounts), the store is used
+    unlocked with a warning.
+    """
+
+    def __init__(self, workdir: Path):
+        self.path = workdir / LOCK_FILE
+        self.fd: int | None = None
+
+    def __enter__(self) -> _StoreLock:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe_holder(os.read(fd, 4096))
+            os.close(fd)
+            raise RuntimeError(
+                f"the sweep store {self.path.parent} is in use by {holder}; wait for that run to "
+                "finish (or stop it), or use another workdir"
+            ) from None
+        except OSError as e:  # no flock on this file system
+            import warnings
+
+            warnings.warn(
+                f"gradflow.sweep: cannot lock {self.path} ({e.strerror}); two writers on this "
+                "store would not be detected",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        info = {
+            "pid": os.getpid(),
+            "host": platform.node(),
+            "started": _now(),
+            "argv": list(sys.argv),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # the lock is free: no holder to name
+            os.close(self.fd)  # releases the flock
+            self.fd = None
+
+
+def _describe_holder(raw: bytes) -> str:
+    try:
+        info = json.loads(raw)
+        return (
+            f"pid {info['pid']} on host {info['host']} (since {info['started']}, "
+            f"command {' '.join(map(str, info.get('argv', [])))!r})"
+        )
+    except (ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def in_use(workdir: str | os.PathLike) -> str | None:
+    """Who holds the lock of the sweep store ``workdir`` (``"pid N on host H (since ...)"``), or
+    None when no process is writing it (or it is not a store)."""
+    path = _checks.path("workdir", workdir) / LOCK_FILE
+    if not path.is_file():
+        return None
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _describe_holder(os.read(fd, 4096))
+        except OSError:
+            return None
+        return None
+    finally:
+        os.close(fd)
+
+
+def _prepare_workdir(workdir: Path) -> None:
+    """Create ``workdir``; say clearly what is wrong when it cannot be a store."""
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"workdir {workdir} exists and is not a directory")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise type(e)(
+            e.errno, f"cannot create the sweep store {workdir}: {e.strerror}", e.filename
+        ) from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise PermissionError(
+            13, f"cannot write the sweep store {workdir}: permission denied", str(workdir)
+        )
 
 
 def _global_array(sharding: NamedSharding, host: np.ndarray) -> jax.Array:
@@ -911,6 +1287,21 @@ def run(
         column name clashes, axes that do not fit fn's output, or a store holding another sweep.
       TypeError: non-integer seeds, unsupported grid values, fn returning something other than a
         dict of numeric arrays, or fn needing a concrete value of a batched hyperparameter.
+
+    Example:
+      Three seeds of two scales, one compiled program, into a resumable store:
+
+      >>> import tempfile
+      >>> def fn(hparams, key):
+      ...     return {"value": hparams["scale"] * jax.random.normal(key, ())}
+      >>> with tempfile.TemporaryDirectory() as workdir:
+      ...     df = gf.sweep.run(fn, {"scale": [1.0, 2.0]}, seeds=range(3), workdir=workdir,
+      ...                       progress=False)
+      >>> len(df), sorted(df.seed.unique().tolist())
+      (6, [0, 1, 2])
+      >>> by_seed = df.pivot(index="seed", columns="scale", values="value")
+      >>> bool(((by_seed[2.0] / by_seed[1.0]).round(5) == 2.0).all())   # one key per seed
+      True
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable as fn(hparams, key), got {fn!r}")
@@ -941,21 +1332,36 @@ def run(
         ) from e
     if workdir is None:
         raise TypeError("workdir is required: the directory of the results store")
-    workdir = Path(workdir)
+    workdir = _checks.path("workdir", workdir)
     chunk_size = None if chunk_size is None else int(chunk_size)
     _check_block_size(block_size)
     block_size = None if block_size is None else int(block_size)
     if rng not in _rng.NAMES:
         raise ValueError(f"unknown rng {rng!r}; valid names: {', '.join(_rng.NAMES)}")
-    plan = _Plan(grid, seeds, static, chunk_size, axes, name, user_config, fn, rng)
+    precision = _config.matmul_precision()  # read once: every group of this call uses it
+    plan = _Plan(grid, seeds, static, chunk_size, axes, name, user_config, fn, rng, precision)
 
     lead = jax.process_index() == 0
-    meta, done, error, failure = None, None, None, None
+    meta, done, error, failure, lock = None, None, None, None, None
     if lead:
         try:
+            _prepare_workdir(workdir)
+            lock = _StoreLock(workdir).__enter__()
             meta, done, error = _open_store(workdir, plan)
         except Exception as e:  # tell the other processes before raising, or they would hang
             failure, error = e, f"{type(e).__name__}: {e}"
+    try:
+        return _run_locked(fn, plan, workdir, lead, meta, done, error, failure, name, progress,
+                           block_size, precision)  # fmt: skip
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+
+def _run_locked(
+    fn, plan, workdir, lead, meta, done, error, failure, name, progress, block_size, precision
+):
+    """The body of :func:`run` after process 0 opened (and locked) the store."""
     # process 0 decides; everyone learns the verdict, the done mask and checks the config hash
     n_groups, n_chunks = len(plan.groups), plan.chunks_per_group
     words = np.frombuffer(bytes.fromhex(plan.config_hash)[:16], dtype=np.int32)
@@ -963,7 +1369,8 @@ def run(
     if lead:
         status[0] = error is not None
         status[1:5] = words
-        status[5:] = done.ravel()
+        if done is not None:
+            status[5:] = done.ravel()
     status = _agree(status)
     if failure is not None:
         raise failure
@@ -984,6 +1391,7 @@ def run(
         **_environment(),
         "started": _now(),
         "finished": None,
+        "matmul_precision": precision,
         "block_size": block_size,
         "groups": [],
     }
@@ -1011,7 +1419,8 @@ def run(
                 continue
             bar.set_postfix_str(plan.group_label(g), refresh=False)
             t0 = time.perf_counter()
-            compiled, shapes = _compile_group(fn, plan, g, sharding, padded, block_size)
+            with _config.use_matmul_precision(precision):
+                compiled, shapes = _compile_group(fn, plan, g, sharding, padded, block_size)
             metric_axes = _metric_axes(plan, shapes)
             timing = {
                 "group": g,
@@ -1042,7 +1451,7 @@ def run(
                 t1 = time.perf_counter()
                 if lead:
                     path = workdir / "rows" / plan.chunk_file(g, c)
-                    _atomic_write(path, lambda f, frame=frame: frame.to_parquet(f, index=False))
+                    _write_chunk(path, frame, plan, g, c)
                 frames[g, c] = frame
                 timing["chunks"] += 1
                 timing["run_s"] += t1 - t0
@@ -1069,7 +1478,7 @@ def run(
             else:
                 path = workdir / "rows" / plan.chunk_file(g, c)
                 if path.exists():
-                    parts.append(pd.read_parquet(path))
+                    parts.append(_read_chunk(plan, g, c, path))
     if not parts:
         return _empty(plan.columns, plan.dtypes)
     return _coerce(pd.concat(parts, ignore_index=True)[list(plan.columns)], plan.dtypes)

@@ -288,8 +288,8 @@ class _Analysis:
 
     def run_scan(self, eqn, ins: list[_Info], site: tuple, levels: tuple[int, ...]):
         p = eqn.params
-        nc, nk = p["num_consts"], p["num_carry"]
-        body = p["jaxpr"].jaxpr
+        nc, nk = _scan_counts(p)
+        body, _ = _open(p["jaxpr"])
         level = _Level(id=len(self.levels), length=int(p["length"]), reverse=bool(p["reverse"]))
         self.levels[level.id] = level
         consts, carry, xs = ins[:nc], ins[nc : nc + nk], ins[nc + nk :]
@@ -791,17 +791,37 @@ def _bind(eqn, invals: list) -> list:
     return outs if eqn.primitive.multiple_results else [outs]
 
 
+def _open(jaxpr) -> tuple[Any, list]:
+    """(Jaxpr, consts) of a ClosedJaxpr or an open Jaxpr (jax >= 0.11 gives scan an open one)."""
+    if hasattr(jaxpr, "consts"):
+        return jaxpr.jaxpr, list(jaxpr.consts)
+    return jaxpr, []
+
+
+def _scan_counts(params: dict) -> tuple[int, int]:
+    """(number of consts, number of carries) of a scan.
+
+    ``num_consts``/``num_carry`` (jax <= 0.10) or the flat trees ``ft_in`` of (consts, carry,
+    xs), whose ``len`` counts leaves (jax >= 0.11).
+    """
+    if "num_consts" in params:
+        return params["num_consts"], params["num_carry"]
+    ft_in = params["ft_in"]
+    consts, carry, _ = ft_in.unpack() if hasattr(ft_in, "unpack") else ft_in
+    return len(consts), len(carry)
+
+
 def _evaluate_scan(eqn, invals, site, taps, inner, probes):
     p = eqn.params
-    nc, nk = p["num_consts"], p["num_carry"]
-    closed = p["jaxpr"]
+    nc, nk = _scan_counts(p)
+    body_jaxpr, body_consts = _open(p["jaxpr"])
     consts, init, xs = invals[:nc], invals[nc : nc + nk], invals[nc + nk :]
     ids = inner[site]
 
     def body(carry, xt):
         x_t, ps = xt
         outs, vals = _evaluate(
-            closed.jaxpr, list(closed.consts), [*consts, *carry, *x_t], site, taps, inner, ps
+            body_jaxpr, body_consts, [*consts, *carry, *x_t], site, taps, inner, ps
         )
         return outs[:nk], (outs[nk:], {k: vals[k] for k in ids})
 

@@ -70,7 +70,6 @@ import functools
 import json
 import numbers
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -82,7 +81,9 @@ import numpy as np
 import optax
 from flax import struct
 
+from gradflow import _checks, _io
 from gradflow import adapters as _adapters
+from gradflow import config as _config
 from gradflow import optim as _optim
 from gradflow import probes as _probes
 
@@ -152,6 +153,7 @@ class TrainConfig:
 
     Attributes:
       model: the network, any of
+
         - a :class:`flax.linen.Module` (e.g. :class:`gradflow.models.MLP`), initialised from each
           run's key; ``train=`` is passed when its ``__call__`` takes it (BatchNorm statistics
           update while training), and dropout draws a fresh key every step;
@@ -163,9 +165,11 @@ class TrainConfig:
         - a pair ``(init_fn, apply_fn)``: ``init_fn(key, x) -> params`` (any pytree, e.g. an
           Equinox model's ``eqx.partition`` -ed arrays, or ``nnx.state(Model(nnx.Rngs(key)),
           nnx.Param)``) and ``apply_fn(params, x) -> outputs``, initialised from each run's key.
+
         Per-layer records follow the forward order of :func:`gradflow.optim.layer_order` when the
         parameter names do not already give it.
       optimizer: one of
+
         - an optimizer name of :func:`gradflow.optim.optimizer_names` -- built by
           :func:`build_optimizer` from ``hparams["learning_rate"]`` (required) and the optional
           ``hparams["clip"]`` (global-norm clipping first; ``inf`` never clips),
@@ -469,6 +473,7 @@ def _tree_finite(tree: Any) -> Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+@_config.wrap
 def init_state(
     config: TrainConfig,
     x: Array,
@@ -510,10 +515,54 @@ def _metrics(out: Array, y: Array, loss: Any) -> dict[str, Array]:
     y = jnp.asarray(y)
     result = {"loss": _probes.get_loss(loss)(out, y)}
     if jnp.issubdtype(y.dtype, jnp.integer) and out.ndim == y.ndim + 1:
-        result["accuracy"] = jnp.mean((jnp.argmax(out, axis=-1) == y).astype(out.dtype))
+        n_classes = out.shape[-1]
+        _check_labels(y, n_classes)
+        bad_label = jnp.any((y < 0) | (y >= n_classes))
+        nan = jnp.asarray(jnp.nan, out.dtype)
+        acc = jnp.mean((jnp.argmax(out, axis=-1) == y).astype(out.dtype))
+        result["accuracy"] = jnp.where(jnp.all(jnp.isfinite(out)) & ~bad_label, acc, nan)
+        result["loss"] = jnp.where(bad_label, nan.astype(result["loss"].dtype), result["loss"])
     return result
 
 
+def _host(a: Array) -> np.ndarray | None:
+    """``a`` on the host, or None when it is traced."""
+    try:
+        return np.asarray(a)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def _check_eval_batch(x: Array, y: Array) -> None:
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(f"evaluate needs a non-empty batch: x has shape {x.shape}")
+    if y.ndim == 0 or y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"x and y must hold the same number of examples, got {x.shape} and {y.shape}"
+        )
+    host = _host(x)
+    if host is not None and host.dtype.kind in "fc" and not np.isfinite(host).all():
+        bad = np.argwhere(~np.isfinite(host))
+        raise ValueError(
+            f"x holds {len(bad)} non-finite value(s), the first {host[tuple(bad[0])]} at index "
+            f"{tuple(int(i) for i in bad[0])}; evaluate scores finite inputs only"
+        )
+
+
+def _check_labels(y: Array, n_classes: int) -> None:
+    host = _host(y)
+    if host is None:
+        return
+    bad = (host < 0) | (host >= n_classes)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"y: labels must lie in [0, {n_classes}) for a model with {n_classes} outputs; "
+            f"got {int(host[first])} at {first} ({int(bad.sum())} out of range)"
+        )
+
+
+@_config.wrap
 def evaluate(
     model: Any,
     variables: Any,
@@ -528,9 +577,17 @@ def evaluate(
     variables, an NNX or Equinox module and None, an ``apply_fn`` and its params). Returns
     ``{"loss": (), "accuracy": ()}``; ``accuracy`` (fraction of ``argmax(outputs) == y``) only
     when ``y`` holds integer class labels. Traceable.
+
+    Bad data is never scored: concrete inputs are checked first (``ValueError`` for an empty
+    batch, non-finite inputs, or integer labels outside ``[0, n_classes)``); under tracing, where
+    nothing can raise, the accuracy is NaN when any output is non-finite (an ``argmax`` of NaN
+    means nothing), and loss and accuracy are NaN when a label is out of range.
     """
+    x = _checks.array("x", x, finite=False, nonempty=False)
+    y = _checks.array("y", y, finite=False, nonempty=False)
+    _check_eval_batch(x, y)
     m = _adapters.as_model(model, variables, train=False)
-    return _metrics(m(m.params, jnp.asarray(x)), y, loss)
+    return _metrics(m(m.params, x), y, loss)
 
 
 def _evaluate_net(net: _Net, state: TrainState, x: Array, y: Array, loss: Any) -> dict:
@@ -617,7 +674,8 @@ def make_train_step(
     """
     _probes.get_loss(loss)
     _check_model(model)
-    return jax.jit(_step_fn(model, tx, loss, probe, layers))
+    # the policy is entered outside the jit, so the compile cache keys on it (gradflow.config)
+    return _config.wrap(jax.jit(_step_fn(model, tx, loss, probe, layers)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -737,7 +795,9 @@ def train_fn(
     ``lax.scan`` over ``R = steps // record_every`` blocks of ``record_every`` steps, divergence
     handled by masking (see the module docstring), so ``jax.jit(jax.vmap(fn))`` trains a whole
     grid of seeds and shape-preserving hyperparameters at once, and :func:`gradflow.sweep.run`
-    accepts ``fn`` directly (pass ``axes=sweep_axes(fn, example_hparams)``).
+    accepts ``fn`` directly (pass ``axes=sweep_axes(fn, example_hparams)``). ``fn`` is traced at
+    :mod:`gradflow.config`'s precision policy in force when it is traced (float32 matrix products
+    unless you opt in to a backend's fast passes).
 
     Args:
       config: the static :class:`TrainConfig`.
@@ -765,7 +825,8 @@ def train_fn(
         metrics = {**records, "diverged_step": dstep}
         return (metrics, state) if return_state else metrics
 
-    return fn
+    # traced at the precision policy in force (gradflow.config), inside any jit or vmap around it
+    return _config.wrap(fn)
 
 
 def sweep_axes(fn: Callable, hparams: Hparams, key: Array | None = None) -> dict[str, tuple]:
@@ -854,8 +915,12 @@ def _fingerprint(config: TrainConfig, data: _Data, hparams: Hparams, key: Array)
     opt = config.optimizer
     opt_id = opt if isinstance(opt, str) else getattr(opt, "__qualname__", type(opt).__name__)
     loss = config.loss if isinstance(config.loss, str) else config.loss.__qualname__
+    fields = {}
+    if _config.matmul_precision() != _config.DEFAULT:  # absent at the default: old checkpoints
+        fields["matmul_precision"] = _config.matmul_precision()  # resume; others never mix
     return json.dumps(
         {
+            **fields,
             "model": _model_id(config.model),
             "optimizer": opt_id,
             "loss": loss,
@@ -902,7 +967,13 @@ def save_checkpoint(
     key as its raw key data; loading restores every bit. The file is written to a temporary name
     in the same directory and renamed, so a crash never leaves half a checkpoint.
     """
-    path = Path(path)
+    path = _checks.path("path", path)
+    if not isinstance(state, TrainState):
+        raise TypeError(f"state must be a TrainState, got {type(state).__name__}")
+    if metrics is not None and not isinstance(metrics, Mapping):
+        raise TypeError(f"metrics must be a dict name -> array, got {metrics!r}")
+    if diverged_step is not None:
+        diverged_step = _checks.size("diverged_step", diverged_step, minimum=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = _flat_state(state)
     for k, v in (metrics or {}).items():
@@ -910,47 +981,129 @@ def save_checkpoint(
     arrays["__format__"] = np.array(_FORMAT)
     arrays["__fingerprint__"] = np.array(fingerprint)
     arrays["__diverged_step__"] = np.array(-1 if diverged_step is None else diverged_step)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+    return _io.atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+#: Largest fingerprint a checkpoint may carry (characters); a real one is a few hundred.
+_MAX_FINGERPRINT = 1 << 20
+# Room for an .npy header beyond the array bytes (numpy writes 128 bytes; up to 64 KiB allowed).
+_NPY_HEADER = 1 << 16
+
+
+def _npy_bytes(shape: tuple[int, ...], itemsize: int) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * itemsize + _NPY_HEADER
+
+
+def _read_members(path: Path, limits: Mapping[str, int | None]) -> dict[str, np.ndarray]:
+    """The members of the ``.npz`` file ``path``, each read only after its uncompressed size was
+    checked against ``limits`` (name -> largest size in bytes; ``None``: any name with this
+    prefix, see :func:`load_checkpoint`), so a crafted file cannot make us decompress gigabytes."""
+    import zipfile
+
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is not a gradflow checkpoint (not an .npz file: {e})") from None
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > len(limits) + 4096:
+            raise ValueError(f"{path} holds {len(infos)} members: not a checkpoint of this run")
+        out = {}
+        for info in infos:
+            name = info.filename.removesuffix(".npy")
+            if name in limits:
+                limit = limits[name]
+            elif name.startswith("metrics/") and "metrics/" in limits:
+                limit = limits["metrics/"]
+            else:
+                raise ValueError(
+                    f"checkpoint {path} does not match this run's state: it holds an unexpected "
+                    f"member {name!r} (a different model or optimizer?); use a fresh "
+                    "checkpoint_dir"
+                )
+            if limit is not None and info.file_size > limit:
+                raise ValueError(
+                    f"checkpoint {path}: member {name!r} is {info.file_size} bytes uncompressed, "
+                    f"more than the {limit} this run's state needs; refusing to read it"
+                )
+            with archive.open(info) as f:
+                try:
+                    out[name] = np.lib.format.read_array(f, allow_pickle=False)
+                except (ValueError, OSError, EOFError) as e:
+                    raise ValueError(
+                        f"checkpoint {path}: member {name!r} is damaged ({e})"
+                    ) from None
+    return out
 
 
 def load_checkpoint(
-    path: str | os.PathLike, like: TrainState
+    path: str | os.PathLike,
+    like: TrainState,
+    *,
+    records: Mapping[str, Any] | None = None,
+    max_records: int | None = None,
 ) -> tuple[TrainState, dict[str, np.ndarray], int | None, str]:
     """Read a :func:`save_checkpoint` file into the structure of ``like`` (e.g. a fresh
     :func:`init_state`).
+
+    The file is checked before anything in it is used: only the members this run's state has
+    (plus ``metrics/*`` and the three ``__format__``, ``__fingerprint__``, ``__diverged_step__``
+    entries) may be present; each member's uncompressed size is checked before it is read (so a
+    small file cannot expand to gigabytes); every state leaf must have ``like``'s shape and dtype
+    exactly (no silent cast: 1e300 does not become ``inf`` in float32), the parameters and
+    optimizer state must be finite, ``step >= 0`` and ``-1 <= diverged_step <= step``. With
+    ``records`` (name -> ``jax.ShapeDtypeStruct`` of one record) the metrics must be exactly
+    those names, real arrays of shape ``(n, *record shape)`` with ``n <= max_records``.
 
     Returns:
       ``(state, metrics, diverged_step, fingerprint)``.
 
     Raises:
-      ValueError: not a gradflow checkpoint, or its arrays do not match ``like``'s structure.
+      ValueError: not a gradflow checkpoint, or its contents do not fit ``like`` (the message
+        names the member and what is wrong).
     """
-    with np.load(Path(path), allow_pickle=False) as z:
-        files = dict(z.items())
-    if str(files.get("__format__", "")) != _FORMAT:
-        raise ValueError(f"{path} is not a {_FORMAT} checkpoint")
+    path = _checks.path("path", path)
+    if not isinstance(like, TrainState):
+        raise TypeError(f"like must be a TrainState (from init_state), got {type(like).__name__}")
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file {path}")
     template = _key_data(like)
     with_path, treedef = jax.tree_util.tree_flatten_with_path(template)
+    expected = {
+        "state" + jax.tree_util.keystr(p): (np.shape(leaf), np.dtype(leaf.dtype))
+        for p, leaf in with_path
+    }
+    limits: dict[str, int | None] = {
+        name: _npy_bytes(shape, dtype.itemsize) for name, (shape, dtype) in expected.items()
+    }
+    limits.update({"__format__": 4 * 64 + _NPY_HEADER, "__diverged_step__": 64 + _NPY_HEADER})
+    limits["__fingerprint__"] = 4 * _MAX_FINGERPRINT + _NPY_HEADER
+    if records is None:
+        limits["metrics/"] = None
+    else:
+        n = max_records if max_records is not None else 1
+        for k, spec in records.items():
+            limits[f"metrics/{k}"] = _npy_bytes((n, *spec.shape), 8)
+    files = _read_members(path, limits)
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"checkpoint {path} {what}; use a fresh checkpoint_dir")
+
+    fmt = files.get("__format__")
+    if fmt is None or fmt.dtype.kind != "U" or fmt.shape != () or str(fmt) != _FORMAT:
+        raise ValueError(f"{path} is not a {_FORMAT} checkpoint")
     leaves = []
-    for p, leaf in with_path:
-        name = "state" + jax.tree_util.keystr(p)
-        if name not in files or files[name].shape != np.shape(leaf):
-            raise ValueError(
-                f"checkpoint {path} does not match this run's state at {name} (a different "
-                "model or optimizer?); use a fresh checkpoint_dir"
+    for name, (shape, dtype) in expected.items():
+        arr = files.get(name)
+        if arr is None or arr.shape != shape or arr.dtype != dtype:
+            got = "missing" if arr is None else f"{arr.dtype}{list(arr.shape)}"
+            raise bad(
+                f"does not match this run's state at {name}: expected {dtype}{list(shape)}, got "
+                f"{got} (a different model or optimizer?)"
             )
-        leaves.append(jnp.asarray(files[name], dtype=leaf.dtype))
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            raise bad(f"holds non-finite values at {name}")
+        leaves.append(jnp.asarray(arr, dtype=dtype))
     state = jax.tree.map(
         lambda a, ref: (
             jax.random.wrap_key_data(a, impl=jax.random.key_impl(ref)) if _is_key(ref) else a
@@ -958,11 +1111,43 @@ def load_checkpoint(
         jax.tree.unflatten(treedef, leaves),
         like,
     )
+    step = int(np.asarray(state.step))
+    if step < 0:
+        raise bad(f"has step {step} < 0")
+    d = files.get("__diverged_step__")
+    if d is None or d.shape != () or d.dtype.kind not in "iu":
+        raise bad("has no integer __diverged_step__")
+    d = int(d)
+    if not -1 <= d <= step:
+        raise bad(f"has diverged_step {d} outside [-1, step = {step}]")
+    fp = files.get("__fingerprint__")
+    if fp is None or fp.dtype.kind != "U" or fp.shape != ():
+        raise bad("has no fingerprint string")
     metrics = {k[len("metrics/") :]: v for k, v in files.items() if k.startswith("metrics/")}
-    d = int(files["__diverged_step__"])
-    return state, metrics, (None if d < 0 else d), str(files["__fingerprint__"])
+    for k, v in metrics.items():
+        if v.dtype.kind not in "biuf" or v.ndim == 0:
+            raise bad(f"holds metric {k!r} of dtype {v.dtype}{list(v.shape)}, not a real array")
+    if records is not None:
+        if set(metrics) != set(records) and metrics:
+            missing, extra = (
+                sorted(set(records) - set(metrics)),
+                sorted(set(metrics) - set(records)),
+            )
+            raise bad(
+                f"holds other metrics than this run records (missing {missing}, extra {extra})"
+            )
+        counts = {len(v) for v in metrics.values()}
+        if len(counts) > 1:
+            raise bad(f"holds metrics with different numbers of records {sorted(counts)}")
+        for k, v in metrics.items():
+            if v.shape[1:] != tuple(records[k].shape):
+                raise bad(f"holds metric {k!r} of shape {v.shape}, not (n, *{records[k].shape})")
+            if max_records is not None and len(v) > max_records:
+                raise bad(f"holds {len(v)} records of {k!r}; this run makes {max_records}")
+    return state, metrics, (None if d < 0 else d), str(fp)
 
 
+@_config.wrap
 def fit(
     config: TrainConfig,
     data: Any,
@@ -984,7 +1169,9 @@ def fit(
     checkpoint of the *same* run (config, data shapes, hparams, key) resumes from it: the result
     is bit-identical to an uninterrupted run. A checkpoint of another run raises ``ValueError``.
     (The fingerprint names a callable optimizer by its qualified name only: use a fresh directory
-    when you change its code.)
+    when you change its code.) Float32 matrix products run at :mod:`gradflow.config`'s precision
+    policy (``"highest"`` unless you opt in to a backend's fast passes); a checkpoint made at
+    another precision does not resume.
 
     Args:
       config: the :class:`TrainConfig`.
@@ -1022,7 +1209,10 @@ def fit(
     ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
     fp = _fingerprint(config, d, hparams, key)
     if ckpt is not None and ckpt.exists():
-        state, saved, dstep, saved_fp = load_checkpoint(ckpt, state)
+        shapes = jax.eval_shape(block, _fresh_carry(state))[1]  # one record: names and shapes
+        state, saved, dstep, saved_fp = load_checkpoint(
+            ckpt, state, records=shapes, max_records=config.num_records
+        )
         if saved_fp != fp:
             raise ValueError(
                 f"{ckpt} holds a different run (config, data, hparams or key differ); use a "
@@ -1030,6 +1220,14 @@ def fit(
             )
         records = {k: list(v) for k, v in saved.items()}
         done = len(next(iter(records.values()))) if records else 0
+        # the counts must agree with each other: updates made, records kept, divergence
+        step = int(state.step)
+        want = dstep if dstep is not None else done * config.record_every
+        if step != want or (dstep is None and done > config.num_records):
+            raise ValueError(
+                f"{ckpt} is inconsistent: step {step} with {done} record(s) of "
+                f"{config.record_every} steps (diverged_step {dstep}); use a fresh checkpoint_dir"
+            )
 
     def save():
         if ckpt is not None:

@@ -68,6 +68,11 @@ def tables(results_dir: Path, tables_dir: Path) -> list[Path]:
     ]
 
 
+def check(config: dict) -> None:
+    if config["seeds"] < 1:
+        raise ValueError(f"seeds must be >= 1, got {config['seeds']}")
+
+
 EXPERIMENT = gf.experiment.Experiment(
     name="cli_fake",
     claim="Activation norms of a random tanh chain grow with the weight variance.",
@@ -80,6 +85,7 @@ EXPERIMENT = gf.experiment.Experiment(
     plot=plot,
     tables=tables,
     figures=("cli_fake_headline",),
+    check=check,
 )
 
 

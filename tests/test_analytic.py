@@ -125,22 +125,44 @@ def test_chain_grads_match_autodiff_every_activation(x64, name, seed, w_scale):
     # an absolute error of a few eps (e.g. 1 - tanh^2 in saturation), a relative error of
     # ~eps / |phi'(z_k)|. The tolerance of dC/db_j is the sum of these over k >= j.
     chains, results = _run_suite(name, seed, w_scale)
-    eps = np.finfo(np.float64).eps
     for (w, *_), res in zip(chains, results):
         got, (ref_w, ref_b, ref_x) = res["closed"], res["autodiff"]
         chex.assert_shape([got.bias, got.weight], w.shape)
         chex.assert_shape(got.input, w.shape[:-1])
         dphi = np.abs(np.asarray(activations.get(name).grad(res["z"])))
-        inv = np.divide(1.0, dphi, out=np.zeros_like(dphi), where=dphi > 0)
-        rtol = 1e-12 + 8 * eps * (w.shape[-1] + np.cumsum(inv[:, ::-1], axis=-1)[:, ::-1])
-        for value, ref, tol in (
-            (got.bias, ref_b, rtol),
-            (got.weight, ref_w, rtol),
-            (got.input, ref_x, rtol[:, 0]),
+        every, first = np.arange(w.shape[-1]), np.array([0])  # dC/dx: the layers from j = 1
+        for value, ref, layers in (
+            (got.bias, ref_b, every),
+            (got.weight, ref_w, every),
+            (got.input, np.asarray(ref_x)[:, None], first),
         ):
+            ref = np.asarray(ref)
+            err = np.abs(np.asarray(value).reshape(ref.shape) - ref)
             # atol: XLA on CPU flushes subnormals, so values near 1e-308 may be 0 on one side
-            err = np.abs(np.asarray(value) - np.asarray(ref))
-            assert np.all(err <= tol * np.abs(ref) + 1e-290), np.max(err - tol * np.abs(ref))
+            tol = _product_tolerance(ref, dphi, layers) + 1e-290
+            assert np.all(err <= tol), np.max(err - tol)
+
+
+def _product_tolerance(ref, dphi, layers):
+    """Absolute error bound of ``ref[:, i]``, a product of the factors phi'(z_k), k >= j =
+    ``layers[i]``, and the weights:
+    ``(1e-12 + 8 L eps) |ref_j| + 8 eps sum_{k >= j, phi'_k != 0} |ref_j| / phi'_k``.
+
+    Each phi'(z_k) carries an absolute error of a few eps, so the product an error of
+    ``|ref_j| eps / phi'_k`` per factor. ``|ref_j| / phi'_k`` is the product of the other factors:
+    computed as that quotient it stays finite where phi'_k is subnormal, whereas ``1 / phi'_k``
+    overflows there (GPUs keep float64 subnormals; XLA's CPU flushes them to zero). A quotient
+    that still overflows is an infinite bound, which is what the model says there.
+    """
+    eps = np.finfo(np.float64).eps
+    depth = dphi.shape[-1]
+    k = np.arange(depth)
+    use = (k[None, :] >= layers[:, None])[None] & (dphi[:, None, :] > 0)  # (batch, J, L)
+    quotient = np.zeros(use.shape)
+    with np.errstate(over="ignore"):
+        np.divide(np.abs(ref)[:, :, None], dphi[:, None, :], out=quotient, where=use)
+        spread = quotient.sum(axis=-1)
+    return (1e-12 + 8 * depth * eps) * np.abs(ref) + 8 * eps * spread
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -664,3 +686,25 @@ def test_exploding_chain_under_jit_names_the_fix():
         jax.jit(lambda x: analytic.exploding_chain(5, x))(0.5)
     w, b = analytic.exploding_chain(5, 0.5)
     assert w.shape == b.shape == (5,)
+
+
+def test_complex_sizes_and_non_finite_gains_are_refused():
+    w, b = jnp.array([1 + 2j, 0.5 + 0j]), jnp.zeros(2)
+    for f in (
+        lambda: analytic.chain_forward(w, b, 1.0, "tanh"),
+        lambda: analytic.chain_grads(w, b, 1.0, 1.0, "tanh"),
+        lambda: analytic.gradient_bound(w, "tanh"),
+    ):
+        with pytest.raises(TypeError, match="w must be real; got complex64"):
+            f()  # used to drop the imaginary part with a warning
+    with pytest.raises(TypeError, match="weight must be real; got complex"):
+        analytic.exploding_chain(3, 0.5, weight=1 + 1j)
+    with pytest.raises(ValueError, match=r"gain must be finite; got 1 non-finite value\(s\)"):
+        analytic.deep_linear_gain(float("nan"), 3)  # chain_* reject NaN: so does this
+    with pytest.raises(ValueError, match=r"dtype must be a floating dtype .* got int32"):
+        analytic.scaled_identity_mlp(2, 2.0, dtype=jnp.int32)  # used to mix int and float
+    with pytest.raises(TypeError, match="gain must be a real number, got"):
+        analytic.scaled_identity_mlp(2, 1 + 1j)
+    # a size that cannot fit is refused at once (it used to run 26 s into a MemoryError)
+    with pytest.raises(ValueError, match=r"exploding_chain\(depth=1000000000000\).* of memory"):
+        analytic.exploding_chain(10**12, 0.5)

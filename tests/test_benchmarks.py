@@ -32,6 +32,7 @@ TOY = {
         record_every=2, batch=8, naive_timed=1, torch_timed=1,
     ),
     "w4": workloads.ChainSweep("toy chains", chains=6, depth=3, naive_timed=2),
+    "compile": workloads.CompileSweep("toy compile", depths=(1, 2), width=4, seeds=2, batch=8),
 }  # fmt: skip
 
 
@@ -60,9 +61,10 @@ def results():
 
 def test_every_way_runs_and_agrees(results):
     expected = {
-        "w1": {"gradflow", "gradflow_before", "gradflow_vmap_native", "naive_jax"},
+        "w1": {"gradflow", "gradflow_readme", "gradflow_native", "gradflow_blocked", "naive_jax"},
         "w3": {"gradflow", "naive_jax"},
         "w4": {"gradflow", "gradflow_log", "jax_grad", "naive_jax"},
+        "compile": {"gradflow_readme_depth1", "gradflow_readme_depth2"},
     }
     for key, w in results["workloads"].items():
         methods = {m["method"] for m in w["measurements"]}
@@ -73,7 +75,14 @@ def test_every_way_runs_and_agrees(results):
         for c in w["checks"]:
             if "informative" not in c["note"]:
                 assert c["ok"], c
-        assert "naive_jax" in w["speedups"]["gradflow"]
+        if key != "compile":
+            assert "naive_jax" in w["speedups"]["gradflow"]
+            gf_way = next(m for m in w["measurements"] if m["method"] == "gradflow")
+            assert gf_way["e2e_s"] == pytest.approx(gf_way["compile_s"] + gf_way["median_s"])
+            assert "naive_jax" in w["e2e_speedups"]["gradflow"]
+    compile_w = results["workloads"]["compile"]
+    assert [d["depth"] for d in compile_w["per_depth"]] == [1, 2]
+    assert compile_w["compile_ratio"] > 0 and len(compile_w["checks"]) == 2
     w3 = results["workloads"]["w3"]["measurements"]
     naive = next(m for m in w3 if m["method"] == "naive_jax")
     assert naive["scale"] == 2.0  # timed 1 of 2 runs
@@ -81,9 +90,13 @@ def test_every_way_runs_and_agrees(results):
 
 def test_pytorch_ways_agree_with_gradflow(results):
     pytest.importorskip("torch")
-    for w in results["workloads"].values():
-        assert "pytorch" in {m["method"] for m in w["measurements"]}
+    for key, w in results["workloads"].items():
+        if key == "compile":
+            continue
+        methods = {m["method"] for m in w["measurements"]}
+        assert {"pytorch", "torch_func"} <= methods, methods
         assert any(c["check"].startswith("pytorch") for c in w["checks"])
+        assert any(c["check"].startswith("torch_func ==") for c in w["checks"])
 
 
 def test_report_written(results, tmp_path):
@@ -92,11 +105,17 @@ def test_report_written(results, tmp_path):
     text = md.read_text()
     for key, w in results["workloads"].items():
         assert f"## {key}: {w['title']}" in text
-    assert "w1 | >= 20x PyTorch" in text or not workloads.torch_available()
-    assert "| w1 | >= 5x naive JAX |" in text
+    assert "| 9 | w1 | `gradflow` | >= 20x the PyTorch loop |" in text
+    assert "| 9 | w1 | `gradflow` | >= 5x naive JAX |" in text
+    assert "| 14 | compile | `gradflow_readme` | compile at the deepest <= 1.5x" in text
+    assert "| compile | end to end | / gradflow |" in text
     loaded = json.loads(js.read_text())
-    assert {t["workload"] for t in loaded["targets"]} == {"w1", "w3"}
+    assert {t["workload"] for t in loaded["targets"]} == {"w1", "w3", "w4", "compile"}
     assert loaded["workloads"]["w1"]["config"]["seeds"] == 4
+    # the GPU suite scores its own targets on the same kind of results
+    gpu = report.targets({**results, "suite": "gpu"})
+    assert {(t["workload"], t["what"]) for t in gpu} >= {("w1", "speedup:torch_func")}
+    assert all(t["threshold"] in (1.0, 10.0, 24.0) for t in gpu)
 
 
 def test_measure_and_scaling():
@@ -110,10 +129,14 @@ def test_measure_and_scaling():
 
 
 def test_run_rejects_bad_flags():
-    with pytest.raises(SystemExit, match=r"unknown workload\(s\) \['w9'\]"):
+    with pytest.raises(SystemExit, match=r"unknown workload\(s\) \['w9'\] for the cpu suite"):
         run.main(["--only", "w1,w9"])
+    with pytest.raises(SystemExit, match=r"unknown workload\(s\) \['w2big'\] for the cpu"):
+        run.main(["--only", "w2big"])
     with pytest.raises(SystemExit, match="--repeats must be >= 1"):
         run.main(["--repeats", "0"])
+    with pytest.raises(SystemExit, match="--deadline must be > 0 seconds"):
+        run.main(["--deadline", "0"])
     with pytest.raises(TypeError, match="unknown workload configuration"):
         workloads.run_workload(object(), workloads.Options())
 
@@ -127,13 +150,24 @@ def test_requirements_of_a_missed_target():
         "speedups": {"gradflow": {"pytorch": 5.0}}, "gflops": {"gradflow": 2.0},
         "layer_matmul": {"gflops": 2.0},
     }  # fmt: skip
-    (r,) = report.requirements({"workloads": {"w3": w3}, "matmul_peak_gflops": 8.0})
+    results = {"workloads": {"w3": w3}, "matmul_peak_gflops": 8.0}
+    (r,) = [r for r in report.requirements(results) if r["what"] == "speedup:pytorch"]
     assert r["needed_s"] == pytest.approx(1.0)  # 10 s / 10x
     assert r["needed_gflops"] == pytest.approx(4.0)  # 4 runs x 1 GFLOP in 1 s
     assert r["needed_peak_fraction"] == pytest.approx(0.5)
     assert r["vs_layer_matmul"] == pytest.approx(2.0)
     w3["speedups"]["gradflow"]["pytorch"] = 10.0  # met: nothing to require
-    assert report.requirements({"workloads": {"w3": w3}, "matmul_peak_gflops": 8.0}) == []
+    assert not [r for r in report.requirements(results) if r["what"] == "speedup:pytorch"]
+    # end to end: compile 3 s + run 2 s against the loop's 10 s is met; against 4 s it is not,
+    # and the requirement says the compile alone exceeds the budget
+    w3["measurements"][0].update(compile_s=3.0, e2e_s=5.0)
+    w3["e2e_speedups"] = {"gradflow": {"pytorch": 10.0 / 5.0}}
+    assert not [r for r in report.requirements(results) if r["what"] == "e2e:pytorch"]
+    w3["measurements"][1]["median_s"] = 2.5
+    w3["e2e_speedups"] = {"gradflow": {"pytorch": 2.5 / 5.0}}
+    (r,) = [r for r in report.requirements(results) if r["what"] == "e2e:pytorch"]
+    assert r["needed_s"] == pytest.approx(2.5) and r["now_s"] == pytest.approx(5.0)
+    assert "the compile alone exceeds it" in report._requirement_text(r)
 
 
 def test_training_flops_count_the_evaluations(results):
@@ -142,3 +176,23 @@ def test_training_flops_count_the_evaluations(results):
     # 2 records over the 1797 digits (train + test) on top of 6 B W^2 D per step
     assert w3["flops_per_run"] == cfg.flops_per_run + 2 * 1797 * 4**2 * 1 * 2
     assert w3["layer_matmul"]["gflops"] > 0 and w3["layer_matmul"]["shape"] == "2 x (8x4 @ 4x4)"
+
+
+def test_readme_gpu_block_is_generated(results, tmp_path):
+    """The README's GPU numbers are the generated block of benchmarks/results-gpu.json (or the
+    'not yet' text while there is none), never typed."""
+    root = Path(__file__).resolve().parents[1]
+    js = root / "benchmarks" / "results-gpu.json"
+    data = json.loads(js.read_text()) if js.is_file() else None
+    assert report.readme_gpu_block(data) in (root / "README.md").read_text()
+    # the block of a GPU run: every workload's gradflow and torch.func medians, and the update
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{report.readme_gpu_block(None)}\nb\n")
+    gpu = {**results, "suite": "gpu", "torch_device": "cuda"}
+    (tmp_path / "results-gpu.json").write_text(json.dumps(gpu, default=float))
+    assert report.update_readme(readme, tmp_path / "results-gpu.json")
+    text = readme.read_text()
+    assert text.startswith("a\n") and text.endswith("\nb\n") and "| w1: seeds=4" in text
+    assert not report.update_readme(readme, tmp_path / "results-gpu.json")  # idempotent
+    with pytest.raises(ValueError, match="has no"):
+        report.update_readme(tmp_path / "results-gpu.json", tmp_path / "results-gpu.json")

@@ -109,6 +109,17 @@ def test_top_level_help(capsys):
         (["run", "cli_fake", "--quick", "--set", "seed=1"],
          "unknown config key 'seed' for experiment 'cli_fake'; valid keys: seeds, sw2"),
         (["run", "cli_fake", "--set", "seeds=many"], "config key 'seeds' takes a int"),
+        (["run", "cli_fake", "--set", "sw2=abc"], "config key 'sw2' takes a tuple of float "
+         "(default (0.5, 1.0, 2.0)), got 'abc'"),
+        (["run", "cli_fake", "--set", "sw2=(1.0, 1e400)"],
+         "config key 'sw2' takes a tuple of float (default (0.5, 1.0, 2.0)), got (1.0, inf): "
+         "element 1 (inf) is not a finite number"),
+        (["run", "cli_fake", "--set", "seeds=True"], "config key 'seeds' takes a int"),
+        (["run", "cli_fake", "--set", "seeds=0"], "seeds must be >= 1, got 0"),
+        (["reproduce", "--only", "cli_fake", "--workdir", "/dev/null/sub"],
+         "--workdir /dev/null/sub: cannot write there (Not a directory)"),
+        (["run", "cli_fake", "--workdir", "/dev/null"],
+         "--workdir /dev/null: cannot write there"),
         (["run", "cli_fake", "--cpu-devices", "many"],
          "argument --cpu-devices: expected an int >= 1 or 'auto', got 'many'"),
         (["run", "cli_fake", "--cpu-devices", "0"],
@@ -221,6 +232,55 @@ def test_run_plot_and_rerun(fake, tmp_path, capsys):
     assert runtimes["quick"]["cli_fake"] == first  # runs with --set are not recorded
 
 
+def test_plot_on_an_interrupted_run_says_rerun(fake, tmp_path, capsys):
+    root = tmp_path / "root"
+    assert main(["run", "cli_fake", "--workdir", str(root)]) == 0
+    capsys.readouterr()
+    lay = gf.experiment.layout("cli_fake", "full", root)
+    store = lay.results / "norms"
+    # as `kill -9` leaves it mid-sweep: a chunk missing, the sweep not marked complete, no record
+    meta = json.loads((store / "metadata.json").read_text())
+    meta["complete"] = False
+    (store / "metadata.json").write_text(json.dumps(meta))
+    for chunk in (store / "rows").glob("*.parquet"):
+        chunk.unlink()
+    (lay.results / "gradflow_run.json").unlink()
+    assert main(["plot", "cli_fake", "--workdir", str(root)]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "full results are incomplete (0 of 1 chunks) for cli_fake" in line
+    assert f"rerun `gradflow run cli_fake --workdir {root}`" in line
+    assert main(["run", "cli_fake", "--workdir", str(root)]) == 0  # the rerun completes it
+    (lay.results / "gradflow_run.json").unlink()  # killed after the sweeps, before the record
+    capsys.readouterr()
+    assert main(["plot", "cli_fake", "--workdir", str(root)]) == 1
+    assert "the run that made them did not finish" in _one_error_line(capsys.readouterr().err)
+
+
+def test_fresh_refuses_to_delete_results_in_use(fake, tmp_path, capsys):
+    root = tmp_path / "root"
+    argv = ["run", "cli_fake", "--quick", "--workdir", str(root)]
+    assert main(argv) == 0
+    store = gf.experiment.layout("cli_fake", "quick", root).results / "norms"
+    with gf.sweep._StoreLock(store):
+        assert main([*argv, "--fresh"]) == 1
+        line = _one_error_line(capsys.readouterr().err)
+        assert f"is in use by pid {os.getpid()} on host" in line and "--fresh would delete" in line
+    assert (store / "metadata.json").exists()
+
+
+def test_paper_runs_latexmk_without_rc_files(tmp_path, monkeypatch, capsys):
+    """A latexmkrc in the paper directory is Perl that latexmk would run: -norc ignores it."""
+    paper = tmp_path / "paper"
+    paper.mkdir()
+    (paper / "gradflow.tex").write_text("\\documentclass{article}\n")
+    (paper / "latexmkrc").write_text('system("touch pwned");\n')
+    monkeypatch.setenv("PATH", str(_fake_latexmk(tmp_path / "bin")))
+    assert main(["paper", "--workdir", str(tmp_path)]) == 0
+    args = (paper / "latexmk_args.txt").read_text().splitlines()[0].split()
+    assert args[0] == "-norc" and args[-1] == "gradflow.tex"
+    assert "latexmk -norc -pdf" in capsys.readouterr().out
+
+
 def test_plot_without_results(fake, tmp_path, capsys):
     assert main(["plot", "cli_fake", "--workdir", str(tmp_path)]) == 1
     line = _one_error_line(capsys.readouterr().err)
@@ -241,7 +301,7 @@ def test_reproduce_and_paper(fake, tmp_path, monkeypatch, capsys):
     assert (root / "paper" / "figures" / "cli_fake_headline.pdf").exists()
     assert (root / "paper" / "gradflow.pdf").exists()
     args, cwd = (root / "paper" / "latexmk_args.txt").read_text().splitlines()
-    assert args == "-pdf -interaction=nonstopmode -halt-on-error gradflow.tex"
+    assert args == "-norc -pdf -interaction=nonstopmode -halt-on-error gradflow.tex"
     assert Path(cwd).resolve() == (root / "paper").resolve()
     runtimes = json.loads((root / "results" / "runtimes.json").read_text())
     assert set(runtimes) == {"quick", "reproduce"} and runtimes["quick"]["cli_fake"]["seconds"] > 0

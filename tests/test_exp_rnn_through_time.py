@@ -163,7 +163,7 @@ def test_bad_config():
         e.run(e.config("quick", {"lambda1": (0.0, 1.0)}), None)
     with pytest.raises(ValueError, match="forget_bias must be a non-empty tuple"):
         e.run(e.config("quick", {"forget_bias": ()}), None)
-    with pytest.raises(ValueError, match="clip must be a positive finite number"):
+    with pytest.raises(ValueError, match="config key 'clip' takes a finite number"):
         e.run(e.config("quick", {"clip": math.inf}), None)
     with pytest.raises(ValueError, match="must be a multiple of record_every"):
         e.run(e.config("quick", {"adding_steps": 7}), None)

@@ -107,7 +107,13 @@ def test_index_markdown():
     names = gf.experiment.names()
     first = names[0]
     runtimes = {
-        "quick": {first: {"seconds": 12.4, "devices": "1 x cpu (1 process(es))"}},
+        "quick": {
+            first: {
+                "seconds": 12.4,
+                "devices": "1 x cpu (1 process(es))",
+                "matmul_precision": "highest",
+            }
+        },
         "reproduce": {
             "quick": {
                 "seconds": 151.2,
@@ -130,4 +136,81 @@ def test_index_markdown():
         in md
     )
     assert "within the 180 s budget" in md and "OVER the 1200 s budget" in md
+    assert "Float32 matrix products at precision: `highest` (`gradflow.config`" in md
     assert "1 x cpu" not in gf.experiment.index_markdown({"quick": {}})  # nothing timed
+
+
+def test_overrides_are_typed_element_by_element():
+    e = _exp()
+    for value, pattern in (
+        ("abc", r"'depths' takes a tuple of int \(default \(2, 4\)\), got 'abc'"),
+        ((2, "x"), r"got \(2, 'x'\): element 1 \('x'\) is not a int"),
+        ((2, 4.5), r"element 1 \(4\.5\) is not a int"),
+        ((2, True), r"element 1 \(True\) is not a int"),
+    ):
+        with pytest.raises(ValueError, match=pattern):
+            e.config("quick", {"depths": value})
+    with pytest.raises(ValueError, match=r"'lr' takes a finite number \(default 0\.1\), got inf"):
+        e.config("quick", {"lr": float("inf")})
+    with pytest.raises(ValueError, match=r"'lr' takes a float \(default 0\.1\), got True"):
+        e.config("quick", {"lr": True})
+    with pytest.raises(ValueError, match=r"'act' takes a str \(default 'tanh'\), got 3"):
+        e.config("quick", {"act": 3})
+    assert e.config("quick", {"depths": 8})["depths"] == (8,)  # one value is a 1-tuple
+
+
+def test_check_runs_on_every_resolved_config():
+    def check(cfg):
+        if cfg["seeds"] < 1:
+            raise ValueError(f"seeds must be >= 1, got {cfg['seeds']}")
+
+    e = _exp(check=check)
+    with pytest.raises(ValueError, match="seeds must be >= 1, got 0"):
+        e.config("quick", {"seeds": 0})
+    with pytest.raises(TypeError, match="check must be callable or None"):
+        _exp(check="yes")
+
+
+def test_every_experiment_validates_its_whole_config():
+    """Every registered experiment checks its config when it is resolved, before anything runs:
+    a wrong type, a non-finite number, an out-of-range value or a size that cannot fit in memory
+    is one clear ValueError (the CLI's one line and exit 2)."""
+    for name in gf.experiment.names():
+        e = gf.experiment.get(name)
+        assert e.check is not None, name
+        for mode in ("quick", "full"):
+            e.config(mode)  # the shipped configs pass
+    bad = {
+        "activation_derivatives": ({"n_sup": 10**13 + 1}, r"n_sup=10000000000001.*needs about"),
+        "chain_anatomy": ({"exploding_weights": "abc"}, "takes a tuple of float"),
+        "clipping_decay": ({"learning_rate": 1e400}, "takes a finite number"),
+        "criticality": ({"phase_sw2_max": -1.0}, "phase_sw2_max must be positive"),
+        "dynamical_isometry": ({"width": 10**6}, r"width=1000000.*needs about .* of memory"),
+        "layer_speed": ({"seeds": 1}, "seeds must be an int >= 2"),
+        "remedies": ({"variants": ["nope"]}, r"unknown variants \['nope'\]"),
+        "rnn_through_time": ({"lambda1": (0.5, -1.0)}, "lambda1 values must be positive"),
+        "variance_propagation": ({"depth": 1}, "depth must be >= 2"),
+    }
+    assert set(bad) == set(gf.experiment.names())
+    for name, (overrides, pattern) in bad.items():
+        with pytest.raises(ValueError, match=pattern):
+            gf.experiment.get(name).config("quick", overrides)
+
+
+def test_latex_escaping_of_text_and_math(tmp_path):
+    text = r"a_b & 10% {c} \d $x^2$ ^e ~f #g $5"
+    t = gf.experiment.latex_table([[text, 1.0]], ["name $\\sigma$", "v"], tmp_path / "t.tex")
+    body = t.read_text()
+    want = (
+        r"a\_b \& 10\% \{c\} \textbackslash{}d $x^2$ \textasciicircum{}e "
+        r"\textasciitilde{}f \#g \$5 & 1 \\"
+    )
+    assert want in body
+    assert r"name $\sigma$ & v \\" in body
+    m = gf.experiment.write_macros(
+        tmp_path / "m.tex", {"label": "50% of {x}", "sci": gf.experiment.fmt(2e-9)}
+    ).read_text()
+    assert r"\newcommand{\label}{50\% of \{x\}}" in m
+    assert r"\newcommand{\sci}{\ensuremath{2.00\times10^{-9}}}" in m
+    with pytest.raises(TypeError, match=r"fmt formats a real number or a string, got None"):
+        gf.experiment.write_macros(tmp_path / "m.tex", {"none": None})

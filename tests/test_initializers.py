@@ -170,3 +170,10 @@ def test_bad_input():
         gf.initializers.get("scaled_identity")(None, (2, 3, 4))
     with pytest.raises(TypeError, match="must be a string"):
         gf.initializers.get(None)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_orthogonal_in_half_precision(dtype):
+    w = gf.initializers.get("orthogonal")(jax.random.key(0), (8, 8), dtype)  # LAPACK has no f16
+    assert w.dtype == dtype
+    np.testing.assert_allclose(np.asarray(w.T @ w, np.float32), np.eye(8), atol=2e-2)

@@ -480,3 +480,19 @@ def test_integer_inputs_run_the_first_block_alone():
     x = jnp.arange(12, dtype=jnp.int32).reshape(3, 4) % 3
     v = m.init(KEY, x)
     chex.assert_trees_all_close(m.apply(v, x), _unrolled(lambda: m.apply(v, x)), rtol=1e-6)
+
+
+def test_chain_takes_one_input_feature_and_chain_weights_only_chains():
+    chain = models.Chain(depth=3)
+    with pytest.raises(ValueError, match=r"its input is \(\.\.\., 1\), got shape \(3, 4\)"):
+        chain.init(jax.random.key(0), jnp.ones((3, 4)))  # used to build a (4, 1) kernel silently
+    mlp = models.MLP((4,), out=2)
+    v = mlp.init(jax.random.key(0), jnp.ones((1, 3)))
+    with pytest.raises(ValueError, match=r"dense_0 must hold kernel \(\.\.\., 1, 1\).*\(3, 4\)"):
+        models.chain_weights(v)  # used to return numbers
+    with pytest.raises(ValueError, match=r"layers must be dense_0 \.\. dense_\{L-1\}, got \['a'\]"):
+        models.chain_weights({"params": {"a": {}}})
+    with pytest.raises(TypeError, match="variables must be a Chain's variables, got list"):
+        models.chain_weights([1])
+    w, b = models.chain_weights(chain.init(jax.random.key(0), jnp.ones((2, 1))))
+    assert w.shape == b.shape == (3,)

@@ -253,6 +253,43 @@ def test_every_clipper_jits_keeps_structure_and_is_finite(kind):
     assert bool(new_state.clipped.all())
 
 
+@pytest.mark.parametrize("kind", sorted(CLIPPERS))
+@pytest.mark.parametrize("bad", [jnp.inf, -jnp.inf, jnp.nan], ids=["inf", "-inf", "nan"])
+def test_a_non_finite_gradient_gives_a_zero_update_counted_in_the_telemetry(kind, bad):
+    """The rule of every clipping transform: the update of a layer holding a NaN or an infinity
+    is zero (clip_by_global_norm: the whole update; clip_by_value clips +-inf to +-delta), the
+    other layers are clipped as usual, and nonfinite_count counts such updates."""
+    params = {
+        "dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)},
+        "dense_1": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)},
+    }
+    grads = jax.tree.map(lambda x: 7.0 * jnp.ones_like(x), params)
+    grads["dense_0"]["kernel"] = grads["dense_0"]["kernel"].at[1, 0].set(bad)
+    tx = CLIPPERS[kind](0.5)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    for step in (1, 2):
+        out, state = update(grads, state, params)
+        chex.assert_tree_all_finite(out)
+        value_clips_inf = kind == "clip_by_value" and not jnp.isnan(bad)
+        if value_clips_inf:  # the rule itself makes +-inf finite: nothing to count
+            np.testing.assert_array_equal(out["dense_0"]["kernel"][1, 0], np.sign(bad) * 0.5)
+            assert int(optim.telemetry(state)[f"{kind}/nonfinite_count"]) == 0
+            continue
+        np.testing.assert_array_equal(out["dense_0"]["kernel"], 0.0)
+        np.testing.assert_array_equal(out["dense_0"]["bias"], 0.0)  # the whole layer
+        healthy = np.asarray(out["dense_1"]["kernel"])
+        if kind == "clip_by_global_norm":
+            np.testing.assert_array_equal(healthy, 0.0)  # no direction: the step is skipped
+        else:
+            assert np.all(healthy != 0) and np.all(np.abs(healthy) <= 7.0)
+        assert int(optim.telemetry(state)[f"{kind}/nonfinite_count"]) == step
+    # optax's own clipping makes the update NaN (inf * c / inf): what the rule replaces
+    if kind == "clip_by_global_norm":
+        raw, _ = optax.clip_by_global_norm(0.5).update(grads, optax.EmptyState())
+        assert bool(jnp.isnan(raw["dense_0"]["kernel"][1, 0]))
+
+
 def test_clip_thresholds_can_be_traced_and_vmapped():
     grads = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([12.0])}  # layer norms 5, 12; global 13
 
@@ -288,11 +325,14 @@ def test_telemetry_walks_wrappers_and_numbers_repeats():
     np.testing.assert_allclose(tele["hyperparams/max_norm"], 0.25)
     np.testing.assert_allclose(tele["hyperparams_1/learning_rate"], 0.1)
     assert int(tele["apply_if_finite/total_notfinite"]) == 0
-    # a NaN gradient is counted by the guard and shows in the telemetry
+    # a NaN gradient is zeroed by the first clipper (the rule of every gradflow clipping
+    # transform) and counted there, so the guard behind it sees finite updates
     _, state = tx.update(
         {"dense_0": {"kernel": jnp.full((2, 2), jnp.nan), "bias": jnp.ones(2)}}, state, params
     )
-    assert int(optim.telemetry(state)["apply_if_finite/total_notfinite"]) == 1
+    tele = optim.telemetry(state)
+    assert int(tele["clip_by_layer_norm/nonfinite_count"]) == 1
+    assert int(tele["apply_if_finite/total_notfinite"]) == 0
     assert optim.telemetry(optax.sgd(0.1).init(params)) == {}
 
 

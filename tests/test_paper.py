@@ -598,3 +598,28 @@ def test_code_lines_fit_the_column():
     for block in re.findall(r"\\begin\{gfcode\}\n(.*?)\\end\{gfcode\}", TEX, flags=re.S):
         for line in block.splitlines():
             assert len(line) <= limit, f"listing line longer than {limit} characters: {line!r}"
+
+
+def test_benchmarks_table_with_torch_func_and_the_compile_workload(tmp_path):
+    """torch.func gets a time and a speed-up column; a workload without a gradflow way (the
+    compile-time one) gets no row."""
+    bench = json.loads(json.dumps(BENCH))
+    w1 = bench["workloads"]["w1"]
+    w1["measurements"].append({"method": "torch_func", "median_s": 0.02})
+    w1["speedups"]["gradflow"]["torch_func"] = 2.0
+    bench["workloads"]["compile"] = {
+        "title": "compile time",
+        "measurements": [{"method": "gradflow_readme_depth10", "median_s": 0.1}],
+        "speedups": {},
+    }
+    src = tmp_path / "results.json"
+    src.write_text(json.dumps(bench))
+    tex, macros = paper.benchmarks_table(src, tmp_path / "tables")
+    body = [ln for ln in tex.read_text().splitlines() if ln.endswith(r"\\")]
+    assert body[0] == (
+        r"workload & gradflow (ms) & naive JAX (ms) & torch.func (ms) & PyTorch (ms) & "
+        r"vs naive JAX & vs torch.func & vs PyTorch \\"
+    )
+    assert body[1] == r"probe sweep, research size & 10 & 60 & 20 & 400 & 6 & 2 & 40 \\"
+    assert len(body) == 3 and "compile time" not in tex.read_text()
+    assert r"\newcommand{\benchmarksWorkloadOneSpeedupTorchFunc}{2}" in macros.read_text()

@@ -42,5 +42,22 @@ def test_bad_input():
         gf.plotting.finite_or_raise([1.0, np.nan, np.inf], "loss")
     with pytest.raises(ValueError, match="unknown figure width 'wide'; valid: column, text"):
         gf.plotting.figure(width="wide")
-    with pytest.raises(ValueError, match="n must be >= 1"):
+    with pytest.raises(ValueError, match="n must be an int >= 1, got 0"):
         gf.plotting.layer_colors(0)
+
+
+def test_savefig_formats(tmp_path):
+    fig, ax = gf.plotting.figure()
+    ax.plot([0, 1], [0, 1])
+    # one name is one format, not its letters ("p", "n", "g")
+    paths = gf.plotting.savefig(fig, tmp_path / "one", formats="png")
+    assert [p.name for p in paths] == ["one.png"]
+    for bad, err, pattern in (
+        (("png", "jpeg"), ValueError, r"unknown figure format\(s\) \['jpeg'\]; valid: pdf, png"),
+        ((), ValueError, "formats is empty"),
+        (3, TypeError, "formats must be a format name or a sequence"),
+    ):
+        fig, _ = gf.plotting.figure()
+        with pytest.raises(err, match=pattern):
+            gf.plotting.savefig(fig, tmp_path / "bad", formats=bad)
+    assert not list(tmp_path.glob("bad*"))

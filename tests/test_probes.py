@@ -45,6 +45,8 @@ def test_vmap_over_seeds_with_init_inside():
     assert r.weight_grad_norm.shape == (3, 3) and r.loss.shape == (3,)
     assert r.layer_names == ("dense_0", "dense_1", "dense_2")
     one = probes.probe(model, model.init(keys[1], x), x, y)
+    # two float32 programs (batched and not): ~2e-7 apart here, each ~2e-7 from float64. Both
+    # run float32 matmuls (gradflow.config's "highest"); with TF32 (a GPU's default) 2.4e-5.
     np.testing.assert_allclose(r.weight_grad_norm[1], one.weight_grad_norm, rtol=1e-5)
     np.testing.assert_allclose(r.act_var[1], one.act_var, rtol=1e-5)
 
@@ -506,6 +508,30 @@ def test_exploding_chain_is_exploding():
     np.testing.assert_allclose(r.bias_grad_norm, np.abs(closed), rtol=1e-5)
 
 
+@pytest.mark.parametrize("gain", [10.0, 0.1])
+def test_norms_neither_overflow_nor_underflow_in_float32(x64, gain):
+    """A deep linear net with W = gain I: per-layer gradients 10^{+-23} whose squares overflow
+    (or underflow) float32, reported equal to the float64 probe (rtol: float32 rounding through
+    24 layers)."""
+    depth = 24
+    model = models.MLP(widths=(2,) * (depth - 1), out=2, activation="linear",
+                       bias_init="zeros")  # fmt: skip
+    # the input scale keeps the forward pass finite (it scales by gain^depth too)
+    x = jnp.full((3, 2), gain ** (1 - depth) * 1e3, jnp.float32)
+    y = jnp.zeros((3, 2), jnp.float32) if gain > 1 else jnp.ones((3, 2), jnp.float32)
+    params = model.init(KEY, x)["params"]
+    params = {k: {"kernel": gain * jnp.eye(2, dtype=jnp.float32), "bias": v["bias"]}
+              for k, v in params.items()}  # fmt: skip
+    r32 = probes.probe(model, {"params": params}, x, y, loss="mse")
+    r64 = probes.probe(model, _f64({"params": params}), _f64(x), _f64(y), loss="mse")
+    for stat in ("weight_grad_norm", "bias_grad_norm", "preact_grad_norm", "weight_norm"):
+        got, want = np.asarray(getattr(r32, stat)), np.asarray(getattr(r64, stat))
+        assert got.dtype == np.float32 and np.all(np.isfinite(got)) and np.all(got > 0), stat
+        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=stat)
+    extreme = float(np.asarray(r64.preact_grad_norm)[0])
+    assert (extreme > 1e20) if gain > 1 else (0 < extreme < 1e-20)  # beyond float32's squares
+
+
 # ------------------------------------------------------------------------- through time
 
 
@@ -599,13 +625,41 @@ def test_verdict_thresholds_are_configurable():
         "vanishing", "healthy", "healthy", "healthy", "healthy", "exploding", "healthy",
     ]  # fmt: skip
     nan = _report([1.0, 1.0], bias_grad_norm=jnp.array([jnp.nan, 1.0]))
-    assert list(probes.verdict(nan, stat="bias_grad_norm")) == ["exploding", "healthy"]
+    with pytest.warns(RuntimeWarning, match="bias_grad_norm of layer 0 is nan"):
+        assert list(probes.verdict(nan, stat="bias_grad_norm")) == ["non-finite", "healthy"]
     with pytest.raises(ValueError, match="unknown stat 'act_mean'"):
         probes.verdict(r, stat="act_mean")
     with pytest.raises(ValueError, match="vanishing < 1 < exploding"):
         probes.verdict(r, vanishing=2.0)
     with pytest.raises(ValueError, match="exploding threshold must be a finite float > 0"):
         probes.verdict(r, exploding=-1.0)
+
+
+def test_verdict_on_zero_and_non_finite_statistics():
+    """All-zero gradients are "vanishing", not "healthy"; a NaN statistic, or a non-finite loss or
+    readout statistic (which makes every ratio meaningless), is "non-finite", with a warning that
+    names the first non-finite quantity; +inf with a finite loss is overflow: "exploding"."""
+    zero = _report([0.0, 0.0, 0.0])
+    assert list(probes.verdict(zero)) == ["vanishing"] * 3
+    assert list(probes.verdict(_report([0.0, 1e-3, 1.0]))) == ["vanishing", "vanishing", "healthy"]
+    assert list(probes.verdict(_report([jnp.inf, 1.0, 1.0]))) == ["exploding", "healthy", "healthy"]
+    names = ("dense_0", "dense_1", "dense_2")
+    r = _report([1.0, jnp.nan, 1.0]).replace(layer_names=names)
+    with pytest.warns(RuntimeWarning, match="preact_grad_norm of dense_1 is nan"):
+        assert list(probes.verdict(r)) == ["healthy", "non-finite", "healthy"]
+    for readout in (jnp.nan, jnp.inf):
+        r = _report([1.0, 1.0, readout]).replace(layer_names=names)
+        with pytest.warns(RuntimeWarning, match=f"preact_grad_norm of dense_2 is {readout}"):
+            assert list(probes.verdict(r)) == ["non-finite"] * 3
+    bad_loss = _report([1e-5, 1.0, 1.0]).replace(loss=jnp.float32(jnp.nan))
+    with pytest.warns(RuntimeWarning, match="the loss is nan; layers without a meaningful"):
+        assert list(probes.verdict(bad_loss)) == ["non-finite"] * 3
+    # vmapped reports: per draw, and the warning names the draw
+    g = jnp.array([[1e-5, 1.0, 1.0], [1.0, 1.0, 1.0]], jnp.float32)
+    two = _report(g).replace(loss=jnp.array([1.0, jnp.inf], jnp.float32))
+    with pytest.warns(RuntimeWarning, match=r"the loss is inf \(draw \(1,\)\)"):
+        v = probes.verdict(two)
+    assert v.tolist() == [["vanishing", "healthy", "healthy"], ["non-finite"] * 3]
 
 
 # ------------------------------------------------------------------------- check_history

@@ -5,6 +5,15 @@ import pytest
 import gradflow as gf
 
 CONTRACT = {
+    "config": [
+        "PRECISIONS",
+        "DEFAULT",
+        "matmul_precision",
+        "set_matmul_precision",
+        "use_matmul_precision",
+        "matmul_scope",
+        "wrap",
+    ],
     "activations": ["Activation", "BUILTIN", "get", "names", "register", "unregister"],
     "initializers": ["get", "names", "weight_variance"],
     "analytic": [
@@ -57,7 +66,7 @@ CONTRACT = {
     ],
     "data": ["load_digits", "adding_problem", "teacher_student"],
     "training": ["TrainState", "TrainConfig", "train_fn", "fit", "evaluate"],
-    "sweep": ["run", "load", "batched", "cpu_devices", "usable_cores"],
+    "sweep": ["run", "load", "batched", "cpu_devices", "usable_cores", "in_use"],
     "rng": ["IMPL", "NAMES", "key", "resolve", "threefry2x32"],
     "plotting": ["style", "figure", "savefig", "COLORS"],
     "experiment": [
@@ -68,6 +77,7 @@ CONTRACT = {
         "layout",
         "write_macros",
         "latex_table",
+        "check_memory",
     ],
 }
 

@@ -180,3 +180,10 @@ def test_bad_input_raises():
         spectra.jacobian_moments(jnp.ones(2), 0.0, "tanh", 3)
     with pytest.raises(ValueError, match="depth must be a positive integer"):
         spectra.jacobian_moments(1.0, 0.0, "tanh", 0)
+
+
+def test_network_input_needs_a_positive_weight_variance():
+    with pytest.raises(ValueError, match=r"sw2 must be > 0 here .* got sw2=0"):
+        spectra.network_input(jax.random.key(0), 8, 1.0, sw2=0.0)  # used to return inf
+    with pytest.raises(ValueError, match=r"q \(the first layer's .*\) must be finite and >= 0"):
+        spectra.network_input(jax.random.key(0), 8, float("nan"))

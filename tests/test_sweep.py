@@ -307,6 +307,157 @@ def test_load_errors(tmp_path):
         _run(tmp_path, workdir=tmp_path)
 
 
+# A small store for the integrity tests: 2 static groups x 2 chunks of 2 runs.
+SMALL = {"a": [0.5, 2.0], "n": [2, 3]}
+
+
+def _small(tmp_path, name="s", **kw):
+    return _run(tmp_path, grid=SMALL, chunk_size=2, workdir=tmp_path / name, **kw)
+
+
+def _chunks(workdir):
+    return sorted((workdir / "rows").glob("*.parquet"))
+
+
+def test_a_chunk_of_another_sweep_copied_in_is_refused(tmp_path):
+    df = _small(tmp_path)
+    _small(tmp_path, name="other", config={"lr": 1})  # same grid, another config: other hashes
+    foreign = _chunks(tmp_path / "other")[0]
+    target = tmp_path / "s" / "rows" / foreign.name
+    target.write_bytes(foreign.read_bytes())
+    for call in (lambda: sweep.load(tmp_path / "s"), lambda: _small(tmp_path)):
+        with pytest.raises(ValueError, match=rf"{foreign.name} is not a chunk of this sweep"):
+            call()
+    target.unlink()
+    pd.testing.assert_frame_equal(sweep.load(tmp_path / "s"), df)
+
+
+@pytest.mark.parametrize("identity", [True, False], ids=["identity", "old_style"])
+def test_a_chunk_overwritten_by_another_chunk_of_the_store_is_refused(tmp_path, identity):
+    _small(tmp_path)
+    files = _chunks(tmp_path / "s")  # g0 c0, g0 c1, g1 c0, g1 c1
+    if not identity:  # a store written before chunks carried their identity: plain pandas
+        for f in files:
+            pd.read_parquet(f).to_parquet(f, index=False)
+    for src, dst, pattern in (
+        (files[0], files[2], "group 1, chunk 0"),  # n=2 rows under n=3's name
+        (files[0], files[1], "group 0, chunk 1"),  # another chunk of the same group
+    ):
+        kept = dst.read_bytes()
+        dst.write_bytes(src.read_bytes())
+        why = "belongs elsewhere" if identity else "holds other runs than that chunk"
+        for call in (lambda: sweep.load(tmp_path / "s"), lambda: _small(tmp_path)):
+            with pytest.raises(ValueError, match=rf"{dst.name} \(named as {pattern}\) {why}"):
+                call()
+        dst.write_bytes(kept)
+    assert len(_small(tmp_path)) == len(sweep.load(tmp_path / "s"))
+
+
+def test_duplicated_rows_in_a_chunk_are_refused(tmp_path):
+    _small(tmp_path)
+    f = _chunks(tmp_path / "s")[0]
+    frame = pd.read_parquet(f)
+    pd.concat([frame, frame.iloc[:1]]).to_parquet(f, index=False)
+    with pytest.raises(ValueError, match=r"holds 12 to 13 rows per run \(duplicated or missing"):
+        sweep.load(tmp_path / "s")
+
+
+@pytest.mark.parametrize(
+    "edit,field",
+    [
+        (lambda m: m["dtypes"].update(a="Int64"), "dtypes"),
+        (lambda m: m["columns"].reverse(), "columns"),
+        (lambda m: m["config"]["seeds"].append(99), "config_hash"),
+        (lambda m: m["groups"].pop(), "groups"),
+    ],
+    ids=["dtypes", "columns", "config", "groups"],
+)
+def test_edited_metadata_is_refused(tmp_path, edit, field):
+    _small(tmp_path)
+    path = tmp_path / "s" / "metadata.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+    pattern = rf"metadata\.json does not match its own config: {field}"
+    with pytest.raises(ValueError, match=pattern):
+        sweep.load(tmp_path / "s")
+    with pytest.raises(ValueError, match=pattern):
+        sweep.load_metadata(tmp_path / "s")
+
+
+def test_damaged_stores_say_what_is_wrong_with_which_path(tmp_path):
+    _small(tmp_path)
+    meta = tmp_path / "s" / "metadata.json"
+    good = meta.read_text()
+    meta.write_text(good[: len(good) // 2])  # a truncated file (not from gradflow's writer)
+    for call in (lambda: sweep.load(tmp_path / "s"), lambda: _small(tmp_path)):
+        with pytest.raises(ValueError, match=r"s/metadata\.json is not valid JSON .*damaged"):
+            call()
+    meta.write_text(json.dumps({"config": {"format": sweep.FORMAT}}))
+    with pytest.raises(ValueError, match=r"lacks the field\(s\) \['config_hash'"):
+        _small(tmp_path)
+    meta.write_text(good)
+    rows = tmp_path / "s" / "rows"
+    for f in rows.iterdir():
+        f.unlink()
+    rows.rmdir()
+    rows.write_text("not a directory")
+    for call in (lambda: sweep.load(tmp_path / "s"), lambda: _small(tmp_path)):
+        with pytest.raises(ValueError, match=r"s/rows is not a directory"):
+            call()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match=r"workdir .*file exists and is not a directory"):
+        _run(tmp_path, grid=SMALL, workdir=blocker)
+    with pytest.raises(OSError, match=r"cannot create the sweep store .*file/sub: Not a dir"):
+        _run(tmp_path, grid=SMALL, workdir=blocker / "sub")
+
+
+_HOLDER = """
+import pathlib, sys, time
+from gradflow import sweep
+lock = sweep._StoreLock(pathlib.Path(sys.argv[1])).__enter__()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_writer_is_refused_and_a_dead_holder_leaves_no_lock(tmp_path):
+    workdir = tmp_path / "s"
+    _small(tmp_path)
+    stray = workdir / "rows" / ".g0000-c00000-x.parquet.abc.tmp"  # another writer's temp file
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(workdir)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        stray.write_bytes(b"in flight")
+        holder = sweep.in_use(workdir)
+        assert holder.startswith(f"pid {proc.pid} on host ")
+        with pytest.raises(RuntimeError, match=rf"s is in use by pid {proc.pid} on host "):
+            _small(tmp_path)
+        assert stray.read_bytes() == b"in flight"  # the refused writer touched nothing
+    finally:
+        proc.kill()  # SIGKILL: no clean-up runs in the holder
+        proc.wait(timeout=SUBPROCESS_TIMEOUT_S)
+        proc.stdout.close()
+    assert json.loads((workdir / sweep.LOCK_FILE).read_text())["pid"] == proc.pid  # stale
+    assert sweep.in_use(workdir) is None
+    _small(tmp_path)  # the stale lock is recovered: the kernel released it with the process
+    assert not stray.exists()  # and the lock holder cleans stale temp files
+    assert sweep.in_use(workdir) is None and (workdir / sweep.LOCK_FILE).read_text() == ""
+
+
+def test_in_process_lock_refuses_a_concurrent_run(tmp_path):
+    workdir = tmp_path / "s"
+    _small(tmp_path)
+    with sweep._StoreLock(workdir):
+        with pytest.raises(RuntimeError, match=rf"in use by pid {os.getpid()} on host"):
+            _small(tmp_path)
+    assert sweep.in_use(tmp_path / "nowhere") is None
+    _small(tmp_path)
+
+
 def test_progress_bar(tmp_path, capsys):
     _run(tmp_path, progress=True, name="bar", workdir=tmp_path / "p")
     err = capsys.readouterr().err

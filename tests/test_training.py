@@ -189,6 +189,62 @@ def test_save_load_checkpoint_roundtrip_and_mismatch(tmp_path):
         training.load_checkpoint(path, other)
 
 
+def _tamper(path, change):
+    """Rewrite the checkpoint at ``path`` with ``change(arrays)`` applied (a crafted file)."""
+    with np.load(path) as z:
+        arrays = dict(z.items())
+    change(arrays)
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+_KERNEL = "state.params['dense_0']['kernel']"
+
+
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        (lambda a: a[_KERNEL].__setitem__((0, 0), np.nan), r"non-finite values at .*dense_0"),
+        (lambda a: a.__setitem__(_KERNEL, np.full(a[_KERNEL].shape, 1e300)),
+         r"expected float32\[64, 8\], got float64\[64, 8\]"),  # would be cast to inf
+        (lambda a: a.__setitem__("state.step", np.array(-5, np.int32)), "has step -5 < 0"),
+        (lambda a: a.__setitem__("__diverged_step__", np.array(123456)),
+         r"diverged_step 123456 outside \[-1, step = 4\]"),
+        (lambda a: a.__setitem__("metrics/loss", np.array(["a", "b"])),
+         "metric 'loss' of dtype <U1"),
+        (lambda a: a.update({k: np.concatenate([v] * 5) for k, v in a.items() if "metrics/" in k}),
+         "holds 10 records of '.*'; this run makes 2"),
+        (lambda a: a.__setitem__("extra", np.zeros(3)), "unexpected member 'extra'"),
+        # 134 MB of zeros compress to 130 kB: refused from the zip directory, never read
+        (lambda a: a.__setitem__("state.step", np.zeros(1 << 24, np.int64)),
+         r"'state\.step' is 134217856 bytes uncompressed, more than the"),
+    ],
+    ids=["nan", "1e300", "step", "diverged_step", "string_metric", "records", "extra", "bomb"],
+)  # fmt: skip
+def test_a_tampered_checkpoint_is_refused_before_use(tmp_path, change, pattern):
+    data = digits(64, 16)
+    hp = {"learning_rate": 0.1}
+    whole = training.fit(TINY, data, hp, key=jax.random.key(3), checkpoint_dir=tmp_path)
+    ckpt = tmp_path / training.CHECKPOINT_FILE
+    _tamper(ckpt, change)
+    with pytest.raises(ValueError, match=pattern):
+        training.fit(TINY, data, hp, key=jax.random.key(3), checkpoint_dir=tmp_path)
+    ckpt.unlink()
+    again = training.fit(TINY, data, hp, key=jax.random.key(3), checkpoint_dir=tmp_path)
+    chex.assert_trees_all_equal(again.metrics, whole.metrics)
+
+
+def test_a_checkpoint_whose_counts_disagree_is_refused(tmp_path):
+    data = digits(64, 16)
+    hp = {"learning_rate": 0.1}
+    training.fit(TINY, data, hp, key=jax.random.key(3), checkpoint_dir=tmp_path)
+    ckpt = tmp_path / training.CHECKPOINT_FILE
+    # a finished healthy run of 2 records must have made 4 updates; this one claims 3
+    _tamper(ckpt, lambda a: a.__setitem__("state.step", np.array(3, np.int32)))
+    with pytest.raises(ValueError, match=r"inconsistent: step 3 with 2 record\(s\) of 2 steps"):
+        training.fit(TINY, data, hp, key=jax.random.key(3), checkpoint_dir=tmp_path)
+
+
 def dataclasses_replace(cfg, **changes):
     import dataclasses
 
@@ -234,6 +290,37 @@ def test_evaluate_matches_numpy_and_init_scale_scales_kernels():
     ce = -np.mean(logp[np.arange(len(data.y_test)), data.y_test])
     np.testing.assert_allclose(res["loss"], ce, rtol=1e-5)  # float32 vs float64 reference
     np.testing.assert_allclose(res["accuracy"], np.mean(logits.argmax(-1) == data.y_test))
+
+
+def test_evaluate_refuses_bad_data_and_never_scores_it():
+    """Non-finite inputs, labels out of range and an empty batch raise when concrete; under jit
+    (nothing can raise) the accuracy of non-finite outputs and everything about out-of-range
+    labels is NaN, never a number such as 1/3."""
+    model = gf.models.MLP((4,), out=3)
+    x = jnp.ones((6, 2))
+    y = jnp.array([0, 1, 2, 0, 1, 2])
+    variables = model.init(jax.random.key(0), x)
+    ok = training.evaluate(model, variables, x, y)
+    assert np.isfinite(ok["loss"]) and 0 <= ok["accuracy"] <= 1
+    nan_x = jnp.full((6, 2), jnp.nan)
+    with pytest.raises(ValueError, match=r"x holds 12 non-finite value\(s\), the first nan at"):
+        training.evaluate(model, variables, nan_x, y)
+    with pytest.raises(ValueError, match=r"x holds 1 non-finite .* inf at index \(3, 1\)"):
+        training.evaluate(model, variables, x.at[3, 1].set(jnp.inf), y)
+    with pytest.raises(ValueError, match=r"y: labels must lie in \[0, 3\) .* got 7 at \(2,\)"):
+        training.evaluate(model, variables, x, y.at[2].set(7))
+    with pytest.raises(ValueError, match=r"non-empty batch: x has shape \(0, 2\)"):
+        training.evaluate(model, variables, x[:0], y[:0])
+    with pytest.raises(ValueError, match=r"same number of examples, got \(6, 2\) and \(5,\)"):
+        training.evaluate(model, variables, x, y[:5])
+    with pytest.raises(TypeError, match=r"variables must be the dict model\.init returned"):
+        training.evaluate(model, [1, 2], x, y)
+    jitted = jax.jit(lambda v, a, b: training.evaluate(model, v, a, b))
+    traced = jitted(variables, nan_x, y)
+    assert np.isnan(traced["accuracy"]) and np.isnan(traced["loss"])
+    traced = jitted(variables, x, y.at[2].set(7))
+    assert np.isnan(traced["accuracy"]) and np.isnan(traced["loss"])
+    np.testing.assert_allclose(jitted(variables, x, y)["accuracy"], ok["accuracy"])
 
 
 def test_callable_and_fixed_optimizers_and_max_loss():

@@ -1,0 +1,85 @@
+"""Atomic file writes: the one helper behind every file gradflow writes.
+
+``atomic_write(path, data)`` writes ``data`` (bytes, or a callable that writes to a binary file
+object) to a temporary file created *exclusively* (:func:`tempfile.mkstemp`: ``O_CREAT | O_EXCL``,
+mode 0600, an unpredictable name) in the target directory, flushes and fsyncs it, renames it over
+``path`` with :func:`os.replace` (atomic on POSIX) and fsyncs the directory. A reader sees the old
+file or the new one, never half of either; a crash leaves at most a hidden ``.<name>.*.tmp`` file;
+and a file or symlink planted at a guessable temporary name is never followed or overwritten,
+because the temporary name is chosen and created by the kernel in one step.
+
+Used by :func:`gradflow.experiment.write_atomic` (tables, macros, JSON records),
+:mod:`gradflow.sweep` (chunks and ``metadata.json``), :func:`gradflow.plotting.savefig` (figures)
+and :func:`gradflow.training.save_checkpoint` (checkpoints).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+__all__ = ["TMP_SUFFIX", "atomic_write"]
+
+#: Suffix of the temporary files (``.<name>.<random>.tmp``), so stale ones can be recognised.
+TMP_SUFFIX = ".tmp"
+
+
+def atomic_write(
+    path: str | os.PathLike, data: bytes | str | Callable[[IO[bytes]], object]
+) -> Path:
+    """Write ``data`` to ``path`` atomically; returns ``path`` as a :class:`~pathlib.Path`.
+
+    Args:
+      path: the destination; its directory must exist (the caller creates it).
+      data: ``bytes``, ``str`` (UTF-8) or ``write(file)`` writing to a binary file object.
+
+    The temporary file is removed if writing fails; the destination is then untouched.
+    """
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    try:
+        with contextlib.suppress(OSError, AttributeError):  # mkstemp's 0600 -> the usual mode
+            os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(data, bytes | bytearray | memoryview):
+                f.write(data)
+            else:
+                data(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it: set, then restore
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable; not possible on every platform or file system."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -47,6 +47,17 @@ Usage::
 
 Every module accepts ``train`` as a keyword of ``__call__`` (used by BatchNorm: batch statistics
 and ``mutable=["batch_stats"]`` when ``True``, running averages when ``False``).
+
+**Deep stacks compile once.** In :class:`MLP`, :class:`DeepLinear` and :class:`Chain`, a run of at
+least :data:`SCAN_MIN_RUN` consecutive identical square hidden blocks is traced and compiled once,
+not once per layer, so compile time stays flat as the depth grows: staged (under ``jit`` or
+``eval_shape``) ``init`` draws each initializer once for the whole run, over the keys Flax gives
+each layer (the same numbers as Flax's layer-by-layer init, bit for bit; run op by op it draws layer
+by layer, as Flax does), and ``apply`` runs the block as the body of a :func:`jax.lax.scan` over the
+layers' stacked variables. The variables keep the layout above (one ``"dense_i"`` entry per layer,
+in ``params`` and ``batch_stats``), the ``"intermediates"`` are per layer, and
+:mod:`gradflow.probes` reports every layer of the run on its own; with a ``"perturbations"``
+collection in use the blocks run one by one.
 """
 
 from __future__ import annotations
@@ -68,6 +79,7 @@ __all__ = [
     "MLP",
     "NORMS",
     "RNN",
+    "SCAN_MIN_RUN",
     "Chain",
     "DeepLinear",
     "DenseBlock",

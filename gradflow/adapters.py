@@ -158,6 +158,17 @@ def _linen(module: nn.Module, variables: Any, train: bool, rngs: Any) -> Model:
     kw = {"train": bool(train)} if takes_train else {}
     if rngs is not None and not isinstance(rngs, Mapping):
         rngs = {"dropout": rngs}
+    for stream, k in (rngs or {}).items():
+        if not (
+            isinstance(k, jax.Array)
+            and (
+                jax.dtypes.issubdtype(k.dtype, jax.dtypes.prng_key)
+                or (k.dtype == jnp.uint32 and k.shape[-1:] == (2,))
+            )
+        ):
+            raise TypeError(
+                f"rngs[{stream!r}] must be a JAX key (jax.random.key or PRNGKey), got {k!r:.60}"
+            )
 
     def apply(params, x, state):
         out, updates = module.apply(

@@ -888,6 +888,29 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(shape_dtype, tree)
 
 
+def _check_data(x: Any) -> None:
+    """``x``'s leaves are numeric arrays with a non-empty example axis 0."""
+    leaves = jax.tree.leaves(x)
+    if not leaves:
+        raise ValueError(f"x must hold at least one array, got {x!r:.80}")
+    for leaf in leaves:
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            shape, dtype = leaf.shape, leaf.dtype
+        else:
+            try:
+                shape, dtype = jnp.shape(leaf), jnp.result_type(leaf)
+            except TypeError:
+                raise TypeError(
+                    f"x must be an array (or a pytree of arrays) of numbers, got {leaf!r:.80}"
+                ) from None
+        if not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
+            raise TypeError(f"x must hold numbers, got dtype {dtype}")
+        if len(shape) == 0 or shape[0] == 0:
+            raise ValueError(
+                f"x must have a non-empty example axis 0, got an array of shape {tuple(shape)}"
+            )
+
+
 def trace(
     fn: Callable[..., Any],
     params: Any,
@@ -907,6 +930,7 @@ def trace(
     Returns:
       A :class:`TapPlan`. Only shapes and dtypes of the inputs are used.
     """
+    _check_data(x)
     p_abs, x_abs, r_abs = _abstract(params), _abstract(x), _abstract(rest)
     n_params = len(jax.tree.leaves(p_abs))
     n_data = len(jax.tree.leaves(x_abs))

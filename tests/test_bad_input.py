@@ -150,6 +150,10 @@ def _mlp():
     return gf.models.MLP((4,), out=3, activation="tanh")
 
 
+def _mlp_vars():
+    return _mlp().init(jax.random.key(0), jnp.ones((2, 5)))
+
+
 def _variables():
     return _mlp().init(jax.random.key(0), jnp.ones((2, 5)))
 
@@ -383,6 +387,18 @@ def registry(tmp: Path) -> list[Entry]:
               bad={"key": key(), "n": size(), "in_dim": size(), "widths": [3, (0,), "x"],
                    "out": size(), "activation": name()}),
         Entry(gf.data.get, ("digits",), bad={"name": name()}),
+        # config
+        Entry(gf.config.canonical, ("highest",), bad={"name": name()}),
+        Entry(gf.config.set_matmul_precision, ("highest",), bad={"name": name()}),
+        # adapters, taps, layer_order: the probe of any model
+        Entry(gf.adapters.as_model, (_mlp(), _mlp_vars()),
+              bad={"model": [OPAQUE, 3, None], "variables": ["abc", None, 3],
+                   "train": ["x", None], "rngs": [3, "k", OPAQUE]}),
+        Entry(gf.optim.layer_order, (_mlp(), _mlp_vars(), jnp.ones((2, 5))),
+              bad={"model": [OPAQUE, 3], "variables": ["abc", None],
+                   "x": ["abc", None, OPAQUE, jnp.ones((0, 5)), jnp.float32(1.0)]}),
+        Entry(gf.taps.trace, (lambda p, x: x @ p["w"], {"w": jnp.ones((5, 2))}, jnp.ones((2, 5))),
+              bad={"x": ["abc", None, OPAQUE, jnp.ones((0, 5)), jnp.float32(1.0), ()]}),
         # rng
         Entry(gf.rng.key, (3,), bad={"seed": [-1, 2**32, "x", 2.5, None, NAN]}),
         Entry(gf.rng.resolve, ("native",), bad={"name": name()}),
@@ -551,10 +567,11 @@ def test_every_public_callable_is_in_the_registry(tmp_path):
         "NetworkParams", "SpectralMoments", "DepthScales", "PhaseDiagram", "Propagation",
         "Digits", "TeacherStudent", "ChainForward", "ChainGrads", "LogGrads", "MLPForward",
         "MLPGrads", "Initializer", "sweep_axes",
-        # new in main with the lead's probe of any model (gradflow.adapters, gradflow.taps,
-        # optim.layer_order): the lead's to add here with their valid arguments
-        "Model", "accepts_train", "as_model", "is_equinox_module", "is_nnx_module",
-        "is_nnx_state", "layer_order", "Layer", "TapPlan", "leaf_paths", "path_names", "trace",
+        # predicates (True or False for anything), result classes, pytree path helpers
+        "Model", "accepts_train", "is_equinox_module", "is_nnx_module", "is_nnx_state",
+        "Layer", "TapPlan", "leaf_paths", "path_names",
+        # the precision policy: no arguments, a context manager, a decorator
+        "matmul_precision", "matmul_scope", "use_matmul_precision", "wrap",
     }  # fmt: skip
     missing = []
     for module in gf.__all__[1:]:

@@ -299,16 +299,18 @@ class _Analysis:
                 xs_body.append(_Info(data=True, norm=info.norm))
             elif info.leaves and info.exact:
                 sliced = frozenset((leaf, (*s, level.id)) for leaf, s in info.leaves)
-                # a stacked leaf is sliced along its axis 0; a stack of leaves along _STACK
-                stack = any(isinstance(leaf, tuple) for leaf, _ in info.leaves)
-                head = _STACK if stack else 0
-                perm = info.perm[1:] if info.perm and info.perm[0] == head else None
-                if stack and perm is None:
-                    # a stack scanned along another axis: iteration t does not see leaf t, so
-                    # the whole stack is one weight shared by every iteration
+                # the axis a slice index selects along: a stack of leaves first along _STACK
+                # (leaf t), then along leaf t's own axes in order; a leaf along its axes in order
+                (leaf, s), *more = info.leaves  # exact: one leaf (or one stack)
+                stack = isinstance(leaf, tuple)
+                head = (len(s) - 1 if s else _STACK) if stack else len(s)
+                if more or not info.perm or info.perm[0] != head:
+                    # scanned along another axis: iteration t's slice is not the one the next
+                    # index selects (leaf t of a stack, row t of a leaf), so the whole value is
+                    # one weight shared by every iteration
                     xs_body.append(_Info(leaves=info.leaves))
                     continue
-                xs_body.append(_Info(leaves=sliced, exact=perm is not None, perm=perm))
+                xs_body.append(_Info(leaves=sliced, exact=True, perm=info.perm[1:]))
             else:
                 xs_body.append(_Info(leaves=info.leaves))
         carry_body = [_Info(data=c.data, leaves=c.leaves) for c in carry]

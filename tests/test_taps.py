@@ -176,6 +176,37 @@ def test_a_stack_not_sliced_leaf_by_leaf_is_a_shared_weight():
     assert plan.layers[0].weight == ((0, ()), (1, ()), (2, ()))
 
 
+def test_nested_scans_index_the_leaf_axis_by_axis_and_another_axis_is_shared():
+    """Nested scans over a (2, 3, n, n) leaf give one row per (i, j) holding w[i, j]; a scan
+    along the leaf's axis 1 (after a transpose) does not select w[t], so the leaf is one weight
+    shared by every iteration (it used to give rows indexed along axis 0, the wrong slices)."""
+    w = jax.random.normal(KEY, (2, 3, 4, 4)) / 2
+
+    def nested(p, x):
+        def outer(h, wi):
+            h, _ = lax.scan(lambda h, wij: (jnp.tanh(h @ wij), None), h, wi)
+            return h, None
+
+        return lax.scan(outer, x, p["w"])[0]
+
+    x = jnp.ones((5, 4))
+    plan, values = _check_exact(nested, {"w": w}, x)
+    assert [r.name for r in plan.layers] == [f"w[{i}][{j}]" for i in range(2) for j in range(3)]
+    assert [r.weight for r in plan.layers] == [((0, (i, j)),) for i in range(2) for j in range(3)]
+    h = x
+    for r, (i, j) in zip(plan.layers, [(i, j) for i in range(2) for j in range(3)]):
+        np.testing.assert_allclose(plan.output(values, r), h @ w[i, j], rtol=1e-6)
+        h = jnp.tanh(h @ w[i, j])
+
+    v = w[0]  # (3 layers, 4, 4), scanned along axis 1 of the leaf
+    plan, _ = _check_exact(
+        lambda p, x: lax.scan(lambda h, wt: (jnp.tanh(h @ wt), None), x, p["v"].swapaxes(0, 1))[0],
+        {"v": v.swapaxes(0, 1)},
+        x,
+    )
+    assert [(r.name, r.weight, r.select) for r in plan.layers] == [("v", ((0, ()),), (None,))]
+
+
 def test_scan_with_shared_weights_is_one_row_whose_positions_are_the_steps():
     def fn(p, x):  # x: (batch, time, features); a vanilla RNN cell
         def step(h, xt):

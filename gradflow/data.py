@@ -1,4 +1,4 @@
-r"""Data: the scikit-learn digits set (offline) and two synthetic tasks.
+r"""Data: the scikit-learn digits set (offline) and three synthetic tasks.
 
 * :func:`load_digits` -- the 1,797 8x8 handwritten digits that ship with scikit-learn (UCI
   optical recognition of handwritten digits; no download): a deterministic, stratified
@@ -8,8 +8,11 @@ r"""Data: the scikit-learn digits set (offline) and two synthetic tasks.
   experiment 4) used by Pascanu et al. (2013) for recurrent nets.
 * :func:`teacher_student` -- regression on the outputs of a random teacher
   :class:`~gradflow.models.MLP`.
+* :func:`markov_sequences` -- next-token prediction on sequences of a random deterministic
+  order-``k`` Markov chain (a small language-modelling task for Transformers).
 
-:func:`get` dispatches by name (``"digits"``, ``"adding"``, ``"teacher_student"``).
+:func:`get` dispatches by name (``"digits"``, ``"adding"``, ``"teacher_student"``,
+``"markov"``).
 
 Arrays: inputs float32, class labels int32; digits are NumPy arrays (JAX converts them on use), the
 synthetic tasks are drawn with an explicit JAX key and are jittable for fixed sizes.
@@ -31,10 +34,12 @@ from gradflow import _checks
 __all__ = [
     "SCALES",
     "Digits",
+    "Sequences",
     "TeacherStudent",
     "adding_problem",
     "get",
     "load_digits",
+    "markov_sequences",
     "names",
     "teacher_student",
 ]
@@ -54,6 +59,33 @@ class Digits(NamedTuple):
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+
+
+class Sequences(NamedTuple):
+    """A next-token split: ``x_*`` int32 ``(n, T)`` tokens, ``y_*`` int32 ``(n, T)`` the next
+    tokens (``y[:, t] = x[:, t + 1]`` within a sequence), and the chain's transition ``table``
+    int32 of shape ``(vocab,) * order``. Accepted as is by :func:`gradflow.training.train_fn`."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    table: np.ndarray
+
+    @property
+    def vocab(self) -> int:
+        return int(self.table.shape[0])
+
+    @property
+    def order(self) -> int:
+        return int(self.table.ndim)
+
+    @property
+    def loss_floor(self) -> float:
+        r"""The least expected next-token cross-entropy (nats per token): the first
+        :math:`k - 1` targets of a sequence are uniform, the rest determined by the table, so
+        :math:`(k - 1)\ln V / T`."""
+        return (self.order - 1) * float(np.log(self.vocab)) / self.x_train.shape[1]
 
 
 class TeacherStudent(NamedTuple):
@@ -258,10 +290,85 @@ def teacher_student(
     return TeacherStudent(x, y, teacher, variables)
 
 
+def markov_sequences(
+    key: jax.Array,
+    n_train: int,
+    n_test: int,
+    length: int,
+    *,
+    vocab: int = 16,
+    order: int = 2,
+) -> Sequences:
+    r"""Next-token prediction on a random deterministic order-:math:`k` Markov chain.
+
+    A transition table :math:`\pi: \{0..V-1\}^k \to \{0..V-1\}` is drawn uniformly (one token
+    per context) from ``key``; each sequence starts with :math:`k` uniform tokens and continues
+    :math:`s_t = \pi(s_{t-k}, \dots, s_{t-1})`. Inputs are :math:`s_0 .. s_{T-1}`, targets
+    :math:`s_1 .. s_T`. Predicting :math:`s_{t+1}` needs the previous :math:`k` tokens, so a model
+    must attend to earlier positions (for :math:`k \ge 2`); every target after the first
+    :math:`k - 1` is determined, so the loss can fall to :attr:`Sequences.loss_floor`
+    (:math:`(k - 1)\ln V / T` nats per token) from :math:`\ln V` for a uniform guess. A small,
+    learnable language-modelling task for Transformers at CPU scale (the role of the translation
+    data of Xiong et al. 2020, https://arxiv.org/abs/2002.04745).
+
+    Train and test sequences come from one table and independent start tokens, drawn from
+    ``key`` (split in three: table, train, test), so the same key always gives the same arrays.
+
+    Args:
+      key: JAX PRNG key.
+      n_train, n_test: number of sequences in each split (``n_test`` may be 0).
+      length: tokens per input sequence :math:`T \ge k`.
+      vocab: vocabulary size :math:`V \ge 2`.
+      order: :math:`k \ge 1`; the table has :math:`V^k` entries (at most :math:`2^{20}`).
+
+    Returns:
+      :class:`Sequences` ``(x_train, y_train, x_test, y_test, table)``, NumPy int32.
+
+    Raises:
+      TypeError / ValueError: a size that is not an int or is below its minimum, a table larger
+        than :math:`2^{20}` entries, or a traced ``key`` (the arrays are drawn eagerly; a
+        concrete key works inside a traced function too).
+    """
+    n_train = _int("markov_sequences", "n_train", n_train, 1)
+    n_test = _int("markov_sequences", "n_test", n_test, 0)
+    vocab = _int("markov_sequences", "vocab", vocab, 2)
+    order = _int("markov_sequences", "order", order, 1)
+    length = _int("markov_sequences", "length", length, order)
+    if vocab**order > 2**20:
+        raise ValueError(
+            f"markov_sequences: the table has vocab**order = {vocab}**{order} entries, more "
+            f"than 2**20; lower vocab or order"
+        )
+    if isinstance(key, jax.core.Tracer):
+        raise TypeError(
+            "markov_sequences: key is traced (inside jit, vmap or eval_shape); the sequences are "
+            "NumPy arrays drawn eagerly, so pass a concrete key made outside the traced function"
+        )
+    # NumPy arrays out: the draws run eagerly even when called while JAX traces a function
+    with jax.ensure_compile_time_eval():
+        k_table, k_train, k_test = jax.random.split(key, 3)
+        table = np.asarray(jax.random.randint(k_table, (vocab,) * order, 0, vocab), np.int32)
+        starts = [np.asarray(jax.random.randint(k, (n, order), 0, vocab), np.int32)
+                  for k, n in ((k_train, n_train), (k_test, n_test))]  # fmt: skip
+
+    def draw(start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s = np.zeros((len(start), length + 1), np.int32)
+        s[:, :order] = start
+        for t in range(order, length + 1):
+            s[:, t] = table[tuple(s[:, t - order + i] for i in range(order))]
+        return s[:, :-1].copy(), s[:, 1:].copy()
+
+    (x_tr, y_tr), (x_te, y_te) = draw(starts[0]), draw(starts[1])
+    for a in (table, x_tr, y_tr, x_te, y_te):
+        a.setflags(write=False)
+    return Sequences(x_tr, y_tr, x_te, y_te, table)
+
+
 _DATASETS: dict[str, Callable[..., Any]] = {
     "digits": load_digits,
     "adding": adding_problem,
     "teacher_student": teacher_student,
+    "markov": markov_sequences,
 }
 
 
@@ -272,7 +379,7 @@ def names() -> tuple[str, ...]:
 
 def get(name: str, *args: Any, **kwargs: Any) -> Any:
     """Dispatch by name: ``get("digits", scale=...)``, ``get("adding", key, n, length)``,
-    ``get("teacher_student", key, n, ...)``.
+    ``get("teacher_student", key, n, ...)``, ``get("markov", key, n_train, n_test, length)``.
 
     Raises:
       ValueError: unknown name (the message lists :func:`names`).

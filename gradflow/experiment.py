@@ -120,6 +120,7 @@ def names() -> tuple[str, ...]:
     order = (
         "activation_derivatives", "layer_speed", "chain_anatomy", "variance_propagation",
         "remedies", "clipping_decay", "rnn_through_time", "criticality", "dynamical_isometry",
+        "transformer_layernorm", "residual_normalization",
     )  # fmt: skip
     found = list(_entry_points())
     return tuple(sorted(found, key=lambda n: (order.index(n) if n in order else len(order), n)))

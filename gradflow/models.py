@@ -47,6 +47,17 @@ Usage::
 
 Every module accepts ``train`` as a keyword of ``__call__`` (used by BatchNorm: batch statistics
 and ``mutable=["batch_stats"]`` when ``True``, running averages when ``False``).
+
+**Deep stacks compile once.** In :class:`MLP`, :class:`DeepLinear` and :class:`Chain`, a run of at
+least :data:`SCAN_MIN_RUN` consecutive identical square hidden blocks is traced and compiled once,
+not once per layer, so compile time stays flat as the depth grows: staged (under ``jit`` or
+``eval_shape``) ``init`` draws each initializer once for the whole run, over the keys Flax gives
+each layer (the same numbers as Flax's layer-by-layer init, bit for bit; run op by op it draws layer
+by layer, as Flax does), and ``apply`` runs the block as the body of a :func:`jax.lax.scan` over the
+layers' stacked variables. The variables keep the layout above (one ``"dense_i"`` entry per layer,
+in ``params`` and ``batch_stats``), the ``"intermediates"`` are per layer, and
+:mod:`gradflow.probes` reports every layer of the run on its own; with a ``"perturbations"``
+collection in use the blocks run one by one.
 """
 
 from __future__ import annotations
@@ -68,6 +79,7 @@ __all__ = [
     "MLP",
     "NORMS",
     "RNN",
+    "SCAN_MIN_RUN",
     "Chain",
     "DeepLinear",
     "DenseBlock",
@@ -224,8 +236,79 @@ class DenseBlock(nn.Module):
         return h
 
 
+#: Runs of at least this many identical square hidden blocks run as one :func:`jax.lax.scan`
+#: (shorter runs are unrolled; see :class:`_Stack`).
+SCAN_MIN_RUN = 2
+
+
+def _flax_key(rng: Any, *suffix: str | int) -> Array:
+    """Flax's key for ``rng`` folded with ``suffix`` (what ``Scope.make_rng`` returns)."""
+    from flax.core.scope import LazyRng
+
+    return LazyRng.create(rng, *suffix).as_jax_rng()
+
+
+def _fold_data(suffix: tuple) -> int:
+    """The 32-bit word Flax folds into its root key for a static ``suffix`` (the SHA-1 of the
+    names and counters, flax.core.scope._fold_in_static), so that many keys can be folded in one
+    vectorised :func:`jax.random.fold_in`. Checked against Flax's own keys in the tests."""
+    import hashlib
+
+    from flax import config as flax_config
+
+    m = hashlib.sha1()
+    for x in suffix:
+        if flax_config.flax_fix_rng_separator:
+            m.update(b"\00")
+        if isinstance(x, str):
+            m.update(x.encode("utf-8"))
+        else:
+            m.update(int(x).to_bytes((int(x).bit_length() + 7) // 8, byteorder="big"))
+    return int.from_bytes(m.digest()[:4], byteorder="big")
+
+
+def _child_keys(rng: Any, names: Sequence[str], counter: int) -> Array:
+    """The keys ``Scope.make_rng("params")`` gives the ``counter``-th parameter of each child
+    ``names[t]`` of a scope whose params RNG is ``rng`` (a ``LazyRng``): one fold per child,
+    vectorised. Bit-identical to Flax's sequential derivation (:func:`_flax_key`)."""
+    data = jnp.asarray([_fold_data((*rng.suffix, n, counter)) for n in names], dtype=jnp.uint32)
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng.rng, data)
+
+
+def _staged() -> bool:
+    """Whether JAX is staging a program out (``jit``, ``eval_shape``, a loop body) rather than
+    running it op by op: staged, even a constant is a tracer (omnistaging)."""
+    return isinstance(jnp.zeros(()), jax.core.Tracer)
+
+
+def _fixed(value: Array) -> Callable[..., Array]:
+    """An initializer that returns ``value`` (drawn beforehand, see :class:`_Stack`)."""
+
+    def init(key, shape, dtype=None):
+        del key
+        if tuple(shape) != tuple(value.shape):
+            raise ValueError(f"expected shape {tuple(value.shape)}, got {tuple(shape)}")
+        return value if dtype is None else value.astype(dtype)
+
+    return init
+
+
 class _Stack(nn.Module):
-    """Shared behaviour of the feed-forward models: blocks ``dense_0 ... dense_{L-1}``."""
+    """Shared behaviour of the feed-forward models: blocks ``dense_0 ... dense_{L-1}``.
+
+    The variables are always one :class:`DenseBlock` per layer (``params["dense_i"]``, and
+    ``batch_stats["dense_i"]`` with BatchNorm). A *run* of consecutive identical square hidden
+    blocks (same spec, input width == ``features``) of at least :data:`SCAN_MIN_RUN` layers is
+    compiled once instead of once per layer:
+
+    * ``init`` draws the run's kernels (and biases) with one vectorised call of the initializer
+      over the keys Flax would give each layer (the same numbers, bit for bit);
+    * ``apply`` stacks the run's per-layer parameters (and BatchNorm statistics) and runs the
+      block as the body of a :func:`jax.lax.scan`; updated ``batch_stats`` and the sown
+      ``"intermediates"`` are written back per layer, so the collections a caller sees are those
+      of the unrolled network. When a ``"perturbations"`` collection is in use (mutable, or
+      passed in), the blocks run unrolled, each perturbing its own ``z``.
+    """
 
     def _blocks(self) -> list[dict]:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -238,14 +321,131 @@ class _Stack(nn.Module):
         """The :class:`~gradflow.activations.Activation` of each layer, in forward order."""
         return tuple(_activations.get(b["activation"]) for b in self._blocks())
 
+    def _segments(self, width: int) -> list[tuple[int, int, dict]]:
+        """``(start, stop, spec)``: maximal runs of identical square blocks, and single blocks."""
+        specs = []
+        for spec in self._blocks():
+            spec = dict(spec)
+            if spec.pop("residual_if_match", False):
+                spec["residual"] = width == spec["features"]
+            specs.append((width == spec["features"], spec))
+            width = spec["features"]
+        segments: list[tuple[int, int, dict]] = []
+        for i, (square, spec) in enumerate(specs):
+            last = segments[-1] if segments else None
+            if last and square and specs[i - 1][0] and last[2] == spec and last[1] == i:
+                segments[-1] = (last[0], i + 1, spec)
+            else:
+                segments.append((i, i + 1, spec))
+        return segments
+
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
         h = x
-        for i, spec in enumerate(self._blocks()):
-            spec = dict(spec)
-            if spec.pop("residual_if_match", False):
-                spec["residual"] = h.shape[-1] == spec["features"]
-            h = DenseBlock(**spec, name=f"dense_{i}")(h, train=train)
+        for start, stop, spec in self._segments(x.shape[-1]):
+            names = [f"dense_{i}" for i in range(start, stop)]
+            if len(names) < SCAN_MIN_RUN:
+                unrolled = True
+            elif self.is_initializing():
+                unrolled = not _staged()
+            else:
+                unrolled = self._unrolled(spec, names, train)
+            if unrolled:
+                for name in names:
+                    h = DenseBlock(**spec, name=name)(h, train=train)
+            elif self.is_initializing():
+                h = self._init_run(spec, names, h, train)
+            else:
+                h = self._scan_run(spec, names, h, train)
+        return h
+
+    def _unrolled(self, spec: dict, names: list[str], train: bool) -> bool:
+        """Whether a run must be unrolled: perturbations in use, or BatchNorm in training mode
+        without mutable statistics (so Flax raises its own error)."""
+        if self.is_mutable_collection("perturbations") or any(
+            self.has_variable("perturbations", n) for n in names
+        ):
+            return True
+        return (
+            spec.get("norm") == "batch" and train and not self.is_mutable_collection("batch_stats")
+        )
+
+    def _init_run(self, spec: dict, names: list[str], h: Array, train: bool) -> Array:
+        """Create the run's blocks with their parameters drawn in one vectorised call per
+        initializer, from the keys Flax derives for each block (``Scope.make_rng`` counts the
+        block's parameters: kernel 1, bias 2)."""
+        if not self.scope.has_rng("params"):  # pragma: no cover - init always has params
+            for name in names:
+                h = DenseBlock(**spec, name=name)(h, train=train)
+            return h
+        rng = self.scope.rngs["params"]
+        block = DenseBlock(**spec, parent=None)
+        shape = (h.shape[-1], block.features)
+        kinit = _init("DenseBlock", "kernel_init", block.kernel_init)
+        # one draw per layer inside a loop (lax.map), not a vmap: the loop's output is a
+        # buffer, so each layer's parameter is a plain slice of it; a vmapped draw is fused
+        # (erf_inv and all) into every layer's slice, and the program grows with depth again
+        draws = {"kernel_init": jax.lax.map(lambda k: kinit(k, shape), _child_keys(rng, names, 1))}
+        if block.use_bias:
+            binit = _init("DenseBlock", "bias_init", block.bias_init)
+            draws["bias_init"] = jax.lax.map(
+                lambda k: binit(k, shape[1:]), _child_keys(rng, names, 2)
+            )
+        fixed = {k: [_fixed(v) for v in vs] for k, vs in draws.items()}
+        for t, name in enumerate(names):
+            init = {k: v[t] for k, v in fixed.items()}
+            h = DenseBlock(**{**spec, **init}, name=name)(h, train=train)
+        return h
+
+    def _scan_run(self, spec: dict, names: list[str], h: Array, train: bool) -> Array:
+        """Run the blocks ``names`` as one :func:`jax.lax.scan` over their stacked variables."""
+        block = DenseBlock(**spec, parent=None)
+        cols = ["params"] + (["batch_stats"] if block.norm == "batch" else [])
+        per_layer = {col: [self.get_variable(col, n) for n in names] for col in cols}
+        if any(v is None for vs in per_layer.values() for v in vs):
+            # missing variables: let the blocks raise Flax's own error
+            for name in names:
+                h = DenseBlock(**spec, name=name)(h, train=train)
+            return h
+        stacked = {col: jax.tree.map(lambda *a: jnp.stack(a), *vs) for col, vs in per_layer.items()}
+        mutable = []
+        if block.norm == "batch" and train:
+            mutable.append("batch_stats")
+        if self.is_mutable_collection("intermediates"):
+            mutable.append("intermediates")
+
+        def body(h, variables):
+            if not mutable:
+                return block.apply(variables, h, train=train), {}
+            return block.apply(variables, h, train=train, mutable=mutable)
+
+        first = jax.tree.map(lambda a: a[0], stacked)
+        out = jax.eval_shape(body, h, first)[0]
+        if (out.shape, out.dtype) != (h.shape, h.dtype):
+            # the input's dtype changes in the first block (e.g. integer inputs): run it alone
+            h = DenseBlock(**spec, name=names[0])(h, train=train)
+            rest = names[1:]
+            if len(rest) < SCAN_MIN_RUN:
+                for name in rest:
+                    h = DenseBlock(**spec, name=name)(h, train=train)
+                return h
+            return self._scan_run(spec, rest, h, train)
+        h, updates = jax.lax.scan(body, h, stacked)
+        for t, name in enumerate(names):
+            if "batch_stats" in updates:
+                self.put_variable(
+                    "batch_stats", name, jax.tree.map(lambda a, t=t: a[t], updates["batch_stats"])
+                )
+            if "intermediates" in updates:
+                old = self.get_variable("intermediates", name) or {}
+                self.put_variable(
+                    "intermediates",
+                    name,
+                    {
+                        k: (*old.get(k, ()), *(v[t] for v in vs))
+                        for k, vs in updates["intermediates"].items()
+                    },
+                )
         return h
 
 

@@ -207,6 +207,7 @@ STATS: tuple[str, ...] = tuple(
     if f.name not in ("layer_names", "layer_kinds")
 )
 _GRAD_STATS = ("weight_grad_norm", "bias_grad_norm", "preact_grad_norm")
+_ROW_STATS = tuple(k for k in STATS if k != "loss")
 
 
 @struct.dataclass
@@ -294,17 +295,35 @@ def _select_rows(
     return [found[n] for n in want]
 
 
-def _sq_norm(leaves: list, items: tuple, dt) -> Array:
-    """Root of the summed squares of ``leaves[i][index]`` over ``items``; NaN when empty."""
-    if not items:
-        return jnp.full((), jnp.nan, dtype=dt)
-    return _norm([leaves[i][idx].astype(dt) for i, idx in items])
+def _sq_norms(leaves: list, items: Sequence[tuple], dt) -> Array:
+    """``(n,)``: for each row's ``items`` ``((leaf, index), ...)``, the Euclidean norm of the
+    arrays ``leaves[leaf][index]`` together (:func:`_norm`: no overflow or underflow of the
+    squares); NaN for a row without items.
+
+    Rows whose items have matching shapes (the layers of one scan) are reduced together, one
+    stacked array per item position, so the program does not grow with the number of rows."""
+    parts = [[leaves[i][idx] for i, idx in it] for it in items]
+    n = len(parts[0])
+    if n == 0 and all(not p for p in parts):
+        return jnp.full((len(items),), jnp.nan, dtype=dt)
+    if (
+        n
+        and all(len(p) == n for p in parts)
+        and all(p[k].shape == parts[0][k].shape for p in parts for k in range(n))
+    ):
+        rows = len(parts)
+        stacked = [
+            jnp.stack([p[k] for p in parts]).astype(dt).reshape(rows, math.prod(parts[0][k].shape))
+            for k in range(n)
+        ]
+        return _norm(stacked, axis=-1)
+    return jnp.concatenate([_sq_norms(leaves, [it], dt) for it in items])
 
 
-def _row(
-    row: _taps.Layer, z: Array, gz: Array, batch: int, sown: Mapping | None, leaves, gleaves
+def _signal(
+    row: _taps.Layer, z: Array, gz: Array, batch: int, sown: Mapping | None
 ) -> dict[str, Array]:
-    """The statistics of one layer from its output ``z``, ``dC/dz`` and its parameters."""
+    """The statistics of one layer from its output ``z``, ``dC/dz`` and its sown values."""
     dt = jnp.promote_types(z.dtype, jnp.float32)
     z, gz = z.astype(dt), gz.astype(dt)
     nan = jnp.full((), jnp.nan, dtype=dt)
@@ -319,9 +338,9 @@ def _row(
         d_mean = d_std = nan
     if sown is not None:  # gradflow.models layers sow what they apply the activation to
         n = z.shape[-1]
-        h = sown["act"][0].astype(dt).reshape(-1, n)
-        u = sown["preact"][0].astype(dt).reshape(-1, n)
-        slope = jnp.abs(sown["slope"][0].astype(dt).reshape(-1, n))
+        h = sown["act"].astype(dt).reshape(-1, n)
+        u = sown["preact"].astype(dt).reshape(-1, n)
+        slope = jnp.abs(sown["slope"].astype(dt).reshape(-1, n))
         sat = jnp.mean((slope < SATURATION).astype(dt))
         dead = jnp.mean(jnp.all(slope == 0, axis=0).astype(dt))
         q = jnp.mean(jnp.square(u))
@@ -333,11 +352,8 @@ def _row(
         q = jnp.mean(jnp.square(z))
     chan_mean = h.mean(0)
     return dict(
-        weight_grad_norm=_sq_norm(gleaves, row.weight, dt),
-        bias_grad_norm=_sq_norm(gleaves, row.bias, dt),
         preact_grad_norm=d_mean,
         preact_grad_norm_std=d_std,
-        weight_norm=_sq_norm(leaves, row.weight, dt),
         act_mean=h.mean(),
         act_var=h.var(),
         avg_sq_channel_mean=jnp.mean(jnp.square(chan_mean)),
@@ -346,6 +362,43 @@ def _row(
         saturated_frac=sat,
         dead_frac=dead,
     )
+
+
+def _sown(aux: Any, row: _taps.Layer) -> dict | None:
+    """What a :class:`gradflow.models.DenseBlock` sowed for ``row`` (None for other layers)."""
+    sown = _get(aux, row.owner)
+    if isinstance(sown, Mapping) and {"act", "preact", "slope"} <= set(sown):
+        return {k: sown[k][0] for k in ("act", "preact", "slope")}
+    return None
+
+
+def _groups(rows: Sequence[_taps.Layer], sown: list) -> list[list[int]]:
+    """Indices of ``rows`` in groups whose statistics are computed together: the iterations of
+    one scanned layer (same tapped value and scan index, same shapes, sown or not); every other
+    row alone. Groups keep the rows' order."""
+    groups: dict[tuple, list[int]] = {}
+    for k, row in enumerate(rows):
+        ints = [j for j, t in enumerate(row.select) if t is not None]
+        if len(ints) != 1:
+            groups[("row", k)] = [k]
+            continue
+        shapes = None if sown[k] is None else tuple(v.shape for v in sown[k].values())
+        key = (row.chain, ints[0], row.batch_axis, row.channel_axes, row.shape, shapes)
+        groups.setdefault(key, []).append(k)
+    return list(groups.values())
+
+
+def _stacked_output(values: dict, rows: Sequence[_taps.Layer]) -> Array:
+    """The outputs of rows that differ only in one scan index, stacked on a new axis 0."""
+    (j,) = [j for j, t in enumerate(rows[0].select) if t is not None]
+    ts = [row.select[j] for row in rows]
+    v = values[rows[0].chain]
+    if ts == list(range(ts[0], ts[0] + len(ts))):
+        v = jax.lax.slice_in_dim(v, ts[0], ts[0] + len(ts), axis=j)
+    else:
+        v = jnp.take(v, jnp.asarray(ts), axis=j)
+    rest = tuple(slice(None) if t is None else t for i, t in enumerate(rows[0].select) if i != j)
+    return jnp.moveaxis(v, j, 0)[(slice(None), *rest)]
 
 
 def _make_probe(model: _adapters.Model, loss_fn: LossFn, layers: tuple | None, labels: bool):
@@ -372,14 +425,30 @@ def _make_probe(model: _adapters.Model, loss_fn: LossFn, layers: tuple | None, l
             cost, argnums=(0, 1), has_aux=True
         )(params, plan.zeros())
         leaves, gleaves = jax.tree.leaves(params), jax.tree.leaves(g_params)
-        stats = []
-        for row in rows:
-            sown = _get(aux, row.owner)
-            if not (isinstance(sown, Mapping) and {"act", "preact", "slope"} <= set(sown)):
-                sown = None
-            z, gz = plan.output(values, row), plan.output(g_values, row)
-            stats.append(_row(row, z, gz, batch, sown, leaves, gleaves))
-        stacked = {k: jnp.stack([s[k] for s in stats]) for k in stats[0]}
+        sown = [_sown(aux, row) for row in rows]
+        order, parts = [], []
+        for group in _groups(rows, sown):
+            members = [rows[k] for k in group]
+            row = members[0]
+            if len(group) == 1:
+                z, gz = plan.output(values, row), plan.output(g_values, row)
+                sig = jax.tree.map(lambda a: a[None], _signal(row, z, gz, batch, sown[group[0]]))
+            else:  # the iterations of one scanned layer: one vectorised computation
+                z, gz = _stacked_output(values, members), _stacked_output(g_values, members)
+                sw = None
+                if sown[group[0]] is not None:
+                    sw = {k: jnp.stack([sown[i][k] for i in group]) for k in sown[group[0]]}
+                sig = jax.vmap(lambda z, gz, sw, row=row: _signal(row, z, gz, batch, sw))(z, gz, sw)
+            dt = jnp.promote_types(z.dtype, jnp.float32)
+            sig["weight_grad_norm"] = _sq_norms(gleaves, [r.weight for r in members], dt)
+            sig["bias_grad_norm"] = _sq_norms(gleaves, [r.bias for r in members], dt)
+            sig["weight_norm"] = _sq_norms(leaves, [r.weight for r in members], dt)
+            order += group
+            parts.append(sig)
+        stacked = {k: jnp.concatenate([p[k] for p in parts]) for k in _ROW_STATS}
+        if order != sorted(order):
+            inverse = np.argsort(order)
+            stacked = {k: v[inverse] for k, v in stacked.items()}
         ok = jnp.asarray(True)
         if labels and jnp.issubdtype(jnp.result_type(y), jnp.integer):
             n_classes = jnp.shape(out)[-1]

@@ -133,11 +133,13 @@ class _Info:
     """What the analysis knows about one value of the jaxpr.
 
     data: depends on the data x. leaves: for values computed from parameters alone, the leaves
-    they come from, as (leaf index, scan levels along which the leaf was sliced). exact: the value
-    is such a leaf itself (or a dtype cast or transpose of it: ``perm``), so a scan over it slices
-    the leaf. chain: the chain
-    whose output this is (through views). axes: the chain output's channel axes. norm: distance
-    (in equations) from a rsqrt/sqrt, or None beyond _NORM_DEPTH.
+    they come from, as (leaf, scan levels along which the leaf was sliced); ``leaf`` is a leaf
+    index, or a tuple of leaf indices for a stack of whole leaves (``jnp.stack``), whose first
+    slicing level selects the leaf (see _stacked). exact: the value is such a leaf or stack
+    itself (or a dtype cast or transpose of it: ``perm``, with ``_STACK`` for the stacking axis),
+    so a scan over it slices the leaf (or, over a stack, takes leaf t at iteration t). chain: the
+    chain whose output this is (through views). axes: the chain output's channel axes. norm:
+    distance (in equations) from a rsqrt/sqrt, or None beyond _NORM_DEPTH.
     """
 
     data: bool = False
@@ -147,9 +149,18 @@ class _Info:
     chain: int | None = None
     axes: tuple[int, ...] | None = None
     norm: int | None = None
+    unit: tuple | None = None  # (leaf, perm): a whole leaf with a unit axis inserted (_unit)
 
 
 _CONST = _Info()
+
+#: In an exact value's ``perm``: the axis along which whole leaves were stacked.
+_STACK = -1
+
+
+def _first(leaf) -> int:
+    """The first leaf index of a leaf entry (an index, or a stack of them)."""
+    return leaf[0] if isinstance(leaf, tuple) else leaf
 
 
 @dataclasses.dataclass
@@ -166,6 +177,7 @@ class _Chain:
     levels: tuple[int, ...]  # enclosing scan levels, outermost first
     last_prim: str
     last_data_size: int
+    stack: tuple | None = None  # (scan level, leaves): the layer's parameters are leaf t at t
     extended: bool = False
     closed: bool = False
 
@@ -195,13 +207,32 @@ class _Analysis:
 
     def owner(self, leaves: frozenset) -> tuple[str, ...]:
         """The parent path of the first leaf (``()`` for a top-level leaf)."""
-        return self.paths[min(i for i, _ in leaves)][:-1]
+        return self.paths[min(_first(i) for i, _ in leaves)][:-1]
 
-    def name(self, c: _Chain) -> str:
+    def stack(self, leaves: frozenset) -> tuple | None:
+        """``(level, leaves)`` when the first leaf is a stack of leaves selected per iteration of
+        a scan (the layer is then leaf t's layer at iteration t), else None."""
+        first = min(leaves, key=lambda e: _first(e[0]))
+        leaf, sliced = first
+        return (sliced[0], leaf) if isinstance(leaf, tuple) and sliced else None
+
+    def same_owners(self, a: tuple | None, b: tuple | None) -> bool:
+        """Whether two stacks (:meth:`stack`) belong to the same module at every iteration."""
+        if a is None or b is None:
+            return a is b
+        owners = [tuple(self.paths[i][:-1] for i in s[1]) for s in (a, b)]
+        return a[0] == b[0] and owners[0] == owners[1]
+
+    def name(self, c: _Chain, leaf: int | None = None) -> str:
+        """The layer's name: its owner path (of ``leaf``, the leaf of one iteration of a stack),
+        or a top-level leaf's own path."""
+        if leaf is not None:
+            path = self.paths[leaf]
+            return "/".join(path[:-1] or path)
         if c.owner:
             return "/".join(c.owner)
         leaves = c.weight or c.bias
-        return "/".join(self.paths[min(i for i, _ in leaves)]) if leaves else "layer"
+        return "/".join(self.paths[min(_first(i) for i, _ in leaves)]) if leaves else "layer"
 
     def new_chain(self, **kw) -> _Chain:
         c = _Chain(id=len(self.chains), **kw)
@@ -268,8 +299,18 @@ class _Analysis:
                 xs_body.append(_Info(data=True, norm=info.norm))
             elif info.leaves and info.exact:
                 sliced = frozenset((leaf, (*s, level.id)) for leaf, s in info.leaves)
-                perm = info.perm[1:] if info.perm and info.perm[0] == 0 else None
-                xs_body.append(_Info(leaves=sliced, exact=perm is not None, perm=perm))
+                # the axis a slice index selects along: a stack of leaves first along _STACK
+                # (leaf t), then along leaf t's own axes in order; a leaf along its axes in order
+                (leaf, s), *more = info.leaves  # exact: one leaf (or one stack)
+                stack = isinstance(leaf, tuple)
+                head = (len(s) - 1 if s else _STACK) if stack else len(s)
+                if more or not info.perm or info.perm[0] != head:
+                    # scanned along another axis: iteration t's slice is not the one the next
+                    # index selects (leaf t of a stack, row t of a leaf), so the whole value is
+                    # one weight shared by every iteration
+                    xs_body.append(_Info(leaves=info.leaves))
+                    continue
+                xs_body.append(_Info(leaves=sliced, exact=True, perm=info.perm[1:]))
             else:
                 xs_body.append(_Info(leaves=info.leaves))
         carry_body = [_Info(data=c.data, leaves=c.leaves) for c in carry]
@@ -299,7 +340,12 @@ class _Analysis:
             _Info(data=o.data, leaves=o.leaves if not o.data else frozenset()) for o in outs
         ]
         # rows: per iteration for chains whose weight is sliced at this level
-        per_iter = {c.id for c in inside if c.weight and all(level.id in s for _, s in c.weight)}
+        per_iter = {
+            c.id
+            for c in inside
+            if (c.stack is not None and c.stack[0] == level.id)
+            or (c.weight and all(level.id in s for _, s in c.weight))
+        }
         order = range(level.length - 1, -1, -1) if level.reverse else range(level.length)
         rows: list[_Row] = []
         first = True
@@ -327,9 +373,15 @@ class _Analysis:
                     perm = ins[0].perm
                 elif name == "transpose":
                     perm = tuple(ins[0].perm[k] for k in eqn.params["permutation"])
-            return [_Info(leaves=leaves, exact=perm is not None, perm=perm, norm=norm)] * len(
-                eqn.outvars
-            )
+            unit = None
+            if single and len(ins) == 1 and name in ("broadcast_in_dim", "reshape"):
+                unit = _unit(eqn, ins[0])
+            stacked = _stacked(eqn, ins) if single else None
+            if stacked is not None:
+                leaves, perm = stacked
+            return [
+                _Info(leaves=leaves, exact=perm is not None, perm=perm, norm=norm, unit=unit)
+            ] * len(eqn.outvars)
         out = _Info(data=True, norm=norm)
         if not single:
             return [out] * len(eqn.outvars)
@@ -346,6 +398,7 @@ class _Analysis:
         if param_ops and (name in _LINEAR or lookup):
             weight = frozenset().union(*(i.leaves for i in param_ops))
             owner = self.owner(weight)
+            stack = self.stack(weight)
             fan_in: dict = {}
             if name == "dot_general":
                 kind = "attention" if _is_attention(owner) else "dense"
@@ -374,6 +427,7 @@ class _Analysis:
                 levels=levels,
                 last_prim=name,
                 last_data_size=0,
+                stack=stack,
             )
             self.taps[site] = c.id
             rows.append(_Row(c.id, ()))
@@ -383,10 +437,17 @@ class _Analysis:
         if param_ops and (name in _SCALE or name in _SHIFT) and len(ins) == 2:
             leaves = frozenset().union(*(i.leaves for i in param_ops))
             owner = self.owner(leaves)
+            stack = self.stack(leaves)
             stream = data_ins[0]
             shape = outs_aval[0].shape
             c = self.chains[stream.chain] if stream.chain is not None else None
-            if c is not None and not c.closed and c.owner == owner and c.levels == levels:
+            if (
+                c is not None
+                and not c.closed
+                and c.owner == owner
+                and self.same_owners(c.stack, stack)
+                and c.levels == levels
+            ):
                 self._move(c, site, outs_aval[0])
                 (c.bias if name in _SHIFT else c.weight).update(leaves)
                 c.last_prim = name
@@ -409,6 +470,7 @@ class _Analysis:
                 levels=levels,
                 last_prim=name,
                 last_data_size=_aval_size(_data_aval(eqn, ins)),
+                stack=stack,
             )
             self.taps[site] = c.id
             rows.append(_Row(c.id, ()))
@@ -450,8 +512,71 @@ def _fan_in(out: dict, info: _Info, contract) -> None:
     """Record the leaf axes a linear map contracts, for an operand that is exactly a leaf."""
     if info.data or not info.exact or info.perm is None or len(info.leaves) != 1:
         return
-    ((leaf, _),) = info.leaves
+    ((leaf, sliced),) = info.leaves
+    if isinstance(leaf, tuple) and not sliced:
+        return  # the stacking axis is still there: not the layout of one leaf
     out[leaf] = tuple(sorted(info.perm[d] for d in contract))  # perm is in leaf coordinates
+
+
+def _stacked(eqn, ins: list[_Info]) -> tuple[frozenset, tuple] | None:
+    """``(leaves, perm)`` when ``eqn`` stacks whole leaves along a new axis: the ``stack``
+    primitive, or ``concatenate`` along a unit axis inserted into each leaf (``jnp.stack`` in
+    jax versions without the primitive; see :func:`_unit`)."""
+    name = eqn.primitive.name
+    if name not in ("stack", "concatenate") or not ins:
+        return None
+    parts, perms = [], set()
+    for i in ins:
+        if name == "concatenate" and i.unit is not None:
+            leaf, perm = i.unit
+            parts.append((leaf,))
+        elif i.exact and i.perm is not None and len(i.leaves) == 1:
+            ((leaf, sliced),) = i.leaves
+            if sliced or isinstance(leaf, tuple) != (name == "concatenate"):
+                return None
+            perm = i.perm
+            parts.append(leaf if name == "concatenate" else (leaf,))
+        else:
+            return None
+        perms.add(perm)
+    if len(perms) != 1:
+        return None
+    (perm,) = perms
+    if name == "stack":
+        axis = eqn.params.get("axis", 0)
+        perm = (*perm[:axis], _STACK, *perm[axis:])
+    elif perm[eqn.params["dimension"]] != _STACK:
+        return None
+    return frozenset({(sum(parts, ()), ())}), perm
+
+
+def _unit(eqn, info: _Info) -> tuple | None:
+    """``(leaf, perm)`` when ``eqn`` inserts a unit axis into an exact whole leaf
+    (``broadcast_in_dim`` or ``reshape``: ``expand_dims``), ``perm`` marking the new axis
+    ``_STACK``; such values stack into a stack of leaves by ``concatenate`` along that axis."""
+    if not info.exact or info.perm is None or len(info.leaves) != 1:
+        return None
+    ((leaf, sliced),) = info.leaves
+    if sliced or isinstance(leaf, tuple):
+        return None
+    in_shape = tuple(eqn.invars[0].aval.shape)
+    out_shape = tuple(eqn.outvars[0].aval.shape)
+    if len(out_shape) != len(in_shape) + 1:
+        return None
+    name = eqn.primitive.name
+    if name == "broadcast_in_dim":
+        dims = tuple(eqn.params["broadcast_dimensions"])
+        new = [a for a in range(len(out_shape)) if a not in dims]
+        if dims != tuple(sorted(dims)) or len(new) != 1 or out_shape[new[0]] != 1:
+            return None
+        if tuple(out_shape[d] for d in dims) != in_shape:
+            return None
+        axis = new[0]
+    elif name == "reshape" and out_shape == (1, *in_shape):
+        axis = 0
+    else:
+        return None
+    return leaf, (*info.perm[:axis], _STACK, *info.perm[axis:])
 
 
 def _norm_depth(ins: list[_Info]) -> int | None:
@@ -851,25 +976,41 @@ def trace(
 
     layers = []
     counts: dict[str, int] = {}
-    seen: dict[int, str] = {}
+    seen: dict[tuple, str] = {}
     for r in rows:
         c = a.chains[r.chain]
-        if r.chain not in seen:
-            base = a.name(c)
-            counts[base] = counts.get(base, 0) + 1
-            seen[r.chain] = base if counts[base] == 1 else f"{base}#{counts[base]}"
-        name = seen[r.chain]
         its = dict(r.index)
+        # a scan over a stack of leaves: iteration t is leaf t's own layer, named by its owner
+        stack_t = its[c.stack[0]] if c.stack is not None and c.stack[0] in its else None
+        key = (r.chain, stack_t)
+        if key not in seen:
+            base = a.name(c, None if stack_t is None else c.stack[1][stack_t])
+            counts[base] = counts.get(base, 0) + 1
+            seen[key] = base if counts[base] == 1 else f"{base}#{counts[base]}"
+        name = seen[key]
         select = tuple(its.get(lv) for lv in c.levels)
         if its:
-            name += "".join(f"[{its[lv]}]" for lv in c.levels if lv in its)
+            name += "".join(
+                f"[{its[lv]}]" for lv in c.levels if lv in its and lv != (c.stack or (None,))[0]
+            )
         n_pos = sum(t is None for t in select)
 
-        def leaf_index(items, its=its):
-            return tuple(
-                (leaf, tuple(its[lv] for lv in sliced if lv in its))
-                for leaf, sliced in sorted(items)
-            )
+        def pick(leaf, sliced, its=its):
+            """(leaf index, index into it) entries of one leaf entry at iterations ``its``."""
+            if not isinstance(leaf, tuple):
+                return [(leaf, tuple(its[lv] for lv in sliced if lv in its))]
+            if sliced and sliced[0] in its:
+                return [(leaf[its[sliced[0]]], tuple(its[lv] for lv in sliced[1:] if lv in its))]
+            return [(i, ()) for i in leaf]
+
+        def leaf_index(items):
+            return tuple(sorted(e for leaf, sliced in items for e in pick(leaf, sliced)))
+
+        fan_in = {}
+        for leaf, axes in c.fan_in.items():
+            sliced = [s for lf, s in (*c.weight, *c.bias) if lf == leaf]
+            for i, _ in pick(leaf, sliced[0] if sliced else ()):
+                fan_in.setdefault(i, axes)
 
         ba = batch_axis(c)
         body_shape = tuple(c.aval.shape)
@@ -878,10 +1019,10 @@ def trace(
             Layer(
                 name=name,
                 kind=c.kind,
-                owner=c.owner,
+                owner=c.owner if stack_t is None else a.paths[c.stack[1][stack_t]][:-1],
                 weight=leaf_index(c.weight),
                 bias=leaf_index(c.bias),
-                fan_in=tuple(sorted(c.fan_in.items())),
+                fan_in=tuple(sorted(fan_in.items())),
                 chain=c.id,
                 select=select,
                 batch_axis=None if ba is None else ba + n_pos,

@@ -1,4 +1,5 @@
-"""Tests for gradflow.data: digits split and scaling, adding problem, teacher-student."""
+"""Tests for gradflow.data: digits split and scaling, adding problem, teacher-student, Markov
+sequences."""
 
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def test_digits_bad_arguments(kwargs, error, match):
 
 
 def test_get_dispatches_and_rejects_unknown_names():
-    assert data.names() == ("digits", "adding", "teacher_student")
+    assert data.names() == ("digits", "adding", "teacher_student", "markov")
     d = data.get("digits", n_train=10)
     assert d.x_train.shape == (10, 64)
     x, y = data.get("adding", jax.random.key(0), 4, 10)
@@ -127,3 +128,45 @@ def test_teacher_student_targets_come_from_the_teacher():
         data.teacher_student(jax.random.key(0), 4, noise_std=-1.0)
     with pytest.raises(ValueError, match="widths is empty"):
         data.teacher_student(jax.random.key(0), 4, widths=())
+
+
+@given(seed=st.integers(0, 2**31 - 1), order=st.sampled_from([1, 2, 3]))
+def test_markov_sequences_follow_their_table(seed, order):
+    d = data.markov_sequences(jax.random.key(seed), 6, 3, 10, vocab=5, order=order)
+    assert d.table.shape == (5,) * order and d.table.dtype == np.int32
+    assert (d.vocab, d.order) == (5, order)
+    for x, y in ((d.x_train, d.y_train), (d.x_test, d.y_test)):
+        assert x.shape == y.shape and x.dtype == y.dtype == np.int32
+        assert x.min() >= 0 and x.max() < 5
+        np.testing.assert_array_equal(y[:, :-1], x[:, 1:])  # y is x shifted by one token
+        s = np.concatenate([x, y[:, -1:]], axis=1)  # s_0 .. s_T
+        for t in range(order, s.shape[1]):
+            ctx = tuple(s[:, t - order + i] for i in range(order))
+            np.testing.assert_array_equal(s[:, t], d.table[ctx])  # every later token determined
+
+
+def test_markov_sequences_keyed_split_and_floor():
+    a = data.markov_sequences(jax.random.key(3), 200, 100, 15)
+    b = data.get("markov", jax.random.key(3), 200, 100, 15)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+    c = data.markov_sequences(jax.random.key(4), 200, 100, 15)
+    assert not np.array_equal(a.table, c.table)
+    assert not np.array_equal(a.x_train[:, :2], a.x_test[:100, :2])  # independent start tokens
+    # order 2: only the first target is uniform, so the floor is ln(16) / 15 nats per token
+    assert a.loss_floor == pytest.approx(np.log(16) / 15, rel=1e-12)
+    assert data.markov_sequences(jax.random.key(0), 2, 0, 4, order=1).loss_floor == 0.0
+    # the same arrays when called while JAX traces a function (e.g. under jax.eval_shape); a
+    # traced key is refused
+    seen, key = [], jax.random.key(3)
+    jax.eval_shape(lambda: seen.append(data.markov_sequences(key, 200, 100, 15)))
+    for u, v in zip(seen[0], a):
+        np.testing.assert_array_equal(u, v)
+    with pytest.raises(TypeError, match="key is traced"):
+        jax.eval_shape(lambda k: data.markov_sequences(k, 2, 2, 4), key)
+    with pytest.raises(ValueError, match="length must be >= 3"):
+        data.markov_sequences(jax.random.key(0), 2, 2, 2, order=3)
+    with pytest.raises(ValueError, match=r"vocab\*\*order = 64\*\*4 entries, more than 2\*\*20"):
+        data.markov_sequences(jax.random.key(0), 2, 2, 8, vocab=64, order=4)
+    with pytest.raises(TypeError, match="n_train must be an int"):
+        data.markov_sequences(jax.random.key(0), 2.0, 2, 8)

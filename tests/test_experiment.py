@@ -190,6 +190,8 @@ def test_every_experiment_validates_its_whole_config():
         "remedies": ({"variants": ["nope"]}, r"unknown variants \['nope'\]"),
         "rnn_through_time": ({"lambda1": (0.5, -1.0)}, "lambda1 values must be positive"),
         "variance_propagation": ({"depth": 1}, "depth must be >= 2"),
+        "transformer_layernorm": ({"width": 10**5}, r"width=100000.*needs about"),
+        "residual_normalization": ({"depths": [8, 1]}, r"depths must be ints >= 2"),
     }
     assert set(bad) == set(gf.experiment.names())
     for name, (overrides, pattern) in bad.items():

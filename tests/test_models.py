@@ -4,6 +4,7 @@ the chain against gradflow.analytic, and argument validation."""
 from __future__ import annotations
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -297,6 +298,188 @@ def test_residual_block_needs_matching_widths():
     block = models.DenseBlock(features=3, residual=True)
     with pytest.raises(ValueError, match="input width == features"):
         block.init(KEY, jnp.ones((1, 4)))
+
+
+# --------------------------------------------------------------- runs of blocks compiled once
+
+# Networks with runs of identical square hidden blocks (model, input width, apply kwargs).
+STACKS = {
+    "mlp_tanh": (models.MLP(widths=(6,) * 5, out=3, activation="tanh"), 6, {}),
+    "mlp_first_block_differs": (
+        models.MLP(widths=(6,) * 4, out=3, kernel_init="lecun_uniform", bias_init="normal"),
+        4,
+        {},
+    ),
+    "mlp_batch": (models.MLP(widths=(6,) * 4, out=3, norm="batch"), 6, {"train": True}),
+    "mlp_layer_residual": (
+        models.MLP(widths=(6,) * 4, out=3, norm="layer", residual=True, bias_init="normal"),
+        5,
+        {},
+    ),
+    "mlp_two_runs": (
+        models.MLP(widths=(5, 5, 7, 7, 7), out=2, kernel_init="xavier_uniform"),
+        3,
+        {},
+    ),
+    "deep_linear": (models.DeepLinear(width=4, depth=6), 4, {}),  # the readout joins the run
+    "deep_linear_bias_identity": (
+        models.DeepLinear(
+            width=4,
+            depth=5,
+            out=2,
+            use_bias=True,
+            bias_init="normal",
+            kernel_init=gf.initializers.get("scaled_identity", gain=2.0),
+        ),
+        3,
+        {},
+    ),
+    "chain": (models.Chain(depth=6), 1, {}),
+}
+
+
+class _Nested(nn.Module):
+    """A stack inside another module (its RNG scope has a non-empty path)."""
+
+    inner: nn.Module
+
+    @nn.compact
+    def __call__(self, x, *, train=False):
+        return self.inner(x, train=train)
+
+
+def _unrolled(fn):
+    """``fn()`` with every block unrolled: Flax's own per-layer init and apply, as before."""
+    saved = models.SCAN_MIN_RUN
+    models.SCAN_MIN_RUN = 10**9
+    try:
+        return fn()
+    finally:
+        models.SCAN_MIN_RUN = saved
+
+
+@pytest.mark.parametrize("case", sorted(STACKS))
+def test_init_draws_flax_s_unrolled_numbers_bit_for_bit(case):
+    """Under jit, a run's parameters come from one draw per initializer over the keys Flax
+    derives for each layer; they equal Flax's per-layer draws exactly (here jitted and vmapped
+    over seeds, as a sweep draws them), so a change in Flax's key derivation shows here."""
+    model, width, _ = STACKS[case]
+    x = jnp.ones((2, width))
+    keys = jax.random.split(jax.random.key(3), 2)
+    init = jax.jit(jax.vmap(lambda k: model.init(k, x)))
+    new, old = init(keys), _unrolled(lambda: jax.jit(jax.vmap(lambda k: model.init(k, x)))(keys))
+    assert jax.tree.structure(new) == jax.tree.structure(old)
+    chex.assert_trees_all_equal(new, old)
+    chex.assert_trees_all_equal_dtypes(new, old)
+
+
+@pytest.mark.parametrize("case", ["mlp_layer_residual", "deep_linear_bias_identity"])
+def test_init_is_flax_s_eager_jitted_nested_float64_and_with_raw_keys(case):
+    """The same numbers as Flax's own per-layer init: eager (op by op, which rounds the normal's
+    scale differently from a compiled draw, for Flax's own init too), vmapped eagerly, jitted
+    with a raw ``PRNGKey``, nested in another module (a non-empty RNG path), and a callable
+    initializer drawing float64."""
+    model, width, _ = STACKS[case]
+    x = jnp.ones((2, width))
+    key, keys = jax.random.key(3), jax.random.split(jax.random.key(4), 2)
+    runs = {
+        "eager": lambda: model.init(key, x),
+        "eager_vmap": lambda: jax.vmap(lambda k: model.init(k, x))(keys),
+        "raw_key_nested": lambda: jax.jit(_Nested(model).init)(jax.random.PRNGKey(5), x),
+    }
+    for name, run in runs.items():
+        chex.assert_trees_all_equal(run(), _unrolled(run), custom_message=name)
+    with jax.enable_x64(True):  # a user's callable initializer drawing float64
+        m = model.clone(kernel_init=lambda k, shape: 0.5 * jax.random.normal(k, shape, "f8"))
+        run = lambda: jax.jit(m.init)(key, x)
+        new, old = run(), _unrolled(run)
+        chex.assert_trees_all_equal(new, old)
+        chex.assert_trees_all_equal_dtypes(new, old)
+        assert new["params"]["dense_1"]["kernel"].dtype == jnp.float64
+
+
+def test_flax_child_keys_are_flax_s_own():
+    from flax.core.scope import LazyRng
+
+    for rng in (LazyRng.create(jax.random.key(5)), LazyRng.create(jax.random.key(5), "a", 3)):
+        names = ["dense_1", "dense_2", "dense_17"]
+        for counter in (1, 2):
+            keys = models._child_keys(rng, names, counter)
+            for t, name in enumerate(names):
+                want = LazyRng.create(rng, name, counter).as_jax_rng()
+                np.testing.assert_array_equal(
+                    jax.random.key_data(keys[t]), jax.random.key_data(want)
+                )
+
+
+@pytest.mark.parametrize("case", sorted(STACKS))
+def test_scanned_apply_equals_the_unrolled_blocks(case, x64):
+    """Outputs, sown intermediates and updated BatchNorm statistics of the scanned network are
+    those of the unrolled one, per layer, in the same collections (float64, to 1e-12)."""
+    model, width, kw = STACKS[case]
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(7, width)))
+    v = _f64(model.init(KEY, x))
+    mutable = ["intermediates", *(["batch_stats"] if "batch_stats" in v else [])]
+
+    def run():
+        return model.apply(v, x, mutable=mutable, **kw)
+
+    (out, cols), (ref, ref_cols) = jax.jit(run)(), _unrolled(jax.jit(run))
+    assert jax.tree.structure(cols) == jax.tree.structure(ref_cols)
+    chex.assert_trees_all_close(out, ref, rtol=1e-12, atol=1e-14)
+    chex.assert_trees_all_close(cols, ref_cols, rtol=1e-12, atol=1e-14)
+    # without mutable collections too
+    chex.assert_trees_all_close(
+        jax.jit(lambda: model.apply(v, x))(), model.apply(v, x), rtol=1e-12, atol=1e-14
+    )
+
+
+def _count(fn, *args, what="dot_general"):
+    return str(jax.make_jaxpr(fn)(*args)).count(what)
+
+
+def test_a_run_of_identical_blocks_is_traced_once():
+    """The traced program does not grow with depth: one scan body for the hidden blocks in
+    apply, one draw per initializer in init (the per-layer parameters are slices of it)."""
+    x = jnp.ones((2, 5))
+    counts = []
+    for depth in (4, 12):
+        m = models.MLP(widths=(5,) * depth, out=2, activation="tanh", norm="layer")
+        v = m.init(KEY, x)
+        counts.append(
+            (
+                _count(lambda v, m=m: m.apply(v, x), v),
+                _count(lambda k, m=m: m.init(k, x), KEY, what="random_bits"),
+            )
+        )
+    assert counts[0] == counts[1]
+    assert counts[0][0] == 2  # the scan body and the readout
+
+
+def test_perturbations_and_missing_variables_unroll_the_blocks():
+    """With a "perturbations" collection (mutable or passed in) every block perturbs its own z:
+    the blocks run unrolled, as they do when BatchNorm statistics are missing (Flax's error)."""
+    m = models.MLP(widths=(5,) * 4, out=2, norm="batch")
+    x = jnp.ones((3, 5))
+    v = m.init(KEY, x)
+    perts = models.perturbations(m, v, x)
+    assert sorted(perts) == list(m.layer_names())
+    assert _count(lambda v: m.apply(v, x), v, what="scan") == 1
+    with_perts = {**v, "perturbations": perts}
+    assert _count(lambda v: m.apply(v, x), with_perts, what="scan") == 0
+    with pytest.raises(Exception, match="batch_stats"):
+        m.apply({"params": v["params"]}, x)
+    with pytest.raises(Exception, match="batch_stats"):
+        m.apply(v, x, train=True)  # training mode needs mutable statistics
+
+
+def test_integer_inputs_run_the_first_block_alone():
+    """A run that starts at the input: the first block changes the dtype (int -> float), so it
+    runs unrolled and the rest of the run is scanned."""
+    m = models.MLP(widths=(4, 4, 4), out=2)
+    x = jnp.arange(12, dtype=jnp.int32).reshape(3, 4) % 3
+    v = m.init(KEY, x)
+    chex.assert_trees_all_close(m.apply(v, x), _unrolled(lambda: m.apply(v, x)), rtol=1e-6)
 
 
 def test_chain_takes_one_input_feature_and_chain_weights_only_chains():

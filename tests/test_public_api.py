@@ -64,7 +64,7 @@ CONTRACT = {
         "telemetry",
         "make_optimizer",
     ],
-    "data": ["load_digits", "adding_problem", "teacher_student"],
+    "data": ["load_digits", "adding_problem", "teacher_student", "markov_sequences", "Sequences"],
     "training": ["TrainState", "TrainConfig", "train_fn", "fit", "evaluate"],
     "sweep": ["run", "load", "batched", "cpu_devices", "usable_cores", "in_use"],
     "rng": ["IMPL", "NAMES", "key", "resolve", "threefry2x32"],

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from gradflow import taps
 
@@ -96,6 +97,114 @@ def test_scan_over_stacked_weights_reports_each_iteration_in_run_order():
         assert [r.name for r in plan.layers] == [f"w[{t}]" for t in order]
         assert [r.weight for r in plan.layers] == [((0, (t,)),) for t in order]
         assert values[0].shape == (4, 2, 3) and plan.layers[0].shape == (2, 3)
+
+
+def _stack_axis0(arrays, how):
+    """``jnp.stack(arrays)`` as different jax versions trace it: the ``stack`` primitive, or a
+    unit axis inserted into each leaf (``expand_dims``: ``broadcast_in_dim`` or ``reshape``)
+    and ``concatenate`` (in chunks, as ``jnp.concatenate`` does for long lists)."""
+    if how == "stack":
+        return jnp.stack(arrays)
+    if how == "broadcast_in_dim":
+        units = [
+            lax.broadcast_in_dim(a, (1, *a.shape), tuple(range(1, a.ndim + 1))) for a in arrays
+        ]
+    else:
+        units = [lax.reshape(a, (1, *a.shape)) for a in arrays]
+    return lax.concatenate([lax.concatenate(units[:2], 0), lax.concatenate(units[2:], 0)], 0)
+
+
+@pytest.mark.parametrize("how", ["stack", "broadcast_in_dim", "reshape"])
+def test_scan_over_a_stack_of_separate_leaves_gives_each_leaf_its_own_row(how):
+    """A scan over parameters stacked from separate leaves (gradflow.models' scanned MLP):
+    iteration t is the layer of leaf t, named by its owner, with leaf t's weight, bias and
+    fan-in axes, in run order."""
+    params = {
+        f"l{i}": {"w": jax.random.normal(jax.random.key(i), (3, 3)), "b": jnp.full(3, 0.1 * i)}
+        for i in range(4)
+    }
+    params["out"] = {"w": jnp.ones((3, 2))}
+    names = [f"l{i}" for i in range(4)]
+
+    def fn(p, x, reverse):
+        ws = _stack_axis0([p[n]["w"] for n in names], how)
+        bs = _stack_axis0([p[n]["b"] for n in names], how)
+        h, _ = lax.scan(
+            lambda h, wb: (jnp.tanh(h @ wb[0] + wb[1]), None), x, (ws, bs), reverse=reverse
+        )
+        return h @ p["out"]["w"]
+
+    paths = taps.leaf_paths(params)
+    leaf = {path: i for i, path in enumerate(paths)}
+    x = jnp.ones((5, 3))
+    for reverse, order in ((False, [0, 1, 2, 3]), (True, [3, 2, 1, 0])):
+        plan, values = _check_exact(lambda p, x, r=reverse: fn(p, x, r), params, x)
+        rows = plan.layers[:-1]
+        assert [r.name for r in plan.layers] == [f"l{t}" for t in order] + ["out"]
+        assert [r.owner for r in rows] == [(f"l{t}",) for t in order]
+        assert [r.weight for r in rows] == [((leaf[(f"l{t}", "w")], ()),) for t in order]
+        assert [r.bias for r in rows] == [((leaf[(f"l{t}", "b")], ()),) for t in order]
+        assert [r.fan_in for r in rows] == [((leaf[(f"l{t}", "w")], (0,)),) for t in order]
+        assert [r.select for r in rows] == [(t,) for t in order] and rows[0].shape == (5, 3)
+        # the tapped value of iteration t is layer t's output
+        h = x
+        for t in order:
+            h_next = h @ params[f"l{t}"]["w"] + params[f"l{t}"]["b"]
+            np.testing.assert_allclose(plan.output(values, rows[order.index(t)]), h_next, rtol=1e-6)
+            h = jnp.tanh(h_next)
+
+
+def test_a_stack_not_sliced_leaf_by_leaf_is_a_shared_weight():
+    """Stacked along another axis, iteration t does not see leaf t: one row for the scan, its
+    iterations are positions (as for any weight shared across iterations); the same stack
+    scanned along its stacking axis gives a row per leaf."""
+    params = {f"l{i}": {"w": jnp.eye(3) * (i + 1)} for i in range(3)}
+
+    def fn(p, x):
+        ws = jnp.stack([p[f"l{i}"]["w"] for i in range(3)], axis=1)  # (3, 3 layers, 3)
+        h, _ = lax.scan(lambda h, w: (jnp.tanh(h @ w), None), x, ws)
+        h, _ = lax.scan(lambda h, w: (h @ w, None), h, jnp.swapaxes(ws, 0, 1))
+        return h
+
+    plan, _ = _check_exact(fn, params, jnp.ones((2, 3)))
+    assert [(r.name, r.select) for r in plan.layers] == [
+        ("l0", (None,)),
+        ("l0#2", (0,)),
+        ("l1", (1,)),
+        ("l2", (2,)),
+    ]
+    assert plan.layers[0].weight == ((0, ()), (1, ()), (2, ()))
+
+
+def test_nested_scans_index_the_leaf_axis_by_axis_and_another_axis_is_shared():
+    """Nested scans over a (2, 3, n, n) leaf give one row per (i, j) holding w[i, j]; a scan
+    along the leaf's axis 1 (after a transpose) does not select w[t], so the leaf is one weight
+    shared by every iteration (it used to give rows indexed along axis 0, the wrong slices)."""
+    w = jax.random.normal(KEY, (2, 3, 4, 4)) / 2
+
+    def nested(p, x):
+        def outer(h, wi):
+            h, _ = lax.scan(lambda h, wij: (jnp.tanh(h @ wij), None), h, wi)
+            return h, None
+
+        return lax.scan(outer, x, p["w"])[0]
+
+    x = jnp.ones((5, 4))
+    plan, values = _check_exact(nested, {"w": w}, x)
+    assert [r.name for r in plan.layers] == [f"w[{i}][{j}]" for i in range(2) for j in range(3)]
+    assert [r.weight for r in plan.layers] == [((0, (i, j)),) for i in range(2) for j in range(3)]
+    h = x
+    for r, (i, j) in zip(plan.layers, [(i, j) for i in range(2) for j in range(3)]):
+        np.testing.assert_allclose(plan.output(values, r), h @ w[i, j], rtol=1e-6)
+        h = jnp.tanh(h @ w[i, j])
+
+    v = w[0]  # (3 layers, 4, 4), scanned along axis 1 of the leaf
+    plan, _ = _check_exact(
+        lambda p, x: lax.scan(lambda h, wt: (jnp.tanh(h @ wt), None), x, p["v"].swapaxes(0, 1))[0],
+        {"v": v.swapaxes(0, 1)},
+        x,
+    )
+    assert [(r.name, r.weight, r.select) for r in plan.layers] == [("v", ((0, ()),), (None,))]
 
 
 def test_scan_with_shared_weights_is_one_row_whose_positions_are_the_steps():

@@ -370,6 +370,9 @@ def registry(tmp: Path) -> list[Entry]:
         Entry(gf.data.teacher_student, (jax.random.key(0), 8),
               bad={"key": key(), "n": size(), "in_dim": size(), "widths": [3, (0,), "x"],
                    "out": size(), "activation": name()}),
+        Entry(gf.data.markov_sequences, (jax.random.key(0), 4, 2, 3),
+              bad={"key": key(), "n_train": size(), "n_test": size(minimum=0),
+                   "length": size(), "vocab": size(2), "order": size()}),
         Entry(gf.data.get, ("digits",), bad={"name": name()}),
         # config
         Entry(gf.config.canonical, ("highest",), bad={"name": name()}),

@@ -30,6 +30,7 @@ __all__ = [
     "prng_key",
     "real",
     "real_host",
+    "show",
     "size",
     "values",
 ]
@@ -38,6 +39,11 @@ __all__ = [
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def show(value: Any) -> str:
+    """``repr(value)`` cut to 60 characters, for error messages."""
+    return _show(value)
 
 
 def concrete(value: Any) -> np.ndarray | None:

@@ -329,6 +329,7 @@ def markov_sequences(
         than :math:`2^{20}` entries, or a traced ``key`` (the arrays are drawn eagerly; a
         concrete key works inside a traced function too).
     """
+    key = _checks.prng_key("key", key)
     n_train = _int("markov_sequences", "n_train", n_train, 1)
     n_test = _int("markov_sequences", "n_test", n_test, 0)
     vocab = _int("markov_sequences", "vocab", vocab, 2)

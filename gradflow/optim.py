@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -173,6 +173,55 @@ def _check_layers(layers: LayerSpec) -> None:
         )
     if layers < 1:
         raise ValueError(f"layers (a path depth) must be >= 1, got {layers}.")
+
+
+def _bare_non_array(tree: Any) -> bool:
+    """None, a string, or a single leaf that is not an array (a Python number, an object)."""
+    if tree is None or isinstance(tree, str | bytes):
+        return True
+    is_leaf = jax.tree_util.treedef_is_leaf(jax.tree.structure(tree))
+    return is_leaf and not isinstance(tree, jax.Array | np.ndarray)
+
+
+def _check_tree(name: str, tree: Any, *, numeric: bool = False) -> None:
+    """``tree`` must be a pytree of arrays (a dict, list, dataclass, ... of leaves, or one array):
+    not None, a string or a bare Python value. With ``numeric``, every leaf must be a real array
+    or number (its static dtype only, so traced leaves pass)."""
+    if _bare_non_array(tree):
+        raise TypeError(
+            f"{name} must be a pytree of arrays (e.g. variables['params'], a dict of layers), "
+            f"got {_checks.show(tree)}"
+        )
+    if numeric:
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+            dtype = getattr(leaf, "dtype", None)
+            if dtype is not None:
+                ok = jnp.issubdtype(dtype, jnp.number)
+            else:
+                ok = isinstance(leaf, int | float) and not isinstance(leaf, bool)
+            if not ok:
+                raise TypeError(
+                    f"{name} must hold real arrays; the leaf at {jax.tree_util.keystr(path)!r} "
+                    f"is {_checks.show(leaf)}"
+                )
+
+
+def _check_mask(mask: Any) -> None:
+    """A mask of :func:`optax.masked`: None, a callable ``params -> tree`` or a tree of bools."""
+    if mask is None or callable(mask):
+        return
+    leaves = jax.tree.leaves(mask)
+    bad = [
+        v
+        for v in leaves
+        if not isinstance(v, bool | np.bool_)
+        and not (getattr(v, "dtype", None) == np.bool_ and np.ndim(v) == 0)
+    ]
+    if isinstance(mask, str | bytes) or not leaves or bad:
+        raise TypeError(
+            "mask must be None (decay every leaf), a callable params -> tree of bools (e.g. "
+            f"decay_mask) or a tree of bools shaped like the params, got {_checks.show(mask)}"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -351,6 +400,7 @@ def layer_names(params: Any, *, layers: LayerSpec = None) -> tuple[str, ...]:
     Returns:
       A tuple of layer names; per-layer arrays of this module are indexed in this order.
     """
+    _check_tree("params", params)
     _check_layers(layers)
     return _partition(params, layers).names
 
@@ -365,6 +415,7 @@ def layer_norms(tree: Any, *, layers: LayerSpec = None) -> jax.Array:
     Returns:
       Array of shape ``(n_layers,)`` in the order of :func:`layer_names`, at least float32.
     """
+    _check_tree("tree", tree, numeric=True)
     _check_layers(layers)
     part = _partition(tree, layers)
     return jnp.sqrt(_layer_sq_norms(tree, part, _norm_dtype(tree)))
@@ -847,6 +898,11 @@ def telemetry(opt_state: Any) -> dict[str, jax.Array]:
     Returns:
       ``dict[str, jax.Array]``; empty when the state holds no such transform.
     """
+    if _bare_non_array(opt_state) and opt_state is not None:
+        raise TypeError(
+            "opt_state must be an optax state (the pytree tx.init(params) returns), got "
+            f"{_checks.show(opt_state)}"
+        )
     out: dict[str, jax.Array] = {}
     seen: dict[str, int] = {}
 
@@ -910,6 +966,13 @@ def decay_mask(
     """
     if isinstance(decay, str) or isinstance(no_decay, str):
         raise TypeError("decay and no_decay must be sequences of leaf names, not a single string.")
+    for name, names in (("decay", decay), ("no_decay", no_decay)):
+        if not isinstance(names, Collection) or not all(isinstance(n, str) for n in names):
+            raise TypeError(
+                f"{name} must be a sequence of leaf names (e.g. {DECAY_NAMES}), got "
+                f"{_checks.show(names)}"
+            )
+    _check_tree("params", params)
 
     def rule(path, leaf):
         names = _path_names(path)  # an NNX Variable's ".value" is dropped
@@ -948,6 +1011,7 @@ def add_l1_decay(
       An :class:`optax.GradientTransformation` whose ``update`` needs ``params``.
     """
     _check_nonnegative("weight_decay", weight_decay)
+    _check_mask(mask)
 
     def update_fn(updates, state, params=None):
         if params is None:
@@ -981,6 +1045,7 @@ def add_l2_decay(
       An :class:`optax.GradientTransformation` whose ``update`` needs ``params``.
     """
     _check_nonnegative("weight_decay", weight_decay)
+    _check_mask(mask)
     return _masked(optax.add_decayed_weights(weight_decay), mask)
 
 

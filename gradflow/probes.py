@@ -67,6 +67,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from gradflow import _checks
 from gradflow import adapters as _adapters
 from gradflow import config as _config
 from gradflow import models as _models
@@ -683,6 +684,12 @@ def probe_rnn(
     """
     if not isinstance(model, _models.RNN):
         raise TypeError(f"probe_rnn takes a gradflow.models.RNN, got {type(model).__name__}")
+    if not (isinstance(variables, Mapping) and "params" in variables):
+        raise TypeError(
+            "variables must be the mapping model.init returned (with a 'params' entry), got "
+            f"{_checks.show(variables)}"
+        )
+    x = _checks.array("x", x, ndim=3)  # (batch, time, features); finite when concrete
     try:
         fn = _cached_rnn(model, loss)
     except TypeError:  # an unhashable loss: compile without caching
@@ -696,10 +703,40 @@ def time_decay_rate(norms: Array, *, axis: int = -1) -> Array:
 
     Least-squares slope of :math:`\log\|\cdot\|` against :math:`t` along ``axis``:
     :math:`r = \exp(-\text{slope})`; :math:`r < 1` vanishing, :math:`r > 1` exploding through time.
-    Steps whose norm is zero (underflow) or not finite are left out of the fit; NaN when fewer
-    than two remain.
+    Steps whose norm is zero (underflow) or infinite (overflow) are left out of the fit.
+
+    Raises (on concrete ``norms``; under ``jit``/``vmap`` the values cannot be inspected: a NaN
+    step is then left out too, and a row with fewer than two usable steps gives NaN):
+      TypeError: ``norms`` not a real array, ``axis`` not an int.
+      ValueError: ``norms`` empty or a scalar, ``axis`` out of range, a NaN norm (a broken
+      gradient, not an underflow or overflow), or a row with fewer than two finite, positive
+      steps (no rate can be fitted).
     """
-    n = jnp.moveaxis(jnp.asarray(norms), axis, -1)
+    norms = _checks.array("norms", norms, finite=False, min_ndim=1)
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"axis must be an int, got {_checks.show(axis)}")
+    if not -norms.ndim <= axis < norms.ndim:
+        raise ValueError(
+            f"axis {axis} is out of range for norms of shape {norms.shape} "
+            f"(valid: {-norms.ndim} .. {norms.ndim - 1})"
+        )
+    host = _checks.concrete(norms)
+    if host is not None:
+        rows = np.moveaxis(host, axis, -1).reshape(-1, host.shape[axis])
+        if np.isnan(rows).any():
+            raise ValueError(
+                f"norms holds {int(np.isnan(rows).sum())} NaN value(s): a NaN gradient norm means "
+                "the gradient itself is broken (zeros and inf, underflow and overflow, are left "
+                "out of the fit)"
+            )
+        usable = (np.isfinite(rows) & (rows > 0)).sum(-1)
+        if (usable < 2).any():
+            i = int(np.argmax(usable < 2))
+            raise ValueError(
+                f"norms needs at least two finite, positive steps along axis {axis} to fit a "
+                f"rate; row {i} has {int(usable[i])} of {rows.shape[-1]}"
+            )
+    n = jnp.moveaxis(norms, axis, -1)
     if not jnp.issubdtype(n.dtype, jnp.floating):
         n = n.astype(jnp.result_type(float))
     ok = jnp.isfinite(n) & (n > 0)
@@ -821,9 +858,19 @@ class Sign(NamedTuple):
 _HISTORY_KEYS = ("loss", "param_norm", "update_norm", "grad_norm")
 
 
+def _column(key: str, values: Any) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"check_history: history[{key!r}] must hold numbers (per-step floats or arrays), got "
+            f"{_checks.show(values)}"
+        ) from None
+
+
 def _columns(history: Mapping | Sequence) -> dict[str, np.ndarray]:
     if isinstance(history, Mapping):
-        cols = {k: np.asarray(history[k], dtype=np.float64) for k in _HISTORY_KEYS if k in history}
+        cols = {k: _column(k, history[k]) for k in _HISTORY_KEYS if k in history}
     elif isinstance(history, Sequence) and not isinstance(history, (str, bytes)):
         if not history:
             raise ValueError("check_history: empty history")
@@ -832,7 +879,7 @@ def _columns(history: Mapping | Sequence) -> dict[str, np.ndarray]:
             missing = [k for k in keys if k not in step]
             if missing:
                 raise ValueError(f"check_history: step {i} lacks {missing} (step 0 has {keys})")
-        cols = {k: np.asarray([s[k] for s in history], dtype=np.float64) for k in keys}
+        cols = {k: _column(k, [s[k] for s in history]) for k in keys}
     else:
         raise TypeError(
             "check_history: history must be a mapping of per-step arrays or a sequence of "
@@ -986,6 +1033,8 @@ def to_frame(report: LayerReport):
     statistics of :data:`STATS` (``loss`` repeated per layer) and ``verdict`` (default
     thresholds).
     """
+    if not isinstance(report, LayerReport):
+        raise TypeError(f"report must be a LayerReport (from probe), got {type(report).__name__}")
     import pandas as pd
 
     L = report.num_layers or np.shape(report.weight_grad_norm)[-1]
@@ -1020,6 +1069,8 @@ def format_report(
     saturated and % dead units ("-" where undefined), and the :func:`verdict`. A
     vmapped report is summarised by the median over its draws (said in the header).
     """
+    if not isinstance(report, LayerReport):
+        raise TypeError(f"report must be a LayerReport (from probe), got {type(report).__name__}")
     arrays, draws = _summary(report)
     L = arrays["weight_grad_norm"].shape[-1]
     names = report.layer_names or tuple(f"layer_{i}" for i in range(L))
@@ -1107,6 +1158,8 @@ def plot_report(
     Returns:
       The written paths.
     """
+    if not isinstance(report, LayerReport):
+        raise TypeError(f"report must be a LayerReport (from probe), got {type(report).__name__}")
     from gradflow import plotting
 
     L = np.shape(report.weight_grad_norm)[-1]

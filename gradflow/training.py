@@ -246,8 +246,46 @@ class TrainConfig:
         return isinstance(other, TrainConfig) and self._key() == other._key()
 
 
+def _check_config(config: Any) -> None:
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {_checks.show(config)}")
+
+
+#: Hyperparameters gradflow reads for a named optimizer, and what each must be when concrete.
+_HPARAM_RULES = {
+    "learning_rate": (
+        lambda h: np.isfinite(h) & (h > 0),
+        "a finite number > 0 or an optax schedule",
+    ),
+    "clip": (lambda h: h > 0, "a number > 0 (inf never clips)"),
+    "weight_decay": (lambda h: np.isfinite(h) & (h >= 0), "a finite number >= 0"),
+}
+
+
+def _check_hparams(hparams: Any, config: TrainConfig) -> dict:
+    """``hparams`` (None: no hyperparameters) as a dict, its values checked where gradflow reads
+    them and they are concrete (traced values pass: see the module docstring)."""
+    if hparams is None:
+        return {}
+    if not isinstance(hparams, Mapping):
+        raise TypeError(
+            "hparams must be a mapping of hyperparameter names to values, e.g. "
+            f"{{'learning_rate': 0.1}}, got {_checks.show(hparams)}"
+        )
+    bad_keys = [k for k in hparams if not isinstance(k, str)]
+    if bad_keys:
+        raise TypeError(f"hparams keys must be strings, got {bad_keys!r}")
+    rules = dict(_HPARAM_RULES) if isinstance(config.optimizer, str) else {}
+    rules["init_scale"] = (np.isfinite, "a finite number")
+    for k, (ok, want) in rules.items():
+        if k in hparams and not (k == "learning_rate" and callable(hparams[k])):
+            _checks.values(f"hparams[{k!r}]", hparams[k], ok, f"must be {want}")
+    return dict(hparams)
+
+
 def record_steps(config: TrainConfig) -> np.ndarray:
     """The step of each record: ``record_every, 2 record_every, ..., steps`` (shape ``(R,)``)."""
+    _check_config(config)
     return np.arange(1, config.num_records + 1) * config.record_every
 
 
@@ -262,7 +300,8 @@ def build_optimizer(
     Raises:
       ValueError: a name without ``hparams["learning_rate"]``.
     """
-    hparams = {} if hparams is None else hparams
+    _check_config(config)
+    hparams = _check_hparams(hparams, config)
     opt = config.optimizer
     if isinstance(opt, optax.GradientTransformation):
         return opt
@@ -496,7 +535,14 @@ def init_state(
       hparams: hyperparameters (see the module docstring).
       tx: the optimizer (default: :func:`build_optimizer` of ``config`` and ``hparams``).
     """
-    hparams = {} if hparams is None else hparams
+    _check_config(config)
+    x = _checks.array("x", x, finite=False, min_ndim=1)  # only the shape of x[:1] matters
+    key = _checks.prng_key("key", key)
+    hparams = _check_hparams(hparams, config)
+    if tx is not None and not isinstance(tx, optax.GradientTransformation):
+        raise TypeError(
+            f"tx must be an optax.GradientTransformation or None, got {_checks.show(tx)}"
+        )
     tx = build_optimizer(config, hparams) if tx is None else tx
     init_key, data_key = jax.random.split(key)
     params, model_state = _net(config.model).init(init_key, jnp.asarray(x[:1]))
@@ -674,6 +720,11 @@ def make_train_step(
     """
     _probes.get_loss(loss)
     _check_model(model)
+    if not isinstance(tx, optax.GradientTransformation):
+        raise TypeError(
+            "tx must be an optax.GradientTransformation (e.g. optax.sgd(0.1) or "
+            f"gradflow.optim.make_optimizer(...)), got {_checks.show(tx)}"
+        )
     # the policy is entered outside the jit, so the compile cache keys on it (gradflow.config)
     return _config.wrap(jax.jit(_step_fn(model, tx, loss, probe, layers)))
 
@@ -703,7 +754,8 @@ def _as_data(data: Any) -> _Data:
     x, y, xt, yt = (None if a is None else jnp.asarray(a) for a in parts)
     if x.shape[0] != y.shape[0] or (xt is not None and xt.shape[0] != yt.shape[0]):
         raise ValueError(
-            f"inputs and targets must have the same number of examples, got {x.shape} / {y.shape}"
+            "data: inputs and targets must have the same number of examples, got "
+            f"{x.shape} / {y.shape}"
         )
     return _Data(x, y, xt, yt)
 
@@ -1188,15 +1240,17 @@ def fit(
     """
     from tqdm.auto import tqdm
 
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    _check_config(config)
+    key = _checks.prng_key("key", key)
+    if checkpoint_dir is not None:
+        checkpoint_dir = _checks.path("checkpoint_dir", checkpoint_dir)
     if (
         isinstance(checkpoint_every, bool)
         or not isinstance(checkpoint_every, numbers.Integral)
         or (checkpoint_every < 1)
     ):
         raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
-    hparams = {} if hparams is None else dict(hparams)
+    hparams = _check_hparams(hparams, config)
     d = _as_data(data)
     tx = build_optimizer(config, hparams)  # concrete values: validated here
     state = init_state(config, d.x, key, hparams, tx)

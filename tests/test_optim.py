@@ -507,6 +507,30 @@ def test_bad_hyperparameters_raise_clear_errors():
     optim.make_optimizer("sgd", optax.constant_schedule(0.1))
 
 
+def test_bad_trees_masks_and_states_raise():
+    params = {"dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}
+    for bad in (3, None, "x"):
+        with pytest.raises(TypeError, match=r"params must be a pytree of arrays"):
+            optim.layer_names(bad)
+        with pytest.raises(TypeError, match=r"params must be a pytree of arrays"):
+            optim.decay_mask(bad)
+    with pytest.raises(TypeError, match=r"tree must hold real arrays; the leaf at \"\['a'\]\""):
+        optim.layer_norms({"a": "b"})
+    with pytest.raises(TypeError, match=r"decay must be a sequence of leaf names"):
+        optim.decay_mask(params, decay=3)
+    for tx in (optim.add_l1_decay, optim.add_l2_decay):
+        with pytest.raises(TypeError, match=r"mask must be None \(decay every leaf\), a callable"):
+            tx(1e-4, mask=3)
+    with pytest.raises(TypeError, match=r"opt_state must be an optax state .* got 'x'"):
+        optim.telemetry("x")
+    # one array is a tree of one layer; a tree of bools or a callable is a mask; traced leaves pass
+    assert optim.layer_names(jnp.ones(3)) == ("",)
+    optim.add_l2_decay(1e-4, mask={"dense_0": {"kernel": True, "bias": np.bool_(False)}})
+    norms = jax.jit(optim.layer_norms)(params)
+    np.testing.assert_allclose(norms, [np.sqrt(4.0)], rtol=1e-6)
+    assert optim.telemetry(None) == {}
+
+
 # --------------------------------------------------------------------------------------------------
 # layers of the researcher's own models: forward order from one traced call
 # --------------------------------------------------------------------------------------------------

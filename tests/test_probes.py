@@ -603,7 +603,18 @@ def test_time_decay_rate_recovers_a_geometric_rate():
     # underflowed steps are left out of the fit
     g = jnp.where(t < 5, 0.0, 0.5 ** (29 - t))
     np.testing.assert_allclose(probes.time_decay_rate(g), 0.5, rtol=1e-5)
-    assert np.isnan(probes.time_decay_rate(jnp.array([0.0, 0.0, 1.0])))
+    # overflowed steps too; fewer than two usable steps, or a NaN norm, is refused (concrete)
+    np.testing.assert_allclose(probes.time_decay_rate(g.at[-1].set(jnp.inf)), 0.5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"at least two finite, positive steps .* row 0 has 1"):
+        probes.time_decay_rate(jnp.array([0.0, 0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"norms holds 1 NaN value"):
+        probes.time_decay_rate(g.at[3].set(jnp.nan))
+    with pytest.raises(ValueError, match=r"axis 1 is out of range for norms of shape \(30,\)"):
+        probes.time_decay_rate(g, axis=1)
+    # traced, nothing can raise: NaN steps are left out, too few usable steps give NaN
+    rate = jax.jit(probes.time_decay_rate)
+    np.testing.assert_allclose(rate(g.at[7].set(jnp.nan)), 0.5, rtol=1e-5)
+    assert np.isnan(rate(jnp.array([0.0, 0.0, 1.0])))
 
 
 # ------------------------------------------------------------------------------ verdict

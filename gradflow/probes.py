@@ -705,12 +705,15 @@ def time_decay_rate(norms: Array, *, axis: int = -1) -> Array:
     :math:`r = \exp(-\text{slope})`; :math:`r < 1` vanishing, :math:`r > 1` exploding through time.
     Steps whose norm is zero (underflow) or infinite (overflow) are left out of the fit.
 
-    Raises (on concrete ``norms``; under ``jit``/``vmap`` the values cannot be inspected: a NaN
-    step is then left out too, and a row with fewer than two usable steps gives NaN):
+    On concrete ``norms`` bad values are refused; under ``jit``/``vmap`` the values cannot be
+    inspected, so a NaN step is then left out too and a row with fewer than two usable steps
+    gives NaN.
+
+    Raises:
       TypeError: ``norms`` not a real array, ``axis`` not an int.
       ValueError: ``norms`` empty or a scalar, ``axis`` out of range, a NaN norm (a broken
-      gradient, not an underflow or overflow), or a row with fewer than two finite, positive
-      steps (no rate can be fitted).
+        gradient, not an underflow or overflow), or a row with fewer than two finite, positive
+        steps (no rate can be fitted).
     """
     norms = _checks.array("norms", norms, finite=False, min_ndim=1)
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):

@@ -42,7 +42,9 @@ def test_channel_stats_do_not_overflow():
     assert float(sq_mean) == pytest.approx(math.log10(2.25e50), abs=1e-4)
 
 
-@pytest.mark.parametrize("variant", exp.VARIANTS)
+# SkipInit's branch scalar is Fixup's multiplier without Fixup's scalar biases: Fixup covers
+# both, and three variants keep the suite short.
+@pytest.mark.parametrize("variant", ["none", "batchnorm", "fixup"])
 def test_probe_rows_match_autodiff(variant):
     """gf.probes.probe on the scanned ResNet (BatchNorm with batch statistics): a row per conv
     per block, in forward order, with the weight-gradient norms of jax.grad."""

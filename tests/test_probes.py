@@ -343,7 +343,7 @@ def _unrolled(fn):
 @pytest.mark.parametrize(
     "model, train",
     [
-        (models.MLP(widths=(8,) * 11, out=3, activation="tanh"), False),
+        (models.MLP(widths=(8,) * 6, out=3, activation="tanh"), False),
         (models.MLP(widths=(8,) * 6, out=3, activation="relu", norm="batch"), True),
         (models.MLP(widths=(8,) * 6, out=3, norm="layer", residual=True), False),
         (models.DeepLinear(width=8, depth=6, out=3, use_bias=True), False),

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scan_helpers
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -348,14 +349,7 @@ class _Nested(nn.Module):
         return self.inner(x, train=train)
 
 
-def _unrolled(fn):
-    """``fn()`` with every block unrolled: Flax's own per-layer init and apply, as before."""
-    saved = models.SCAN_MIN_RUN
-    models.SCAN_MIN_RUN = 10**9
-    try:
-        return fn()
-    finally:
-        models.SCAN_MIN_RUN = saved
+_unrolled = scan_helpers.unrolled
 
 
 @pytest.mark.parametrize("case", sorted(STACKS))

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scan_helpers
 import user_models
 from flax import nnx
 from hypothesis import given
@@ -330,14 +331,7 @@ def test_probe_is_cached_per_model():
 # ------------------------------------------------------------------------ scanned layers
 
 
-def _unrolled(fn):
-    """``fn()`` with gradflow.models' blocks unrolled (no scan), as before runs were scanned."""
-    saved = models.SCAN_MIN_RUN
-    models.SCAN_MIN_RUN = 10**9
-    try:
-        return fn()
-    finally:
-        models.SCAN_MIN_RUN = saved
+_unrolled = scan_helpers.unrolled
 
 
 @pytest.mark.parametrize(

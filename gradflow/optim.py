@@ -60,10 +60,12 @@ import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike, DTypeLike
 
 from gradflow import _checks
 from gradflow import taps as _taps
@@ -111,6 +113,9 @@ class LayerOrder(NamedTuple):
 
 
 LayerSpec = int | Callable[[tuple[str, ...]], str] | Sequence[str] | LayerOrder | None
+#: A mask of :func:`optax.masked`: a tree of bools shaped like the params, a callable
+#: ``params -> tree of bools``, or None (every leaf).
+MaskOrFn = chex.ArrayTree | Callable[[optax.Params], chex.ArrayTree] | None
 #: A layer of this name is the readout: last in forward order whatever the other names.
 READOUT = "readout"
 _NO_PARAMS_MSG = "{name} needs the parameters: call tx.update(updates, state, params) with params."
@@ -229,18 +234,11 @@ def _check_mask(mask: Any) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def _path_names(path: Sequence[Any]) -> tuple[str, ...]:
+def _path_names(path: jax.tree_util.KeyPath) -> tuple[str, ...]:
     return _taps.path_names(path)
 
 
-def _natural_key(name: str) -> tuple[Any, ...]:
+def _natural_key(name: str) -> tuple[bool, tuple[str | int, ...]]:
     # A layer named "readout" goes last (gradflow.models.RNN names its layers "rnn", "readout").
     # re.split with a capture group alternates text (even positions) and digit runs (odd ones),
     # so equal positions always hold equal types and the tuples compare.
@@ -292,7 +290,7 @@ def _sequence_tops(paths: list[tuple[str, ...]]) -> frozenset:
     return frozenset(p[0] for p in paths if len(p) > 2 and p[1].isdigit())
 
 
-def _partition(tree: Any, layers: LayerSpec) -> _Partition:
+def _partition(tree: chex.ArrayTree, layers: LayerSpec) -> _Partition:
     with_path = jax.tree_util.tree_flatten_with_path(tree)[0]
     paths = [_path_names(p) for p, _ in with_path]
     seq_top = _sequence_tops(paths) if layers is None else frozenset()
@@ -310,12 +308,12 @@ def _partition(tree: Any, layers: LayerSpec) -> _Partition:
     return _Partition(names, tuple(index[n] for n in leaf_names), ordered)
 
 
-def _norm_dtype(tree: Any) -> jnp.dtype:
+def _norm_dtype(tree: chex.ArrayTree) -> jnp.dtype:
     leaves = jax.tree.leaves(tree)
     return jnp.result_type(*leaves, jnp.float32) if leaves else jnp.dtype(jnp.float32)
 
 
-def _layer_sq_norms(tree: Any, part: _Partition, dtype: Any) -> jax.Array:
+def _layer_sq_norms(tree: chex.ArrayTree, part: _Partition, dtype: DTypeLike) -> jax.Array:
     """(n_layers,) sums of squares, accumulated in ``dtype``."""
     sums = [jnp.zeros((), dtype) for _ in part.names]
     for leaf, i in zip(jax.tree.leaves(tree), part.leaf_layer, strict=True):
@@ -324,7 +322,12 @@ def _layer_sq_norms(tree: Any, part: _Partition, dtype: Any) -> jax.Array:
 
 
 def layer_order(
-    model: Any, variables: Any, x: Any, *, train: bool = False, rngs: Any = None
+    model: Any,
+    variables: chex.ArrayTree | None,
+    x: chex.ArrayTree,
+    *,
+    train: bool = False,
+    rngs: jax.Array | Mapping[str, jax.Array] | None = None,
 ) -> LayerOrder:
     """The layers of ``model`` in the order its forward pass runs them, for ``layers=``.
 
@@ -389,7 +392,7 @@ def layer_order(
     return LayerOrder(tuple(extra + names), groups, fan_in)
 
 
-def layer_names(params: Any, *, layers: LayerSpec = None) -> tuple[str, ...]:
+def layer_names(params: optax.Params, *, layers: LayerSpec = None) -> tuple[str, ...]:
     """Names of the layers of ``params`` in forward order (see the module docstring).
 
     Args:
@@ -405,7 +408,7 @@ def layer_names(params: Any, *, layers: LayerSpec = None) -> tuple[str, ...]:
     return _partition(params, layers).names
 
 
-def layer_norms(tree: Any, *, layers: LayerSpec = None) -> jax.Array:
+def layer_norms(tree: chex.ArrayTree, *, layers: LayerSpec = None) -> jax.Array:
     r"""Per-layer L2 norms :math:`\|g_l\|_2 = (\sum_{\text{leaves } x \in l} \sum x^2)^{1/2}`.
 
     Args:
@@ -479,14 +482,14 @@ class AdaptiveGradClipState(_ClipState):
     __slots__ = ()
 
 
-def _init_clip_state(cls: type[_ClipState], params: Any, layers: LayerSpec) -> _ClipState:
+def _init_clip_state(cls: type[_ClipState], params: optax.Params, layers: LayerSpec) -> _ClipState:
     n = len(_partition(params, layers).names)
     dtype = _norm_dtype(params)
     zeros = jnp.zeros((n,), dtype)
     return cls(jnp.zeros((), dtype), zeros, jnp.zeros((n,), bool), jnp.zeros((), jnp.int32))
 
 
-def _zero_nonfinite(updates: Any, part: _Partition, bad: jax.Array) -> Any:
+def _zero_nonfinite(updates: optax.Updates, part: _Partition, bad: jax.Array) -> optax.Updates:
     """``updates`` with every leaf of a layer flagged in ``bad`` (``(n_layers,)`` bool) replaced
     by zeros: the clipping transforms' rule for non-finite gradients."""
     leaves, treedef = jax.tree.flatten(updates)
@@ -495,18 +498,18 @@ def _zero_nonfinite(updates: Any, part: _Partition, bad: jax.Array) -> Any:
     return jax.tree.unflatten(treedef, leaves)
 
 
-def _count(state: Any, bad: jax.Array) -> jax.Array:
+def _count(state: _ClipState, bad: jax.Array) -> jax.Array:
     return state.nonfinite_count + jnp.any(bad).astype(jnp.int32)
 
 
-def _pre_clip(updates: Any, layers: LayerSpec) -> tuple[_Partition, jax.Array, jax.Array]:
+def _pre_clip(updates: optax.Updates, layers: LayerSpec) -> tuple[_Partition, jax.Array, jax.Array]:
     part = _partition(updates, layers)
     sq = _layer_sq_norms(updates, part, _norm_dtype(updates))
     return part, jnp.sqrt(jnp.sum(sq)), jnp.sqrt(sq)
 
 
 def clip_by_value(
-    max_delta: Any = 1.0, *, layers: LayerSpec = None
+    max_delta: ArrayLike = 1.0, *, layers: LayerSpec = None
 ) -> optax.GradientTransformation:
     r"""Element-wise clipping :math:`g \leftarrow \mathrm{clip}(g, -\delta, \delta)`, telemetry.
 
@@ -552,7 +555,7 @@ def clip_by_value(
 
 
 def clip_by_global_norm(
-    max_norm: Any = 1.0, *, layers: LayerSpec = None
+    max_norm: ArrayLike = 1.0, *, layers: LayerSpec = None
 ) -> optax.GradientTransformation:
     r"""Global-norm clipping (Pascanu, Mikolov & Bengio 2013), with telemetry.
 
@@ -598,7 +601,7 @@ def clip_by_global_norm(
 
 
 def clip_by_layer_norm(
-    max_norm: Any = 1.0, *, layers: LayerSpec = None
+    max_norm: ArrayLike = 1.0, *, layers: LayerSpec = None
 ) -> optax.GradientTransformation:
     r"""Per-layer norm clipping: each layer's gradient is scaled to norm at most ``max_norm``.
 
@@ -693,8 +696,8 @@ def _unit_axes(
 
 
 def adaptive_grad_clip(
-    clipping: Any = 0.01,
-    eps: Any = 1e-3,
+    clipping: ArrayLike = 0.01,
+    eps: ArrayLike = 1e-3,
     *,
     unclipped: str | Sequence[str] | None = "last",
     layers: LayerSpec = None,
@@ -809,7 +812,7 @@ class GradStatsState(NamedTuple):
 
 
 def monitor_grad_stats(
-    decay: Any = 0.9, *, layers: LayerSpec = None
+    decay: ArrayLike = 0.9, *, layers: LayerSpec = None
 ) -> optax.GradientTransformation:
     r"""Gradient-statistics monitor: identity on the updates, keeps per-layer norms and their EMA.
 
@@ -857,6 +860,10 @@ def monitor_grad_stats(
 # telemetry
 # --------------------------------------------------------------------------------------------------
 
+# Not built on optax.monitor/optax.snapshot: they record a function of the updates they are
+# given, at their own place in the chain, so they cannot see a clip's own decisions (``clipped``,
+# the zeroed non-finite layers); snapshot's initial state is measure(params), not zeros, and
+# monitor's is an empty dict that the first update fills (a lax.scan carry changes structure).
 _TELEMETRY_STATES: dict[type, str] = {
     ClipByValueState: "clip_by_value",
     ClipByGlobalNormState: "clip_by_global_norm",
@@ -871,7 +878,7 @@ _WRAPPER_STATES: dict[type, str] = {
 }
 
 
-def telemetry(opt_state: Any) -> dict[str, jax.Array]:
+def telemetry(opt_state: optax.OptState) -> dict[str, jax.Array]:
     """Collect the telemetry of every gradflow transform (and optax guard) in an optimizer state.
 
     Walks the whole state pytree (nested chains, :class:`optax.MaskedState`,
@@ -911,7 +918,7 @@ def telemetry(opt_state: Any) -> dict[str, jax.Array]:
         seen[kind] = k + 1
         return kind if k == 0 else f"{kind}_{k}"
 
-    def walk(state: Any) -> None:
+    def walk(state: optax.OptState) -> None:
         kinds = _TELEMETRY_STATES | _WRAPPER_STATES
         for node in jax.tree.leaves(state, is_leaf=lambda x: type(x) in kinds):
             kind = kinds.get(type(node))
@@ -941,11 +948,11 @@ NO_DECAY_NAMES: tuple[str, ...] = ("bias", "scale")
 
 
 def decay_mask(
-    params: Any,
+    params: optax.Params,
     *,
     decay: Sequence[str] = DECAY_NAMES,
     no_decay: Sequence[str] = NO_DECAY_NAMES,
-) -> Any:
+) -> chex.ArrayTree:
     """Which leaves weight decay applies to: kernels yes, biases and normalisation scales no.
 
     A leaf is decayed when its own name (the last key of its path; for an NNX Variable the
@@ -986,12 +993,12 @@ def decay_mask(
     return jax.tree_util.tree_map_with_path(rule, params)
 
 
-def _masked(tx: optax.GradientTransformation, mask: Any) -> optax.GradientTransformation:
+def _masked(tx: optax.GradientTransformation, mask: MaskOrFn) -> optax.GradientTransformation:
     return tx if mask is None else optax.masked(tx, mask)
 
 
 def add_l1_decay(
-    weight_decay: Any = 1e-4, *, mask: Any = decay_mask
+    weight_decay: ArrayLike = 1e-4, *, mask: MaskOrFn = decay_mask
 ) -> optax.GradientTransformation:
     r"""L1 weight decay: add the subgradient of :math:`\lambda \|w\|_1` to the updates.
 
@@ -1025,7 +1032,7 @@ def add_l1_decay(
 
 
 def add_l2_decay(
-    weight_decay: Any = 1e-4, *, mask: Any = decay_mask
+    weight_decay: optax.ScalarOrSchedule = 1e-4, *, mask: MaskOrFn = decay_mask
 ) -> optax.GradientTransformation:
     r"""L2 weight decay :math:`g \leftarrow g + \lambda w` on the masked leaves.
 
@@ -1037,7 +1044,7 @@ def add_l2_decay(
     decay, AdamW, :func:`decoupled_l2`). For SGD the two coincide; for Adam they differ.
 
     Args:
-      weight_decay: :math:`\lambda \ge 0` (may be traced).
+      weight_decay: :math:`\lambda \ge 0` (may be traced), or an optax schedule (step -> decay).
       mask: a tree of bools or a callable ``params -> tree`` (default :func:`decay_mask`); None
         decays every leaf.
 
@@ -1058,18 +1065,18 @@ def _sgd_direction() -> optax.GradientTransformation:
     return optax.identity()
 
 
-def _momentum_direction(momentum: Any = 0.9) -> optax.GradientTransformation:
+def _momentum_direction(momentum: ArrayLike = 0.9) -> optax.GradientTransformation:
     _check_unit_interval("momentum", momentum)
     return optax.trace(decay=momentum, nesterov=False)
 
 
-def _nesterov_direction(momentum: Any = 0.9) -> optax.GradientTransformation:
+def _nesterov_direction(momentum: ArrayLike = 0.9) -> optax.GradientTransformation:
     _check_unit_interval("momentum", momentum)
     return optax.trace(decay=momentum, nesterov=True)
 
 
 def _adam_direction(
-    b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8
+    b1: ArrayLike = 0.9, b2: ArrayLike = 0.999, eps: ArrayLike = 1e-8
 ) -> optax.GradientTransformation:
     _check_unit_interval("b1", b1)
     _check_unit_interval("b2", b2)
@@ -1077,14 +1084,16 @@ def _adam_direction(
     return optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
 
 
-def _rmsprop_direction(decay: Any = 0.9, eps: Any = 1e-8) -> optax.GradientTransformation:
+def _rmsprop_direction(
+    decay: ArrayLike = 0.9, eps: ArrayLike = 1e-8
+) -> optax.GradientTransformation:
     _check_unit_interval("decay", decay)
     _check_positive("eps", eps)
     return optax.scale_by_rms(decay=decay, eps=eps)
 
 
 def _adagrad_direction(
-    initial_accumulator_value: Any = 0.1, eps: Any = 1e-7
+    initial_accumulator_value: ArrayLike = 0.1, eps: ArrayLike = 1e-7
 ) -> optax.GradientTransformation:
     _check_nonnegative("initial_accumulator_value", initial_accumulator_value)
     _check_positive("eps", eps)
@@ -1150,10 +1159,10 @@ def _as_direction(dir_: str | optax.GradientTransformation) -> optax.GradientTra
 
 def coupled_l2(
     direction_: str | optax.GradientTransformation,
-    weight_decay: Any,
-    learning_rate: Any,
+    weight_decay: optax.ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule,
     *,
-    mask: Any = decay_mask,
+    mask: MaskOrFn = decay_mask,
 ) -> optax.GradientTransformation:
     r"""Coupled L2: the decay term enters *before* the optimizer's preconditioning.
 
@@ -1164,7 +1173,7 @@ def coupled_l2(
     Args:
       direction_: an optimizer name (see :func:`direction`) or a transformation without the
         learning rate.
-      weight_decay: :math:`\lambda \ge 0`.
+      weight_decay: :math:`\lambda \ge 0` or an optax schedule.
       learning_rate: :math:`\eta > 0` or an optax schedule.
       mask: leaves to decay (default :func:`decay_mask`); None decays all.
 
@@ -1181,10 +1190,10 @@ def coupled_l2(
 
 def decoupled_l2(
     direction_: str | optax.GradientTransformation,
-    weight_decay: Any,
-    learning_rate: Any,
+    weight_decay: optax.ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule,
     *,
-    mask: Any = decay_mask,
+    mask: MaskOrFn = decay_mask,
 ) -> optax.GradientTransformation:
     r"""Decoupled weight decay (Loshchilov & Hutter 2019): the same term *after* preconditioning.
 
@@ -1195,7 +1204,7 @@ def decoupled_l2(
     Args:
       direction_: an optimizer name (see :func:`direction`) or a transformation without the
         learning rate.
-      weight_decay: :math:`\lambda \ge 0`.
+      weight_decay: :math:`\lambda \ge 0` or an optax schedule.
       learning_rate: :math:`\eta > 0` or an optax schedule (the decay is scaled by it too).
       mask: leaves to decay (default :func:`decay_mask`); None decays all.
 
@@ -1212,12 +1221,12 @@ def decoupled_l2(
 
 def make_optimizer(
     name: str,
-    learning_rate: Any,
+    learning_rate: optax.ScalarOrSchedule,
     *,
-    weight_decay: Any = None,
+    weight_decay: optax.ScalarOrSchedule | None = None,
     decoupled: bool = False,
-    l1_decay: Any = None,
-    mask: Any = decay_mask,
+    l1_decay: ArrayLike | None = None,
+    mask: MaskOrFn = decay_mask,
     **kwargs: Any,
 ) -> optax.GradientTransformation:
     r"""A named optimizer with optional L1 and (coupled or decoupled) L2 decay, as one chain.
@@ -1230,7 +1239,8 @@ def make_optimizer(
     Args:
       name: one of :func:`optimizer_names` (``sgd momentum nesterov adam rmsprop adagrad``).
       learning_rate: :math:`\eta > 0` or an optax schedule (may be traced).
-      weight_decay: L2 strength :math:`\lambda \ge 0`, or None for no L2 piece.
+      weight_decay: L2 strength :math:`\lambda \ge 0` (or an optax schedule), or None for no
+        L2 piece.
       decoupled: False puts L2 before the direction (coupled), True after it (AdamW-style).
       l1_decay: L1 strength (:func:`add_l1_decay`, always coupled), or None.
       mask: leaves to decay (default :func:`decay_mask`); None decays all.

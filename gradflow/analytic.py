@@ -55,9 +55,11 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike, DTypeLike
 
 from gradflow import _checks, _limits
 from gradflow import activations as _activations
@@ -167,7 +169,7 @@ def _check_finite(name: str, value: Array) -> None:
         )
 
 
-def _float_dtype(*arrays: Any) -> np.dtype:
+def _float_dtype(*arrays: ArrayLike) -> np.dtype:
     dtype = jnp.result_type(*arrays)
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.result_type(float)
@@ -274,7 +276,7 @@ def _signed_log_builtin(act: _activations.Activation, z: Array):
     return None
 
 
-def signed_log_abs_grad(z: Any, activation: ActivationLike) -> tuple[Array, Array]:
+def signed_log_abs_grad(z: ArrayLike, activation: ActivationLike) -> tuple[Array, Array]:
     r"""Sign and :math:`\log|\phi'(z)|`, computed without forming :math:`\phi'(z)`.
 
     For the built-in activations the logarithm is written in closed form so that it is finite
@@ -349,7 +351,9 @@ def _exclusive_suffix(op, values, identity):
     return jnp.concatenate([incl[..., 1:], pad], axis=-1)
 
 
-def chain_forward(w: Any, b: Any, x: Any, activation: ActivationLike) -> ChainForward:
+def chain_forward(
+    w: ArrayLike, b: ArrayLike, x: ArrayLike, activation: ActivationLike
+) -> ChainForward:
     r"""Forward pass of the one-neuron-per-layer chain (Nielsen ch. 5; seeds 000, 001).
 
     .. math::
@@ -380,7 +384,9 @@ def _chain_forward_jit(w, b, x, key):
     return ChainForward(*_forward(w, b, x, key.act))
 
 
-def chain_grads(w: Any, b: Any, x: Any, dC_daL: Any, activation: ActivationLike) -> ChainGrads:
+def chain_grads(
+    w: ArrayLike, b: ArrayLike, x: ArrayLike, dC_daL: ArrayLike, activation: ActivationLike
+) -> ChainGrads:
     r"""Bias, weight and input gradients of the chain by the closed form, no autodiff.
 
     With :math:`f_k = w_k \phi'(z_k)` (Nielsen, *Neural Networks and Deep Learning*, ch. 5, "What's
@@ -435,7 +441,9 @@ def _chain_grads_jit(w, b, x, g, key):
     return ChainGrads(bias=bias, weight=a_prev * bias, input=w[..., 0] * bias[..., 0])
 
 
-def chain_log_grads(w: Any, b: Any, x: Any, dC_daL: Any, activation: ActivationLike) -> LogGrads:
+def chain_log_grads(
+    w: ArrayLike, b: ArrayLike, x: ArrayLike, dC_daL: ArrayLike, activation: ActivationLike
+) -> LogGrads:
     r"""Sign and :math:`\log|\partial C / \partial b_j|` of the chain, by sums of logarithms.
 
     .. math::
@@ -499,7 +507,9 @@ def _bound_inputs(w, activation):
     return act, w.astype(_float_dtype(w))
 
 
-def log_gradient_bound(w: Any, activation: ActivationLike, *, per_layer: bool = False) -> Array:
+def log_gradient_bound(
+    w: ArrayLike, activation: ActivationLike, *, per_layer: bool = False
+) -> Array:
     r"""Logarithm of :func:`gradient_bound`: :math:`L \log\sup|\phi'| + \sum_{k\ge2}\log|w_k|`.
 
     Finite at any depth (unless a weight is 0 or :math:`\sup|\phi'| = 0`, giving ``-inf``).
@@ -515,7 +525,7 @@ def log_gradient_bound(w: Any, activation: ActivationLike, *, per_layer: bool = 
     return out if _checks.boolean("per_layer", per_layer) else out[..., 0]
 
 
-def gradient_bound(w: Any, activation: ActivationLike, *, per_layer: bool = False) -> Array:
+def gradient_bound(w: ArrayLike, activation: ActivationLike, *, per_layer: bool = False) -> Array:
     r"""Bound on :math:`|\partial C / \partial b_1| / |\partial C / \partial a_L|` of the chain.
 
     Since :math:`|\phi'(z)| \le \sup|\phi'|` for every :math:`z` (Nielsen, *Neural Networks and Deep
@@ -554,11 +564,11 @@ def gradient_bound(w: Any, activation: ActivationLike, *, per_layer: bool = Fals
 
 def exploding_chain(
     depth: int,
-    x: Any,
-    weight: Any = 100.0,
+    x: ArrayLike,
+    weight: ArrayLike = 100.0,
     *,
     activation: ActivationLike = "sigmoid",
-    dtype: Any = None,
+    dtype: DTypeLike | None = None,
 ) -> tuple[Array, Array]:
     r"""The seed's exploding chain: :math:`w_j = 100`, :math:`b_j = -w_j a_{j-1}`, :math:`z_j = 0`.
 
@@ -656,7 +666,7 @@ def exploding_chain(
 # --- deep linear nets and the MLP ---------------------------------------------------------------
 
 
-def deep_linear_gain(gain: Any, depth: int) -> Array:
+def deep_linear_gain(gain: ArrayLike, depth: int) -> Array:
     r"""Gain :math:`g^L` of a deep linear net with :math:`W_l = gI` (seed 002; Saxe et al. 2014).
 
     The output is :math:`(gI)^L x = g^L x` and the input gradient :math:`((gI)^\top)^L \nabla C =
@@ -678,7 +688,7 @@ def deep_linear_gain(gain: Any, depth: int) -> Array:
 
 
 def scaled_identity_mlp(
-    depth: int, gain: float, width: int = 1, *, dtype: Any = None
+    depth: int, gain: float, width: int = 1, *, dtype: DTypeLike | None = None
 ) -> list[tuple[Array, Array]]:
     r"""The seed's deep linear net: ``depth`` layers of :math:`W_l = gI` and :math:`b_l = 0`.
 
@@ -806,7 +816,7 @@ def _over_run(step, carry, xs, *, reverse=False):
     n = jax.tree.leaves(xs)[0].shape[0]
     if n >= _SCAN_MIN:
         return jax.lax.scan(step, carry, xs, reverse=reverse)
-    outs: list[Any] = [None] * n
+    outs: list[chex.ArrayTree | None] = [None] * n
     for i in range(n - 1, -1, -1) if reverse else range(n):
         carry, outs[i] = step(carry, jax.tree.map(lambda v, i=i: v[i], xs))
     return carry, jax.tree.map(lambda *v: jnp.stack(v), *outs)
@@ -842,7 +852,7 @@ def _mlp_grads_jit(runs, x, g, key, linear_readout):
     upstream = jnp.broadcast_to(g, (*batch, g.shape[-1]))  # dC/da^l, from l = L down
     fwd = _forward_runs(runs, x, act, linear_readout)
     a_before = [x] + [a_run[-1] for _, a_run in fwd[:-1]]
-    out: list[Any] = [None] * len(runs)
+    out: list[tuple[Array, Array] | None] = [None] * len(runs)
     for r in range(len(runs) - 1, -1, -1):
         z_run, a_run = fwd[r]
         a_prev = a_before[r][None]  # a run of 2+ layers is square: a^l all share one shape
@@ -866,7 +876,11 @@ def _flatten_runs(per_run):
 
 @_config.wrap
 def mlp_forward(
-    params: Sequence[Any], x: Any, activation: ActivationLike, *, linear_readout: bool = False
+    params: Sequence[tuple[ArrayLike, ArrayLike] | Mapping[str, ArrayLike]],
+    x: ArrayLike,
+    activation: ActivationLike,
+    *,
+    linear_readout: bool = False,
 ) -> MLPForward:
     r"""Forward pass of an MLP given its ``[(kernel, bias), ...]``, Flax ``Dense`` convention.
 
@@ -894,9 +908,9 @@ def mlp_forward(
 
 @_config.wrap
 def mlp_grads(
-    params: Sequence[Any],
-    x: Any,
-    dC_daL: Any,
+    params: Sequence[tuple[ArrayLike, ArrayLike] | Mapping[str, ArrayLike]],
+    x: ArrayLike,
+    dC_daL: ArrayLike,
     activation: ActivationLike,
     *,
     linear_readout: bool = False,

@@ -153,6 +153,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike, DTypeLike
 from numpy.polynomial import legendre
 
 from gradflow import _checks
@@ -390,7 +391,7 @@ def _expect_2d(q: Array, t0: Array, order_2d: int, *fns: Callable) -> list[Array
 
 
 def gaussian_expectation(
-    f: Callable[[Array], Array], q: Any = 1.0, *, order: int = DEFAULT_ORDER
+    f: Callable[[Array], Array], q: ArrayLike = 1.0, *, order: int = DEFAULT_ORDER
 ) -> Array:
     r""":math:`E_{z \sim N(0,1)}[f(\sqrt{q}\, z)]` by the scale-following split rule.
 
@@ -419,14 +420,14 @@ def _resolve(activation: ActivationLike) -> _activations.StaticActivation:
     return _activations.StaticActivation(act)
 
 
-def _as_float(x: Any) -> Array:
+def _as_float(x: ArrayLike) -> Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
     return x
 
 
-def _variances(sw2: Any, sb2: Any, *more: Any) -> tuple[Array, ...]:
+def _variances(sw2: ArrayLike, sb2: ArrayLike, *more: ArrayLike) -> tuple[Array, ...]:
     _checks.nonneg("sw2", sw2, "sigma_w^2 = N Var(W)")
     _checks.nonneg("sb2", sb2, "sigma_b^2 = Var(b)")
     arrays = [_as_float(a) for a in (sw2, sb2, *more)]
@@ -669,7 +670,14 @@ def _q_sequence_jit(q1, sw2, sb2, static, order, depth):
     return jax.lax.scan(layer, q1, None, length=depth)[1]
 
 
-def _q_sequence(q1: Any, sw2: Any, sb2: Any, activation: ActivationLike, depth: int, order: int):
+def _q_sequence(
+    q1: ArrayLike,
+    sw2: ArrayLike,
+    sb2: ArrayLike,
+    activation: ActivationLike,
+    depth: int,
+    order: int,
+) -> Array:
     """q^1 = ``q1``, q^{l+1} = :func:`q_map` (q^l): the ``depth`` lengths, one compiled scan."""
     static = _resolve(activation)
     order = _check_order("order", order)
@@ -727,7 +735,12 @@ def _summary_jit(sw2, sb2, q0, static, order, order_2d, num_iters, num_iters_c, 
 
 
 def q_map(
-    q: Any, sw2: Any, sb2: Any, activation: ActivationLike, *, order: int = DEFAULT_ORDER
+    q: ArrayLike,
+    sw2: ArrayLike,
+    sb2: ArrayLike,
+    activation: ActivationLike,
+    *,
+    order: int = DEFAULT_ORDER,
 ) -> Array:
     r"""One step of the length map, :math:`q^{l+1} = \sigma_w^2 E[\phi(\sqrt{q^l} z)^2] +
     \sigma_b^2` (Poole et al. 2016, eq. 3).
@@ -750,10 +763,10 @@ def q_map(
 
 
 def c_map(
-    c: Any,
-    q: Any,
-    sw2: Any,
-    sb2: Any,
+    c: ArrayLike,
+    q: ArrayLike,
+    sw2: ArrayLike,
+    sb2: ArrayLike,
     activation: ActivationLike,
     *,
     order_2d: int = DEFAULT_ORDER_2D,
@@ -785,11 +798,11 @@ def c_map(
 
 
 def q_star(
-    sw2: Any,
-    sb2: Any,
+    sw2: ArrayLike,
+    sb2: ArrayLike,
     activation: ActivationLike,
     *,
-    q0: Any = 1.0,
+    q0: ArrayLike = 1.0,
     order: int = DEFAULT_ORDER,
     num_iters: int = 64,
 ) -> Array:
@@ -824,12 +837,12 @@ def q_star(
 
 
 def chi1(
-    sw2: Any,
-    sb2: Any,
+    sw2: ArrayLike,
+    sb2: ArrayLike,
     activation: ActivationLike,
     *,
-    q: Any = None,
-    q0: Any = 1.0,
+    q: ArrayLike | None = None,
+    q0: ArrayLike = 1.0,
     order: int = DEFAULT_ORDER,
     num_iters: int = 64,
 ) -> Array:
@@ -903,11 +916,11 @@ def _summary_public(sw2, sb2, activation, q0, order, order_2d, num_iters, num_it
 
 
 def c_star(
-    sw2: Any,
-    sb2: Any,
+    sw2: ArrayLike,
+    sb2: ArrayLike,
     activation: ActivationLike,
     *,
-    q0: Any = 1.0,
+    q0: ArrayLike = 1.0,
     order: int = DEFAULT_ORDER,
     order_2d: int = DEFAULT_ORDER_2D,
     num_iters: int = 64,
@@ -924,11 +937,11 @@ def c_star(
 
 
 def chi_c(
-    sw2: Any,
-    sb2: Any,
+    sw2: ArrayLike,
+    sb2: ArrayLike,
     activation: ActivationLike,
     *,
-    q0: Any = 1.0,
+    q0: ArrayLike = 1.0,
     order: int = DEFAULT_ORDER,
     order_2d: int = DEFAULT_ORDER_2D,
     num_iters: int = 64,
@@ -942,11 +955,11 @@ def chi_c(
 
 
 def depth_scales(
-    sw2: Any,
-    sb2: Any,
+    sw2: ArrayLike,
+    sb2: ArrayLike,
     activation: ActivationLike,
     *,
-    q0: Any = 1.0,
+    q0: ArrayLike = 1.0,
     order: int = DEFAULT_ORDER,
     order_2d: int = DEFAULT_ORDER_2D,
     num_iters: int = 64,
@@ -989,11 +1002,11 @@ class PhaseDiagram(NamedTuple):
 
 
 def phase_diagram(
-    sw2_grid: Any,
-    sb2_grid: Any,
+    sw2_grid: ArrayLike,
+    sb2_grid: ArrayLike,
     activation: ActivationLike,
     *,
-    q0: Any = 1.0,
+    q0: ArrayLike = 1.0,
     order: int = DEFAULT_ORDER,
     order_2d: int = 4,
     num_iters: int = 64,
@@ -1062,7 +1075,7 @@ def _critical_sw2_jit(sb2, lo, hi, static, order, num_iters, num_bisect):
 
 
 def critical_sw2(
-    sb2: Any,
+    sb2: ArrayLike,
     activation: ActivationLike,
     *,
     bracket: tuple[float, float] = (1e-2, 1e3),
@@ -1113,7 +1126,7 @@ def _critical_point_jit(q, static, order):
 
 
 def critical_point(
-    q_star: Any, activation: ActivationLike, *, order: int = DEFAULT_ORDER
+    q_star: ArrayLike, activation: ActivationLike, *, order: int = DEFAULT_ORDER
 ) -> tuple[Array, Array]:
     r"""The point of the critical line whose fixed point is ``q_star`` (Pennington et al. 2017):
 
@@ -1146,7 +1159,7 @@ def _check_slope(negative_slope: Any) -> float:
     return float(negative_slope)
 
 
-def relu_q_star(sw2: Any, sb2: Any, *, negative_slope: float = 0.0) -> Array:
+def relu_q_star(sw2: ArrayLike, sb2: ArrayLike, *, negative_slope: float = 0.0) -> Array:
     r"""Closed-form :math:`q^*` of (leaky) ReLU: :math:`E[\phi(\sqrt q z)^2] = \tfrac{1+a^2}{2}q`,
     so :math:`q^* = \sigma_b^2 / (1 - \sigma_w^2 (1+a^2)/2)`; ``inf`` where that is not positive
     (0 when :math:`\sigma_b^2 = 0` below the critical point)."""
@@ -1157,14 +1170,16 @@ def relu_q_star(sw2: Any, sb2: Any, *, negative_slope: float = 0.0) -> Array:
     return jnp.where(denom > 0, sb2 / jnp.where(denom > 0, denom, 1.0), jnp.inf)
 
 
-def relu_chi1(sw2: Any, *, negative_slope: float = 0.0) -> Array:
+def relu_chi1(sw2: ArrayLike, *, negative_slope: float = 0.0) -> Array:
     r"""Closed-form :math:`\chi_1 = \sigma_w^2 (1 + a^2)/2` of (leaky) ReLU (independent of q)."""
     negative_slope = _check_slope(negative_slope)
     _checks.nonneg("sw2", sw2, "sigma_w^2 = N Var(W)")
     return _as_float(sw2) * (1 + negative_slope**2) / 2
 
 
-def relu_c_map(c: Any, q: Any, sw2: Any, sb2: Any, *, negative_slope: float = 0.0) -> Array:
+def relu_c_map(
+    c: ArrayLike, q: ArrayLike, sw2: ArrayLike, sb2: ArrayLike, *, negative_slope: float = 0.0
+) -> Array:
     r"""Closed-form c-map of (leaky) ReLU via the arc-cosine kernel (Cho & Saul 2009):
 
     .. math::
@@ -1224,13 +1239,13 @@ def _propagate_jit(sw2, sb2, q0, c0, static, depth, order, order_2d):
 
 
 def propagate(
-    sw2: Any,
-    sb2: Any,
+    sw2: ArrayLike,
+    sb2: ArrayLike,
     activation: ActivationLike,
     depth: int,
     *,
-    q0: Any = 1.0,
-    c0: Any = 0.5,
+    q0: ArrayLike = 1.0,
+    c0: ArrayLike = 0.5,
     order: int = DEFAULT_ORDER,
     order_2d: int = DEFAULT_ORDER_2D,
 ) -> Propagation:
@@ -1317,16 +1332,16 @@ def _measure_jit(key, sw2, sb2, q0, c0, static, width, depth, weights, dtype):
 @_config.wrap
 def measure_propagation(
     key: Array,
-    sw2: Any,
-    sb2: Any,
+    sw2: ArrayLike,
+    sb2: ArrayLike,
     activation: ActivationLike,
     *,
     width: int,
     depth: int,
-    q0: Any = 1.0,
-    c0: Any = 0.5,
+    q0: ArrayLike = 1.0,
+    c0: ArrayLike = 0.5,
     weights: str = "gaussian",
-    dtype: Any = None,
+    dtype: DTypeLike | None = None,
 ) -> Propagation:
     r"""Measured counterpart of :func:`propagate` on one sampled finite-width network.
 
@@ -1337,7 +1352,8 @@ def measure_propagation(
     pre-activation :math:`q^l` (averaged over the two inputs), their correlation :math:`c^l`, and
     :math:`\tilde q^l = \frac1N\|\partial C/\partial h^l\|^2` for :math:`C = g\cdot h^L` with
     :math:`g \sim N(0, I)` drawn from ``key`` (one backward pass, first input). Jitted; vmap over
-    keys for several networks.
+    keys for several networks. ``key`` is a typed key, ``jax.random.key(seed)`` (raw ``uint32``
+    key data from ``jax.random.PRNGKey`` is accepted too).
 
     Returns:
       :class:`Propagation` with arrays of shape ``(depth,)``.

@@ -74,6 +74,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike, DTypeLike
 
 from gradflow import _checks
 from gradflow import activations as _activations
@@ -110,7 +111,7 @@ def _check_weights(weights: Any) -> str:
 
 
 @_config.wrap
-def jacobian_singular_values(fn: Callable[[Array], Array], x: Any) -> Array:
+def jacobian_singular_values(fn: Callable[[Array], Array], x: ArrayLike) -> Array:
     r"""Exact singular values of the Jacobian :math:`\partial\,\mathrm{fn}/\partial x` at one input.
 
     The Jacobian is formed by forward-mode (:func:`jax.jacfwd`, when the input is no larger than
@@ -179,10 +180,10 @@ def init_network(
     width: int,
     depth: int,
     *,
-    sw2: Any = 1.0,
-    sb2: Any = 0.0,
+    sw2: ArrayLike = 1.0,
+    sb2: ArrayLike = 0.0,
     weights: str = "gaussian",
-    dtype: Any = None,
+    dtype: DTypeLike | None = None,
 ) -> NetworkParams:
     r"""Sample a ``depth``-layer, ``width``-wide net in the mean-field parameterisation.
 
@@ -192,7 +193,8 @@ def init_network(
     \sigma_w^2/N`; biases :math:`N(0, \sigma_b^2)`. Jitted (``sw2``/``sb2`` may be traced).
 
     Args:
-      key: PRNG key.
+      key: a typed PRNG key, ``jax.random.key(seed)`` (raw ``jax.random.PRNGKey`` data is
+        accepted too).
       width, depth: :math:`N` and :math:`L`.
       sw2: :math:`\sigma_w^2 = N\operatorname{Var}(W)`; sb2: :math:`\sigma_b^2`.
       weights: ``"gaussian"`` or ``"orthogonal"``.
@@ -237,7 +239,7 @@ def _apply_jit(params, x, act):
 
 
 @_config.wrap
-def apply_network(params: NetworkParams, x: Any, activation: ActivationLike) -> Array:
+def apply_network(params: NetworkParams, x: ArrayLike, activation: ActivationLike) -> Array:
     r"""The net's output :math:`a^L = \phi(h^L)` (post-activation, so that
     :math:`J = \prod_l D_l W_l^\top` as in Pennington et al. 2017) for one input ``x`` of shape
     ``(width,)``."""
@@ -264,7 +266,7 @@ def _layer_svals_jit(params, x, act):
 
 @_config.wrap
 def layer_jacobian_singular_values(
-    params: NetworkParams, x: Any, activation: ActivationLike
+    params: NetworkParams, x: ArrayLike, activation: ActivationLike
 ) -> Array:
     r"""Singular values of :math:`J_l = \partial a^l / \partial x` for every depth
     :math:`l = 1..L` in one pass: :math:`J_l = D_l W_l^\top J_{l-1}`, :math:`J_0 = I`, with the
@@ -281,11 +283,14 @@ def layer_jacobian_singular_values(
     return _layer_svals_jit(params, x, act)
 
 
-def network_input(key: Array, width: int, q: Any, *, sw2: Any = 1.0, sb2: Any = 0.0) -> Array:
+def network_input(
+    key: Array, width: int, q: ArrayLike, *, sw2: ArrayLike = 1.0, sb2: ArrayLike = 0.0
+) -> Array:
     r"""A random input whose first-layer pre-activations have variance ``q`` in the mean-field
     limit: a uniformly random direction with :math:`\|x\|^2/N = (q - \sigma_b^2)/\sigma_w^2`, so
     that :math:`q^1 = \sigma_w^2\|x\|^2/N + \sigma_b^2 = q` (e.g. ``q = q_star(sw2, sb2, act)``
-    puts every layer at the fixed point)."""
+    puts every layer at the fixed point). ``key`` is a typed PRNG key, ``jax.random.key(seed)``
+    (raw ``jax.random.PRNGKey`` data is accepted too)."""
     key = _checks.prng_key("key", key)
     width = _checks.size("width", width)
     _checks.nonneg("sw2", sw2, "sigma_w^2 = N Var(W)")
@@ -329,7 +334,7 @@ class SpectralMoments(NamedTuple):
     variance: Array
 
 
-def spectrum_moments(singular_values: Any, *, axis: int = -1) -> SpectralMoments:
+def spectrum_moments(singular_values: ArrayLike, *, axis: int = -1) -> SpectralMoments:
     r"""Measured :class:`SpectralMoments` of :math:`\lambda = s^2` along ``axis`` (e.g. each row of
     :func:`layer_jacobian_singular_values`)."""
     sv = _checks.array("singular_values", singular_values)
@@ -345,13 +350,13 @@ def spectrum_moments(singular_values: Any, *, axis: int = -1) -> SpectralMoments
 
 
 def jacobian_moments(
-    sw2: Any,
-    sb2: Any,
+    sw2: ArrayLike,
+    sb2: ArrayLike,
     activation: ActivationLike,
     depth: int,
     *,
     weights: str = "gaussian",
-    q: Any = None,
+    q: ArrayLike | None = None,
     order: int = _meanfield.DEFAULT_ORDER,
 ) -> SpectralMoments:
     r"""Free-probability :class:`SpectralMoments` of :math:`J_lJ_l^\top` for every depth

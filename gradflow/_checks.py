@@ -3,6 +3,9 @@ argument, the bad value and what is expected, instead of a traceback from deep i
 
 Value checks (finiteness, ranges) run only on concrete values: under ``jit``/``vmap`` a traced
 value cannot raise, so it passes through (each public function documents this).
+
+The checked values are annotated ``Any``: a check takes whatever the caller was given (None, a
+string, an object) and turns what does not fit into the error.
 """
 
 from __future__ import annotations
@@ -10,12 +13,14 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 __all__ = [
     "array",
@@ -46,7 +51,7 @@ def show(value: Any) -> str:
     return _show(value)
 
 
-def concrete(value: Any) -> np.ndarray | None:
+def concrete(value: ArrayLike) -> np.ndarray | None:
     """``value`` on the host, or None when it is traced."""
     try:
         return np.asarray(value)
@@ -74,7 +79,7 @@ def real_host(name: str, value: Any) -> np.ndarray | None:
     return host.astype(np.float64)
 
 
-def values(name: str, value: Any, ok: Any, requirement: str) -> None:
+def values(name: str, value: Any, ok: Callable[[np.ndarray], ArrayLike], requirement: str) -> None:
     """ValueError ``"{name} {requirement}, got {the first bad element}"`` when ``ok(host)`` (an
     elementwise predicate on the float64 host array) fails anywhere; TypeError for non-numbers
     (:func:`real_host`); traced values pass unchecked."""
@@ -211,7 +216,7 @@ def real(
     return value
 
 
-def function(name: str, value: Any) -> Any:
+def function(name: str, value: Any) -> Callable[..., Any]:
     if not callable(value):
         raise TypeError(f"{name} must be callable, got {_show(value)}")
     return value

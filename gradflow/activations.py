@@ -40,11 +40,11 @@ import functools
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 __all__ = [
     "BUILTIN",
@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 Array = jax.Array
-ArrayFn = Callable[[Any], Array]
+ArrayFn = Callable[[ArrayLike], Array]
 
 #: SELU constants (Klambauer et al. 2017): fixed point of mean 0, variance 1.
 SELU_LAMBDA = 1.0507009873554805
@@ -93,7 +93,7 @@ class Activation:
     kinks: tuple[float, ...] = dataclasses.field(default=(), compare=False)
     params: tuple[tuple[str, float], ...] = ()
 
-    def __call__(self, x: Any) -> Array:
+    def __call__(self, x: ArrayLike) -> Array:
         return self.fn(x)
 
     @property
@@ -129,7 +129,7 @@ class StaticActivation:
         )
 
 
-def _float(x: Any) -> Array:
+def _float(x: ArrayLike) -> Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))

@@ -133,7 +133,7 @@ def _from_env() -> str:
 
 _global: str = _from_env()
 _UNSET = object()
-_jax_before: Any = _UNSET  # JAX's own setting before set_matmul_precision first changed it
+_jax_before: object = _UNSET  # JAX's own setting before set_matmul_precision first changed it
 _scoped: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "gradflow_matmul_precision", default=None
 )

@@ -22,14 +22,19 @@ from __future__ import annotations
 
 import functools
 import numbers
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from gradflow import _checks
+
+if TYPE_CHECKING:
+    from gradflow.models import MLP
 
 __all__ = [
     "SCALES",
@@ -93,8 +98,8 @@ class TeacherStudent(NamedTuple):
 
     x: jax.Array
     y: jax.Array
-    teacher: Any
-    teacher_variables: Any
+    teacher: MLP
+    teacher_variables: Mapping[str, chex.ArrayTree]
 
 
 def _int(owner: str, field: str, value: Any, minimum: int) -> int:
@@ -195,7 +200,7 @@ def load_digits(
 
 
 def adding_problem(
-    key: jax.Array, n: int, length: int, *, dtype: Any = jnp.float32
+    key: jax.Array, n: int, length: int, *, dtype: DTypeLike | None = jnp.float32
 ) -> tuple[jax.Array, jax.Array]:
     r"""The adding problem: sum the two marked numbers of a length-``T`` sequence.
 
@@ -208,7 +213,8 @@ def adding_problem(
     before the end, so the gradient must travel that far back in time.
 
     Args:
-      key: JAX PRNG key.
+      key: a typed PRNG key, ``jax.random.key(seed)`` (raw ``jax.random.PRNGKey`` data is
+        accepted too).
       n: number of sequences.
       length: sequence length :math:`T \ge 2`.
       dtype: float dtype of the arrays.
@@ -223,7 +229,9 @@ def adding_problem(
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _adding(key: jax.Array, n: int, length: int, dtype: Any) -> tuple[jax.Array, jax.Array]:
+def _adding(
+    key: jax.Array, n: int, length: int, dtype: jnp.dtype | None
+) -> tuple[jax.Array, jax.Array]:
     k_val, k_first, k_second = jax.random.split(key, 3)
     values = jax.random.uniform(k_val, (n, length), dtype=dtype)
     half = length // 2
@@ -258,7 +266,8 @@ def teacher_student(
     gradients), not of capacity.
 
     Args:
-      key: JAX PRNG key (split for inputs, teacher and noise).
+      key: a typed PRNG key, ``jax.random.key(seed)``, split for inputs, teacher and noise (raw
+        ``jax.random.PRNGKey`` data is accepted too).
       n: number of examples.
       in_dim: input dimension :math:`d`.
       widths, out, activation, kernel_init, bias_init: the teacher :class:`~gradflow.models.MLP`.
@@ -315,7 +324,8 @@ def markov_sequences(
     ``key`` (split in three: table, train, test), so the same key always gives the same arrays.
 
     Args:
-      key: JAX PRNG key.
+      key: a typed PRNG key, ``jax.random.key(seed)`` (raw ``jax.random.PRNGKey`` data is
+        accepted too).
       n_train, n_test: number of sequences in each split (``n_test`` may be 0).
       length: tokens per input sequence :math:`T \ge k`.
       vocab: vocabulary size :math:`V \ge 2`.

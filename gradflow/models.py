@@ -64,8 +64,9 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -73,6 +74,9 @@ import jax.numpy as jnp
 from gradflow import _checks
 from gradflow import activations as _activations
 from gradflow import initializers as _initializers
+
+if TYPE_CHECKING:
+    from flax.core.scope import LazyRng
 
 __all__ = [
     "CELLS",
@@ -241,7 +245,7 @@ class DenseBlock(nn.Module):
 SCAN_MIN_RUN = 2
 
 
-def _flax_key(rng: Any, *suffix: str | int) -> Array:
+def _flax_key(rng: LazyRng | Array, *suffix: str | int) -> Array:
     """Flax's key for ``rng`` folded with ``suffix`` (what ``Scope.make_rng`` returns)."""
     from flax.core.scope import LazyRng
 
@@ -267,7 +271,7 @@ def _fold_data(suffix: tuple) -> int:
     return int.from_bytes(m.digest()[:4], byteorder="big")
 
 
-def _child_keys(rng: Any, names: Sequence[str], counter: int) -> Array:
+def _child_keys(rng: LazyRng, names: Sequence[str], counter: int) -> Array:
     """The keys ``Scope.make_rng("params")`` gives the ``counter``-th parameter of each child
     ``names[t]`` of a scope whose params RNG is ``rng`` (a ``LazyRng``): one fold per child,
     vectorised. Bit-identical to Flax's sequential derivation (:func:`_flax_key`)."""
@@ -636,7 +640,7 @@ class LSTMCell(nn.RNNCellBase):
     """
 
     features: int
-    activation_fn: Callable[..., Any] = jnp.tanh
+    activation_fn: Callable[[Array], Array] = jnp.tanh
     kernel_init: Callable[..., Array] = nn.initializers.lecun_normal()
     recurrent_kernel_init: Callable[..., Array] = nn.initializers.orthogonal()
     bias_init: Callable[..., Array] = nn.initializers.zeros_init()
@@ -804,7 +808,9 @@ class RNN(nn.Module):
 # -------------------------------------------------------------------------------------- helpers
 
 
-def perturbations(model: nn.Module, variables: Any, x: Array, **kwargs: Any) -> dict:
+def perturbations(
+    model: nn.Module, variables: Mapping[str, chex.ArrayTree], x: Array, **kwargs: Any
+) -> dict:
     """Zero perturbations of ``model`` for the batch ``x`` (the ``"perturbations"`` collection).
 
     ``jax.grad`` of a loss of ``model.apply({**variables, "perturbations": p}, x)`` with respect
@@ -848,7 +854,7 @@ def chain_params(w: Array, b: Array) -> dict:
     }
 
 
-def chain_weights(variables: Any) -> tuple[Array, Array]:
+def chain_weights(variables: Mapping[str, chex.ArrayTree]) -> tuple[Array, Array]:
     """The arrays ``(w, b)`` of shape ``(..., L)`` of a :class:`Chain` 's variables.
 
     Raises:

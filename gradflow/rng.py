@@ -42,7 +42,7 @@ vmapped keys 12 ms (drawing key by key with ``RngBitGenerator``, as this module 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +50,7 @@ import numpy as np
 from jax import lax
 from jax.extend.random import define_prng_impl
 from jax.extend.random import rbg_prng_impl as _rbg  # JAX's threefry seed/split/fold_in on 4 words
+from jax.typing import ArrayLike
 
 __all__ = ["IMPL", "NAMES", "key", "resolve", "threefry2x32"]
 
@@ -161,7 +162,7 @@ IMPL = define_prng_impl(
 NAMES = ("threefry", "native")
 
 
-def key(seed: Any) -> jax.Array:
+def key(seed: ArrayLike) -> jax.Array:
     """``jax.random.key(seed, impl=IMPL)``: a typed key drawing with the fused ThreeFry above.
 
     ``seed`` is an integer or an integer array (traceable, vmappable), as for ``jax.random.key``;
@@ -187,7 +188,7 @@ def key(seed: Any) -> jax.Array:
     return jax.random.key(seed, impl=IMPL)
 
 
-def resolve(name: str):
+def resolve(name: str) -> Callable[[ArrayLike], jax.Array]:
     """``"threefry"`` -> ``jax.random.key`` (JAX's default), ``"native"`` -> :func:`key`."""
     if name == "threefry":
         return jax.random.key

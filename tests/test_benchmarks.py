@@ -1,7 +1,8 @@
 """Smoke test of the benchmark harness at toy sizes: every way runs, agrees, and is reported.
 
-No timing assertions (timings are the benchmark's output, not a property). The JAX parts run
-without torch; the PyTorch ways are exercised only when torch is installed (``bench`` extra).
+No timing assertions (timings are the benchmark's output, not a property). The JAX ways, their
+agreement checks and the report are asserted with or without torch; only the comparison with the
+PyTorch ways needs torch (the ``bench`` extra) and is skipped, with that reason, without it.
 Random streams are traced with ``jax_threefry_partitionable=False`` here only to keep the
 compiles short; the benchmark itself measures JAX's default.
 """
@@ -34,6 +35,20 @@ TOY = {
     "w4": workloads.ChainSweep("toy chains", chains=6, depth=3, naive_timed=2),
     "compile": workloads.CompileSweep("toy compile", depths=(1, 2), width=4, seeds=2, batch=8),
 }  # fmt: skip
+TORCH = workloads.torch_available()
+#: Prefixes of the ways (and their checks) that need torch; every other way is JAX.
+TORCH_WAYS = ("pytorch", "torch_func")
+#: The agreement checks of the JAX ways, present and passing with or without torch.
+JAX_CHECKS = {
+    "w1": {
+        "gradflow_readme == gradflow (same seeds)",
+        "gradflow_blocked == gradflow (same seeds)",
+        "naive_jax == gradflow (same seeds)",
+    },
+    "w3": {"naive_jax == gradflow: first record of grad_norm"},
+    "w4": {"chain_grads == jax.grad (relative to each chain's largest)"},
+    "compile": {f"probe == jax.grad at depth {d} (kernel norms, seed 0)" for d in (1, 2)},
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +58,7 @@ def results():
         budget_s=0.0,
         min_repeats=1,
         torch_threads=1,
-        torch=workloads.torch_available(),
+        torch=TORCH,
     )
     with jax.threefry_partitionable(False):
         out = {k: workloads.run_workload(cfg, options) for k, cfg in TOY.items()}
@@ -72,9 +87,22 @@ def test_every_way_runs_and_agrees(results):
         for m in w["measurements"]:
             assert m["median_s"] > 0 and np.isfinite(m["median_s"]), m
             assert m["repeats"] >= 1
+        checks = {c["check"]: c for c in w["checks"]}
+        assert JAX_CHECKS[key] <= set(checks), (key, set(checks))
+        for name in JAX_CHECKS[key]:
+            assert checks[name]["max_rel_err"] <= checks[name]["tol"], checks[name]
         for c in w["checks"]:
             if "informative" not in c["note"]:
                 assert c["ok"], c
+        # the torch ways (and their checks) ran exactly when torch is installed
+        with_torch = TORCH and key != "compile"  # the compile workload has no torch way
+        assert any(m.startswith(TORCH_WAYS) for m in methods) == with_torch, (key, methods)
+        assert any(c.startswith(TORCH_WAYS) for c in checks) == with_torch, (key, set(checks))
+        # every speed-up is the ratio of the two medians
+        median = {m["method"]: m["median_s"] for m in w["measurements"]}
+        for way, bases in w["speedups"].items():
+            for base, ratio in bases.items():
+                assert ratio == pytest.approx(median[base] / median[way], rel=1e-12)
         if key != "compile":
             assert "naive_jax" in w["speedups"]["gradflow"]
             gf_way = next(m for m in w["measurements"] if m["method"] == "gradflow")
@@ -88,8 +116,10 @@ def test_every_way_runs_and_agrees(results):
     assert naive["scale"] == 2.0  # timed 1 of 2 runs
 
 
+@pytest.mark.skipif(
+    not TORCH, reason="torch is not installed (the bench extra): no PyTorch way to compare"
+)
 def test_pytorch_ways_agree_with_gradflow(results):
-    pytest.importorskip("torch")
     for key, w in results["workloads"].items():
         if key == "compile":
             continue
@@ -112,6 +142,17 @@ def test_report_written(results, tmp_path):
     loaded = json.loads(js.read_text())
     assert {t["workload"] for t in loaded["targets"]} == {"w1", "w3", "w4", "compile"}
     assert loaded["workloads"]["w1"]["config"]["seeds"] == 4
+    # the JAX targets carry the measured values; the torch ones are measured iff torch is there
+    rows = {(t["workload"], t["method"], t["what"]): t for t in loaded["targets"]}
+    naive = results["workloads"]["w1"]["speedups"]["gradflow"]["naive_jax"]
+    assert rows["w1", "gradflow", "speedup:naive_jax"]["value"] == pytest.approx(naive, rel=1e-12)
+    ratio = results["workloads"]["compile"]["compile_ratio"]
+    compile_row = rows["compile", "gradflow_readme", "compile_ratio"]
+    assert compile_row["value"] == pytest.approx(ratio, rel=1e-12)
+    assert compile_row["met"] == (ratio <= 1.5)
+    torch_rows = [t for k, t in rows.items() if k[2].split(":")[-1] in TORCH_WAYS]
+    assert torch_rows and all((t["value"] is not None) == TORCH for t in torch_rows)
+    assert ("| >= 20x the PyTorch loop | not measured |" in text) == (not TORCH)
     # the GPU suite scores its own targets on the same kind of results
     gpu = report.targets({**results, "suite": "gpu"})
     assert {(t["workload"], t["what"]) for t in gpu} >= {("w1", "speedup:torch_func")}

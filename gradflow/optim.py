@@ -113,9 +113,6 @@ class LayerOrder(NamedTuple):
 
 
 LayerSpec = int | Callable[[tuple[str, ...]], str] | Sequence[str] | LayerOrder | None
-#: A mask of :func:`optax.masked`: a tree of bools shaped like the params, a callable
-#: ``params -> tree of bools``, or None (every leaf).
-MaskOrFn = chex.ArrayTree | Callable[[optax.Params], chex.ArrayTree] | None
 #: A layer of this name is the readout: last in forward order whatever the other names.
 READOUT = "readout"
 _NO_PARAMS_MSG = "{name} needs the parameters: call tx.update(updates, state, params) with params."
@@ -993,12 +990,17 @@ def decay_mask(
     return jax.tree_util.tree_map_with_path(rule, params)
 
 
-def _masked(tx: optax.GradientTransformation, mask: MaskOrFn) -> optax.GradientTransformation:
+def _masked(
+    tx: optax.GradientTransformation,
+    mask: chex.ArrayTree | Callable[[optax.Params], chex.ArrayTree] | None,
+) -> optax.GradientTransformation:
     return tx if mask is None else optax.masked(tx, mask)
 
 
 def add_l1_decay(
-    weight_decay: ArrayLike = 1e-4, *, mask: MaskOrFn = decay_mask
+    weight_decay: ArrayLike = 1e-4,
+    *,
+    mask: chex.ArrayTree | Callable[[optax.Params], chex.ArrayTree] | None = decay_mask,
 ) -> optax.GradientTransformation:
     r"""L1 weight decay: add the subgradient of :math:`\lambda \|w\|_1` to the updates.
 
@@ -1032,7 +1034,9 @@ def add_l1_decay(
 
 
 def add_l2_decay(
-    weight_decay: optax.ScalarOrSchedule = 1e-4, *, mask: MaskOrFn = decay_mask
+    weight_decay: optax.ScalarOrSchedule = 1e-4,
+    *,
+    mask: chex.ArrayTree | Callable[[optax.Params], chex.ArrayTree] | None = decay_mask,
 ) -> optax.GradientTransformation:
     r"""L2 weight decay :math:`g \leftarrow g + \lambda w` on the masked leaves.
 
@@ -1162,7 +1166,7 @@ def coupled_l2(
     weight_decay: optax.ScalarOrSchedule,
     learning_rate: optax.ScalarOrSchedule,
     *,
-    mask: MaskOrFn = decay_mask,
+    mask: chex.ArrayTree | Callable[[optax.Params], chex.ArrayTree] | None = decay_mask,
 ) -> optax.GradientTransformation:
     r"""Coupled L2: the decay term enters *before* the optimizer's preconditioning.
 
@@ -1193,7 +1197,7 @@ def decoupled_l2(
     weight_decay: optax.ScalarOrSchedule,
     learning_rate: optax.ScalarOrSchedule,
     *,
-    mask: MaskOrFn = decay_mask,
+    mask: chex.ArrayTree | Callable[[optax.Params], chex.ArrayTree] | None = decay_mask,
 ) -> optax.GradientTransformation:
     r"""Decoupled weight decay (Loshchilov & Hutter 2019): the same term *after* preconditioning.
 
@@ -1226,7 +1230,7 @@ def make_optimizer(
     weight_decay: optax.ScalarOrSchedule | None = None,
     decoupled: bool = False,
     l1_decay: ArrayLike | None = None,
-    mask: MaskOrFn = decay_mask,
+    mask: chex.ArrayTree | Callable[[optax.Params], chex.ArrayTree] | None = decay_mask,
     **kwargs: Any,
 ) -> optax.GradientTransformation:
     r"""A named optimizer with optional L1 and (coupled or decoupled) L2 decay, as one chain.

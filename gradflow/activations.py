@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 Array = jax.Array
-ArrayFn = Callable[[ArrayLike], Array]
+ArrayFn = Callable[[Array], Array]  # called with arrays (the builtins accept any ArrayLike)
 
 #: SELU constants (Klambauer et al. 2017): fixed point of mean 0, variance 1.
 SELU_LAMBDA = 1.0507009873554805

@@ -5,6 +5,7 @@ extension in ``_ext/`` when the build starts; see its docstring.
 """
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -41,6 +42,20 @@ myst_heading_anchors = 3
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
+# Type aliases shown by name, as the source writes them, not expanded into their unions
+# (jax.typing.ArrayLike is an eight-member Union; optax.Params a recursive chex.ArrayTree).
+autodoc_type_aliases = {
+    name: name
+    for name in (
+        "ArrayLike",
+        "DTypeLike",
+        "chex.ArrayTree",
+        "optax.OptState",
+        "optax.Params",
+        "optax.ScalarOrSchedule",
+        "optax.Updates",
+    )
+}
 autosummary_generate = False
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
@@ -56,3 +71,21 @@ html_static_path = ["_static"]
 html_css_files = ["gradflow.css"]
 html_show_sourcelink = False
 pygments_style = "friendly"
+
+
+_ALIAS_REPR = re.compile(r"TypeAliasForwardRef\('([^']*)'\)")
+
+
+def _alias_names(app, what, name, obj, options, signature, return_annotation):
+    """Sphinx prints an alias inside a union (``DTypeLike | None``) by its repr,
+    ``TypeAliasForwardRef('DTypeLike')``: print its name."""
+    del app, what, name, obj, options
+
+    def fix(text):
+        return _ALIAS_REPR.sub(r"\1", text) if text else text
+
+    return fix(signature), fix(return_annotation)
+
+
+def setup(app):
+    app.connect("autodoc-process-signature", _alias_names)

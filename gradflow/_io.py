@@ -25,7 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["TMP_SUFFIX", "atomic_write", "is_writer", "timestamp"]
+__all__ = ["TMP_SUFFIX", "Json", "atomic_write", "is_writer", "timestamp"]
+
+#: A JSON value as :func:`json.loads` returns it (the records gradflow writes).
+Json = dict[str, "Json"] | list["Json"] | str | int | float | bool | None
 
 #: Suffix of the temporary files (``.<name>.<random>.tmp``), so stale ones can be recognised.
 TMP_SUFFIX = ".tmp"

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from gradflow.sweep._plan import _DIVERGED_STEP, _Plan
+from gradflow.sweep._plan import _DIVERGED_STEP, GridValue, _Plan
 
 # ----------------------------------------------------------------------------- rows
 
@@ -95,7 +94,7 @@ def _coerce(df: pd.DataFrame, dtypes: Mapping[str, str]) -> pd.DataFrame:
     return df.astype({c: d for c, d in dtypes.items() if str(df[c].dtype) != d})
 
 
-def _plain(v: Any) -> Any:
+def _plain(v: object) -> GridValue:
     """A table cell as a plain Python value (``None`` for a missing one)."""
     if pd.isna(v):
         return None

@@ -10,7 +10,6 @@ import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
@@ -18,6 +17,10 @@ import pandas as pd
 
 from gradflow import config as _config
 from gradflow import rng as _rng
+from gradflow._io import Json
+
+#: A value of a grid key: what ``fn`` sees for a static key, and what the table's column holds.
+GridValue = int | float | str | bool | None
 
 FORMAT = "gradflow.sweep/1"
 #: Axis names of a metric's per-run array by its number of dimensions (override with ``axes=``).
@@ -31,7 +34,7 @@ _MAX_SEED = 2**32
 # ----------------------------------------------------------------------------- validation
 
 
-def _python_value(key: str, v: Any) -> Any:
+def _python_value(key: str, v: object) -> GridValue:
     if isinstance(v, np.generic):
         v = v.item()
     if v is None or isinstance(v, bool | int | float | str):
@@ -43,7 +46,7 @@ def _python_value(key: str, v: Any) -> Any:
     )
 
 
-def _validate_grid(grid: Mapping[str, Any]) -> dict[str, list[Any]]:
+def _validate_grid(grid: Mapping[str, Iterable[object]]) -> dict[str, list[GridValue]]:
     if not isinstance(grid, Mapping):
         raise TypeError(f"grid must be a dict of hyperparameter -> list of values, got {grid!r}")
     out = {}
@@ -71,7 +74,7 @@ def _validate_grid(grid: Mapping[str, Any]) -> dict[str, list[Any]]:
     return out
 
 
-def _kind(key: str, values: Sequence[Any]) -> str:
+def _kind(key: str, values: Sequence[GridValue]) -> str:
     """Column kind of one grid key: "bool", "int", "float" or "str" (None allowed in all)."""
     present = [v for v in values if v is not None]
     if not present or all(isinstance(v, str) for v in present):
@@ -88,11 +91,11 @@ def _kind(key: str, values: Sequence[Any]) -> str:
     )
 
 
-def _is_batchable(values: Sequence[Any]) -> bool:
+def _is_batchable(values: Sequence[GridValue]) -> bool:
     return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
 
 
-def _validate_seeds(seeds: Any) -> list[int]:
+def _validate_seeds(seeds: Iterable[int] | object) -> list[int]:
     if isinstance(seeds, int | np.integer) and not isinstance(seeds, bool):
         raise TypeError(f"seeds must be a list of integers, e.g. range({seeds}), got {seeds!r}")
     try:
@@ -117,7 +120,9 @@ def _validate_seeds(seeds: Any) -> list[int]:
     return out
 
 
-def _validate_static(static: Any, grid: Mapping[str, Sequence[Any]]) -> tuple[str, ...]:
+def _validate_static(
+    static: str | Sequence[str], grid: Mapping[str, Sequence[GridValue]]
+) -> tuple[str, ...]:
     if isinstance(static, str):
         static = (static,)
     static = tuple(static)
@@ -160,7 +165,7 @@ def _validate_axes(
 # ----------------------------------------------------------------------------- plan
 
 
-def _canonical(obj: Any) -> str:
+def _canonical(obj: object) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
@@ -233,7 +238,7 @@ class _Plan:
         self.run_index = np.indices(self.batched_shape).reshape(len(self.batched_shape), -1)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], where: Path) -> _Plan:
+    def from_config(cls, config: Mapping[str, Json], where: Path) -> _Plan:
         """The plan of a stored config (``metadata.json``'s ``"config"``), to check a store
         against what its config implies. ``where`` names the file in error messages."""
         try:
@@ -286,15 +291,15 @@ class _Plan:
 
 def _checked_config(
     fn: Callable,
-    grid: Mapping[str, Sequence[Any]],
+    grid: Mapping[str, Sequence[GridValue]],
     seeds: Iterable[int],
     static: str | Sequence[str],
     chunk_size: int | None,
     axes: Mapping[str, Sequence[str]] | None,
     name: str | None,
-    config: Mapping[str, Any] | None,
-) -> tuple[dict[str, list[Any]], list[int], tuple[str, ...], dict[str, tuple[str, ...]], int | None,
-           dict[str, Any]]:  # fmt: skip
+    config: Mapping[str, Json] | None,
+) -> tuple[dict[str, list[GridValue]], list[int], tuple[str, ...], dict[str, tuple[str, ...]],
+           int | None, dict[str, Json]]:  # fmt: skip
     """:func:`gradflow.sweep.run`'s sweep arguments checked and normalised: (grid, seeds,
     static, axes, chunk_size, config). Raises TypeError/ValueError naming the bad value."""
     if not callable(fn):

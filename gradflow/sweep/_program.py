@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import numbers
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +23,7 @@ class _OutputError(TypeError):
     """fn returned something that is not a dict of numeric arrays."""
 
 
-def _flatten_metrics(out: Any, prefix: str = "") -> dict[str, Any]:
+def _flatten_metrics(out: object, prefix: str = "") -> dict[str, jax.Array]:
     if not isinstance(out, Mapping):
         what = "an array" if isinstance(out, jax.Array) else type(out).__name__
         raise _OutputError(
@@ -63,7 +62,7 @@ _TRACER_ERRORS = (
 )
 
 
-def _check_block_size(block_size: Any) -> None:
+def _check_block_size(block_size: object) -> None:
     if block_size is not None and (
         isinstance(block_size, bool)
         or not isinstance(block_size, numbers.Integral)

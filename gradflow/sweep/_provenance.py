@@ -8,15 +8,15 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import jax
 
 from gradflow import _io
+from gradflow._io import Json
 
 
 @functools.cache
-def _git_commit() -> dict[str, Any]:
+def _git_commit() -> dict[str, Json]:
     here = Path(__file__).resolve().parent
     try:
         head = subprocess.run(
@@ -44,7 +44,7 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _environment() -> dict[str, Any]:
+def _environment() -> dict[str, Json]:
     packages = ("jax", "jaxlib", "numpy", "pandas", "pyarrow", "flax", "optax", "chex")
     return {
         "gradflow_version": _version("gradflow"),
@@ -67,7 +67,7 @@ def _environment() -> dict[str, Any]:
     }
 
 
-def _session(precision: str, block_size: int | None) -> dict[str, Any]:
+def _session(precision: str, block_size: int | None) -> dict[str, Json]:
     """A new entry of ``metadata.json``'s ``"sessions"``: where and how this call runs; its
     ``"groups"`` (compile and run timings) fill in as it goes, ``"finished"`` at the end."""
     return {

@@ -8,8 +8,9 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+import chex
 import jax
 import numpy as np
 import pandas as pd
@@ -19,10 +20,11 @@ from jax.sharding import NamedSharding
 from gradflow import _checks, _io
 from gradflow import config as _config
 from gradflow import rng as _rng
+from gradflow._io import Json
 from gradflow.sweep import _devices, _provenance
 from gradflow.sweep._frame import _chunk_frame, _table
 from gradflow.sweep._lock import _StoreLock
-from gradflow.sweep._plan import _checked_config, _Plan
+from gradflow.sweep._plan import GridValue, _checked_config, _Plan
 from gradflow.sweep._program import (
     _call_chunk,
     _check_block_size,
@@ -38,10 +40,13 @@ from gradflow.sweep._store import (
     _write_chunk,
 )
 
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm
+
 
 def run(
-    fn: Callable[[dict[str, Any], jax.Array], Mapping[str, Any]],
-    grid: Mapping[str, Sequence[Any]],
+    fn: Callable[[dict[str, GridValue | jax.Array], jax.Array], Mapping[str, chex.ArrayTree]],
+    grid: Mapping[str, Sequence[GridValue]],
     seeds: Iterable[int],
     *,
     static: Sequence[str] = (),
@@ -49,7 +54,7 @@ def run(
     chunk_size: int | None = None,
     axes: Mapping[str, Sequence[str]] | None = None,
     name: str | None = None,
-    config: Mapping[str, Any] | None = None,
+    config: Mapping[str, Json] | None = None,
     progress: bool | None = None,
     rng: str = "threefry",
     block_size: int | None = None,
@@ -139,7 +144,7 @@ def run(
 class _Opened:
     """What process 0 found when it opened the store (other processes hold the defaults)."""
 
-    meta: dict[str, Any] | None = None
+    meta: dict[str, Json] | None = None
     done: np.ndarray | None = None
     error: str | None = None  # why the sweep cannot run, for every process to raise
     failure: Exception | None = None  # process 0's own exception, raised there as is
@@ -208,7 +213,7 @@ class _Session:
     done: np.ndarray
     sharding: NamedSharding
     metadata: _Metadata
-    bar: Any  # a tqdm bar
+    bar: tqdm
     frames: dict[tuple[int, int], pd.DataFrame] = dataclasses.field(default_factory=dict)
 
     def run_group(self, g: int, todo: Sequence[int]) -> None:
@@ -226,7 +231,14 @@ class _Session:
         for c in todo:
             self.run_chunk(g, c, compiled, metric_axes, timing)
 
-    def run_chunk(self, g: int, c: int, compiled, metric_axes, timing: dict[str, Any]) -> None:
+    def run_chunk(
+        self,
+        g: int,
+        c: int,
+        compiled: jax.stages.Compiled,
+        metric_axes: Mapping[str, tuple[str, ...]],
+        timing: dict[str, float],
+    ) -> None:
         """Chunk ``c`` of group ``g``: compute, tidy, store (process 0), count."""
         t0 = time.perf_counter()
         runs = self.plan.chunk_runs(c)

@@ -8,12 +8,13 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 import numpy as np
 import pandas as pd
 
 from gradflow import _checks, _io
+from gradflow._io import Json
 from gradflow.sweep._frame import _coerce, _plain, _table
 from gradflow.sweep._plan import FORMAT, _canonical, _Plan
 
@@ -26,13 +27,13 @@ _METADATA_EVERY_S = 10.0
 # ----------------------------------------------------------------------------- store
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write via ``write(file)`` to an exclusively created hidden temp file beside ``path``,
     fsync, :func:`os.replace` (:func:`gradflow._io.atomic_write`)."""
     _io.atomic_write(path, write)
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def _write_json(path: Path, obj: Json) -> None:
     data = json.dumps(obj, indent=1, default=str).encode()
     _atomic_write(path, lambda f: f.write(data))
 
@@ -257,7 +258,7 @@ def _diff(stored: Mapping, current: Mapping) -> list[str]:
     return lines
 
 
-def _short(obj: Any, limit: int = 200) -> str:
+def _short(obj: object, limit: int = 200) -> str:
     text = _canonical(obj)
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -335,7 +336,7 @@ class _Metadata:
     None on the others): when the session starts, at most every :data:`_METADATA_EVERY_S`
     seconds while it runs (so a killed run leaves recent timings), and when it ends."""
 
-    def __init__(self, path: Path, meta: dict[str, Any] | None, session: dict[str, Any]):
+    def __init__(self, path: Path, meta: dict[str, Json] | None, session: dict[str, Json]):
         self.path, self.meta, self.session = path, meta, session
         if meta is not None:
             meta["sessions"].append(session)

@@ -263,60 +263,69 @@ def _short(obj: object, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _open_store(workdir: Path, plan: _Plan) -> tuple[dict | None, np.ndarray, str | None]:
+def _open_store(
+    workdir: Path, plan: _Plan
+) -> tuple[dict[str, Json] | None, np.ndarray, str | None]:
     """Process 0, holding the store's lock: create or check the store; return (metadata, done
     mask, error). Every existing chunk is checked against this sweep (:func:`_check_chunk`)."""
     rows = workdir / "rows"
     meta_path = workdir / "metadata.json"
-    n_groups, n_chunks = len(plan.groups), plan.chunks_per_group
-    done = np.zeros((n_groups, n_chunks), dtype=bool)
+    done = np.zeros((len(plan.groups), plan.chunks_per_group), dtype=bool)
     if rows.exists() and not rows.is_dir():
         raise ValueError(f"{rows} is not a directory; {_DAMAGED}")
     if meta_path.exists():
         meta = _read_metadata(meta_path)
         if meta["config_hash"] != plan.config_hash:
             diff = _diff(meta["config"], plan.config) or ["  (same fields, different hash)"]
-            return (
-                None,
-                done,
-                (
-                    f"the sweep store {workdir} holds a different sweep; changed fields:\n"
-                    + "\n".join(diff)
-                    + "\nUse a fresh workdir for a new sweep (or delete this one to start over)."
-                ),
-            )
+            return None, done, (
+                f"the sweep store {workdir} holds a different sweep; changed fields:\n"
+                + "\n".join(diff)
+                + "\nUse a fresh workdir for a new sweep (or delete this one to start over)."
+            )  # fmt: skip
         _check_metadata(meta, meta_path)
     else:
         if rows.is_dir() and any(rows.glob("*.parquet")):
             return None, done, f"{rows} holds parquet files but {meta_path} is missing"
-        meta = {
-            "config_hash": plan.config_hash,
-            "config": plan.config,
-            "fn": plan.fn_name,
-            "columns": list(plan.columns),
-            "dtypes": plan.dtypes,
-            "groups": [
-                {
-                    "group": g,
-                    "label": plan.group_label(g),
-                    "static": plan.groups[g],
-                    "runs": plan.runs_per_group,
-                    "chunks": n_chunks,
-                }
-                for g in range(n_groups)
-            ],
-            "complete": False,
-            "sessions": [],
-        }
+        meta = _new_metadata(plan)
     rows.mkdir(exist_ok=True)
     # Left by a killed writer; never renamed, never counted. Safe: we hold the store's lock.
     for stale in itertools.chain(rows.glob(".*.tmp"), workdir.glob(".*.tmp")):
         stale.unlink(missing_ok=True)
-    existing = _foreign_chunks(plan, rows)
+    _mark_stored_chunks(plan, rows, done)
+    return meta, done, None
+
+
+def _new_metadata(plan: _Plan) -> dict[str, Json]:
+    """``metadata.json`` of a new store: the config and its hash, columns, groups, no session."""
+    return {
+        "config_hash": plan.config_hash,
+        "config": plan.config,
+        "fn": plan.fn_name,
+        "columns": list(plan.columns),
+        "dtypes": plan.dtypes,
+        "groups": [
+            {
+                "group": g,
+                "label": plan.group_label(g),
+                "static": plan.groups[g],
+                "runs": plan.runs_per_group,
+                "chunks": plan.chunks_per_group,
+            }
+            for g in range(len(plan.groups))
+        ],
+        "complete": False,
+        "sessions": [],
+    }
+
+
+def _mark_stored_chunks(plan: _Plan, rows: Path, done: np.ndarray) -> None:
+    """Set ``done[g, c]`` for every chunk file in ``rows``, each checked to be that chunk of this
+    sweep (its key columns read, not its values); a foreign or unreadable file raises."""
     import pyarrow.parquet as pq
 
-    for g in range(n_groups):
-        for c in range(n_chunks):
+    existing = _foreign_chunks(plan, rows)
+    for g in range(len(plan.groups)):
+        for c in range(plan.chunks_per_group):
             path = rows / plan.chunk_file(g, c)
             if path.name in existing:
                 try:
@@ -328,7 +337,6 @@ def _open_store(workdir: Path, plan: _Plan) -> tuple[dict | None, np.ndarray, st
                     ) from None
                 _check_chunk(plan, g, c, path, table)
                 done[g, c] = True
-    return meta, done, None
 
 
 class _Metadata:

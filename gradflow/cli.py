@@ -35,6 +35,9 @@ unknown or invalid ``--set`` value: the whole config is checked by
 choices, and exit with status 2. ``plot`` on incomplete results (an interrupted run) says how many
 chunks are saved and to rerun. A failing experiment prints its traceback and exits with status 1.
 The paper is built with ``latexmk -norc``: no ``latexmkrc`` (Perl) in a workdir is ever run.
+
+This module parses what you typed and prints what happened; :mod:`gradflow.runner` does the work
+(an experiment's steps, the run records and timings, starting JAX, building the paper).
 """
 
 from __future__ import annotations

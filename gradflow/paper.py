@@ -12,8 +12,8 @@ Two jobs, both pure Python (no LaTeX needed to import or test this module):
       python -m gradflow.paper check paper/gradflow.log --tolerance 0.5
 
 * :func:`runtimes_table` turns ``results/runtimes.json`` (written by ``gradflow run`` and
-  ``gradflow reproduce``, see :mod:`gradflow.cli`) into ``paper/tables/runtimes.tex`` and its number
-  macros, so the paper's wall-time figures are generated, never typed::
+  ``gradflow reproduce``, see :mod:`gradflow.runner`) into ``paper/tables/runtimes.tex`` and its
+  number macros, so the paper's wall-time figures are generated, never typed::
 
       python -m gradflow.paper generate --root . --mode quick
 
@@ -296,7 +296,7 @@ def runtimes_table(
     with no timings gets no macros; a missing cell is ``--``.
 
     Args:
-      runtimes_json: the file :mod:`gradflow.cli` writes (``{"quick"|"full": {name: {"seconds":
+      runtimes_json: the file :mod:`gradflow.runner` writes (``{"quick"|"full": {name: {"seconds":
         ...}}}``).
       tables_dir: where to write (``paper/tables``).
       experiments: row order (default: :func:`gradflow.experiment.names`, then any others).

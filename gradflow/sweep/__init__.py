@@ -167,3 +167,9 @@ __all__ = [
     "run",
     "usable_cores",
 ]
+
+# The public functions live in private modules; their home is this package: documented here,
+# found here by doctest (their examples run as gradflow.sweep's), and shown so in reprs.
+for _public in (batched, cpu_devices, in_use, load, load_metadata, run, usable_cores):
+    _public.__module__ = __name__
+del _public

@@ -4,7 +4,10 @@
 suite (CPU or GPU) for the way each names, and the best proposed variant measured in the same run;
 :func:`requirements` says what each missed target needs; :func:`markdown` renders everything a
 reader needs (machine, load, every way's median, compile and end-to-end time, ratios, checks,
-profiles); :func:`write` writes both files.
+profiles); :func:`write` writes both files. ``results.json`` describes its headline ways
+(:data:`HEADLINE_WAYS`, under ``"ways"``), so its readers (the paper's benchmarks table) need no
+copy of this package's method ids; :func:`describe_ways` adds that description to a file
+written before it existed (``python -m benchmarks.report --describe-ways results.json``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,26 @@ from typing import Any
 
 from benchmarks.workloads import TARGETS, Target
 
-__all__ = ["markdown", "readme_gpu_block", "requirements", "targets", "update_readme", "write"]
+__all__ = [
+    "HEADLINE_WAYS",
+    "describe_ways",
+    "markdown",
+    "readme_gpu_block",
+    "requirements",
+    "targets",
+    "update_readme",
+    "write",
+]
+
+#: The headline comparison of every workload, in column order: gradflow's default way (role
+#: ``"gradflow"``: the way whose ``speedups`` are reported) and the peers it is measured against
+#: (role ``"peer"``), each with a short label for tables. Written into results.json as ``"ways"``.
+HEADLINE_WAYS = (
+    {"method": "gradflow", "label": "gradflow", "role": "gradflow"},
+    {"method": "naive_jax", "label": "naive JAX", "role": "peer"},
+    {"method": "torch_func", "label": "torch.func", "role": "peer"},
+    {"method": "pytorch", "label": "PyTorch", "role": "peer"},
+)
 
 #: Ways that are measured beside the default as candidate changes of it (the "best proposed").
 _PROPOSED = ("gradflow_native", "gradflow_blocked", "gradflow_fast")
@@ -396,8 +418,16 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def describe_ways(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` with ``"ways"``: :data:`HEADLINE_WAYS` (method, label, role), so the file says
+    which of its ways are the headline comparison and how to label them. Measurements are left
+    as they are: a results file written before ``"ways"`` existed is upgraded without rerunning."""
+    return {**results, "ways": [dict(w) for w in HEADLINE_WAYS]}
+
+
 def write(results: dict[str, Any], md_path: str | Path, json_path: str | Path) -> None:
-    """Write ``results`` (plus the scored targets) as JSON and as Markdown."""
+    """Write ``results`` (plus the headline ways and the scored targets) as JSON and Markdown."""
+    results = describe_ways(results)
     results = {**results, "targets": targets(results), "requirements": requirements(results)}
     Path(json_path).parent.mkdir(parents=True, exist_ok=True)
     Path(json_path).write_text(json.dumps(results, indent=2, default=float) + "\n")
@@ -500,10 +530,21 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.report",
-        description="Regenerate the README's GPU table from benchmarks/results-gpu.json.",
+        description="Regenerate the README's GPU table from benchmarks/results-gpu.json, or add "
+        "the headline ways to a results.json written before they were recorded.",
     )
     parser.add_argument("--readme", action="store_true", help="rewrite README.md's GPU block")
+    parser.add_argument(
+        "--describe-ways",
+        metavar="RESULTS_JSON",
+        help='add "ways" (HEADLINE_WAYS) to this results file in place; nothing is rerun',
+    )
     args = parser.parse_args()
+    if args.describe_ways:
+        path = Path(args.describe_ways)
+        upgraded = describe_ways(json.loads(path.read_text()))
+        path.write_text(json.dumps(upgraded, indent=2, default=float) + "\n")
+        print(f"{path}: ways {', '.join(w['method'] for w in upgraded['ways'])}")
     if args.readme:
         root = Path(__file__).resolve().parents[1]
         changed = update_readme(root / "README.md", root / "benchmarks" / "results-gpu.json")

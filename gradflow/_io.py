@@ -11,7 +11,8 @@ because the temporary name is chosen and created by the kernel in one step.
 Used by :func:`gradflow.experiment.write_atomic` (tables, macros, JSON records),
 :mod:`gradflow.sweep` (chunks and ``metadata.json``), :func:`gradflow.plotting.savefig` (figures)
 and :func:`gradflow.training.save_checkpoint` (checkpoints). :func:`timestamp` is the time stamp
-of the records written (run records, runtimes, sweep metadata).
+of the records written (run records, runtimes, sweep metadata). :func:`is_writer` says whether
+this process writes at all: with several processes, only process 0 does.
 """
 
 from __future__ import annotations
@@ -24,10 +25,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["TMP_SUFFIX", "atomic_write", "timestamp"]
+__all__ = ["TMP_SUFFIX", "Json", "atomic_write", "is_writer", "timestamp"]
+
+#: A JSON value as :func:`json.loads` returns it (the records gradflow writes).
+Json = dict[str, "Json"] | list["Json"] | str | int | float | bool | None
 
 #: Suffix of the temporary files (``.<name>.<random>.tmp``), so stale ones can be recognised.
 TMP_SUFFIX = ".tmp"
+
+
+def is_writer() -> bool:
+    """Whether this process writes files. Under :func:`jax.distributed.initialize` every process
+    computes (sweeps shard over every host's devices) and process 0 alone writes results,
+    figures, tables and records: ``jax.process_index() == 0``, always true in one process."""
+    import jax
+
+    return jax.process_index() == 0
 
 
 def timestamp() -> str:

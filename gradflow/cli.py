@@ -35,60 +35,48 @@ unknown or invalid ``--set`` value: the whole config is checked by
 choices, and exit with status 2. ``plot`` on incomplete results (an interrupted run) says how many
 chunks are saved and to rerun. A failing experiment prints its traceback and exits with status 1.
 The paper is built with ``latexmk -norc``: no ``latexmkrc`` (Perl) in a workdir is ever run.
+
+This module parses what you typed and prints what happened; :mod:`gradflow.runner` does the work
+(an experiment's steps, the run records and timings, starting JAX, building the paper).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
-import dataclasses
-import functools
-import json
 import os
 import shutil
-import subprocess
 import sys
 import time
-import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import gradflow
 from gradflow import _io, _table
 from gradflow import experiment as _experiment
+from gradflow import runner as _runner
+from gradflow.runner import PAPER_TEX, RUN_RECORD, RUNTIMES, UserError
+
+if TYPE_CHECKING:  # annotations only
+    import chex
+    import jax
+
+    from gradflow import probes
 
 __all__ = ["PAPER_TEX", "RUNTIMES", "RUN_RECORD", "build_parser", "main"]
 
-#: The paper's LaTeX source, relative to the root (``--workdir``).
-PAPER_TEX = Path("paper") / "gradflow.tex"
-#: Timings of ``gradflow run`` / ``reproduce``, relative to the root.
-RUNTIMES = Path("results") / "runtimes.json"
-#: The record a completed ``gradflow run`` leaves in the experiment's results directory.
-RUN_RECORD = "gradflow_run.json"
+#: The error main() prints as one ``gradflow: error: ...`` line and exits with its ``code``
+#: (:class:`gradflow.runner.UserError`, raised by the parsing here and by the runner alike).
+CLIError = UserError
 
-LATEX_HELP = (
-    "install a LaTeX toolchain with latexmk, e.g. on Debian/Ubuntu: "
-    "`sudo apt-get install latexmk texlive-latex-recommended texlive-fonts-recommended` "
-    "(macOS: MacTeX; any OS: TeX Live), then run `gradflow paper`"
-)
-# -norc: read no latexmkrc (not the system's, the user's, nor one in the paper directory, which
-# is Perl that latexmk would run); every setting gradflow needs is on the command line.
-_LATEXMK_ARGS = ("-norc", "-pdf", "-interaction=nonstopmode", "-halt-on-error")
 _STEPS = ("run", "plot", "tables")
+_one_line = _runner.one_line
+_user_input = _runner.user_input
+_rel = _runner.rel
 
 
 # ------------------------------------------------------------------------------------ errors
-
-
-class CLIError(Exception):
-    """An error for the user: printed as one ``gradflow: error: ...`` line, exit ``code``."""
-
-    def __init__(self, message: str, code: int = 2):
-        super().__init__(message)
-        self.message = message
-        self.code = code
 
 
 class _Parser(argparse.ArgumentParser):
@@ -104,115 +92,37 @@ class _Parser(argparse.ArgumentParser):
         raise CLIError(f"{message} (see `{self.prog} --help`)", 2)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def _error(message: str) -> None:
     print(f"gradflow: error: {_one_line(message)}", file=sys.stderr)
 
 
-@contextlib.contextmanager
-def _user_input(prefix: str = "") -> Iterator[None]:
-    """Turn a ValueError/TypeError of gradflow's validators into a :class:`CLIError` (exit 2)."""
-    try:
-        yield
-    except (ValueError, TypeError) as e:
-        raise CLIError(f"{prefix}{e}", 2) from None
-
-
 # ------------------------------------------------------------------------------------ helpers
-
-
-def _agg() -> None:
-    """Headless plotting: the CLI only writes files."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-
-
-def _rel(path: str | os.PathLike) -> str:
-    """``path`` relative to the working directory when it lies below it, else absolute."""
-    p = Path(path).absolute()
-    try:
-        return str(p.relative_to(Path.cwd()))
-    except ValueError:
-        return str(p)
-
-
-def _jsonable(obj: Any) -> Any:
-    """``obj`` as JSON would read it back (tuples become lists)."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
 def _mode(args: argparse.Namespace) -> str:
     return "quick" if getattr(args, "quick", False) else "full"
 
 
-def _is_lead() -> bool:
-    import jax
-
-    return jax.process_index() == 0
-
-
-def _lead_check(check: Callable[[], None]) -> None:
-    """Run ``check`` on process 0 and share its verdict, so that every process stops together
-    (a process that went on alone would wait forever in the sweep's collectives)."""
-    import jax
-
-    error: CLIError | None = None
-    if jax.process_index() == 0:
-        try:
-            check()
-        except CLIError as e:
-            error = e
-    if jax.process_count() > 1:
-        import numpy as np
-        from jax.experimental import multihost_utils
-
-        failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
-        if error is None and int(failed):
-            error = CLIError("process 0 stopped (see its output)", 2)
-    if error is not None:
-        raise error
+def _launch(args: argparse.Namespace) -> _runner.Launch:
+    """The JAX start-up flags of ``run`` and ``reproduce``."""
+    return _runner.Launch(
+        compile=args.compile,
+        quick=args.quick,
+        cpu_devices=args.cpu_devices,
+        distributed=args.distributed,
+        coordinator=args.coordinator,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
+    )
 
 
-def _devices() -> str:
-    import jax
-
-    devs = jax.devices()
-    kinds = sorted({d.platform for d in devs})
-    return f"{len(devs)} x {'/'.join(kinds)} ({jax.process_count()} process(es))"
-
-
-def _load_experiment(name: str) -> _experiment.Experiment:
-    """The registered experiment ``name``; an unknown name is a usage error (exit 2)."""
-    known = _experiment.names()
-    if name not in known:
-        raise CLIError(
-            f"unknown experiment {name!r}; valid names: {', '.join(known) or '(none registered)'}"
-        )
-    try:
-        return _experiment.get(name)
-    except Exception as e:  # a broken plug-in: say which and why, exit 1
-        if not isinstance(e, ModuleNotFoundError):  # a missing module needs no traceback
-            traceback.print_exc()
-        raise CLIError(
-            f"could not load experiment {name!r} ({type(e).__name__}: {_one_line(e)})", 1
-        ) from None
-
-
-def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _overrides(pairs: Sequence[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
     for text in pairs or ():
         with _user_input("--set: "):
             key, value = _experiment.parse_override(text)
         out[key] = value
     return out
-
-
-def _paths(items: Any) -> list[Path]:
-    return [Path(p) for p in (items or ())]
 
 
 def _fmt_paths(paths: Sequence[Path]) -> str:
@@ -263,307 +173,9 @@ def _add_distributed(p: argparse.ArgumentParser) -> None:
     g.add_argument("--process-id", type=int, metavar="I", help="this process, 0 .. P-1")
 
 
-#: XLA flag of ``--compile fast``: XLA's CPU backend at optimisation level 1 (default 2). Measured
-#: on 2 CPU cores: two depth-20 training programs compile in 3.6 s instead of 7.6 s and run as
-#: fast (0.11 vs 0.15 s); `gradflow run remedies --quick` 35-37 s instead of 50-52 s (level 0:
-#: compile 2.6 s, but runs 2.4x slower, 50-53 s in all).
-FAST_COMPILE_FLAG = "--xla_backend_optimization_level=1"
-
-
-def _compile_mode(args: argparse.Namespace) -> str:
-    mode = getattr(args, "compile", "auto")
-    if mode == "auto":
-        return "fast" if getattr(args, "quick", False) else "optimized"
-    return mode
-
-
-def _apply_compile_mode(args: argparse.Namespace) -> None:
-    """``--compile fast``: add :data:`FAST_COMPILE_FLAG` to ``XLA_FLAGS`` (unless the user set an
-    optimisation level there), before JAX starts its backends; XLA reads the flags once, so once
-    they run it has no effect (an explicit ``--compile fast`` then warns)."""
-    if _compile_mode(args) != "fast":
-        return
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_backend_optimization_level" in flags:
-        return  # the user's own choice wins
-    from gradflow import _jax_compat
-
-    if _jax_compat.backends_are_initialized():  # e.g. main() called again in one process
-        if getattr(args, "compile", "auto") == "auto":
-            return  # best effort: only an explicit --compile fast is worth a warning
-        print(
-            "gradflow: warning: JAX's backend already started; --compile fast has no effect",
-            file=sys.stderr,
-        )
-        return
-    os.environ["XLA_FLAGS"] = f"{flags} {FAST_COMPILE_FLAG}".strip()
-
-
-def _start_jax(args: argparse.Namespace) -> None:
-    """Apply ``--compile`` and ``--cpu-devices`` and start the distributed runtime, before any
-    JAX computation."""
-    import jax
-
-    _apply_compile_mode(args)
-
-    n = getattr(args, "cpu_devices", None)
-    if n is not None:
-        from gradflow import sweep
-
-        try:
-            sweep.cpu_devices(n)
-        except ValueError:
-            raise CLIError(f"--cpu-devices must be an int >= 1 or 'auto', got {n!r}") from None
-        except RuntimeError as e:
-            raise CLIError(f"--cpu-devices: {e}", 2) from None
-    explicit = (args.coordinator, args.num_processes, args.process_id)
-    if not (args.distributed or any(v is not None for v in explicit)):
-        return
-    if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
-        raise CLIError(
-            "--coordinator, --num-processes and --process-id go together (or use "
-            "--distributed alone to read them from the cluster environment)"
-        )
-    if args.num_processes is not None and not 0 <= args.process_id < args.num_processes:
-        raise CLIError(
-            f"--process-id must be in 0..{args.num_processes - 1}, got {args.process_id}"
-        )
-    try:
-        jax.distributed.initialize(
-            coordinator_address=args.coordinator,
-            num_processes=args.num_processes,
-            process_id=args.process_id,
-        )
-    except (RuntimeError, ValueError) as e:
-        raise CLIError(f"jax.distributed.initialize failed: {e}", 1) from None
-
-
-# ------------------------------------------------------------------------------------ experiments
-
-
-@dataclasses.dataclass
-class _Outcome:
-    """What one experiment's steps produced."""
-
-    name: str
-    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
-    figures: list[Path] = dataclasses.field(default_factory=list)
-    tables: list[Path] = dataclasses.field(default_factory=list)
-    resumed: bool = False
-    error: str | None = None
-
-    @property
-    def total(self) -> float:
-        return sum(self.seconds.values())
-
-
-def _has_results(results: Path) -> bool:
-    return results.is_dir() and any(results.iterdir())
-
-
-def _check_record(results: Path, name: str, mode: str, config: dict, *, fresh: bool) -> None:
-    """Refuse to mix results of two configs in one results directory."""
-    record = results / RUN_RECORD
-    if fresh or not record.exists():
-        return
-    try:
-        old = json.loads(record.read_text())["config"]
-    except (OSError, ValueError, KeyError):
-        return
-    new = _jsonable(config)
-    if old != new:
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
-        raise CLIError(
-            f"{_rel(results)} holds results of {name} ({mode}) made with another config "
-            f"({diff}); add --fresh to discard them, or use another --workdir"
-        )
-
-
-def _check_workdir(root: Path) -> None:
-    """``--workdir`` must be a directory gradflow can write (created if missing)."""
-    import tempfile
-
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=root):
-            pass
-    except OSError as e:
-        raise CLIError(f"--workdir {root}: cannot write there ({e.strerror or e})", 2) from None
-
-
-def _stores(results: Path) -> list[Path]:
-    """The sweep stores (directories holding a metadata.json) below ``results``."""
-    return sorted(p.parent for p in results.rglob("metadata.json")) if results.is_dir() else []
-
-
-def _check_not_in_use(results: Path) -> None:
-    """Refuse to delete results another process is writing (``--fresh``)."""
-    from gradflow import sweep
-
-    for store in _stores(results):
-        holder = sweep.in_use(store)
-        if holder is not None:
-            raise CLIError(
-                f"{_rel(store)} is in use by {holder}; --fresh would delete results that run is "
-                "writing: wait for it to finish, or use another --workdir",
-                1,
-            )
-
-
-def _incomplete(results: Path) -> str | None:
-    """Why the results in ``results`` are not complete (an interrupted run), or None."""
-    from gradflow import sweep
-
-    done = total = 0
-    unfinished = False
-    for store in _stores(results):
-        try:
-            meta = sweep.load_metadata(store)
-        except (OSError, ValueError) as e:
-            return f"a results store is damaged ({_one_line(e)})"
-        chunks = sum(int(g.get("chunks", 0)) for g in meta["groups"])
-        present = len(list((store / "rows").glob("*.parquet"))) if (store / "rows").is_dir() else 0
-        total += chunks
-        done += min(present, chunks)
-        unfinished |= not meta.get("complete")
-    if unfinished or done < total:
-        return f"results are incomplete ({done} of {total} chunks)"
-    if not (results / RUN_RECORD).exists():
-        return "results are incomplete (the run that made them did not finish)"
-    return None
-
-
-def _failure(step: str, name: str, e: BaseException) -> str:
-    msg = f"experiment {name!r} failed in its {step} step ({type(e).__name__}: "
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    msg += f"{first})"
-    if "holds a different sweep" in str(e):
-        msg += "; add --fresh to discard the old results"
-    return msg
-
-
-def _steps(
-    exp: _experiment.Experiment,
-    config: dict | None,
-    lay: _experiment.Layout,
-    *,
-    run: bool,
-    write: bool,
-) -> _Outcome:
-    """Run ``exp``'s run step (``run``), then, on the writing process, plot and tables."""
-    out = _Outcome(exp.name)
-    if run:
-        out.resumed = _has_results(lay.results)
-        lay.results.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        try:
-            exp.run(config, lay.results)
-        except Exception as e:
-            traceback.print_exc()
-            out.error = _failure("run", exp.name, e)
-            return out
-        out.seconds["run"] = time.perf_counter() - t0
-    if not write:
-        return out
-    _agg()
-    t0 = time.perf_counter()
-    try:
-        out.figures = _paths(exp.plot(lay.results, lay.figures))
-    except Exception as e:
-        traceback.print_exc()
-        out.error = _failure("plot", exp.name, e)
-        return out
-    out.seconds["plot"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if exp.tables is not None:
-        try:
-            out.tables = _paths(exp.tables(lay.results, lay.tables))
-        except Exception as e:
-            traceback.print_exc()
-            out.error = _failure("tables", exp.name, e)
-            return out
-    out.seconds["tables"] = time.perf_counter() - t0
-    return out
-
-
-def _write_record(lay: _experiment.Layout, mode: str, config: dict, overrides: dict, out: _Outcome):
-    record = {
-        "experiment": out.name,
-        "mode": mode,
-        "config": _jsonable(config),
-        "overrides": _jsonable(overrides),
-        "gradflow": gradflow.__version__,
-        "matmul_precision": gradflow.config.matmul_precision(),
-        "finished": _io.timestamp(),
-        "seconds": {k: round(v, 3) for k, v in out.seconds.items()},
-        "resumed": out.resumed,
-    }
-    _experiment.write_atomic(lay.results / RUN_RECORD, json.dumps(record, indent=2) + "\n")
-
-
-def _process_seconds(t0: float) -> float:
-    """Seconds since this process started (Linux ``/proc``: interpreter start-up and imports
-    included, as ``time gradflow ...`` would count); elsewhere since ``t0`` (``perf_counter``)."""
-    try:
-        stat = Path("/proc/self/stat").read_text()
-        start_ticks = int(stat[stat.rindex(")") + 2 :].split()[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return time.perf_counter() - t0
-
-
-def _machine() -> dict[str, Any]:
-    """CPU count and load average: what a wall time means depends on both."""
-    info: dict[str, Any] = {"cpus": os.cpu_count()}
-    with contextlib.suppress(OSError, AttributeError):
-        info["cpus_usable"] = len(os.sched_getaffinity(0))
-    with contextlib.suppress(OSError, AttributeError):
-        info["load_average"] = [round(v, 2) for v in os.getloadavg()]
-    return info
-
-
-def _record_command(root: Path, mode: str, record: dict[str, Any]) -> Path:
-    """Store the whole ``gradflow reproduce`` run (wall time with the paper build, machine) under
-    ``"reproduce"`` in ``root/results/runtimes.json`` (atomically)."""
-    path = root / RUNTIMES
-    data: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads(path.read_text())
-    data.setdefault("reproduce", {})[mode] = record
-    return _experiment.write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def _record_runtime(root: Path, mode: str, out: _Outcome) -> Path:
-    """Merge ``out``'s timings into ``root/results/runtimes.json`` (atomically)."""
-    path = root / RUNTIMES
-    data: dict[str, Any] = {}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except ValueError:
-            print(
-                f"gradflow: warning: {_rel(path)} was not valid JSON; rewriting it", file=sys.stderr
-            )
-            data = {}
-    entries = data.setdefault(mode, {})
-    old = entries.get(out.name)
-    if not (out.resumed and old is not None and not old.get("resumed", False)):
-        entries[out.name] = {
-            "seconds": round(out.total, 2),
-            **{f"{k}_s": round(v, 2) for k, v in out.seconds.items()},
-            "resumed": out.resumed,
-            "finished": _io.timestamp(),
-            "devices": _devices(),
-            "matmul_precision": gradflow.config.matmul_precision(),
-            "gradflow": gradflow.__version__,
-        }
-    data[mode] = dict(sorted(entries.items()))
-    return _experiment.write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def _report(out: _Outcome, mode: str, lay: _experiment.Layout, *, echo: Callable = print) -> None:
+def _report(
+    out: _runner.Outcome, mode: str, lay: _experiment.Layout, *, echo: Callable = print
+) -> None:
     times = ", ".join(f"{k} {v:.1f} s" for k, v in out.seconds.items())
     resumed = " (resumed from saved results)" if out.resumed else ""
     echo(f"{out.name} ({mode}): {times}; total {out.total:.1f} s{resumed}")
@@ -609,69 +221,66 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    exp = _load_experiment(args.name)
+    exp = _runner.load_experiment(args.name)
     overrides = _overrides(args.set)
     mode = _mode(args)
     with _user_input():
         config = exp.config(mode, overrides)
     root = Path(args.workdir)
     lay = _experiment.layout(exp.name, mode, root)
-    _start_jax(args)
-    lead = _is_lead()
+    _runner.start_jax(_launch(args))
+    lead = _io.is_writer()
 
     def check():
-        _check_workdir(root)
-        _check_record(lay.results, exp.name, mode, config, fresh=args.fresh)
+        _runner.check_workdir(root)
+        _runner.check_record(lay.results, exp.name, mode, config, fresh=args.fresh)
         if args.fresh and lay.results.exists():
-            _check_not_in_use(lay.results)
+            _runner.check_not_in_use(lay.results)
             shutil.rmtree(lay.results)
 
-    _lead_check(check)
-    out = _steps(exp, config, lay, run=True, write=lead)
+    _runner.lead_check(check)
+    out = _runner.run_steps(exp, config, lay, run=True, write=lead)
     if out.error:
         raise CLIError(out.error, 1)
     if not lead:
         return 0
-    _write_record(lay, mode, config, overrides, out)
+    _runner.write_record(lay, mode, config, overrides, out)
     _report(out, mode, lay)
     if overrides:
         print(f"  runtimes not recorded in {_rel(root / RUNTIMES)} (--set overrides)")
     else:
-        print(f"  runtimes {_rel(_record_runtime(root, mode, out))}")
+        print(f"  runtimes {_rel(_runner.record_runtime(root, mode, out))}")
     return 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    exp = _load_experiment(args.name)
+    exp = _runner.load_experiment(args.name)
     mode = _mode(args)
     root = Path(args.workdir)
     lay = _experiment.layout(exp.name, mode, root)
-    if not _has_results(lay.results):
-        cmd = f"gradflow run {exp.name}" + (" --quick" if mode == "quick" else "")
-        if root != Path("."):
-            cmd += f" --workdir {args.workdir}"
+    cmd = f"gradflow run {exp.name}" + (" --quick" if mode == "quick" else "")
+    if root != Path("."):
+        cmd += f" --workdir {args.workdir}"
+    if not _runner.has_results(lay.results):
         raise CLIError(
             f"no {mode} results for {exp.name} in {_rel(lay.results)}; run `{cmd}` first", 1
         )
-    why = _incomplete(lay.results)
+    why = _runner.incomplete(lay.results)
     if why is not None:
-        cmd = f"gradflow run {exp.name}" + (" --quick" if mode == "quick" else "")
-        if root != Path("."):
-            cmd += f" --workdir {args.workdir}"
         raise CLIError(
             f"{mode} {why} for {exp.name} in {_rel(lay.results)}: rerun `{cmd}` (finished "
             "chunks are kept)",
             1,
         )
-    _check_workdir(root)
-    out = _steps(exp, None, lay, run=False, write=True)
+    _runner.check_workdir(root)
+    out = _runner.run_steps(exp, None, lay, run=False, write=True)
     if out.error:
         raise CLIError(out.error, 1)
     _report(out, mode, lay)
     return 0
 
 
-def _summary_table(outcomes: Sequence[_Outcome], mode: str) -> str:
+def _summary_table(outcomes: Sequence[_runner.Outcome], mode: str) -> str:
     header = ["experiment", *(f"{s} s" for s in _STEPS), "total s", "status"]
     rows = []
     for o in outcomes:
@@ -685,145 +294,71 @@ def _summary_table(outcomes: Sequence[_Outcome], mode: str) -> str:
     return "\n".join([f"runtime summary ({mode})", head, rule, *body, rule, last])
 
 
-def _cmd_reproduce(args: argparse.Namespace) -> int:
+def _reproduce_all(chosen: Sequence[str], mode: str, root: Path) -> list[_runner.Outcome]:
+    """Every chosen experiment, one after another under a progress bar; process 0 records and
+    reports each as it finishes."""
     from tqdm.auto import tqdm
 
-    known = _experiment.names()
-    chosen = list(dict.fromkeys(args.only)) if args.only else list(known)
-    unknown = [n for n in chosen if n not in known]
-    if unknown:
-        raise CLIError(
-            f"unknown experiment(s) {', '.join(map(repr, unknown))} in --only; valid names: "
-            f"{', '.join(known) or '(none registered)'}"
-        )
-    # registry order, whatever the order of --only
-    chosen = [n for n in known if n in chosen]
-    mode = _mode(args)
-    root = Path(args.workdir)
-    t0 = time.perf_counter()
-    machine_at_start = _machine()
-    _start_jax(args)
-    lead = _is_lead()
-
-    def fresh():
-        _check_workdir(root)
-        if args.fresh:
-            for n in chosen:
-                _check_not_in_use(_experiment.layout(n, mode, root).results)
-            for n in chosen:
-                shutil.rmtree(_experiment.layout(n, mode, root).results, ignore_errors=True)
-
-    _lead_check(fresh)
-
-    outcomes: list[_Outcome] = []
+    lead = _io.is_writer()
+    outcomes = []
     bar = tqdm(chosen, desc=f"reproduce ({mode})", unit="experiment",
                disable=None if lead else True, dynamic_ncols=True)  # fmt: skip
-
-    def echo(text: str) -> None:
-        if lead:
-            tqdm.write(text, file=sys.stdout)
-
     for name in bar:
         bar.set_postfix_str(name, refresh=True)
-        lay = _experiment.layout(name, mode, root)
-        try:  # a broken plug-in or a stale results directory fails this experiment only
-            exp = _load_experiment(name)
-            with _user_input(f"experiment {name!r}: "):
-                config = exp.config(mode)
-            _lead_check(functools.partial(_check_record, lay.results, name, mode, config,
-                                          fresh=False))  # fmt: skip
-        except CLIError as e:
-            out = _Outcome(name, error=e.message)
-        else:
-            out = _steps(exp, config, lay, run=True, write=lead)
+        out, config = _runner.reproduce_one(name, mode, root)
         outcomes.append(out)
         if not lead:
             continue
         if out.error:
             tqdm.write(f"gradflow: error: {_one_line(out.error)}", file=sys.stderr)
             continue
-        _write_record(lay, mode, config, {}, out)
-        _record_runtime(root, mode, out)
-        _report(out, mode, lay, echo=echo)
+        lay = _experiment.layout(name, mode, root)
+        _runner.write_record(lay, mode, config, {}, out)
+        _runner.record_runtime(root, mode, out)
+        _report(out, mode, lay, echo=lambda text: tqdm.write(text, file=sys.stdout))
     bar.close()
-    if not lead:
-        return 1 if any(o.error for o in outcomes) else 0
+    return outcomes
 
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    chosen = _runner.choose(args.only)
+    mode = _mode(args)
+    root = Path(args.workdir)
+    t0 = time.perf_counter()
+    machine_at_start = _runner.machine()
+    launch = _launch(args)
+    _runner.start_jax(launch)
+    _runner.prepare(root, mode, chosen, fresh=args.fresh)
+    outcomes = _reproduce_all(chosen, mode, root)
+    if not _io.is_writer():
+        return 1 if any(o.error for o in outcomes) else 0
     print()
     print(_summary_table(outcomes, mode))
     print(f"timings: {_rel(root / RUNTIMES)}")
-    in_checkout = (root / "experiments" / "__init__.py").is_file()
-    if in_checkout:
-        index = _experiment.write_index(root)
-        print(f"experiments index: {_rel(index)}")
-    if (root / PAPER_TEX).exists():  # runtime and benchmark tables, build record for the paper
-        from gradflow import paper as _paper
-
-        _paper.generate(root, mode=mode)
+    status, wall = _runner.finish(
+        root,
+        mode,
+        outcomes,
+        chosen=chosen,
+        paper=not args.no_paper,
+        launch=launch,
+        t0=t0,
+        machine_at_start=machine_at_start,
+    )
     failed = [o.name for o in outcomes if o.error]
     if failed:
         _error(f"{len(failed)} experiment(s) failed: {', '.join(failed)}; paper not built")
         return 1
-    status = "not requested" if args.no_paper else _build_paper(root, required=False)
-    complete = set(chosen) == set(known) and not any(o.resumed for o in outcomes)
-    if complete:  # a from-scratch run of every experiment: the number the budgets are about
-        wall = _process_seconds(t0)
-        _record_command(root, mode, {
-            "seconds": round(wall, 1),
-            "experiments_s": round(sum(o.total for o in outcomes), 1),
-            "paper": status,
-            "compile": _compile_mode(args),
-            "machine_at_start": machine_at_start,
-            "devices": _devices(),
-            "matmul_precision": gradflow.config.matmul_precision(),
-            "finished": _io.timestamp(),
-            "gradflow": gradflow.__version__,
-        })  # fmt: skip
+    if wall is not None:
         print(f"gradflow reproduce{' --quick' if mode == 'quick' else ''}: {wall:.0f} s wall")
-        if in_checkout:
-            _experiment.write_index(root)
     return 0 if status in ("built", "skipped", "not requested") else 1
 
 
-def _build_paper(root: Path, *, required: bool) -> str:
-    """Build ``root/paper/gradflow.pdf`` with latexmk; returns ``"built"``, ``"skipped"`` or
-    ``"failed"``. Without the source or latexmk: an error when ``required``, else a note."""
-    tex = root / PAPER_TEX
-    if not tex.exists():
-        msg = f"no paper source {_rel(tex)}"
-        if required:
-            raise CLIError(f"{msg}; run in the gradflow checkout or pass --workdir", 1)
-        print(f"paper: {msg}; skipped")
-        return "skipped"
-    latexmk = shutil.which("latexmk")
-    if latexmk is None:
-        if required:
-            raise CLIError(f"latexmk not found on PATH: {LATEX_HELP}", 1)
-        print(f"paper: not built, latexmk not found on PATH; to build it, {LATEX_HELP}")
-        return "skipped"
-    cmd = [latexmk, *_LATEXMK_ARGS, tex.name]
-    print(f"paper: {' '.join(['latexmk', *_LATEXMK_ARGS, tex.name])} (in {_rel(tex.parent)})")
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=tex.parent, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - t0
-    pdf = tex.with_suffix(".pdf")
-    if proc.returncode != 0 or not pdf.exists():
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
-        print(tail, file=sys.stderr)
-        _error(
-            f"latexmk failed with status {proc.returncode} after {seconds:.1f} s; see "
-            f"{_rel(tex.with_suffix('.log'))}"
-        )
-        return "failed"
-    print(f"paper: {_rel(pdf)} ({seconds:.1f} s)")
-    return "built"
-
-
 def _cmd_paper(args: argparse.Namespace) -> int:
-    return 0 if _build_paper(Path(args.workdir), required=True) == "built" else 1
+    return 0 if _runner.build_paper(Path(args.workdir), required=True) == "built" else 1
 
 
-def _spec(text: str, what: str) -> tuple[str, dict[str, Any]]:
+def _spec(text: str, what: str) -> tuple[str, dict[str, object]]:
     """``"name"`` or ``"name(param=value, ...)"`` -> ``(name, params)``."""
     hint = f"expected NAME or NAME(param=value, ...), e.g. {_SPEC_EXAMPLES[what]}"
     try:
@@ -875,7 +410,7 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
-def _load_factory(spec: str) -> tuple[str, Callable[..., Any]]:
+def _load_factory(spec: str) -> tuple[str, Callable[..., tuple]]:
     """``PACKAGE.MODULE:FACTORY`` -> (the spec, the callable); CLIError on any mistake."""
     import importlib
 
@@ -898,7 +433,9 @@ def _load_factory(spec: str) -> tuple[str, Callable[..., Any]]:
     return spec, factory
 
 
-def _user_model(args: argparse.Namespace, seed: int) -> tuple[Any, Any, Any, Any]:
+def _user_model(
+    args: argparse.Namespace, seed: int
+) -> tuple[object, chex.ArrayTree | None, chex.ArrayTree, jax.Array]:
     """Call the --model factory (with a key if it takes an argument) -> (model, variables, x, y);
     without a batch of its own, the digits of --n reshaped to --input-shape."""
     import inspect
@@ -971,7 +508,9 @@ def _diagnose_user_model(args: argparse.Namespace) -> int:
     return _print_diagnosis(args, report, f"diagnose_{args.model.rpartition(':')[2]}", args.model)
 
 
-def _print_diagnosis(args: argparse.Namespace, report: Any, default_out: str, title: str) -> int:
+def _print_diagnosis(
+    args: argparse.Namespace, report: probes.LayerReport, default_out: str, title: str
+) -> int:
     """Print the table and the verdict counts of ``report``, save its figure."""
     from gradflow import plotting, probes
 
@@ -980,10 +519,10 @@ def _print_diagnosis(args: argparse.Namespace, report: Any, default_out: str, ti
     counts = {v: int((labels == v).sum()) for v in ("vanishing", "exploding", "non-finite")}
     if any(counts.values()):
         print(", ".join(f"{n} layer(s) {v}" for v, n in counts.items() if n))
-    _agg()
+    _runner.headless()
     with plotting.style():
         written = probes.plot_report(report, args.out or default_out, title=title)
-    print(f"figure: {_fmt_paths(_paths(written))}")
+    print(f"figure: {_fmt_paths([Path(p) for p in written or ()])}")
     return 0
 
 
@@ -1060,33 +599,25 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``gradflow`` command (one subparser per subcommand)."""
-    parser = _Parser(
-        prog="gradflow",
-        description="gradflow: vanishing and exploding gradients -- experiments, figures, paper, "
-        "and a per-layer diagnosis of any MLP.",
-        epilog="Run `gradflow COMMAND --help` for the options of a command.",
+def _add_workdir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workdir",
+        default=".",
+        metavar="DIR",
+        help="root of the outputs: DIR/results, DIR/paper/figures, DIR/paper/tables "
+        "(default: the current directory)",
     )
-    parser.add_argument("--version", action="version", version=f"gradflow {gradflow.__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def workdir(p):
-        p.add_argument(
-            "--workdir",
-            default=".",
-            metavar="DIR",
-            help="root of the outputs: DIR/results, DIR/paper/figures, DIR/paper/tables "
-            "(default: the current directory)",
-        )
 
-    def quick(p):
-        p.add_argument(
-            "--quick",
-            action="store_true",
-            help="the quick config (seconds) instead of the full one",
-        )
+def _add_quick(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="the quick config (seconds) instead of the full one",
+    )
 
+
+def _add_list(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "list",
         help="list the experiments, their claims and sources",
@@ -1095,6 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_list)
 
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="run one experiment, then make its figures and tables",
@@ -1104,7 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
         "DIR/results/runtimes.json.",
     )
     p.add_argument("name", metavar="NAME", help="experiment name (see `gradflow list`)")
-    quick(p)
+    _add_quick(p)
     p.add_argument(
         "--set",
         action="append",
@@ -1113,13 +646,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config value (a Python literal, e.g. seeds=8, lr=0.5, depths=(10,20)); "
         "repeatable",
     )
-    workdir(p)
+    _add_workdir(p)
     p.add_argument(
         "--fresh", action="store_true", help="discard this experiment's saved results first"
     )
     _add_distributed(p)
     p.set_defaults(func=_cmd_run)
 
+
+def _add_plot(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot",
         help="figures and tables of one experiment from its saved results",
@@ -1127,10 +662,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(run `gradflow run NAME` first).",
     )
     p.add_argument("name", metavar="NAME", help="experiment name (see `gradflow list`)")
-    quick(p)
-    workdir(p)
+    _add_quick(p)
+    _add_workdir(p)
     p.set_defaults(func=_cmd_plot)
 
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "reproduce",
         help="every experiment (run, figures, tables), then the paper PDF",
@@ -1138,26 +675,28 @@ def build_parser() -> argparse.ArgumentParser:
         "resume), print a runtime summary (also in DIR/results/runtimes.json), then build "
         "DIR/paper/gradflow.pdf with latexmk when DIR/paper/gradflow.tex exists.",
     )
-    quick(p)
-    workdir(p)
+    _add_quick(p)
+    _add_workdir(p)
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these experiments")
     p.add_argument("--fresh", action="store_true", help="discard saved results first")
     p.add_argument("--no-paper", action="store_true", help="do not build the paper PDF")
     _add_distributed(p)
     p.set_defaults(func=_cmd_reproduce)
 
+
+def _add_paper(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "paper",
         help="build paper/gradflow.pdf (latexmk)",
         description="Build DIR/paper/gradflow.pdf from DIR/paper/gradflow.tex with "
-        f"`latexmk {' '.join(_LATEXMK_ARGS)}` (figures and tables must exist: `gradflow "
+        f"`latexmk {' '.join(_runner.LATEXMK_ARGS)}` (figures and tables must exist: `gradflow "
         "reproduce` makes them).",
     )
-    workdir(p)
+    _add_workdir(p)
     p.set_defaults(func=_cmd_paper)
 
-    from gradflow import probes
 
+def _add_diagnose(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "diagnose",
         help="probe an MLP, or your own model, on digits: per-layer gradient table and figure",
@@ -1168,6 +707,15 @@ def build_parser() -> argparse.ArgumentParser:
         "Activations and initializers take parameters as NAME(param=value), e.g. --activation "
         "'leaky_relu(negative_slope=0.2)' --init 'scaled_normal(scale=2.0)'.",
     )
+    _add_mlp_flags(p)
+    _add_model_flags(p)
+    p.set_defaults(func=_cmd_diagnose)
+
+
+def _add_mlp_flags(p: argparse.ArgumentParser) -> None:
+    """``diagnose``: the MLP it builds, and the loss."""
+    from gradflow import probes
+
     p.add_argument(
         "--activation",
         default="sigmoid",
@@ -1207,6 +755,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="loss (default: sigmoid_cross_entropy, Nielsen's cross-entropy on sigmoid outputs, "
         "for the MLP; softmax_cross_entropy for --model)",
     )
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    """``diagnose``: your own model instead of the MLP, the batch, the draws and the figure."""
     p.add_argument(
         "--model",
         metavar="PACKAGE.MODULE:FACTORY",
@@ -1244,7 +796,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="figure path stem, written as PATH.pdf and PATH.png (default: "
         "diagnose_ACTIVATION_INIT_depthD_widthW in the current directory)",
     )
-    p.set_defaults(func=_cmd_diagnose)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``gradflow`` command (one subparser per subcommand)."""
+    parser = _Parser(
+        prog="gradflow",
+        description="gradflow: vanishing and exploding gradients -- experiments, figures, paper, "
+        "and a per-layer diagnosis of any MLP.",
+        epilog="Run `gradflow COMMAND --help` for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"gradflow {gradflow.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_list, _add_run, _add_plot, _add_reproduce, _add_paper, _add_diagnose):
+        add(sub)
     return parser
 
 

@@ -325,16 +325,10 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
     if not isinstance(text, str):
         raise TypeError(f"write_atomic writes text: got {type(text).__name__}, not str")
     path = _checks.path("path", path)
-    if _process_index() != 0:
+    if not _io.is_writer():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     return _io.atomic_write(path, text)
-
-
-def _process_index() -> int:
-    import jax
-
-    return jax.process_index()
 
 
 def fmt(x: Any, digits: int = 3) -> str:

@@ -12,8 +12,8 @@ Two jobs, both pure Python (no LaTeX needed to import or test this module):
       python -m gradflow.paper check paper/gradflow.log --tolerance 0.5
 
 * :func:`runtimes_table` turns ``results/runtimes.json`` (written by ``gradflow run`` and
-  ``gradflow reproduce``, see :mod:`gradflow.cli`) into ``paper/tables/runtimes.tex`` and its number
-  macros, so the paper's wall-time figures are generated, never typed::
+  ``gradflow reproduce``, see :mod:`gradflow.runner`) into ``paper/tables/runtimes.tex`` and its
+  number macros, so the paper's wall-time figures are generated, never typed::
 
       python -m gradflow.paper generate --root . --mode quick
 
@@ -35,7 +35,6 @@ from pathlib import Path
 from gradflow import experiment as _experiment
 
 __all__ = [
-    "BENCHMARK_WAYS",
     "LogReport",
     "Overfull",
     "benchmarks_table",
@@ -297,7 +296,7 @@ def runtimes_table(
     with no timings gets no macros; a missing cell is ``--``.
 
     Args:
-      runtimes_json: the file :mod:`gradflow.cli` writes (``{"quick"|"full": {name: {"seconds":
+      runtimes_json: the file :mod:`gradflow.runner` writes (``{"quick"|"full": {name: {"seconds":
         ...}}}``).
       tables_dir: where to write (``paper/tables``).
       experiments: row order (default: :func:`gradflow.experiment.names`, then any others).
@@ -362,17 +361,6 @@ def runtimes_table(
 
 _WORDS = ("Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine")
 
-#: The ways of :mod:`benchmarks` the paper's table shows, in order, with their column labels.
-BENCHMARK_WAYS = (
-    ("gradflow", "gradflow"),
-    ("naive_jax", "naive JAX"),
-    ("torch_func", "torch.func"),
-    ("pytorch", "PyTorch"),
-)
-#: The speed-up columns: gradflow against each of these ways, where measured.
-_SPEEDUP_BASES = (("naive_jax", "naive JAX", "NaiveJax"), ("torch_func", "torch.func", "TorchFunc"),
-                  ("pytorch", "PyTorch", "Pytorch"))  # fmt: skip
-
 
 def _macro_key(key: str) -> str:
     """``"w1"`` -> ``"WorkloadOne"``; other keys camel-cased, digits spelled out."""
@@ -386,12 +374,15 @@ def benchmarks_table(results_json: str | os.PathLike, tables_dir: str | os.PathL
     r"""Write ``benchmarks.tex`` and ``benchmarks_macros.tex`` into ``tables_dir`` from the
     ``results.json`` that ``python -m benchmarks.run`` (``make bench``) writes.
 
-    Table: one row per workload (its title), the median wall time in milliseconds of each way of
-    :data:`BENCHMARK_WAYS` that ran, and gradflow's speed-up over the naive JAX loop and the
-    PyTorch loop, and over torch.func where measured (the other way's median over gradflow's);
-    a workload without a ``gradflow`` way (the compile-time one) has no row. Macros (also
-    ``...SpeedupTorchFunc``):
-    ``\benchmarks<Workload>SpeedupPytorch`` / ``...SpeedupNaiveJax`` (e.g.
+    The file names its headline ways (``"ways"``: method, label, role; benchmarks.report writes
+    them): gradflow's default way (role ``"gradflow"``) and the peers it is measured against
+    (role ``"peer"``: the naive JAX loop, torch.func, the PyTorch loop), in column order.
+
+    Table: one row per workload (its title), the median wall time in milliseconds of each
+    headline way that ran, and gradflow's speed-up over each peer where measured (the peer's
+    median over gradflow's); a workload without the gradflow way (the compile-time one) has no
+    row. Macros, named after the peer's method id (``naive_jax`` -> ``NaiveJax``):
+    ``\benchmarks<Workload>Speedup<Peer>`` (e.g.
     ``\benchmarksWorkloadOneSpeedupPytorch``), ``\benchmarks<Workload>PeakFraction`` where FLOPs
     were counted, ``\benchmarksMatmulPeak`` (GFLOP/s), ``\benchmarksCpus`` (usable CPUs),
     ``\benchmarksLoadAverage`` (one-minute load average when the run started) and
@@ -404,52 +395,91 @@ def benchmarks_table(results_json: str | os.PathLike, tables_dir: str | os.PathL
     path = Path(results_json)
     if not path.is_file():
         raise FileNotFoundError(f"no benchmark results at {path}: run `make bench` first")
+    data, ways, per = _read_benchmarks(path)
+    peers = ways[1:]
+    times = [w for w in ways if any(w["method"] in v.medians for v in per.values())]
+    bases = [w for w in peers if any(w["method"] in v.speedups for v in per.values())]
+    rows = [
+        [v.title, *(1e3 * v.medians[w["method"]] if w["method"] in v.medians else "--"
+                    for w in times), *(v.speedups.get(w["method"], "--") for w in bases)]
+        for v in per.values()
+    ]  # fmt: skip
+    columns = [
+        "workload",
+        *(f"{w['label']} (ms)" for w in times),
+        *(f"vs {w['label']}" for w in bases),
+    ]
+    tables_dir = Path(tables_dir)
+    out = [_experiment.latex_table(rows, columns, tables_dir / "benchmarks.tex")]
+    macros = _benchmark_macros(data, per, peers)
+    out.append(_experiment.write_macros(tables_dir / "benchmarks_macros.tex", macros))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Workload:
+    """One workload's row: its title, every way's median seconds, the headline way's speed-ups
+    over the others and its GFLOP/s (where FLOPs were counted)."""
+
+    title: str
+    medians: dict[str, float]
+    speedups: dict[str, float]
+    gflops: float | None
+
+
+def _read_benchmarks(path: Path) -> tuple[dict, list[dict[str, str]], dict[str, _Workload]]:
+    """(the results, the headline ways, gradflow first, then its peers, and the workloads that
+    ran the headline way), or a ValueError naming what is wrong with the file."""
     try:
         data = json.loads(path.read_text())
-        workloads = data["workloads"]
-        machine = data["machine"]
-        if not isinstance(workloads, dict) or not workloads:
+        workloads, machine = data["workloads"], data["machine"]
+        if not isinstance(workloads, dict) or not workloads or not isinstance(machine, dict):
             raise TypeError("no workloads")
-        per: dict[str, tuple[str, dict[str, float], dict[str, float], float | None]] = {}
+        ways = _headline_ways(data, path)
+        per = {}
         for key, w in workloads.items():
             medians = {m["method"]: float(m["median_s"]) for m in w["measurements"]}
-            if "gradflow" not in medians:  # e.g. the compile-time workload: not a speed row
+            if ways[0]["method"] not in medians:  # e.g. the compile-time workload: no speed row
                 continue
-            speedups = {k: float(v) for k, v in w.get("speedups", {}).get("gradflow", {}).items()}
-            gflops = w.get("gflops", {}).get("gradflow")
-            per[key] = (str(w["title"]), medians, speedups, gflops)
+            ups = w.get("speedups", {}).get(ways[0]["method"], {})
+            per[key] = _Workload(str(w["title"]), medians, {k: float(v) for k, v in ups.items()},
+                                 w.get("gflops", {}).get(ways[0]["method"]))  # fmt: skip
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValueError(
             f"{path} is not a benchmarks results file (benchmarks.report.write): "
             f"{type(e).__name__}: {e}"
         ) from None
-    ways = [(m, label) for m, label in BENCHMARK_WAYS if any(m in v[1] for v in per.values())]
-    bases = [
-        (b, label)
-        for b, label, _ in _SPEEDUP_BASES
-        if b != "torch_func" or any(b in v[2] for v in per.values())
-    ]
-    rows = []
-    for title, medians, speedups, _ in per.values():
-        times = [1e3 * medians[m] if m in medians else "--" for m, _ in ways]
-        ups = [speedups.get(b, "--") for b, _ in bases]
-        rows.append([title, *times, *ups])
-    columns = [
-        "workload",
-        *(f"{label} (ms)" for _, label in ways),
-        *(f"vs {label}" for _, label in bases),
-    ]
-    tables_dir = Path(tables_dir)
-    out = [_experiment.latex_table(rows, columns, tables_dir / "benchmarks.tex")]
+    return data, ways, per
+
+
+def _headline_ways(data: dict, path: Path) -> list[dict[str, str]]:
+    """The file's ``"ways"`` (method, label, role): the one of role ``"gradflow"`` first."""
+    if "ways" not in data:
+        raise ValueError(
+            "no 'ways' (the file predates them): add them with `python -m benchmarks.report "
+            f"--describe-ways {path}` (nothing is rerun)"
+        )
+    ways = [{k: str(w[k]) for k in ("method", "label", "role")} for w in data["ways"]]
+    heads = [w for w in ways if w["role"] == "gradflow"]
+    if len(heads) != 1:
+        raise ValueError(f"'ways' must hold one way of role 'gradflow', got {len(heads)}")
+    return heads + [w for w in ways if w["role"] == "peer"]
+
+
+def _benchmark_macros(
+    data: dict, per: dict[str, _Workload], peers: list[dict[str, str]]
+) -> dict[str, float | int]:
+    """The number macros of :func:`benchmarks_table`."""
     peak = data.get("matmul_peak_gflops")
+    machine = data["machine"]
     macros: dict[str, float | int] = {}
-    for key, (_, _, speedups, gflops) in per.items():
+    for key, w in per.items():
         k = _macro_key(key)
-        for b, _, name in _SPEEDUP_BASES:
-            if b in speedups:
-                macros[f"benchmarks{k}Speedup{name}"] = speedups[b]
-        if gflops is not None and peak:
-            macros[f"benchmarks{k}PeakFraction"] = float(gflops) / float(peak)
+        for peer in peers:
+            if peer["method"] in w.speedups:
+                macros[f"benchmarks{k}Speedup{_camel(peer['method'])}"] = w.speedups[peer["method"]]
+        if w.gflops is not None and peak:
+            macros[f"benchmarks{k}PeakFraction"] = float(w.gflops) / float(peak)
     if peak:
         macros["benchmarksMatmulPeak"] = float(peak)
     if machine.get("cpu_usable") is not None:
@@ -459,8 +489,7 @@ def benchmarks_table(results_json: str | os.PathLike, tables_dir: str | os.PathL
     if machine.get("load_average"):
         macros["benchmarksLoadAverage"] = float(machine["load_average"][0])
     macros["benchmarksQuick"] = int(bool(data.get("quick", False)))
-    out.append(_experiment.write_macros(tables_dir / "benchmarks_macros.tex", macros))
-    return out
+    return macros
 
 
 def build_macros(tables_dir: str | os.PathLike, mode: str) -> Path:

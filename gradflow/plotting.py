@@ -192,12 +192,11 @@ def savefig(fig, path_stem: str | os.PathLike, *, formats: Sequence[str] = ("pdf
     ``formats``: any of :data:`FORMATS`, a sequence or one name (``formats="png"``). Returns the
     list of written paths. The figure is closed afterwards.
     """
-    import jax
     import matplotlib.pyplot as plt
 
     formats = _check_formats(formats)
     stem = _checks.path("path_stem", path_stem)
-    if jax.process_index() != 0:  # several hosts: process 0 alone writes
+    if not _io.is_writer():  # several hosts: process 0 alone writes
         plt.close(fig)
         return []
     if stem.suffix in (".pdf", ".png"):

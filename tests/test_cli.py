@@ -8,7 +8,6 @@ runtimes); ``main([...])`` runs in-process, except for one subprocess run of the
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -449,30 +448,3 @@ def test_run_on_two_processes(tmp_path):
     assert rc0 == 2 and "made with another config (seeds: 2 -> 3)" in err0
     assert rc1 == 2 and "gradflow: error: process 0 stopped (see its output)" in err1
     assert len(gf.sweep.load(lay.results / "norms")) == len(df)
-
-
-def test_compile_mode_sets_xla_flags(monkeypatch, capsys):
-    from gradflow import _jax_compat, cli
-
-    monkeypatch.setattr(_jax_compat, "backends_are_initialized", lambda: False)
-    flag = cli.FAST_COMPILE_FLAG
-
-    def flags_after(**kw):
-        cli._apply_compile_mode(argparse.Namespace(**kw))
-        return os.environ.get("XLA_FLAGS", "")
-
-    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
-    assert flags_after(compile="auto", quick=False) == "--xla_dump_to=/tmp/x"  # full: optimized
-    assert flags_after(compile="auto", quick=True) == f"--xla_dump_to=/tmp/x {flag}"
-    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
-    assert flags_after(compile="fast", quick=False) == "--xla_backend_optimization_level=2"
-    monkeypatch.delenv("XLA_FLAGS")
-    assert flags_after(compile="optimized", quick=True) == ""
-    assert flags_after(compile="fast", quick=False) == flag
-    # too late: the backend already runs, so say so instead of silently doing nothing
-    monkeypatch.delenv("XLA_FLAGS")
-    monkeypatch.setattr(_jax_compat, "backends_are_initialized", lambda: True)
-    assert flags_after(compile="fast") == ""
-    assert "--compile fast has no effect" in capsys.readouterr().err
-    assert flags_after(compile="auto", quick=True) == ""  # implicit: silently best effort
-    assert capsys.readouterr().err == ""

@@ -235,12 +235,12 @@ def test_cpu_results_identical_at_every_precision():
 
 def test_cli_records_the_precision(tmp_path):
     """run.json and runtimes.json name the precision (the experiments index reads them)."""
-    from gradflow import cli
+    from gradflow import runner
 
     runtimes = tmp_path / "results" / "runtimes.json"
-    out = cli._Outcome(name="x")
+    out = runner.Outcome(name="x")
     out.seconds = {"run": 1.0}
-    cli._record_runtime(tmp_path, "quick", out)
+    runner.record_runtime(tmp_path, "quick", out)
     assert json.loads(runtimes.read_text())["quick"]["x"]["matmul_precision"] == "highest"
     md = gf.experiment.index_markdown(json.loads(runtimes.read_text()))
     assert "Float32 matrix products at precision: `highest`" in md

@@ -253,8 +253,15 @@ def test_runtimes_table_rejects_bad_input(tmp_path):
         paper.runtimes_table(bad, tmp_path)
 
 
+WAYS = [
+    {"method": "gradflow", "label": "gradflow", "role": "gradflow"},
+    {"method": "naive_jax", "label": "naive JAX", "role": "peer"},
+    {"method": "torch_func", "label": "torch.func", "role": "peer"},
+    {"method": "pytorch", "label": "PyTorch", "role": "peer"},
+]
 BENCH = {
     "quick": False,
+    "ways": WAYS,
     "machine": {
         "cpu_usable": 2,
         "load_average": [0.5, 0.4, 0.3],
@@ -321,6 +328,36 @@ def test_benchmarks_table_rejects_bad_input(tmp_path):
         bad.write_text(text)
         with pytest.raises(ValueError, match="not a benchmarks results file"):
             paper.benchmarks_table(bad, tmp_path)
+    no_ways = {k: v for k, v in BENCH.items() if k != "ways"}
+    bad.write_text(json.dumps(no_ways))
+    with pytest.raises(
+        ValueError, match=re.escape("no 'ways' (the file predates them): add them with `python -m")
+    ):
+        paper.benchmarks_table(bad, tmp_path)
+    bad.write_text(json.dumps({**BENCH, "ways": WAYS[1:]}))
+    with pytest.raises(ValueError, match="one way of role 'gradflow', got 0"):
+        paper.benchmarks_table(bad, tmp_path)
+
+
+def test_benchmarks_table_labels_come_from_the_file(tmp_path):
+    """The paper reads the labels and the order of the headline ways from results.json."""
+    bench = {**BENCH, "ways": [WAYS[0], {**WAYS[3], "label": "torch loop"}, WAYS[1]]}
+    src = tmp_path / "results.json"
+    src.write_text(json.dumps(bench))
+    tex, _ = paper.benchmarks_table(src, tmp_path / "tables")
+    body = [ln for ln in tex.read_text().splitlines() if ln.endswith(r"\\")]
+    assert body[0] == (
+        r"workload & gradflow (ms) & torch loop (ms) & naive JAX (ms) & vs torch loop & "
+        r"vs naive JAX \\"
+    )
+
+
+def test_committed_benchmark_results_render(tmp_path):
+    """benchmarks/results.json as committed (upgraded by --describe-ways, never rerun)."""
+    src = Path(__file__).parents[1] / "benchmarks" / "results.json"
+    tex, macros = paper.benchmarks_table(src, tmp_path)
+    assert "gradflow (ms) & naive JAX (ms) & torch.func (ms) & PyTorch (ms)" in tex.read_text()
+    assert r"\benchmarksWorkloadOneSpeedupTorchFunc" in macros.read_text()
 
 
 def test_generate_writes_what_exists(tmp_path):

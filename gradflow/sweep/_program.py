@@ -1,0 +1,213 @@
+"""The sharded, jitted program of one static group: ``fn`` of one run -> every run of a chunk."""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gradflow import config as _config
+from gradflow.sweep._devices import _gather, _global_array
+from gradflow.sweep._plan import _DIVERGED_STEP, DEFAULT_AXES, _Plan
+
+MESH_AXIS = "sweep"
+# ----------------------------------------------------------------------------- fn wrapper
+
+
+class _OutputError(TypeError):
+    """fn returned something that is not a dict of numeric arrays."""
+
+
+def _flatten_metrics(out: object, prefix: str = "") -> dict[str, jax.Array]:
+    if not isinstance(out, Mapping):
+        what = "an array" if isinstance(out, jax.Array) else type(out).__name__
+        raise _OutputError(
+            "fn must return a dict mapping metric names to arrays, e.g. "
+            f"{{'loss': losses}}; got {what}"
+        )
+    flat = {}
+    for k, v in out.items():
+        if not isinstance(k, str) or not k:
+            raise _OutputError(f"fn's metric names must be non-empty strings, got {k!r}")
+        name = prefix + k
+        if isinstance(v, Mapping):
+            flat.update(_flatten_metrics(v, name + "/"))
+            continue
+        ok = isinstance(v, jax.Array | np.ndarray | np.generic | int | float | bool)
+        if ok:
+            dtype = np.asarray(v).dtype if not isinstance(v, jax.Array) else v.dtype
+            ok = not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) and (
+                jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)
+            )
+            ok = ok and not jnp.issubdtype(dtype, jnp.complexfloating)
+        if not ok:
+            what = f"an array of dtype {v.dtype}" if isinstance(v, jax.Array) else repr(v)
+            raise _OutputError(
+                f"fn returned metric {name!r} = {what} of type {type(v).__name__}; every metric "
+                "must be a real numeric array (jax.Array, numpy array or Python number)"
+            )
+        flat[name] = jnp.asarray(v)
+    return flat
+
+
+_TRACER_ERRORS = (
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerBoolConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
+
+
+def _check_block_size(block_size: object) -> None:
+    if block_size is not None and (
+        isinstance(block_size, bool)
+        or not isinstance(block_size, numbers.Integral)
+        or block_size < 1
+    ):
+        raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
+
+
+def batched(one: Callable, mesh: Mesh, block_size: int | None = None) -> Callable:
+    """The per-chunk program of :func:`run`: ``one(*args)`` of one run -> all runs of a chunk.
+
+    Every argument of the returned function has the run axis first (sharded on ``mesh``'s axis
+    :data:`MESH_AXIS` when jitted with ``NamedSharding(mesh, P(MESH_AXIS))``). Each device runs its
+    own runs under :func:`jax.shard_map`: ``block_size=None`` vmaps ``one`` over them, otherwise
+    it maps over them ``block_size`` at a time (``lax.map`` with ``batch_size``, vmapped within a
+    block), so only one block's working set is live. Under ``shard_map`` no op is partitioned by
+    XLA's SPMD partitioner, which would replicate ops it has no sharding rule for (LAPACK's QR and
+    SVD custom calls) and gather their inputs across devices. It is traced at
+    :mod:`gradflow.config`'s precision policy in force when it is traced. Not jitted: wrap it in
+    ``jax.jit`` with the shardings.
+    """
+    if not callable(one):
+        raise TypeError(f"one must be callable as one(*args) for one run, got {one!r}")
+    if not isinstance(mesh, Mesh) or MESH_AXIS not in mesh.axis_names:
+        raise ValueError(
+            f"mesh must be a jax.sharding.Mesh with an axis {MESH_AXIS!r}, got {mesh!r}"
+        )
+    _check_block_size(block_size)
+    spec = PartitionSpec(MESH_AXIS)
+
+    def per_device(*args):
+        if block_size is None:
+            return jax.vmap(one)(*args)
+        leaves = jax.tree.leaves(args)  # every leaf has the (per-device) run axis first
+        n = leaves[0].shape[0] if leaves else 0
+        return jax.lax.map(lambda a: one(*a), args, batch_size=max(1, min(block_size, n)))
+
+    def program(*args):
+        # check_vma=False: fn may start scans from constants (train_fn's carries), which the
+        # varying-manual-axes check rejects although every device runs its own, independent runs
+        with _config.matmul_scope():  # float32 matmuls unless asked (gradflow.config)
+            return jax.shard_map(
+                per_device,
+                mesh=mesh,
+                in_specs=(spec,) * len(args),
+                out_specs=spec,
+                check_vma=False,
+            )(*args)
+
+    return program
+
+
+def _compile_group(
+    fn, plan: _Plan, g: int, sharding: NamedSharding, padded: int, block_size: int | None
+):
+    """Trace and compile group ``g`` once; return (compiled, {metric: per-run shape}).
+
+    ``block_size=None``: ``jit(vmap(one))`` over the padded chunk, sharded on the run axis.
+    Otherwise every device maps over its own runs ``block_size`` at a time (``lax.map`` with
+    ``batch_size``, vmapped inside a block) under :func:`jax.shard_map`: still one program, but
+    only one block's working set is live at a time.
+    """
+    static_values = plan.groups[g]
+
+    def one(hp: dict, seed):
+        hparams = {k: static_values[k] if k in static_values else hp[k] for k in plan.grid}
+        return _flatten_metrics(fn(hparams, plan.make_key(seed)))
+
+    program = batched(one, sharding.mesh, block_size)
+    jitted = jax.jit(program, in_shardings=(sharding, sharding), out_shardings=sharding)
+    hp_spec = {
+        k: jax.ShapeDtypeStruct((padded,), plan.batched_dtype(k), sharding=sharding)
+        for k in plan.batched
+    }
+    seed_spec = jax.ShapeDtypeStruct((padded,), np.uint32, sharding=sharding)
+    try:
+        lowered = jitted.lower(hp_spec, seed_spec)
+    except _OutputError:
+        raise
+    except (TypeError, jax.errors.ConcretizationTypeError) as e:
+        # e.g. jnp.ones(hparams["n"]) or `if hparams["a"] > 0` with a batched "n" / "a"
+        concrete = isinstance(e, (jax.errors.ConcretizationTypeError, *_TRACER_ERRORS))
+        if not plan.batched or not (concrete or "Tracer" in str(e)):
+            raise
+        raise TypeError(
+            f"fn needs a concrete value of a batched hyperparameter (batched, i.e. traced: "
+            f"{list(plan.batched)}; static: {list(plan.static)}). List the hyperparameters that "
+            f"set shapes or control flow in static=. Original error: {e}"
+        ) from e
+    shapes = {name: tuple(info.shape[1:]) for name, info in lowered.out_info.items()}
+    return lowered.compile(), shapes
+
+
+def _metric_axes(plan: _Plan, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple]:
+    unknown = sorted(set(plan.axes) - set(shapes))
+    if unknown:
+        raise ValueError(
+            f"axes names metrics {unknown} that fn does not return; fn returns {sorted(shapes)}"
+        )
+    out = {}
+    for name, shape in shapes.items():
+        if name == _DIVERGED_STEP:
+            if shape != ():
+                raise ValueError(
+                    f"fn's metric 'diverged_step' must be a scalar per run, got shape {shape}"
+                )
+            continue
+        if name in plan.axes:
+            names = plan.axes[name]
+            if len(names) != len(shape):
+                raise ValueError(
+                    f"axes[{name!r}] = {names} names {len(names)} axes, but fn returns "
+                    f"{name!r} with per-run shape {shape}"
+                )
+        elif len(shape) in DEFAULT_AXES:
+            names = DEFAULT_AXES[len(shape)]
+        else:
+            raise ValueError(
+                f"fn returns {name!r} with per-run shape {shape} ({len(shape)}-d); name its axes "
+                f"with axes={{{name!r}: (...)}} (defaults exist for 0-, 1- and 2-d: {DEFAULT_AXES})"
+            )
+        out[name] = names
+    return out
+
+
+def _sweep_sharding() -> NamedSharding:
+    """The run axis sharded over a 1-D mesh of every (global) device."""
+    mesh = Mesh(np.asarray(jax.devices()), (MESH_AXIS,))
+    return NamedSharding(mesh, PartitionSpec(MESH_AXIS))
+
+
+def _call_chunk(
+    compiled: Callable, plan: _Plan, runs: np.ndarray, sharding: NamedSharding
+) -> dict[str, np.ndarray]:
+    """Run the compiled group program on the runs ``runs`` of a chunk; each metric's outputs on
+    the host, shape (len(runs), *per-run shape). The chunk is padded to the program's size by
+    repeating its last run; the copies are dropped."""
+    padded = plan.padded_size(sharding.mesh.size)
+    take = np.concatenate([runs, np.full(padded - len(runs), runs[-1])])
+    idx = plan.run_index[:, take]
+    host = {
+        k: np.asarray(plan.grid[k], dtype=plan.batched_dtype(k))[idx[i]]
+        for i, k in enumerate(plan.batched)
+    }
+    seed_ids = np.asarray(plan.seeds, dtype=np.uint32)[idx[-1]]
+    inputs = jax.tree.map(functools.partial(_global_array, sharding), (host, seed_ids))
+    out = _gather(compiled(*inputs))
+    return {k: np.asarray(v)[: len(runs)] for k, v in out.items()}

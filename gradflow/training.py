@@ -39,11 +39,11 @@ forward order of :func:`gradflow.optim.layer_names`:
   ``param_norm`` ``(R, L)`` -- :math:`\|\theta_l\|` at the record;
 * ``optim/<key>`` -- block means of :func:`gradflow.optim.telemetry` of the optimizer state (e.g.
   ``optim/clip_by_global_norm/clipped`` is the fraction of the block's steps that were clipped);
-* ``probe/<stat>`` ``(R, L)`` with ``probe=True`` -- every :class:`gradflow.probes.LayerReport`
+* ``probe/<stat>`` ``(R, L)`` with ``probe=True`` -- every :class:`gradflow.report.LayerReport`
   statistic on the first ``probe_batch`` training examples at the record;
 * ``diverged_step`` ``()`` int32.
 
-These names and shapes are what :func:`gradflow.probes.check_history` reads (``loss``,
+These names and shapes are what :func:`gradflow.history.check_history` reads (``loss``,
 ``param_norm``, ``update_norm``, ``grad_norm``).
 
 **Hyperparameters.** ``hparams`` is a dict; under ``vmap`` its values are traced 0-d arrays.
@@ -84,8 +84,10 @@ from flax import struct
 from gradflow import _checks, _io
 from gradflow import adapters as _adapters
 from gradflow import config as _config
+from gradflow import losses as _losses
 from gradflow import optim as _optim
 from gradflow import probes as _probes
+from gradflow import report as _report
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -177,11 +179,11 @@ class TrainConfig:
         - a callable ``hparams -> optax.GradientTransformation`` (called inside the traced
           function, so it may read traced hyperparameters);
         - a fixed :class:`optax.GradientTransformation`.
-      loss: a :data:`gradflow.probes.LOSSES` name or a callable ``(outputs, y) -> scalar``.
+      loss: a :data:`gradflow.losses.LOSSES` name or a callable ``(outputs, y) -> scalar``.
       steps: number of training steps, a multiple of ``record_every``.
       batch_size: minibatch size (drawn without replacement each step), or None for full batch.
       record_every: steps between records.
-      probe: also record every :class:`gradflow.probes.LayerReport` statistic (``probe/<stat>``).
+      probe: also record every :class:`gradflow.report.LayerReport` statistic (``probe/<stat>``).
       probe_batch: number of training examples the probe sees.
       max_loss: a loss above this also counts as divergence (None: only non-finite values).
     """
@@ -211,7 +213,7 @@ class TrainConfig:
                 "TrainConfig: optimizer must be a name, an optax.GradientTransformation or a "
                 f"callable hparams -> GradientTransformation, got {opt!r}"
             )
-        _probes.get_loss(self.loss)  # raises for an unknown name
+        _losses.get_loss(self.loss)  # raises for an unknown name
         for field, minimum in (("steps", 1), ("record_every", 1), ("probe_batch", 1)):
             v = getattr(self, field)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
@@ -559,7 +561,7 @@ def init_state(
 
 def _metrics(out: Array, y: Array, loss: Any) -> dict[str, Array]:
     y = jnp.asarray(y)
-    result = {"loss": _probes.get_loss(loss)(out, y)}
+    result = {"loss": _losses.get_loss(loss)(out, y)}
     if jnp.issubdtype(y.dtype, jnp.integer) and out.ndim == y.ndim + 1:
         n_classes = out.shape[-1]
         _check_labels(y, n_classes)
@@ -654,7 +656,7 @@ class StepOutput(NamedTuple):
       grad_norm: ``(L,)`` per-layer norms of the raw gradient.
       update_norm: ``(L,)`` per-layer norms of the applied update.
       finite: ``()`` bool: loss, gradient norms and new parameters all finite.
-      probe: a :class:`gradflow.probes.LayerReport` of the minibatch (``probe=True``), else None.
+      probe: a :class:`gradflow.report.LayerReport` of the minibatch (``probe=True``), else None.
     """
 
     loss: Array
@@ -672,7 +674,7 @@ def _probe_train(net: _Net, model: Any) -> bool:
 
 
 def _step_fn(model: Any, tx: optax.GradientTransformation, loss: Any, probe: bool, layers: Any):
-    loss_fn = _probes.get_loss(loss)
+    loss_fn = _losses.get_loss(loss)
     net = _net(model)
 
     def step(state: TrainState, x: Array, y: Array) -> tuple[TrainState, StepOutput]:
@@ -718,7 +720,7 @@ def make_train_step(
     :func:`gradflow.probes.probe` report of the batch at the parameters *before* the update.
     ``layers`` groups the per-layer norms (a ``layers=`` of :mod:`gradflow.optim`).
     """
-    _probes.get_loss(loss)
+    _losses.get_loss(loss)
     _check_model(model)
     if not isinstance(tx, optax.GradientTransformation):
         raise TypeError(
@@ -822,7 +824,7 @@ def _make_block(config: TrainConfig, data: _Data, tx: optax.GradientTransformati
         if config.probe:
             m, v = net.probe_args(state.params, state.model_state)
             rep = _probes.probe(m, v, xp, yp, config.loss)
-            record.update({f"probe/{s}": getattr(rep, s) for s in _probes.STATS if s != "loss"})
+            record.update({f"probe/{s}": getattr(rep, s) for s in _report.STATS if s != "loss"})
         dead = dstep >= 0
         record = {k: jnp.where(dead, _nan_like(v), v) for k, v in record.items()}
         return (state, dstep), record

@@ -1090,6 +1090,119 @@ def _read_members(path: Path, limits: Mapping[str, int | None]) -> dict[str, np.
     return out
 
 
+def _checkpoint_error(path: Path, what: str) -> ValueError:
+    return ValueError(f"checkpoint {path} {what}; use a fresh checkpoint_dir")
+
+
+def _expected_members(like: TrainState) -> tuple[dict[str, tuple[tuple, np.dtype]], Any]:
+    """The member name, shape and dtype of every state leaf of ``like`` (keys as key data), and
+    the state's tree structure."""
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(_key_data(like))
+    expected = {
+        "state" + jax.tree_util.keystr(p): (np.shape(leaf), np.dtype(leaf.dtype))
+        for p, leaf in with_path
+    }
+    return expected, treedef
+
+
+def _member_limits(
+    expected: Mapping[str, tuple[tuple, np.dtype]],
+    records: Mapping[str, Any] | None,
+    max_records: int | None,
+) -> dict[str, int | None]:
+    """The largest uncompressed size of every member a checkpoint of this run may hold."""
+    limits: dict[str, int | None] = {
+        name: _npy_bytes(shape, dtype.itemsize) for name, (shape, dtype) in expected.items()
+    }
+    limits.update({"__format__": 4 * 64 + _NPY_HEADER, "__diverged_step__": 64 + _NPY_HEADER})
+    limits["__fingerprint__"] = 4 * _MAX_FINGERPRINT + _NPY_HEADER
+    if records is None:
+        limits["metrics/"] = None
+    else:
+        n = max_records if max_records is not None else 1
+        for k, spec in records.items():
+            limits[f"metrics/{k}"] = _npy_bytes((n, *spec.shape), 8)
+    return limits
+
+
+def _restore_state(
+    path: Path, files: Mapping[str, np.ndarray], expected: Mapping, treedef: Any, like: TrainState
+) -> TrainState:
+    """The state from the checked members: each of ``like``'s shape and dtype exactly, finite
+    where real; PRNG keys rewrapped with ``like``'s implementation."""
+    leaves = []
+    for name, (shape, dtype) in expected.items():
+        arr = files.get(name)
+        if arr is None or arr.shape != shape or arr.dtype != dtype:
+            got = "missing" if arr is None else f"{arr.dtype}{list(arr.shape)}"
+            raise _checkpoint_error(
+                path,
+                f"does not match this run's state at {name}: expected {dtype}{list(shape)}, got "
+                f"{got} (a different model or optimizer?)",
+            )
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            raise _checkpoint_error(path, f"holds non-finite values at {name}")
+        leaves.append(jnp.asarray(arr, dtype=dtype))
+    return jax.tree.map(
+        lambda a, ref: (
+            jax.random.wrap_key_data(a, impl=jax.random.key_impl(ref)) if _is_key(ref) else a
+        ),
+        jax.tree.unflatten(treedef, leaves),
+        like,
+    )
+
+
+def _diverged_and_fingerprint(path: Path, files: Mapping, step: int) -> tuple[int, str]:
+    """``(diverged_step, fingerprint)``: an integer in ``[-1, step]`` and a string."""
+    if step < 0:
+        raise _checkpoint_error(path, f"has step {step} < 0")
+    d = files.get("__diverged_step__")
+    if d is None or d.shape != () or d.dtype.kind not in "iu":
+        raise _checkpoint_error(path, "has no integer __diverged_step__")
+    d = int(d)
+    if not -1 <= d <= step:
+        raise _checkpoint_error(path, f"has diverged_step {d} outside [-1, step = {step}]")
+    fp = files.get("__fingerprint__")
+    if fp is None or fp.dtype.kind != "U" or fp.shape != ():
+        raise _checkpoint_error(path, "has no fingerprint string")
+    return d, str(fp)
+
+
+def _checked_metrics(
+    path: Path, files: Mapping, records: Mapping[str, Any] | None, max_records: int | None
+) -> dict[str, np.ndarray]:
+    """The ``metrics/*`` members: real arrays; with ``records``, exactly those names, one count
+    of records (at most ``max_records``) and each record's shape."""
+    metrics = {k[len("metrics/") :]: v for k, v in files.items() if k.startswith("metrics/")}
+    for k, v in metrics.items():
+        if v.dtype.kind not in "biuf" or v.ndim == 0:
+            raise _checkpoint_error(
+                path, f"holds metric {k!r} of dtype {v.dtype}{list(v.shape)}, not a real array"
+            )
+    if records is None:
+        return metrics
+    if set(metrics) != set(records) and metrics:
+        missing, extra = sorted(set(records) - set(metrics)), sorted(set(metrics) - set(records))
+        raise _checkpoint_error(
+            path, f"holds other metrics than this run records (missing {missing}, extra {extra})"
+        )
+    counts = {len(v) for v in metrics.values()}
+    if len(counts) > 1:
+        raise _checkpoint_error(
+            path, f"holds metrics with different numbers of records {sorted(counts)}"
+        )
+    for k, v in metrics.items():
+        if v.shape[1:] != tuple(records[k].shape):
+            raise _checkpoint_error(
+                path, f"holds metric {k!r} of shape {v.shape}, not (n, *{records[k].shape})"
+            )
+        if max_records is not None and len(v) > max_records:
+            raise _checkpoint_error(
+                path, f"holds {len(v)} records of {k!r}; this run makes {max_records}"
+            )
+    return metrics
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     like: TrainState,
@@ -1121,84 +1234,15 @@ def load_checkpoint(
         raise TypeError(f"like must be a TrainState (from init_state), got {type(like).__name__}")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file {path}")
-    template = _key_data(like)
-    with_path, treedef = jax.tree_util.tree_flatten_with_path(template)
-    expected = {
-        "state" + jax.tree_util.keystr(p): (np.shape(leaf), np.dtype(leaf.dtype))
-        for p, leaf in with_path
-    }
-    limits: dict[str, int | None] = {
-        name: _npy_bytes(shape, dtype.itemsize) for name, (shape, dtype) in expected.items()
-    }
-    limits.update({"__format__": 4 * 64 + _NPY_HEADER, "__diverged_step__": 64 + _NPY_HEADER})
-    limits["__fingerprint__"] = 4 * _MAX_FINGERPRINT + _NPY_HEADER
-    if records is None:
-        limits["metrics/"] = None
-    else:
-        n = max_records if max_records is not None else 1
-        for k, spec in records.items():
-            limits[f"metrics/{k}"] = _npy_bytes((n, *spec.shape), 8)
-    files = _read_members(path, limits)
-
-    def bad(what: str) -> ValueError:
-        return ValueError(f"checkpoint {path} {what}; use a fresh checkpoint_dir")
-
+    expected, treedef = _expected_members(like)
+    files = _read_members(path, _member_limits(expected, records, max_records))
     fmt = files.get("__format__")
     if fmt is None or fmt.dtype.kind != "U" or fmt.shape != () or str(fmt) != _FORMAT:
         raise ValueError(f"{path} is not a {_FORMAT} checkpoint")
-    leaves = []
-    for name, (shape, dtype) in expected.items():
-        arr = files.get(name)
-        if arr is None or arr.shape != shape or arr.dtype != dtype:
-            got = "missing" if arr is None else f"{arr.dtype}{list(arr.shape)}"
-            raise bad(
-                f"does not match this run's state at {name}: expected {dtype}{list(shape)}, got "
-                f"{got} (a different model or optimizer?)"
-            )
-        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
-            raise bad(f"holds non-finite values at {name}")
-        leaves.append(jnp.asarray(arr, dtype=dtype))
-    state = jax.tree.map(
-        lambda a, ref: (
-            jax.random.wrap_key_data(a, impl=jax.random.key_impl(ref)) if _is_key(ref) else a
-        ),
-        jax.tree.unflatten(treedef, leaves),
-        like,
-    )
-    step = int(np.asarray(state.step))
-    if step < 0:
-        raise bad(f"has step {step} < 0")
-    d = files.get("__diverged_step__")
-    if d is None or d.shape != () or d.dtype.kind not in "iu":
-        raise bad("has no integer __diverged_step__")
-    d = int(d)
-    if not -1 <= d <= step:
-        raise bad(f"has diverged_step {d} outside [-1, step = {step}]")
-    fp = files.get("__fingerprint__")
-    if fp is None or fp.dtype.kind != "U" or fp.shape != ():
-        raise bad("has no fingerprint string")
-    metrics = {k[len("metrics/") :]: v for k, v in files.items() if k.startswith("metrics/")}
-    for k, v in metrics.items():
-        if v.dtype.kind not in "biuf" or v.ndim == 0:
-            raise bad(f"holds metric {k!r} of dtype {v.dtype}{list(v.shape)}, not a real array")
-    if records is not None:
-        if set(metrics) != set(records) and metrics:
-            missing, extra = (
-                sorted(set(records) - set(metrics)),
-                sorted(set(metrics) - set(records)),
-            )
-            raise bad(
-                f"holds other metrics than this run records (missing {missing}, extra {extra})"
-            )
-        counts = {len(v) for v in metrics.values()}
-        if len(counts) > 1:
-            raise bad(f"holds metrics with different numbers of records {sorted(counts)}")
-        for k, v in metrics.items():
-            if v.shape[1:] != tuple(records[k].shape):
-                raise bad(f"holds metric {k!r} of shape {v.shape}, not (n, *{records[k].shape})")
-            if max_records is not None and len(v) > max_records:
-                raise bad(f"holds {len(v)} records of {k!r}; this run makes {max_records}")
-    return state, metrics, (None if d < 0 else d), str(fp)
+    state = _restore_state(path, files, expected, treedef, like)
+    d, fp = _diverged_and_fingerprint(path, files, int(np.asarray(state.step)))
+    metrics = _checked_metrics(path, files, records, max_records)
+    return state, metrics, (None if d < 0 else d), fp
 
 
 @_config.wrap
@@ -1240,8 +1284,6 @@ def fit(
     Returns:
       A :class:`History`.
     """
-    from tqdm.auto import tqdm
-
     _check_config(config)
     key = _checks.prng_key("key", key)
     if checkpoint_dir is not None:
@@ -1259,25 +1301,57 @@ def fit(
     names = _optim.layer_names(state.params, layers=_layers_of(config, d.x))
     traced, static = _split_hparams(hparams)
     block = functools.partial(_jit_block(config, static), hparams=traced, data=d)
-    records: dict[str, list[np.ndarray]] = {}
+    run = _Run(
+        config=config,
+        block=block,
+        ckpt=None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE,
+        fingerprint=_fingerprint(config, d, hparams, key),
+        state=state,
+    )
+    if run.ckpt is not None and run.ckpt.exists():
+        run.resume()
+    run.loop(progress, callback, checkpoint_every)
+    metrics = _stack(run.records)
+    n = len(next(iter(metrics.values()))) if metrics else 0
+    return History(
+        steps=record_steps(config)[:n],
+        metrics=metrics,
+        layer_names=names,
+        diverged_step=run.dstep,
+        state=run.state,
+    )
+
+
+@dataclasses.dataclass
+class _Run:
+    """The state of one :func:`fit` call: what it has trained and recorded so far, and where it
+    checkpoints."""
+
+    config: TrainConfig
+    block: Callable
+    ckpt: Path | None
+    fingerprint: str
+    state: TrainState
+    records: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
     dstep: int | None = None
-    done = 0
-    ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
-    fp = _fingerprint(config, d, hparams, key)
-    if ckpt is not None and ckpt.exists():
-        shapes = jax.eval_shape(block, _fresh_carry(state))[1]  # one record: names and shapes
-        state, saved, dstep, saved_fp = load_checkpoint(
-            ckpt, state, records=shapes, max_records=config.num_records
+    done: int = 0
+
+    def resume(self) -> None:
+        """Continue from the checkpoint of this same run; refuse another run's or one whose
+        counts disagree (updates made, records kept, divergence)."""
+        config, ckpt = self.config, self.ckpt
+        shapes = jax.eval_shape(self.block, _fresh_carry(self.state))[1]  # one record
+        self.state, saved, self.dstep, saved_fp = load_checkpoint(
+            ckpt, self.state, records=shapes, max_records=config.num_records
         )
-        if saved_fp != fp:
+        if saved_fp != self.fingerprint:
             raise ValueError(
                 f"{ckpt} holds a different run (config, data, hparams or key differ); use a "
                 "fresh checkpoint_dir or delete it"
             )
-        records = {k: list(v) for k, v in saved.items()}
-        done = len(next(iter(records.values()))) if records else 0
-        # the counts must agree with each other: updates made, records kept, divergence
-        step = int(state.step)
+        self.records = {k: list(v) for k, v in saved.items()}
+        self.done = len(next(iter(self.records.values()))) if self.records else 0
+        step, dstep, done = int(self.state.step), self.dstep, self.done
         want = dstep if dstep is not None else done * config.record_every
         if step != want or (dstep is None and done > config.num_records):
             raise ValueError(
@@ -1285,52 +1359,52 @@ def fit(
                 f"{config.record_every} steps (diverged_step {dstep}); use a fresh checkpoint_dir"
             )
 
-    def save():
-        if ckpt is not None:
-            save_checkpoint(ckpt, state, metrics=_stack(records), diverged_step=dstep,
-                            fingerprint=fp)  # fmt: skip
+    def save(self) -> None:
+        if self.ckpt is not None:
+            save_checkpoint(self.ckpt, self.state, metrics=_stack(self.records),
+                            diverged_step=self.dstep, fingerprint=self.fingerprint)  # fmt: skip
 
-    total = config.num_records
-    bar = tqdm(
-        total=config.steps,
-        initial=done * config.record_every,
-        disable=(None if progress is None else not progress),
-        unit="step",
-        leave=False,
-    )
-    carry = (state, jnp.full((), -1 if dstep is None else dstep, jnp.int32))
-    try:
-        for r in range(done, total if dstep is None else done):
-            carry, record = block(carry)
-            state = carry[0]
-            record = jax.device_get(record)
-            for k, v in record.items():
-                records.setdefault(k, []).append(np.asarray(v))
-            d_now = int(carry[1])
-            bar.update(config.record_every)
-            if "loss" in record:
-                bar.set_postfix(loss=f"{float(record['loss']):.4g}")
-            if d_now >= 0:
-                dstep = d_now
-                if not bar.disable:
-                    bar.write(f"gradflow.training.fit: diverged at step {dstep}; stopping the run")
-            if callback is not None:
-                callback(r, record)
-            if dstep is not None or (r + 1) % checkpoint_every == 0 or r + 1 == total:
-                save()
-            if dstep is not None:
-                break
-    finally:
-        bar.close()
-    metrics = _stack(records)
-    n = len(next(iter(metrics.values()))) if metrics else 0
-    return History(
-        steps=record_steps(config)[:n],
-        metrics=metrics,
-        layer_names=names,
-        diverged_step=dstep,
-        state=state,
-    )
+    def loop(self, progress: bool | None, callback: Callable | None, checkpoint_every: int):
+        """Run the remaining records (none after a divergence), one jitted block each, with a
+        progress bar; stop after the first diverging block."""
+        from tqdm.auto import tqdm
+
+        config, total = self.config, self.config.num_records
+        bar = tqdm(
+            total=config.steps,
+            initial=self.done * config.record_every,
+            disable=(None if progress is None else not progress),
+            unit="step",
+            leave=False,
+        )
+        carry = (self.state, jnp.full((), -1 if self.dstep is None else self.dstep, jnp.int32))
+        try:
+            for r in range(self.done, total if self.dstep is None else self.done):
+                carry, record = self.block(carry)
+                self.state = carry[0]
+                record = self._keep(record, int(carry[1]), bar)
+                if callback is not None:
+                    callback(r, record)
+                if self.dstep is not None or (r + 1) % checkpoint_every == 0 or r + 1 == total:
+                    self.save()
+                if self.dstep is not None:
+                    break
+        finally:
+            bar.close()
+
+    def _keep(self, record: dict, d_now: int, bar: Any) -> dict[str, np.ndarray]:
+        """Append one block's record (as NumPy), advance the bar and note a divergence."""
+        record = jax.device_get(record)
+        for k, v in record.items():
+            self.records.setdefault(k, []).append(np.asarray(v))
+        bar.update(self.config.record_every)
+        if "loss" in record:
+            bar.set_postfix(loss=f"{float(record['loss']):.4g}")
+        if d_now >= 0:
+            self.dstep = d_now
+            if not bar.disable:
+                bar.write(f"gradflow.training.fit: diverged at step {self.dstep}; stopping the run")
+        return record
 
 
 def _split_hparams(hparams: Mapping[str, Any]) -> tuple[dict[str, Array], tuple]:

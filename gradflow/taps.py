@@ -51,6 +51,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -119,7 +120,7 @@ def path_names(path: Sequence[Any]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def leaf_paths(params: Any) -> tuple[tuple[str, ...], ...]:
+def leaf_paths(params: chex.ArrayTree) -> tuple[tuple[str, ...], ...]:
     """The :func:`path_names` of every leaf of ``params``, in :func:`jax.tree.leaves` order."""
     flat, _ = jax.tree_util.tree_flatten_with_path(params)
     return tuple(path_names(path) for path, _leaf in flat)
@@ -172,7 +173,7 @@ class _Chain:
     bias: set
     fan_in: dict  # leaf -> the leaf axes the linear map contracts (exact weights only)
     site: tuple  # position of the equation whose output is the layer output
-    aval: Any  # that output's abstract value
+    aval: jax.core.AbstractValue  # that output's abstract value
     axes: tuple[int, ...] | None
     levels: tuple[int, ...]  # enclosing scan levels, outermost first
     last_prim: str
@@ -723,10 +724,10 @@ class TapPlan:
     """
 
     layers: tuple[Layer, ...]
-    chain_avals: tuple[Any, ...]
-    closed: Any = dataclasses.field(repr=False)
-    in_tree: Any = dataclasses.field(repr=False)
-    out_tree: Any = dataclasses.field(repr=False)
+    chain_avals: tuple[jax.ShapeDtypeStruct, ...]
+    closed: jcore.ClosedJaxpr = dataclasses.field(repr=False)
+    in_tree: jax.tree_util.PyTreeDef = dataclasses.field(repr=False)
+    out_tree: jax.tree_util.PyTreeDef = dataclasses.field(repr=False)
     taps: dict = dataclasses.field(repr=False)
     inner: dict = dataclasses.field(repr=False)
 
@@ -893,7 +894,7 @@ class _WithConsts:
         self.outvars = jaxpr.outvars
 
 
-def _grow(x: Any) -> Any:
+def _grow(x: chex.ArrayTree) -> chex.ArrayTree:
     """Abstract inputs with one more example along axis 0 of every leaf."""
 
     def g(a):
@@ -905,7 +906,7 @@ def _grow(x: Any) -> Any:
     return jax.tree.map(g, x)
 
 
-def _abstract(tree: Any) -> Any:
+def _abstract(tree: chex.ArrayTree) -> chex.ArrayTree:
     def shape_dtype(a):
         if isinstance(a, jax.ShapeDtypeStruct):
             return a
@@ -914,7 +915,7 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(shape_dtype, tree)
 
 
-def _check_data(x: Any) -> None:
+def _check_data(x: chex.ArrayTree) -> None:
     """``x``'s leaves are numeric arrays with a non-empty example axis 0."""
     leaves = jax.tree.leaves(x)
     if not leaves:
@@ -939,8 +940,8 @@ def _check_data(x: Any) -> None:
 
 def trace(
     fn: Callable[..., Any],
-    params: Any,
-    x: Any,
+    params: chex.ArrayTree,
+    x: chex.ArrayTree,
     *rest: Any,
     paths: Sequence[tuple[str, ...]] | None = None,
 ) -> TapPlan:
@@ -997,7 +998,9 @@ def trace(
     )
 
 
-def _make_jaxpr(fn: Callable, *args: Any) -> tuple[Any, Any, Any]:
+def _make_jaxpr(
+    fn: Callable, *args: Any
+) -> tuple[jcore.ClosedJaxpr, jax.tree_util.PyTreeDef, jax.tree_util.PyTreeDef]:
     """``(closed jaxpr, input treedef, output treedef)`` of ``fn(*args)`` on flat inputs and
     outputs (``args`` abstract)."""
     flat_in, in_tree = jax.tree.flatten(args)

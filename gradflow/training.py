@@ -74,12 +74,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.typing import ArrayLike
 
 from gradflow import _checks, _io
 from gradflow import adapters as _adapters
@@ -88,6 +90,7 @@ from gradflow import losses as _losses
 from gradflow import optim as _optim
 from gradflow import probes as _probes
 from gradflow import report as _report
+from gradflow.losses import LossFn
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -138,9 +141,9 @@ class TrainState:
     """
 
     step: Array
-    params: Any
-    model_state: Any
-    opt_state: Any
+    params: optax.Params
+    model_state: chex.ArrayTree
+    opt_state: optax.OptState
     key: Array
 
     @property
@@ -190,7 +193,7 @@ class TrainConfig:
 
     model: nn.Module
     optimizer: OptimizerSpec = "sgd"
-    loss: str | Callable[[Array, Array], Array] = "softmax_cross_entropy"
+    loss: str | LossFn = "softmax_cross_entropy"
     steps: int = 1000
     batch_size: int | None = 64
     record_every: int = 10
@@ -345,8 +348,8 @@ class _Net(NamedTuple):
     """
 
     kind: str
-    init: Callable[[Array, Array], tuple[Any, Any]]
-    apply: Callable[..., tuple[Array, Any]]
+    init: Callable[[Array, Array], tuple[optax.Params, chex.ArrayTree]]
+    apply: Callable[..., tuple[Array, chex.ArrayTree]]
     probe_args: Callable[[Any, Any], tuple[Any, Any]]
 
 
@@ -471,7 +474,7 @@ def _make_net(model: Any) -> _Net:
     return _pair_net(model)
 
 
-def _scale_kernels(params: Any, scale: Any) -> Any:
+def _scale_kernels(params: optax.Params, scale: ArrayLike) -> optax.Params:
     """Multiply every weight matrix: leaves named ``kernel``, or ``weight`` of rank >= 2."""
 
     def f(path, leaf):
@@ -509,7 +512,7 @@ def _layers_of(config: TrainConfig, x: Array) -> Any:
     return _layers(config.model, (1, *x.shape[1:]), jnp.result_type(x))
 
 
-def _tree_finite(tree: Any) -> Array:
+def _tree_finite(tree: chex.ArrayTree) -> Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
@@ -559,7 +562,7 @@ def init_state(
     )
 
 
-def _metrics(out: Array, y: Array, loss: Any) -> dict[str, Array]:
+def _metrics(out: Array, y: ArrayLike, loss: str | LossFn) -> dict[str, Array]:
     y = jnp.asarray(y)
     result = {"loss": _losses.get_loss(loss)(out, y)}
     if jnp.issubdtype(y.dtype, jnp.integer) and out.ndim == y.ndim + 1:
@@ -613,11 +616,11 @@ def _check_labels(y: Array, n_classes: int) -> None:
 @_config.wrap
 def evaluate(
     model: Any,
-    variables: Any,
+    variables: chex.ArrayTree | None,
     x: Array,
     y: Array,
     *,
-    loss: str | Callable[[Array, Array], Array] = "softmax_cross_entropy",
+    loss: str | LossFn = "softmax_cross_entropy",
 ) -> dict[str, Array]:
     """Loss and accuracy of a model on ``(x, y)`` in evaluation mode.
 
@@ -638,7 +641,9 @@ def evaluate(
     return _metrics(m(m.params, x), y, loss)
 
 
-def _evaluate_net(net: _Net, state: TrainState, x: Array, y: Array, loss: Any) -> dict:
+def _evaluate_net(
+    net: _Net, state: TrainState, x: Array, y: Array, loss: str | LossFn
+) -> dict[str, Array]:
     out, _ = net.apply(state.params, state.model_state, jnp.asarray(x), False)
     return _metrics(out, y, loss)
 
@@ -663,7 +668,7 @@ class StepOutput(NamedTuple):
     grad_norm: Array
     update_norm: Array
     finite: Array
-    probe: Any = None
+    probe: _report.LayerReport | None = None
 
 
 def _probe_train(net: _Net, model: Any) -> bool:
@@ -673,7 +678,9 @@ def _probe_train(net: _Net, model: Any) -> bool:
     return net.kind == "nnx"
 
 
-def _step_fn(model: Any, tx: optax.GradientTransformation, loss: Any, probe: bool, layers: Any):
+def _step_fn(
+    model: Any, tx: optax.GradientTransformation, loss: str | LossFn, probe: bool, layers: Any
+):
     loss_fn = _losses.get_loss(loss)
     net = _net(model)
 
@@ -706,7 +713,7 @@ def make_train_step(
     model: Any,
     tx: optax.GradientTransformation,
     *,
-    loss: str | Callable[[Array, Array], Array] = "softmax_cross_entropy",
+    loss: str | LossFn = "softmax_cross_entropy",
     probe: bool = False,
     layers: Any = None,
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, StepOutput]]:
@@ -996,7 +1003,7 @@ def _is_key(leaf: Any) -> bool:
     return jnp.issubdtype(getattr(leaf, "dtype", None) or np.float32, jax.dtypes.prng_key)
 
 
-def _key_data(tree: Any) -> Any:
+def _key_data(tree: chex.ArrayTree) -> chex.ArrayTree:
     """Typed PRNG keys (the run's key, an NNX module's RNG streams) as their raw key data."""
     return jax.tree.map(lambda a: jax.random.key_data(a) if _is_key(a) else a, tree)
 
@@ -1094,7 +1101,9 @@ def _checkpoint_error(path: Path, what: str) -> ValueError:
     return ValueError(f"checkpoint {path} {what}; use a fresh checkpoint_dir")
 
 
-def _expected_members(like: TrainState) -> tuple[dict[str, tuple[tuple, np.dtype]], Any]:
+def _expected_members(
+    like: TrainState,
+) -> tuple[dict[str, tuple[tuple, np.dtype]], jax.tree_util.PyTreeDef]:
     """The member name, shape and dtype of every state leaf of ``like`` (keys as key data), and
     the state's tree structure."""
     with_path, treedef = jax.tree_util.tree_flatten_with_path(_key_data(like))
@@ -1107,7 +1116,7 @@ def _expected_members(like: TrainState) -> tuple[dict[str, tuple[tuple, np.dtype
 
 def _member_limits(
     expected: Mapping[str, tuple[tuple, np.dtype]],
-    records: Mapping[str, Any] | None,
+    records: Mapping[str, jax.ShapeDtypeStruct] | None,
     max_records: int | None,
 ) -> dict[str, int | None]:
     """The largest uncompressed size of every member a checkpoint of this run may hold."""
@@ -1126,7 +1135,11 @@ def _member_limits(
 
 
 def _restore_state(
-    path: Path, files: Mapping[str, np.ndarray], expected: Mapping, treedef: Any, like: TrainState
+    path: Path,
+    files: Mapping[str, np.ndarray],
+    expected: Mapping,
+    treedef: jax.tree_util.PyTreeDef,
+    like: TrainState,
 ) -> TrainState:
     """The state from the checked members: each of ``like``'s shape and dtype exactly, finite
     where real; PRNG keys rewrapped with ``like``'s implementation."""
@@ -1169,7 +1182,10 @@ def _diverged_and_fingerprint(path: Path, files: Mapping, step: int) -> tuple[in
 
 
 def _checked_metrics(
-    path: Path, files: Mapping, records: Mapping[str, Any] | None, max_records: int | None
+    path: Path,
+    files: Mapping[str, np.ndarray],
+    records: Mapping[str, jax.ShapeDtypeStruct] | None,
+    max_records: int | None,
 ) -> dict[str, np.ndarray]:
     """The ``metrics/*`` members: real arrays; with ``records``, exactly those names, one count
     of records (at most ``max_records``) and each record's shape."""
@@ -1207,7 +1223,7 @@ def load_checkpoint(
     path: str | os.PathLike,
     like: TrainState,
     *,
-    records: Mapping[str, Any] | None = None,
+    records: Mapping[str, jax.ShapeDtypeStruct] | None = None,
     max_records: int | None = None,
 ) -> tuple[TrainState, dict[str, np.ndarray], int | None, str]:
     """Read a :func:`save_checkpoint` file into the structure of ``like`` (e.g. a fresh

@@ -1,4 +1,4 @@
-r"""Per-layer gradient and signal statistics in one jitted call, and health verdicts.
+r"""Per-layer gradient and signal statistics of any model in one jitted call.
 
 "Where do my gradients vanish or explode, layer by layer, and why?" :func:`probe` answers for
 the model the researcher wrote, unchanged: a Flax linen module, a Flax NNX module, an Equinox

@@ -13,7 +13,10 @@ the paper. Import as ``import gradflow as gf``; the public modules are re-export
 * :mod:`gradflow.models` -- Flax linen Chain, MLP, DeepLinear, RNN/LSTM
 * :mod:`gradflow.adapters` -- any model (Flax linen, NNX, Equinox, plain JAX) as a pure function
 * :mod:`gradflow.taps` -- find the layers of any JAX function and tap their outputs exactly
-* :mod:`gradflow.probes` -- per-layer gradient and signal statistics of any model, verdicts
+* :mod:`gradflow.losses` -- the costs ``(logits, y) -> scalar`` the probe and training minimise
+* :mod:`gradflow.probes` -- per-layer gradient and signal statistics of any model in one pass
+* :mod:`gradflow.report` -- the probe's report types, verdicts, table, frame and figure
+* :mod:`gradflow.history` -- signs of exploding gradients in a training history
 * :mod:`gradflow.optim` -- optax transforms: clipping with telemetry, weight decay, monitors
 * :mod:`gradflow.data` -- scikit-learn digits and synthetic tasks
 * :mod:`gradflow.training` -- train state, jitted step, loop with divergence detection
@@ -30,12 +33,15 @@ from gradflow import (
     config,
     data,
     experiment,
+    history,
     initializers,
+    losses,
     meanfield,
     models,
     optim,
     plotting,
     probes,
+    report,
     rng,
     spectra,
     sweep,
@@ -53,12 +59,15 @@ __all__ = [
     "config",
     "data",
     "experiment",
+    "history",
     "initializers",
+    "losses",
     "meanfield",
     "models",
     "optim",
     "plotting",
     "probes",
+    "report",
     "rng",
     "spectra",
     "sweep",

@@ -40,9 +40,11 @@ import inspect
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from gradflow import taps as _taps
 
@@ -78,15 +80,15 @@ class Model:
     """
 
     kind: str
-    apply: Callable[..., tuple[Any, Any]]
-    params: Any
-    state: Any
+    apply: Callable[..., tuple[chex.ArrayTree, chex.ArrayTree]]
+    params: optax.Params
+    state: chex.ArrayTree
     key: Hashable | None
     paths: tuple[tuple[str, ...], ...]
     layer_names: tuple[str, ...] | None = None
     source: Any = None
 
-    def __call__(self, params: Any, x: Any) -> Any:
+    def __call__(self, params: optax.Params, x: chex.ArrayTree) -> chex.ArrayTree:
         """The model's outputs for ``params`` and ``x`` (its own state)."""
         return self.apply(params, x, self.state)[0]
 
@@ -278,7 +280,13 @@ def _function(fn: Callable, params: Any) -> Model:
     )
 
 
-def as_model(model: Any, variables: Any = None, *, train: bool = False, rngs: Any = None) -> Model:
+def as_model(
+    model: Any,
+    variables: chex.ArrayTree | None = None,
+    *,
+    train: bool = False,
+    rngs: jax.Array | Mapping[str, jax.Array] | None = None,
+) -> Model:
     """A :class:`Model` from a linen module and its variables, an NNX or Equinox module, or an
     ``apply_fn(params, x)`` and its ``params`` (see the module docstring).
 

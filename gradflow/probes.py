@@ -1,4 +1,4 @@
-r"""Per-layer gradient and signal statistics in one jitted call, and health verdicts.
+r"""Per-layer gradient and signal statistics of any model in one jitted call.
 
 "Where do my gradients vanish or explode, layer by layer, and why?" :func:`probe` answers for
 the model the researcher wrote, unchanged: a Flax linen module, a Flax NNX module, an Equinox
@@ -43,10 +43,15 @@ axes::
     report = jax.vmap(lambda k: gf.probes.probe(model, model.init(k, x), x, y))(keys)
 
 :func:`probe_rnn` gives :math:`\|\partial C/\partial h_t\|` for every time step of a
-:class:`gradflow.models.RNN` (Pascanu et al. 2013). :func:`verdict` labels each layer
-``"vanishing"``, ``"healthy"`` or ``"exploding"``; :func:`check_history` scans a training history
-for the signs of explosion the seed notes list; :func:`format_report` and :func:`plot_report` make
-it readable.
+:class:`gradflow.models.RNN` (Pascanu et al. 2013).
+
+This module holds the probe itself. The report types and their readers live beside each other in
+:mod:`gradflow.report` (:func:`~gradflow.report.verdict` labels each layer ``"vanishing"``,
+``"healthy"`` or ``"exploding"``; :func:`~gradflow.report.format_report`,
+:func:`~gradflow.report.to_frame` and :func:`~gradflow.report.plot_report` make it readable), the
+costs in :mod:`gradflow.losses`, and :func:`~gradflow.history.check_history`, which scans a
+training history for the signs of explosion, in :mod:`gradflow.history`. Their names stay
+importable from here: ``gf.probes.verdict`` is ``gf.report.verdict``.
 """
 
 from __future__ import annotations
@@ -55,23 +60,40 @@ import collections
 import functools
 import math
 import numbers
-import os
-import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import struct
+from jax.typing import ArrayLike
 
 from gradflow import _checks
 from gradflow import adapters as _adapters
 from gradflow import config as _config
 from gradflow import models as _models
 from gradflow import taps as _taps
+
+# The losses, the report types and their readers, and the history check live in their own
+# modules; their names stay importable from here (``gf.probes.verdict`` etc.).
+from gradflow.history import Sign, check_history
+from gradflow.losses import LOSSES, LossFn, get_loss
+from gradflow.losses import mse as mse
+from gradflow.losses import sigmoid_cross_entropy as sigmoid_cross_entropy
+from gradflow.losses import softmax_cross_entropy as softmax_cross_entropy
+from gradflow.report import EXPLODING as EXPLODING
+from gradflow.report import (
+    STATS,
+    LayerReport,
+    RecurrentReport,
+    format_report,
+    plot_report,
+    to_frame,
+    verdict,
+)
+from gradflow.report import VANISHING as VANISHING
 
 __all__ = [
     "LOSSES",
@@ -91,140 +113,10 @@ __all__ = [
 ]
 
 Array = jax.Array
-LossFn = Callable[[Array, Array], Array]
+_ROW_STATS = tuple(k for k in STATS if k != "loss")
 
 #: Saturation threshold: :math:`|\phi'(u)|` below this fraction of :math:`\sup|\phi'|`.
 SATURATION = 0.01
-
-
-# ---------------------------------------------------------------------------------------- losses
-
-
-def _targets(logits: Array, y: Array, loss: str) -> Array:
-    """One-hot integer labels, or check and broadcast real targets to the logits' shape."""
-    y = jnp.asarray(y)
-    if jnp.issubdtype(y.dtype, jnp.integer):
-        if y.shape != logits.shape[:-1]:
-            raise ValueError(
-                f"{loss}: integer labels must have shape {logits.shape[:-1]} (the logits' "
-                f"{logits.shape} without the class axis), got {y.shape}"
-            )
-        return jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype)
-    if y.shape == logits.shape:
-        return y.astype(logits.dtype)
-    if logits.shape[-1] == 1 and y.shape == logits.shape[:-1]:
-        return y[..., None].astype(logits.dtype)
-    raise ValueError(
-        f"{loss}: real targets must have the logits' shape {logits.shape}, got {y.shape}"
-    )
-
-
-def softmax_cross_entropy(logits: Array, y: Array) -> Array:
-    r""":math:`-\frac{1}{B}\sum_x \log \mathrm{softmax}(z^x)_{y^x}` (optax); integer labels or
-    probability targets."""
-    y = jnp.asarray(y)
-    if jnp.issubdtype(y.dtype, jnp.integer):
-        _targets(logits, y, "softmax_cross_entropy")
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    return optax.softmax_cross_entropy(logits, _targets(logits, y, "softmax_cross_entropy")).mean()
-
-
-def sigmoid_cross_entropy(logits: Array, y: Array) -> Array:
-    r"""Nielsen's cross-entropy cost on sigmoid outputs :math:`a = \sigma(z)`:
-
-    .. math::
-        C = -\frac{1}{B}\sum_x \sum_j \big[y_j \ln a_j + (1 - y_j)\ln(1 - a_j)\big],
-
-    summed over output units, averaged over examples (one-hot targets for integer labels), so
-    :math:`\delta^L = a - y` per example. Computed stably from the logits (optax)."""
-    t = _targets(logits, y, "sigmoid_cross_entropy")
-    return optax.sigmoid_binary_cross_entropy(logits, t).sum(-1).mean()
-
-
-def mse(logits: Array, y: Array) -> Array:
-    r"""Nielsen's quadratic cost :math:`C = \frac{1}{2B}\sum_x \|a^x - y^x\|^2` on the raw
-    outputs (one-hot targets for integer labels), so :math:`\partial C_x/\partial a = a - y`."""
-    t = _targets(logits, y, "mse")
-    return 0.5 * jnp.sum(jnp.square(logits - t), axis=-1).mean()
-
-
-_LOSSES: dict[str, LossFn] = {
-    "softmax_cross_entropy": softmax_cross_entropy,
-    "sigmoid_cross_entropy": sigmoid_cross_entropy,
-    "mse": mse,
-}
-#: Loss names :func:`probe` accepts (or pass a callable ``(logits, y) -> scalar``).
-LOSSES: tuple[str, ...] = tuple(_LOSSES)
-
-
-def get_loss(loss: str | LossFn) -> LossFn:
-    """The loss function ``(logits, y) -> scalar`` for a name in :data:`LOSSES` (or a callable,
-    returned unchanged)."""
-    if isinstance(loss, str):
-        if loss not in _LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)} or a callable")
-        return _LOSSES[loss]
-    if callable(loss):
-        return loss
-    raise TypeError(f"loss must be a name ({', '.join(LOSSES)}) or a callable, got {loss!r}")
-
-
-# ---------------------------------------------------------------------------------------- report
-
-
-@struct.dataclass
-class LayerReport:
-    """Per-layer statistics from :func:`probe`; arrays ``(..., L)``, forward order, readout last.
-
-    See the module docstring for the definitions. ``layer_names`` is static (not a pytree leaf).
-    """
-
-    loss: Array
-    weight_grad_norm: Array
-    bias_grad_norm: Array
-    preact_grad_norm: Array
-    preact_grad_norm_std: Array
-    weight_norm: Array
-    act_mean: Array
-    act_var: Array
-    avg_sq_channel_mean: Array
-    avg_channel_var: Array
-    preact_sq_mean: Array
-    saturated_frac: Array
-    dead_frac: Array
-    layer_names: tuple[str, ...] = struct.field(pytree_node=False, default=())
-    layer_kinds: tuple[str, ...] = struct.field(pytree_node=False, default=())
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layer_names)
-
-
-#: The array fields of :class:`LayerReport` (``verdict(stat=...)`` takes the gradient ones).
-STATS: tuple[str, ...] = tuple(
-    f.name
-    for f in LayerReport.__dataclass_fields__.values()
-    if f.name not in ("layer_names", "layer_kinds")
-)
-_GRAD_STATS = ("weight_grad_norm", "bias_grad_norm", "preact_grad_norm")
-_ROW_STATS = tuple(k for k in STATS if k != "loss")
-
-
-@struct.dataclass
-class RecurrentReport:
-    r"""From :func:`probe_rnn`: arrays ``(..., T)`` over time steps ``t = 1..T``.
-
-    ``hidden_grad_norm`` / ``_std``: mean / std over examples of
-    :math:`\|\partial C_x/\partial h_t\|` (per-example, as ``preact_grad_norm`` of
-    :class:`LayerReport`); ``hidden_norm``: mean :math:`\|h_t\|`; ``param_grad_norm`` (``(...)``):
-    :math:`\|\partial C/\partial \theta\|` over all parameters; ``loss`` (``(...)``).
-    """
-
-    loss: Array
-    hidden_grad_norm: Array
-    hidden_grad_norm_std: Array
-    hidden_norm: Array
-    param_grad_norm: Array
 
 
 # ----------------------------------------------------------------------------------------- probe
@@ -364,7 +256,7 @@ def _signal(
     )
 
 
-def _sown(aux: Any, row: _taps.Layer) -> dict | None:
+def _sown(aux: chex.ArrayTree, row: _taps.Layer) -> dict | None:
     """What a :class:`gradflow.models.DenseBlock` sowed for ``row`` (None for other layers)."""
     sown = _get(aux, row.owner)
     if isinstance(sown, Mapping) and {"act", "preact", "slope"} <= set(sown):
@@ -487,7 +379,7 @@ def _compiled(model: _adapters.Model, loss: str | LossFn, layers: tuple | None) 
     return fn
 
 
-def _batch_size(x: Any, y: Any) -> int:
+def _batch_size(x: chex.ArrayTree, y: ArrayLike) -> int:
     leaves = jax.tree.leaves(x)
     if not leaves:
         raise ValueError("x is empty: pass a batch of inputs with the examples on axis 0")
@@ -505,7 +397,7 @@ def _batch_size(x: Any, y: Any) -> int:
     return batch
 
 
-def _check_finite(name: str, tree: Any) -> None:
+def _check_finite(name: str, tree: chex.ArrayTree) -> None:
     for v in jax.tree.leaves(tree):
         if isinstance(v, jax.core.Tracer) or not jnp.issubdtype(jnp.result_type(v), jnp.inexact):
             continue
@@ -521,14 +413,14 @@ def _check_finite(name: str, tree: Any) -> None:
 
 def probe(
     model: Any,
-    variables: Any,
-    x: Any,
-    y: Array,
+    variables: chex.ArrayTree | None,
+    x: chex.ArrayTree,
+    y: ArrayLike,
     loss: str | LossFn = "softmax_cross_entropy",
     *,
     train: bool = False,
     layers: Sequence[str] | None = None,
-    rngs: Any = None,
+    rngs: jax.Array | Mapping[str, jax.Array] | None = None,
 ) -> LayerReport:
     r"""Per-layer gradient and signal statistics of any model on the batch ``(x, y)``.
 
@@ -663,7 +555,11 @@ def _cached_rnn(model, loss):
 
 
 def probe_rnn(
-    model: _models.RNN, variables: Mapping, x: Array, y: Array, loss: str | LossFn = "mse"
+    model: _models.RNN,
+    variables: Mapping,
+    x: ArrayLike,
+    y: ArrayLike,
+    loss: str | LossFn = "mse",
 ) -> RecurrentReport:
     r""":math:`\|\partial C/\partial h_t\|` for every time step of a :class:`~gradflow.models.RNN`.
 
@@ -697,7 +593,7 @@ def probe_rnn(
     return _config.wrap(fn)(variables, x, y)  # float32 matmuls unless asked: gradflow.config
 
 
-def time_decay_rate(norms: Array, *, axis: int = -1) -> Array:
+def time_decay_rate(norms: ArrayLike, *, axis: int = -1) -> Array:
     r"""Per-step factor :math:`r` of a geometric fit :math:`\|\partial C/\partial h_t\| \propto
     r^{T - t}`: the factor by which the gradient shrinks for each step back in time.
 
@@ -751,485 +647,3 @@ def time_decay_rate(norms: Array, *, axis: int = -1) -> Array:
     lc = logn - jnp.sum(w * logn, -1, keepdims=True) / count
     slope = jnp.sum(w * tc * lc, -1) / jnp.sum(w * tc * tc, -1)
     return jnp.where(count[..., 0] >= 2, jnp.exp(-slope), jnp.nan)
-
-
-# --------------------------------------------------------------------------------------- verdict
-
-
-#: Default thresholds of :func:`verdict` on the ratio to the readout layer.
-VANISHING = 1e-2
-EXPLODING = 1e2
-
-
-def verdict(
-    report: LayerReport,
-    *,
-    vanishing: float = VANISHING,
-    exploding: float = EXPLODING,
-    stat: str = "preact_grad_norm",
-) -> np.ndarray:
-    r"""Label each layer ``"vanishing"``, ``"healthy"``, ``"exploding"`` or ``"non-finite"``.
-
-    With :math:`g_l` the gradient statistic ``stat`` of layer :math:`l` and :math:`g_L` the
-    readout's, layer :math:`l` is
-
-    * ``"vanishing"`` if :math:`g_l / g_L < ` ``vanishing`` (default :math:`10^{-2}`: the layer
-      learns a hundred times slower than the readout, Nielsen's ch. 5 picture), and wherever
-      :math:`g_l = g_L = 0` (no gradient reaches the layer at all: an all-zero gradient is not
-      healthy);
-    * ``"exploding"`` if :math:`g_l / g_L > ` ``exploding`` (default :math:`10^{2}`), including
-      :math:`g_l = +\infty` with a finite loss and :math:`g_L` (overflow in the backward pass);
-    * ``"non-finite"`` if :math:`g_l` is NaN, and for every layer of a report whose loss or
-      readout statistic :math:`g_L` is not finite (NaN or infinite input, labels out of range,
-      an empty batch): no ratio can be formed, so no layer is called healthy. A
-      :class:`RuntimeWarning` names the first non-finite quantity (the loss, or ``stat`` at a
-      layer);
-    * ``"healthy"`` otherwise (always for a finite, nonzero readout itself).
-
-    The default statistic is the per-example error :math:`\|\delta_l\|` (``preact_grad_norm``):
-    it measures the backward signal itself, does not depend on the input scale or on a layer's
-    fan-in, and stays defined with BatchNorm (which zeroes :math:`\partial C/\partial b_l`) and
-    for bias-free layers. ``stat="bias_grad_norm"`` gives Nielsen's speeds,
-    ``"weight_grad_norm"`` the weight gradients.
-
-    Returns:
-      NumPy string array of shape ``(..., L)``.
-    """
-    if not isinstance(report, LayerReport):
-        raise TypeError(f"report must be a LayerReport (from probe), got {type(report).__name__}")
-    if stat not in _GRAD_STATS:
-        raise ValueError(f"unknown stat {stat!r}; valid: {', '.join(_GRAD_STATS)}")
-    for name, v in (("vanishing", vanishing), ("exploding", exploding)):
-        if not (isinstance(v, numbers.Real) and math.isfinite(v) and v > 0):
-            raise ValueError(f"{name} threshold must be a finite float > 0, got {v!r}")
-    if not vanishing < 1 < exploding:
-        raise ValueError(
-            f"thresholds must satisfy vanishing < 1 < exploding, got {vanishing}, {exploding}"
-        )
-    g = np.asarray(getattr(report, stat), dtype=np.float64)
-    if g.ndim == 0 or g.shape[-1] == 0:
-        raise ValueError(f"report.{stat} must have a layer axis (..., L), L >= 1; got {g.shape}")
-    loss = np.broadcast_to(np.asarray(report.loss, dtype=np.float64), g.shape[:-1])
-    ref = g[..., -1:]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = g / ref
-    out = np.full(g.shape, "healthy", dtype="<U10")
-    out[ratio < vanishing] = "vanishing"
-    out[ratio > exploding] = "exploding"
-    out[(g == 0) & (ref == 0)] = "vanishing"
-    out[np.isnan(g)] = "non-finite"
-    lost = ~np.isfinite(loss)[..., None] | ~np.isfinite(ref)
-    out[np.broadcast_to(lost, g.shape)] = "non-finite"
-    if (out == "non-finite").any():
-        warnings.warn(
-            f"gradflow.probes.verdict: {_first_non_finite(report, stat, g, loss)}; layers "
-            "without a meaningful ratio are labelled 'non-finite' (check the batch for NaN/inf "
-            "inputs, labels out of range and emptiness)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    return out
-
-
-def _first_non_finite(report: LayerReport, stat: str, g: np.ndarray, loss: np.ndarray) -> str:
-    """The first non-finite quantity a verdict reads, in words."""
-    draw = lambda idx: f" (draw {idx})" if idx else ""
-    if not np.isfinite(loss).all():
-        idx = tuple(int(i) for i in np.unravel_index(np.argmin(np.isfinite(loss)), loss.shape))
-        return f"the loss is {float(loss[idx])}{draw(idx)}"
-    bad = np.argwhere(~np.isfinite(g))
-    idx = tuple(int(i) for i in bad[0])
-    names = report.layer_names or ()
-    layer = names[idx[-1]] if idx[-1] < len(names) else f"layer {idx[-1]}"
-    return f"{stat} of {layer} is {float(g[idx])}{draw(idx[:-1])}"
-
-
-# ------------------------------------------------------------------------------- history check
-
-
-class Sign(NamedTuple):
-    """One sign of trouble found by :func:`check_history`."""
-
-    #: "loss_nonfinite" | "weights_nonfinite" | "large_updates" | "loss_spike" |
-    #: "grad_norm_above_threshold"
-    kind: str
-    step: int  #: first step (index into the history) where it shows
-    message: str  #: human-readable explanation
-    layers: tuple[int, ...] = ()  #: layers concerned (per-layer signs only)
-
-
-_HISTORY_KEYS = ("loss", "param_norm", "update_norm", "grad_norm")
-
-
-def _column(key: str, values: Any) -> np.ndarray:
-    try:
-        return np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"check_history: history[{key!r}] must hold numbers (per-step floats or arrays), got "
-            f"{_checks.show(values)}"
-        ) from None
-
-
-def _columns(history: Mapping | Sequence) -> dict[str, np.ndarray]:
-    if isinstance(history, Mapping):
-        cols = {k: _column(k, history[k]) for k in _HISTORY_KEYS if k in history}
-    elif isinstance(history, Sequence) and not isinstance(history, (str, bytes)):
-        if not history:
-            raise ValueError("check_history: empty history")
-        keys = [k for k in _HISTORY_KEYS if k in history[0]]
-        for i, step in enumerate(history):
-            missing = [k for k in keys if k not in step]
-            if missing:
-                raise ValueError(f"check_history: step {i} lacks {missing} (step 0 has {keys})")
-        cols = {k: _column(k, [s[k] for s in history]) for k in keys}
-    else:
-        raise TypeError(
-            "check_history: history must be a mapping of per-step arrays or a sequence of "
-            f"per-step mappings, got {type(history).__name__}"
-        )
-    if not cols:
-        raise ValueError(f"check_history: history has none of the keys {', '.join(_HISTORY_KEYS)}")
-    lengths = {k: v.shape[0] if v.ndim else 0 for k, v in cols.items()}
-    if len(set(lengths.values())) != 1 or 0 in lengths.values():
-        raise ValueError(
-            f"check_history: every entry needs the same number of steps, got {lengths}"
-        )
-    return cols
-
-
-def _first(mask: np.ndarray) -> int | None:
-    idx = np.flatnonzero(mask)
-    return int(idx[0]) if idx.size else None
-
-
-def check_history(
-    history: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-    *,
-    update_ratio: float = 0.5,
-    grad_threshold: float = 1.0,
-    window: int = 10,
-    spike_factor: float = 10.0,
-) -> tuple[Sign, ...]:
-    r"""Scan a training history for the signs of exploding gradients listed in the seed notes.
-
-    ``history`` is a mapping of per-step arrays (or a sequence of per-step mappings) with any of
-    the keys ``"loss"`` ``(T,)``, ``"param_norm"`` ``(T,)`` or ``(T, L)``, ``"update_norm"``
-    (same shape as ``param_norm``: :math:`\|\Delta\theta_t\|`), ``"grad_norm"`` ``(T, L)``
-    per-layer gradient norms (or ``(T,)``); other keys are ignored. Signs, each reported once at
-    its first step:
-
-    * ``"loss_nonfinite"`` -- the loss becomes NaN or infinite;
-    * ``"weights_nonfinite"`` -- a parameter norm becomes NaN or infinite (some weight did);
-    * ``"large_updates"`` -- :math:`\|\Delta\theta_t\| > ` ``update_ratio``
-      :math:`\cdot \|\theta_t\|` (the weights change a lot from one update to the next);
-    * ``"loss_spike"`` -- the loss exceeds ``spike_factor`` times its running minimum (unstable
-      loss, large changes between updates);
-    * ``"grad_norm_above_threshold"`` -- a layer's gradient norm stays above ``grad_threshold``
-      (default 1, the seeds' "error gradient consistently above 1.0") for ``window`` consecutive
-      steps (all steps if the history is shorter).
-
-    Returns:
-      A tuple of :class:`Sign` (empty: no sign found), ordered by step.
-    """
-    for name, v, lo in (
-        ("update_ratio", update_ratio, 0.0),
-        ("grad_threshold", grad_threshold, 0.0),
-        ("spike_factor", spike_factor, 1.0),
-    ):
-        if not (isinstance(v, numbers.Real) and math.isfinite(v) and v > lo):
-            raise ValueError(f"check_history: {name} must be a finite float > {lo}, got {v!r}")
-    if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1:
-        raise ValueError(f"check_history: window must be an int >= 1, got {window!r}")
-    cols = _columns(history)
-    signs: list[Sign] = []
-
-    def per_step(a: np.ndarray) -> np.ndarray:
-        return a.reshape(a.shape[0], -1)
-
-    if "loss" in cols:
-        loss = cols["loss"].reshape(-1)
-        s = _first(~np.isfinite(loss))
-        if s is not None:
-            signs.append(Sign("loss_nonfinite", s, f"loss is {loss[s]} at step {s}"))
-        finite = np.where(np.isfinite(loss), loss, np.inf)
-        running_min = np.minimum.accumulate(finite)
-        prev_min = np.concatenate([[np.inf], running_min[:-1]])
-        spike = np.isfinite(loss) & (prev_min > 0) & (loss > spike_factor * prev_min)
-        s = _first(spike)
-        if s is not None:
-            signs.append(
-                Sign(
-                    "loss_spike",
-                    s,
-                    f"loss jumps to {loss[s]:.4g} at step {s}, more than {spike_factor:g}x its "
-                    f"running minimum {prev_min[s]:.4g}",
-                )
-            )
-    if "param_norm" in cols:
-        pn = per_step(cols["param_norm"])
-        s = _first(~np.all(np.isfinite(pn), axis=1))
-        if s is not None:
-            signs.append(Sign("weights_nonfinite", s, f"parameter norm is not finite at step {s}"))
-        if "update_norm" in cols:
-            un = per_step(cols["update_norm"])
-            if un.shape != pn.shape:
-                raise ValueError(
-                    f"check_history: update_norm {un.shape} and param_norm {pn.shape} differ"
-                )
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = un / pn
-            big = np.isfinite(ratio) & (ratio > update_ratio)
-            s = _first(np.any(big, axis=1))
-            if s is not None:
-                signs.append(
-                    Sign(
-                        "large_updates",
-                        s,
-                        f"update norm is {np.nanmax(ratio[s]):.3g}x the parameter norm at step "
-                        f"{s} (threshold {update_ratio:g}); {int(big.any(1).sum())} such steps",
-                        tuple(int(i) for i in np.flatnonzero(big[s])) if pn.shape[1] > 1 else (),
-                    )
-                )
-    if "grad_norm" in cols:
-        gn = per_step(cols["grad_norm"])
-        w = min(int(window), gn.shape[0])
-        above = ~(gn <= grad_threshold)  # NaN counts as above
-        # run[t, l]: above at every step of [t - w + 1, t]
-        csum = np.concatenate([np.zeros((1, gn.shape[1])), np.cumsum(above, axis=0)])
-        run = (csum[w:] - csum[:-w]) == w  # window ending at step t = w - 1 + index
-        s = _first(np.any(run, axis=1))
-        if s is not None:
-            layers = tuple(int(i) for i in np.flatnonzero(run[s]))
-            signs.append(
-                Sign(
-                    "grad_norm_above_threshold",
-                    s,
-                    f"gradient norm of layer(s) {list(layers)} stays above {grad_threshold:g} for "
-                    f"{w} consecutive steps from step {s}",
-                    layers,
-                )
-            )
-    return tuple(sorted(signs, key=lambda sg: sg.step))
-
-
-# -------------------------------------------------------------------------------------- display
-
-
-def _summary(report: LayerReport) -> tuple[dict[str, np.ndarray], int]:
-    """Median over leading (vmapped) axes; returns the per-layer arrays and the number of draws."""
-    arrays = {k: np.asarray(getattr(report, k), dtype=np.float64) for k in STATS if k != "loss"}
-    loss = np.asarray(report.loss, dtype=np.float64)
-    draws = int(loss.size)
-    if draws > 1:
-        arrays = {k: np.median(v.reshape(-1, v.shape[-1]), axis=0) for k, v in arrays.items()}
-        loss = np.median(loss.reshape(-1))
-    arrays["loss"] = np.asarray(loss).reshape(())
-    return arrays, draws
-
-
-def to_frame(report: LayerReport):
-    """A tidy :class:`pandas.DataFrame`: one row per (draw, layer), a column per statistic.
-
-    Columns ``draw`` (flat index over leading vmapped axes; 0 for a single report), ``layer``
-    (0-based, forward order), ``name``, ``kind`` (``""`` when the report has none), the
-    statistics of :data:`STATS` (``loss`` repeated per layer) and ``verdict`` (default
-    thresholds).
-    """
-    if not isinstance(report, LayerReport):
-        raise TypeError(f"report must be a LayerReport (from probe), got {type(report).__name__}")
-    import pandas as pd
-
-    L = report.num_layers or np.shape(report.weight_grad_norm)[-1]
-    names = report.layer_names or tuple(f"layer_{i}" for i in range(L))
-    kinds = report.layer_kinds if len(report.layer_kinds) == L else ("",) * L
-    cols = {k: np.asarray(getattr(report, k), dtype=np.float64) for k in STATS}
-    draws = int(np.asarray(report.loss).size)
-    data = {
-        "draw": np.repeat(np.arange(draws), L),
-        "layer": np.tile(np.arange(L), draws),
-        "name": np.tile(np.asarray(names, dtype=object), draws),
-        "kind": np.tile(np.asarray(kinds, dtype=object), draws),
-    }
-    for k, v in cols.items():
-        data[k] = np.repeat(v.reshape(-1), L) if k == "loss" else v.reshape(-1)
-    data["verdict"] = verdict(report).reshape(-1)
-    return pd.DataFrame(data)
-
-
-def format_report(
-    report: LayerReport,
-    *,
-    vanishing: float = VANISHING,
-    exploding: float = EXPLODING,
-    stat: str = "preact_grad_norm",
-) -> str:
-    r"""A table for the terminal: one row per layer, forward order, readout last.
-
-    Columns: the layer's kind (when the report has them), :math:`\|\partial C/\partial W\|`,
-    :math:`\|\partial C/\partial b\|` (Nielsen's speed), :math:`\|\delta\|` mean and std
-    over examples, the ratio of ``stat`` to the readout's, activation mean and variance, %
-    saturated and % dead units ("-" where undefined), and the :func:`verdict`. A
-    vmapped report is summarised by the median over its draws (said in the header).
-    """
-    if not isinstance(report, LayerReport):
-        raise TypeError(f"report must be a LayerReport (from probe), got {type(report).__name__}")
-    arrays, draws = _summary(report)
-    L = arrays["weight_grad_norm"].shape[-1]
-    names = report.layer_names or tuple(f"layer_{i}" for i in range(L))
-    summary = LayerReport(**{k: v for k, v in arrays.items()}, layer_names=tuple(names))
-    labels = verdict(summary, vanishing=vanishing, exploding=exploding, stat=stat)
-    g = arrays[stat]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = g / g[-1]
-
-    def sci(v: float) -> str:
-        return "-" if np.isnan(v) else f"{v:.2e}"
-
-    def pct(v: float) -> str:
-        return "-" if np.isnan(v) else f"{100 * v:.1f}"
-
-    kinds = report.layer_kinds if len(report.layer_kinds) == L else None
-    header = [
-        "layer",
-        *(["kind"] if kinds else []),
-        "|dC/dW|",
-        "|dC/db|",
-        "|delta|",
-        "(std)",
-        "ratio",
-        "act mean",
-        "act var",
-        "sat %",
-        "dead %",
-        "verdict",
-    ]
-    rows = []
-    for i in range(L):
-        rows.append(
-            [
-                names[i],
-                *([kinds[i]] if kinds else []),
-                sci(arrays["weight_grad_norm"][i]),
-                sci(arrays["bias_grad_norm"][i]),
-                sci(arrays["preact_grad_norm"][i]),
-                sci(arrays["preact_grad_norm_std"][i]),
-                sci(ratio[i]),
-                f"{arrays['act_mean'][i]:.3f}",
-                f"{arrays['act_var'][i]:.3g}",
-                pct(arrays["saturated_frac"][i]),
-                pct(arrays["dead_frac"][i]),
-                str(labels[i]),
-            ]
-        )
-    widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
-
-    left = {0, len(header) - 1, *([1] if kinds else [])}
-
-    def line(cells):
-        return "  ".join(
-            c.ljust(w) if j in left else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths))
-        ).rstrip()
-
-    what = f"median over {draws} draws, " if draws > 1 else ""
-    title = (
-        f"gradflow probe: {L} layers, loss {float(arrays['loss']):.4g} ({what}ratio = {stat} / "
-        f"readout; vanishing < {vanishing:g}, exploding > {exploding:g})"
-    )
-    rule = "-" * len(line(header))
-    return "\n".join([title, line(header), rule, *(line(r) for r in rows)])
-
-
-def plot_report(
-    report: LayerReport,
-    path: str | os.PathLike,
-    *,
-    title: str | None = None,
-    vanishing: float = VANISHING,
-    exploding: float = EXPLODING,
-    stat: str = "preact_grad_norm",
-) -> list:
-    """Figure of a report, written as ``path.pdf`` and ``path.png`` (via
-    :func:`gradflow.plotting.savefig`).
-
-    Left: per-layer gradient norms on a log scale -- :math:`\\|\\partial C/\\partial W_l\\|`,
-    :math:`\\|\\partial C/\\partial b_l\\|`, :math:`\\|\\delta_l\\|` -- with the healthy band of
-    :func:`verdict` for ``stat`` shaded (readout value times ``vanishing`` .. ``exploding``).
-    Right: the signal-propagation statistics (Brock et al. 2021) of the layer outputs. A
-    vmapped report is drawn as the median over draws with the 10-90% range shaded.
-
-    Returns:
-      The written paths.
-    """
-    if not isinstance(report, LayerReport):
-        raise TypeError(f"report must be a LayerReport (from probe), got {type(report).__name__}")
-    from gradflow import plotting
-
-    L = np.shape(report.weight_grad_norm)[-1]
-    names = report.layer_names or tuple(f"layer_{i}" for i in range(L))
-    layer = np.arange(1, L + 1)
-    draws = int(np.asarray(report.loss).size)
-
-    def band(k: str):
-        v = np.asarray(getattr(report, k), dtype=np.float64).reshape(-1, L)
-        return np.median(v, 0), np.quantile(v, 0.1, 0), np.quantile(v, 0.9, 0)
-
-    labels = verdict(
-        LayerReport(
-            **{k: band(k)[0] if k != "loss" else np.zeros(()) for k in STATS},
-            layer_names=tuple(names),
-        ),
-        vanishing=vanishing,
-        exploding=exploding,
-        stat=stat,
-    )
-    counts = [f"{int((labels == v).sum())} {v}" for v in ("vanishing", "exploding")]
-    fig, (ax_g, ax_s) = plotting.figure(1, 2, width="text", aspect=0.7)
-    with plotting.style():
-        series = [
-            ("weight_grad_norm", r"$\|\partial C/\partial W_l\|$", plotting.COLORS[0], "o"),
-            ("bias_grad_norm", r"$\|\partial C/\partial b_l\|$ (speed)", plotting.COLORS[1], "s"),
-            ("preact_grad_norm", r"$\|\delta_l\|$ per example", plotting.COLORS[2], "^"),
-        ]
-        for k, label, color, marker in series:
-            med, lo, hi = band(k)
-            if not np.any(np.isfinite(med) & (med > 0)):
-                continue  # e.g. no biases
-            ax_g.plot(layer, med, marker=marker, color=color, label=label)
-            if draws > 1:
-                ax_g.fill_between(layer, lo, hi, color=color, alpha=0.2, linewidth=0)
-        ref = band(stat)[0][-1]
-        if np.isfinite(ref) and ref > 0:
-            ax_g.axhspan(
-                ref * vanishing,
-                ref * exploding,
-                color="0.5",
-                alpha=0.12,
-                linewidth=0,
-                zorder=0,
-                label=f"healthy band of {stat}",
-            )
-        ax_g.set_yscale("log")
-        ax_g.set_ylabel("gradient norm")
-        ax_g.set_title(f"gradients ({', '.join(counts)} of {L} layers)")
-
-        for k, label, color in (
-            ("avg_channel_var", "avg. channel variance", plotting.COLORS[0]),
-            ("avg_sq_channel_mean", "avg. squared channel mean", plotting.COLORS[1]),
-        ):
-            med, lo, hi = band(k)
-            ax_s.plot(layer, med, marker="o", color=color, label=label)
-            if draws > 1:
-                ax_s.fill_between(layer, lo, hi, color=color, alpha=0.2, linewidth=0)
-        spp = np.concatenate([band(k)[0] for k in ("avg_channel_var", "avg_sq_channel_mean")])
-        plotting.log_axis_if_spans(ax_s, spp)
-        ax_s.set_ylabel("statistic of layer output $h_l$")
-        ax_s.set_title("signal propagation (Brock et al. 2021)")
-        for ax in (ax_g, ax_s):
-            ax.set_xlabel("layer (input $\\to$ readout)")
-            ax.set_xticks(layer[:: max(1, -(-L // 10))])
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
-        if title:
-            what = f" (median and 10-90% over {draws} draws)" if draws > 1 else ""
-            fig.suptitle(title + what)
-    return plotting.savefig(fig, path)

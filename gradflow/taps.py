@@ -51,6 +51,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -119,7 +120,7 @@ def path_names(path: Sequence[Any]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def leaf_paths(params: Any) -> tuple[tuple[str, ...], ...]:
+def leaf_paths(params: chex.ArrayTree) -> tuple[tuple[str, ...], ...]:
     """The :func:`path_names` of every leaf of ``params``, in :func:`jax.tree.leaves` order."""
     flat, _ = jax.tree_util.tree_flatten_with_path(params)
     return tuple(path_names(path) for path, _leaf in flat)
@@ -172,7 +173,7 @@ class _Chain:
     bias: set
     fan_in: dict  # leaf -> the leaf axes the linear map contracts (exact weights only)
     site: tuple  # position of the equation whose output is the layer output
-    aval: Any  # that output's abstract value
+    aval: jax.core.AbstractValue  # that output's abstract value
     axes: tuple[int, ...] | None
     levels: tuple[int, ...]  # enclosing scan levels, outermost first
     last_prim: str
@@ -359,153 +360,177 @@ class _Analysis:
         return out_infos, rows
 
     def step(self, eqn, ins: list[_Info], site, levels, rows: list[_Row]) -> list[_Info]:
+        """The infos of one equation's outputs; a new layer's row is appended to ``rows``."""
         name = eqn.primitive.name
-        data = any(i.data for i in ins)
         norm = 0 if name in _NORM_ROOTS else _norm_depth(ins)
-        param_ops = [i for i in ins if not i.data and i.leaves]
-        outs_aval = [v.aval for v in eqn.outvars]
-        single = len(eqn.outvars) == 1
-        if not data:
-            leaves = frozenset().union(*(i.leaves for i in ins)) if ins else frozenset()
-            perm = None
-            if single and len(ins) == 1 and ins[0].exact and ins[0].perm is not None:
-                if name in {"convert_element_type", "copy", "copy_p"}:
-                    perm = ins[0].perm
-                elif name == "transpose":
-                    perm = tuple(ins[0].perm[k] for k in eqn.params["permutation"])
-            unit = None
-            if single and len(ins) == 1 and name in ("broadcast_in_dim", "reshape"):
-                unit = _unit(eqn, ins[0])
-            stacked = _stacked(eqn, ins) if single else None
-            if stacked is not None:
-                leaves, perm = stacked
-            return [
-                _Info(leaves=leaves, exact=perm is not None, perm=perm, norm=norm, unit=unit)
-            ] * len(eqn.outvars)
+        if not any(i.data for i in ins):
+            return _parameter_infos(eqn, ins, norm)
         out = _Info(data=True, norm=norm)
-        if not single:
+        if len(eqn.outvars) != 1:
             return [out] * len(eqn.outvars)
-        # ---- views carry the chain through
-        if name in _VIEWS and len(ins) == 1:
-            src = ins[0]
-            if src.chain is not None and not self.chains[src.chain].closed:
-                axes = _view_axes(eqn, src.axes)
-                return [dataclasses.replace(out, chain=src.chain, axes=axes)]
-            return [out]
-        data_ins = [i for i in ins if i.data]
-        # ---- a new linear map
+        param_ops = [i for i in ins if not i.data and i.leaves]
+        if name in _VIEWS and len(ins) == 1:  # views carry the chain through
+            return [self._view(eqn, ins[0], out)]
         lookup = name in _LOOKUP and ins[0].leaves and not ins[0].data
         if param_ops and (name in _LINEAR or lookup):
-            weight = frozenset().union(*(i.leaves for i in param_ops))
-            owner = self.owner(weight)
-            stack = self.stack(weight)
-            fan_in: dict = {}
-            if name == "dot_general":
-                kind = "attention" if _is_attention(owner) else "dense"
-                axes = _dot_axes(eqn, [i.data for i in ins])
-                (lc, rc), _ = eqn.params["dimension_numbers"]
-                for k, contract in ((0, lc), (1, rc)):
-                    _fan_in(fan_in, ins[k], contract)
-            elif name == "conv_general_dilated":
-                dil = eqn.params.get("lhs_dilation") or ()
-                kind = "conv_transpose" if any(d != 1 for d in dil) else "conv"
-                dn = eqn.params["dimension_numbers"]
-                axes = (dn.out_spec[1],)
-                _fan_in(fan_in, ins[1], dn.rhs_spec[1:])
-            else:
-                kind = "embedding"
-                axes = (len(outs_aval[0].shape) - 1,)
-            c = self.new_chain(
-                owner=owner,
-                kind=kind,
-                weight=set(weight),
-                bias=set(),
-                fan_in=fan_in,
-                site=site,
-                aval=outs_aval[0],
-                axes=axes,
-                levels=levels,
-                last_prim=name,
-                last_data_size=0,
-                stack=stack,
-            )
-            self.taps[site] = c.id
-            rows.append(_Row(c.id, ()))
-            # a linear map's output is not a normalised value
-            return [dataclasses.replace(out, chain=c.id, axes=axes, norm=None)]
-        # ---- elementwise use of parameters: extend a chain of the same owner, or start one
+            return [self._linear(eqn, ins, param_ops, site, levels, rows, out)]
         if param_ops and (name in _SCALE or name in _SHIFT) and len(ins) == 2:
-            leaves = frozenset().union(*(i.leaves for i in param_ops))
-            owner = self.owner(leaves)
-            stack = self.stack(leaves)
-            stream = data_ins[0]
-            shape = outs_aval[0].shape
-            c = self.chains[stream.chain] if stream.chain is not None else None
+            return [self._elementwise(eqn, ins, param_ops, site, levels, rows, out)]
+        if name == "mul" and len(ins) == 2 and all(i.data for i in ins):
+            return [self._norm_scale(eqn, ins, site, levels, out)]
+        return [out]
+
+    def _view(self, eqn, src: _Info, out: _Info) -> _Info:
+        """A view of a chain's output is still that output (with its channel axes moved)."""
+        if src.chain is not None and not self.chains[src.chain].closed:
+            return dataclasses.replace(out, chain=src.chain, axes=_view_axes(eqn, src.axes))
+        return out
+
+    def _linear(self, eqn, ins, param_ops, site, levels, rows: list[_Row], out: _Info) -> _Info:
+        """A linear map of the data by parameters: a new layer (chain) and its row."""
+        weight = frozenset().union(*(i.leaves for i in param_ops))
+        owner = self.owner(weight)
+        aval = eqn.outvars[0].aval
+        kind, axes, fan_in = _linear_kind(eqn, ins, owner, aval)
+        c = self.new_chain(
+            owner=owner,
+            kind=kind,
+            weight=set(weight),
+            bias=set(),
+            fan_in=fan_in,
+            site=site,
+            aval=aval,
+            axes=axes,
+            levels=levels,
+            last_prim=eqn.primitive.name,
+            last_data_size=0,
+            stack=self.stack(weight),
+        )
+        self.taps[site] = c.id
+        rows.append(_Row(c.id, ()))
+        # a linear map's output is not a normalised value
+        return dataclasses.replace(out, chain=c.id, axes=axes, norm=None)
+
+    def _elementwise(self, eqn, ins, param_ops, site, levels, rows: list[_Row], out: _Info):
+        """Parameters multiplied or added elementwise: extend the stream's open chain of the
+        same owner (a bias, a norm's shift), or start a norm or scale layer."""
+        name = eqn.primitive.name
+        leaves = frozenset().union(*(i.leaves for i in param_ops))
+        owner, stack = self.owner(leaves), self.stack(leaves)
+        stream = next(i for i in ins if i.data)
+        aval = eqn.outvars[0].aval
+        c = self.chains[stream.chain] if stream.chain is not None else None
+        if (
+            c is not None
+            and not c.closed
+            and c.owner == owner
+            and self.same_owners(c.stack, stack)
+            and c.levels == levels
+        ):
+            self._move(c, site, aval)
+            (c.bias if name in _SHIFT else c.weight).update(leaves)
+            c.last_prim = name
+            c.last_data_size = _aval_size(_data_aval(eqn, ins))
+            c.extended = False
+            c.axes = _same_axes(stream, aval.shape)
+            return dataclasses.replace(out, chain=c.id, axes=c.axes)
+        is_norm = stream.norm is not None or any(i.norm is not None for i in param_ops)
+        if name in _SHIFT and not is_norm:
+            return out  # parameters only added: not a layer
+        c = self.new_chain(
+            owner=owner,
+            kind="norm" if is_norm else "scale",
+            fan_in={},
+            weight=set(leaves) if name in _SCALE else set(),
+            bias=set(leaves) if name in _SHIFT else set(),
+            site=site,
+            aval=aval,
+            axes=(len(aval.shape) - 1,) if aval.shape else (),
+            levels=levels,
+            last_prim=name,
+            last_data_size=_aval_size(_data_aval(eqn, ins)),
+            stack=stack,
+        )
+        self.taps[site] = c.id
+        rows.append(_Row(c.id, ()))
+        return dataclasses.replace(out, chain=c.id, axes=c.axes)
+
+    def _norm_scale(self, eqn, ins, site, levels, out: _Info) -> _Info:
+        """A normalisation's scale applied to the normalised stream, ``x_hat * (rsqrt * gamma)``:
+        extends an open norm or scale chain whose last step was a ``mul``."""
+        aval = eqn.outvars[0].aval
+        for k, i in enumerate(ins):
+            c = self.chains[i.chain] if i.chain is not None else None
             if (
                 c is not None
                 and not c.closed
-                and c.owner == owner
-                and self.same_owners(c.stack, stack)
+                and not c.extended
+                and c.kind in ("norm", "scale")
+                and c.last_prim == "mul"
                 and c.levels == levels
+                and ins[1 - k].chain is None
+                and (
+                    _aval_size(eqn.invars[k].aval) < _aval_size(aval)
+                    or c.last_data_size < _aval_size(eqn.invars[k].aval)
+                )
             ):
-                self._move(c, site, outs_aval[0])
-                (c.bias if name in _SHIFT else c.weight).update(leaves)
-                c.last_prim = name
-                c.last_data_size = _aval_size(_data_aval(eqn, ins))
-                c.extended = False
-                c.axes = _same_axes(stream, shape)
-                return [dataclasses.replace(out, chain=c.id, axes=c.axes)]
-            is_norm = stream.norm is not None or any(i.norm is not None for i in param_ops)
-            if name in _SHIFT and not is_norm:
-                return [out]  # parameters only added: not a layer
-            c = self.new_chain(
-                owner=owner,
-                kind="norm" if is_norm else "scale",
-                fan_in={},
-                weight=set(leaves) if name in _SCALE else set(),
-                bias=set(leaves) if name in _SHIFT else set(),
-                site=site,
-                aval=outs_aval[0],
-                axes=(len(shape) - 1,) if shape else (),
-                levels=levels,
-                last_prim=name,
-                last_data_size=_aval_size(_data_aval(eqn, ins)),
-                stack=stack,
-            )
-            self.taps[site] = c.id
-            rows.append(_Row(c.id, ()))
-            return [dataclasses.replace(out, chain=c.id, axes=c.axes)]
-        # ---- a normalisation's scale applied to the normalised stream: x_hat * (rsqrt * gamma)
-        if name == "mul" and len(ins) == 2 and all(i.data for i in ins):
-            for k, i in enumerate(ins):
-                c = self.chains[i.chain] if i.chain is not None else None
-                other = ins[1 - k]
-                if (
-                    c is not None
-                    and not c.closed
-                    and not c.extended
-                    and c.kind in ("norm", "scale")
-                    and c.last_prim == "mul"
-                    and c.levels == levels
-                    and other.chain is None
-                    and (
-                        _aval_size(eqn.invars[k].aval) < _aval_size(outs_aval[0])
-                        or c.last_data_size < _aval_size(eqn.invars[k].aval)
-                    )
-                ):
-                    self._move(c, site, outs_aval[0])
-                    c.extended = True
-                    c.kind = "norm"
-                    axes = (len(outs_aval[0].shape) - 1,)
-                    c.axes = axes
-                    return [dataclasses.replace(out, chain=c.id, axes=axes)]
-        return [out]
+                self._move(c, site, aval)
+                c.extended = True
+                c.kind = "norm"
+                c.axes = (len(aval.shape) - 1,)
+                return dataclasses.replace(out, chain=c.id, axes=c.axes)
+        return out
 
     def _move(self, c: _Chain, site, aval):
         del self.taps[c.site]
         c.site = site
         c.aval = aval
         self.taps[site] = c.id
+
+
+def _parameter_infos(eqn, ins: list[_Info], norm: int | None) -> list[_Info]:
+    """The infos of an equation on parameters alone: the leaves it comes from, and whether it is
+    exactly a leaf (a cast or transpose of one, a whole leaf with a unit axis, a stack)."""
+    single = len(eqn.outvars) == 1
+    name = eqn.primitive.name
+    leaves = frozenset().union(*(i.leaves for i in ins)) if ins else frozenset()
+    perm = None
+    if single and len(ins) == 1 and ins[0].exact and ins[0].perm is not None:
+        if name in {"convert_element_type", "copy", "copy_p"}:
+            perm = ins[0].perm
+        elif name == "transpose":
+            perm = tuple(ins[0].perm[k] for k in eqn.params["permutation"])
+    unit = None
+    if single and len(ins) == 1 and name in ("broadcast_in_dim", "reshape"):
+        unit = _unit(eqn, ins[0])
+    stacked = _stacked(eqn, ins) if single else None
+    if stacked is not None:
+        leaves, perm = stacked
+    info = _Info(leaves=leaves, exact=perm is not None, perm=perm, norm=norm, unit=unit)
+    return [info] * len(eqn.outvars)
+
+
+def _linear_kind(eqn, ins: list[_Info], owner: tuple[str, ...], aval) -> tuple[str, tuple, dict]:
+    """``(kind, channel axes of the output, fan_in)`` of a linear map: a ``dot_general`` (dense
+    or attention), a convolution (or transposed one) or an embedding lookup."""
+    name = eqn.primitive.name
+    fan_in: dict = {}
+    if name == "dot_general":
+        kind = "attention" if _is_attention(owner) else "dense"
+        axes = _dot_axes(eqn, [i.data for i in ins])
+        (lc, rc), _ = eqn.params["dimension_numbers"]
+        for k, contract in ((0, lc), (1, rc)):
+            _fan_in(fan_in, ins[k], contract)
+    elif name == "conv_general_dilated":
+        dil = eqn.params.get("lhs_dilation") or ()
+        kind = "conv_transpose" if any(d != 1 for d in dil) else "conv"
+        dn = eqn.params["dimension_numbers"]
+        axes = (dn.out_spec[1],)
+        _fan_in(fan_in, ins[1], dn.rhs_spec[1:])
+    else:
+        kind = "embedding"
+        axes = (len(aval.shape) - 1,)
+    return kind, axes, fan_in
 
 
 def _fan_in(out: dict, info: _Info, contract) -> None:
@@ -699,10 +724,10 @@ class TapPlan:
     """
 
     layers: tuple[Layer, ...]
-    chain_avals: tuple[Any, ...]
-    closed: Any = dataclasses.field(repr=False)
-    in_tree: Any = dataclasses.field(repr=False)
-    out_tree: Any = dataclasses.field(repr=False)
+    chain_avals: tuple[jax.ShapeDtypeStruct, ...]
+    closed: jcore.ClosedJaxpr = dataclasses.field(repr=False)
+    in_tree: jax.tree_util.PyTreeDef = dataclasses.field(repr=False)
+    out_tree: jax.tree_util.PyTreeDef = dataclasses.field(repr=False)
     taps: dict = dataclasses.field(repr=False)
     inner: dict = dataclasses.field(repr=False)
 
@@ -869,7 +894,7 @@ class _WithConsts:
         self.outvars = jaxpr.outvars
 
 
-def _grow(x: Any) -> Any:
+def _grow(x: chex.ArrayTree) -> chex.ArrayTree:
     """Abstract inputs with one more example along axis 0 of every leaf."""
 
     def g(a):
@@ -881,7 +906,7 @@ def _grow(x: Any) -> Any:
     return jax.tree.map(g, x)
 
 
-def _abstract(tree: Any) -> Any:
+def _abstract(tree: chex.ArrayTree) -> chex.ArrayTree:
     def shape_dtype(a):
         if isinstance(a, jax.ShapeDtypeStruct):
             return a
@@ -890,7 +915,7 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(shape_dtype, tree)
 
 
-def _check_data(x: Any) -> None:
+def _check_data(x: chex.ArrayTree) -> None:
     """``x``'s leaves are numeric arrays with a non-empty example axis 0."""
     leaves = jax.tree.leaves(x)
     if not leaves:
@@ -915,8 +940,8 @@ def _check_data(x: Any) -> None:
 
 def trace(
     fn: Callable[..., Any],
-    params: Any,
-    x: Any,
+    params: chex.ArrayTree,
+    x: chex.ArrayTree,
     *rest: Any,
     paths: Sequence[tuple[str, ...]] | None = None,
 ) -> TapPlan:
@@ -939,25 +964,12 @@ def trace(
     paths = leaf_paths(params) if paths is None else tuple(paths)
     if len(paths) != n_params:
         raise ValueError(f"paths has {len(paths)} entries for {n_params} parameter leaves")
-
-    out_trees = []
-
-    def flat_fn(*flat):
-        p, xx, *r = jax.tree.unflatten(in_tree, list(flat))
-        out, tree = jax.tree.flatten(fn(p, xx, *r))
-        out_trees.append(tree)
-        return out
-
-    flat_in, in_tree = jax.tree.flatten((p_abs, x_abs, *r_abs))
-    closed = jax.make_jaxpr(flat_fn)(*flat_in)
-    out_tree = out_trees[0]
+    closed, in_tree, out_tree = _make_jaxpr(fn, p_abs, x_abs, *r_abs)
     param_avals = jax.tree.leaves(p_abs)
     a, rows = _analyse(closed, paths, param_avals, n_data)
-
     # the example axis: trace once more with B + 1 examples and compare the tapped shapes
     try:
-        flat_big, _ = jax.tree.flatten((p_abs, _grow(x_abs), *r_abs))
-        closed_big = jax.make_jaxpr(flat_fn)(*flat_big)
+        closed_big = _make_jaxpr(fn, p_abs, _grow(x_abs), *r_abs)[0]
         a_big, _ = _analyse(closed_big, paths, param_avals, n_data)
         same = [(c.site, c.owner, c.kind) for c in a.chains] == [
             (c.site, c.owner, c.kind) for c in a_big.chains
@@ -965,71 +977,10 @@ def trace(
     except Exception:  # a model that only runs at this batch size
         same = False
     batch = jax.tree.leaves(x_abs)[0].shape[0]
-
-    def batch_axis(c: _Chain) -> int | None:
-        shape = tuple(c.aval.shape)
-        if same:
-            big = tuple(a_big.chains[c.id].aval.shape)
-            diff = [k for k, (s, t) in enumerate(zip(shape, big)) if s != t]
-            return diff[0] if diff else None
-        return 0 if shape and shape[0] == batch else None
-
-    layers = []
+    batch_axes = [_batch_axis(c, a_big.chains[c.id] if same else None, batch) for c in a.chains]
     counts: dict[str, int] = {}
     seen: dict[tuple, str] = {}
-    for r in rows:
-        c = a.chains[r.chain]
-        its = dict(r.index)
-        # a scan over a stack of leaves: iteration t is leaf t's own layer, named by its owner
-        stack_t = its[c.stack[0]] if c.stack is not None and c.stack[0] in its else None
-        key = (r.chain, stack_t)
-        if key not in seen:
-            base = a.name(c, None if stack_t is None else c.stack[1][stack_t])
-            counts[base] = counts.get(base, 0) + 1
-            seen[key] = base if counts[base] == 1 else f"{base}#{counts[base]}"
-        name = seen[key]
-        select = tuple(its.get(lv) for lv in c.levels)
-        if its:
-            name += "".join(
-                f"[{its[lv]}]" for lv in c.levels if lv in its and lv != (c.stack or (None,))[0]
-            )
-        n_pos = sum(t is None for t in select)
-
-        def pick(leaf, sliced, its=its):
-            """(leaf index, index into it) entries of one leaf entry at iterations ``its``."""
-            if not isinstance(leaf, tuple):
-                return [(leaf, tuple(its[lv] for lv in sliced if lv in its))]
-            if sliced and sliced[0] in its:
-                return [(leaf[its[sliced[0]]], tuple(its[lv] for lv in sliced[1:] if lv in its))]
-            return [(i, ()) for i in leaf]
-
-        def leaf_index(items):
-            return tuple(sorted(e for leaf, sliced in items for e in pick(leaf, sliced)))
-
-        fan_in = {}
-        for leaf, axes in c.fan_in.items():
-            sliced = [s for lf, s in (*c.weight, *c.bias) if lf == leaf]
-            for i, _ in pick(leaf, sliced[0] if sliced else ()):
-                fan_in.setdefault(i, axes)
-
-        ba = batch_axis(c)
-        body_shape = tuple(c.aval.shape)
-        positions = tuple(a.levels[lv].length for lv in c.levels if lv not in its)
-        layers.append(
-            Layer(
-                name=name,
-                kind=c.kind,
-                owner=c.owner if stack_t is None else a.paths[c.stack[1][stack_t]][:-1],
-                weight=leaf_index(c.weight),
-                bias=leaf_index(c.bias),
-                fan_in=tuple(sorted(fan_in.items())),
-                chain=c.id,
-                select=select,
-                batch_axis=None if ba is None else ba + n_pos,
-                channel_axes=tuple(ax + n_pos for ax in (c.axes or (len(body_shape) - 1,))),
-                shape=(*positions, *body_shape),
-            )
-        )
+    layers = [_layer(a, r, _row_name(a, r, counts, seen), batch_axes[r.chain]) for r in rows]
     chain_avals = tuple(
         jax.ShapeDtypeStruct(
             (*(a.levels[lv].length for lv in c.levels), *c.aval.shape), c.aval.dtype
@@ -1044,4 +995,98 @@ def trace(
         out_tree=out_tree,
         taps=dict(a.taps),
         inner={k: list(v) for k, v in a.inner.items()},
+    )
+
+
+def _make_jaxpr(
+    fn: Callable, *args: Any
+) -> tuple[jcore.ClosedJaxpr, jax.tree_util.PyTreeDef, jax.tree_util.PyTreeDef]:
+    """``(closed jaxpr, input treedef, output treedef)`` of ``fn(*args)`` on flat inputs and
+    outputs (``args`` abstract)."""
+    flat_in, in_tree = jax.tree.flatten(args)
+    out_trees = []
+
+    def flat_fn(*flat):
+        out, tree = jax.tree.flatten(fn(*jax.tree.unflatten(in_tree, list(flat))))
+        out_trees.append(tree)
+        return out
+
+    closed = jax.make_jaxpr(flat_fn)(*flat_in)
+    return closed, in_tree, out_trees[0]
+
+
+def _batch_axis(c: _Chain, big: _Chain | None, batch: int) -> int | None:
+    """The example axis of chain ``c``'s output: the axis that grew in the trace with one more
+    example (``big``, that trace's chain), or without it the leading axis if it has ``batch``
+    entries."""
+    shape = tuple(c.aval.shape)
+    if big is not None:
+        diff = [k for k, (s, t) in enumerate(zip(shape, tuple(big.aval.shape))) if s != t]
+        return diff[0] if diff else None
+    return 0 if shape and shape[0] == batch else None
+
+
+def _stack_iteration(c: _Chain, its: dict) -> int | None:
+    """For a scan over a stack of leaves, the iteration of this row (it selects leaf t)."""
+    return its[c.stack[0]] if c.stack is not None and c.stack[0] in its else None
+
+
+def _row_name(a: _Analysis, r: _Row, counts: dict[str, int], seen: dict[tuple, str]) -> str:
+    """The row's name: its owner path, ``#k`` for the k-th use of the same parameters, ``[t]``
+    per scan iteration (but the stack's own, which names the leaf)."""
+    c = a.chains[r.chain]
+    its = dict(r.index)
+    stack_t = _stack_iteration(c, its)
+    key = (r.chain, stack_t)
+    if key not in seen:
+        base = a.name(c, None if stack_t is None else c.stack[1][stack_t])
+        counts[base] = counts.get(base, 0) + 1
+        seen[key] = base if counts[base] == 1 else f"{base}#{counts[base]}"
+    name = seen[key]
+    if its:
+        name += "".join(
+            f"[{its[lv]}]" for lv in c.levels if lv in its and lv != (c.stack or (None,))[0]
+        )
+    return name
+
+
+def _pick(leaf, sliced, its: dict) -> list[tuple[int, tuple]]:
+    """(leaf index, index into it) entries of one leaf entry at iterations ``its``."""
+    if not isinstance(leaf, tuple):
+        return [(leaf, tuple(its[lv] for lv in sliced if lv in its))]
+    if sliced and sliced[0] in its:
+        return [(leaf[its[sliced[0]]], tuple(its[lv] for lv in sliced[1:] if lv in its))]
+    return [(i, ()) for i in leaf]
+
+
+def _leaf_index(items, its: dict) -> tuple:
+    return tuple(sorted(e for leaf, sliced in items for e in _pick(leaf, sliced, its)))
+
+
+def _layer(a: _Analysis, r: _Row, name: str, ba: int | None) -> Layer:
+    """The :class:`Layer` of row ``r`` (named ``name``; its chain's example axis ``ba``)."""
+    c = a.chains[r.chain]
+    its = dict(r.index)
+    stack_t = _stack_iteration(c, its)
+    select = tuple(its.get(lv) for lv in c.levels)
+    n_pos = sum(t is None for t in select)
+    fan_in = {}
+    for leaf, axes in c.fan_in.items():
+        sliced = [s for lf, s in (*c.weight, *c.bias) if lf == leaf]
+        for i, _ in _pick(leaf, sliced[0] if sliced else (), its):
+            fan_in.setdefault(i, axes)
+    body_shape = tuple(c.aval.shape)
+    positions = tuple(a.levels[lv].length for lv in c.levels if lv not in its)
+    return Layer(
+        name=name,
+        kind=c.kind,
+        owner=c.owner if stack_t is None else a.paths[c.stack[1][stack_t]][:-1],
+        weight=_leaf_index(c.weight, its),
+        bias=_leaf_index(c.bias, its),
+        fan_in=tuple(sorted(fan_in.items())),
+        chain=c.id,
+        select=select,
+        batch_axis=None if ba is None else ba + n_pos,
+        channel_axes=tuple(ax + n_pos for ax in (c.axes or (len(body_shape) - 1,))),
+        shape=(*positions, *body_shape),
     )

@@ -39,11 +39,11 @@ forward order of :func:`gradflow.optim.layer_names`:
   ``param_norm`` ``(R, L)`` -- :math:`\|\theta_l\|` at the record;
 * ``optim/<key>`` -- block means of :func:`gradflow.optim.telemetry` of the optimizer state (e.g.
   ``optim/clip_by_global_norm/clipped`` is the fraction of the block's steps that were clipped);
-* ``probe/<stat>`` ``(R, L)`` with ``probe=True`` -- every :class:`gradflow.probes.LayerReport`
+* ``probe/<stat>`` ``(R, L)`` with ``probe=True`` -- every :class:`gradflow.report.LayerReport`
   statistic on the first ``probe_batch`` training examples at the record;
 * ``diverged_step`` ``()`` int32.
 
-These names and shapes are what :func:`gradflow.probes.check_history` reads (``loss``,
+These names and shapes are what :func:`gradflow.history.check_history` reads (``loss``,
 ``param_norm``, ``update_norm``, ``grad_norm``).
 
 **Hyperparameters.** ``hparams`` is a dict; under ``vmap`` its values are traced 0-d arrays.
@@ -74,18 +74,23 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.typing import ArrayLike
 
 from gradflow import _checks, _io
 from gradflow import adapters as _adapters
 from gradflow import config as _config
+from gradflow import losses as _losses
 from gradflow import optim as _optim
 from gradflow import probes as _probes
+from gradflow import report as _report
+from gradflow.losses import LossFn
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -136,9 +141,9 @@ class TrainState:
     """
 
     step: Array
-    params: Any
-    model_state: Any
-    opt_state: Any
+    params: optax.Params
+    model_state: chex.ArrayTree
+    opt_state: optax.OptState
     key: Array
 
     @property
@@ -177,18 +182,18 @@ class TrainConfig:
         - a callable ``hparams -> optax.GradientTransformation`` (called inside the traced
           function, so it may read traced hyperparameters);
         - a fixed :class:`optax.GradientTransformation`.
-      loss: a :data:`gradflow.probes.LOSSES` name or a callable ``(outputs, y) -> scalar``.
+      loss: a :data:`gradflow.losses.LOSSES` name or a callable ``(outputs, y) -> scalar``.
       steps: number of training steps, a multiple of ``record_every``.
       batch_size: minibatch size (drawn without replacement each step), or None for full batch.
       record_every: steps between records.
-      probe: also record every :class:`gradflow.probes.LayerReport` statistic (``probe/<stat>``).
+      probe: also record every :class:`gradflow.report.LayerReport` statistic (``probe/<stat>``).
       probe_batch: number of training examples the probe sees.
       max_loss: a loss above this also counts as divergence (None: only non-finite values).
     """
 
     model: nn.Module
     optimizer: OptimizerSpec = "sgd"
-    loss: str | Callable[[Array, Array], Array] = "softmax_cross_entropy"
+    loss: str | LossFn = "softmax_cross_entropy"
     steps: int = 1000
     batch_size: int | None = 64
     record_every: int = 10
@@ -211,7 +216,7 @@ class TrainConfig:
                 "TrainConfig: optimizer must be a name, an optax.GradientTransformation or a "
                 f"callable hparams -> GradientTransformation, got {opt!r}"
             )
-        _probes.get_loss(self.loss)  # raises for an unknown name
+        _losses.get_loss(self.loss)  # raises for an unknown name
         for field, minimum in (("steps", 1), ("record_every", 1), ("probe_batch", 1)):
             v = getattr(self, field)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
@@ -343,8 +348,8 @@ class _Net(NamedTuple):
     """
 
     kind: str
-    init: Callable[[Array, Array], tuple[Any, Any]]
-    apply: Callable[..., tuple[Array, Any]]
+    init: Callable[[Array, Array], tuple[optax.Params, chex.ArrayTree]]
+    apply: Callable[..., tuple[Array, chex.ArrayTree]]
     probe_args: Callable[[Any, Any], tuple[Any, Any]]
 
 
@@ -469,7 +474,7 @@ def _make_net(model: Any) -> _Net:
     return _pair_net(model)
 
 
-def _scale_kernels(params: Any, scale: Any) -> Any:
+def _scale_kernels(params: optax.Params, scale: ArrayLike) -> optax.Params:
     """Multiply every weight matrix: leaves named ``kernel``, or ``weight`` of rank >= 2."""
 
     def f(path, leaf):
@@ -507,7 +512,7 @@ def _layers_of(config: TrainConfig, x: Array) -> Any:
     return _layers(config.model, (1, *x.shape[1:]), jnp.result_type(x))
 
 
-def _tree_finite(tree: Any) -> Array:
+def _tree_finite(tree: chex.ArrayTree) -> Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
@@ -557,9 +562,9 @@ def init_state(
     )
 
 
-def _metrics(out: Array, y: Array, loss: Any) -> dict[str, Array]:
+def _metrics(out: Array, y: ArrayLike, loss: str | LossFn) -> dict[str, Array]:
     y = jnp.asarray(y)
-    result = {"loss": _probes.get_loss(loss)(out, y)}
+    result = {"loss": _losses.get_loss(loss)(out, y)}
     if jnp.issubdtype(y.dtype, jnp.integer) and out.ndim == y.ndim + 1:
         n_classes = out.shape[-1]
         _check_labels(y, n_classes)
@@ -611,11 +616,11 @@ def _check_labels(y: Array, n_classes: int) -> None:
 @_config.wrap
 def evaluate(
     model: Any,
-    variables: Any,
+    variables: chex.ArrayTree | None,
     x: Array,
     y: Array,
     *,
-    loss: str | Callable[[Array, Array], Array] = "softmax_cross_entropy",
+    loss: str | LossFn = "softmax_cross_entropy",
 ) -> dict[str, Array]:
     """Loss and accuracy of a model on ``(x, y)`` in evaluation mode.
 
@@ -636,7 +641,9 @@ def evaluate(
     return _metrics(m(m.params, x), y, loss)
 
 
-def _evaluate_net(net: _Net, state: TrainState, x: Array, y: Array, loss: Any) -> dict:
+def _evaluate_net(
+    net: _Net, state: TrainState, x: Array, y: Array, loss: str | LossFn
+) -> dict[str, Array]:
     out, _ = net.apply(state.params, state.model_state, jnp.asarray(x), False)
     return _metrics(out, y, loss)
 
@@ -654,14 +661,14 @@ class StepOutput(NamedTuple):
       grad_norm: ``(L,)`` per-layer norms of the raw gradient.
       update_norm: ``(L,)`` per-layer norms of the applied update.
       finite: ``()`` bool: loss, gradient norms and new parameters all finite.
-      probe: a :class:`gradflow.probes.LayerReport` of the minibatch (``probe=True``), else None.
+      probe: a :class:`gradflow.report.LayerReport` of the minibatch (``probe=True``), else None.
     """
 
     loss: Array
     grad_norm: Array
     update_norm: Array
     finite: Array
-    probe: Any = None
+    probe: _report.LayerReport | None = None
 
 
 def _probe_train(net: _Net, model: Any) -> bool:
@@ -671,8 +678,10 @@ def _probe_train(net: _Net, model: Any) -> bool:
     return net.kind == "nnx"
 
 
-def _step_fn(model: Any, tx: optax.GradientTransformation, loss: Any, probe: bool, layers: Any):
-    loss_fn = _probes.get_loss(loss)
+def _step_fn(
+    model: Any, tx: optax.GradientTransformation, loss: str | LossFn, probe: bool, layers: Any
+):
+    loss_fn = _losses.get_loss(loss)
     net = _net(model)
 
     def step(state: TrainState, x: Array, y: Array) -> tuple[TrainState, StepOutput]:
@@ -704,7 +713,7 @@ def make_train_step(
     model: Any,
     tx: optax.GradientTransformation,
     *,
-    loss: str | Callable[[Array, Array], Array] = "softmax_cross_entropy",
+    loss: str | LossFn = "softmax_cross_entropy",
     probe: bool = False,
     layers: Any = None,
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, StepOutput]]:
@@ -718,7 +727,7 @@ def make_train_step(
     :func:`gradflow.probes.probe` report of the batch at the parameters *before* the update.
     ``layers`` groups the per-layer norms (a ``layers=`` of :mod:`gradflow.optim`).
     """
-    _probes.get_loss(loss)
+    _losses.get_loss(loss)
     _check_model(model)
     if not isinstance(tx, optax.GradientTransformation):
         raise TypeError(
@@ -822,7 +831,7 @@ def _make_block(config: TrainConfig, data: _Data, tx: optax.GradientTransformati
         if config.probe:
             m, v = net.probe_args(state.params, state.model_state)
             rep = _probes.probe(m, v, xp, yp, config.loss)
-            record.update({f"probe/{s}": getattr(rep, s) for s in _probes.STATS if s != "loss"})
+            record.update({f"probe/{s}": getattr(rep, s) for s in _report.STATS if s != "loss"})
         dead = dstep >= 0
         record = {k: jnp.where(dead, _nan_like(v), v) for k, v in record.items()}
         return (state, dstep), record
@@ -994,7 +1003,7 @@ def _is_key(leaf: Any) -> bool:
     return jnp.issubdtype(getattr(leaf, "dtype", None) or np.float32, jax.dtypes.prng_key)
 
 
-def _key_data(tree: Any) -> Any:
+def _key_data(tree: chex.ArrayTree) -> chex.ArrayTree:
     """Typed PRNG keys (the run's key, an NNX module's RNG streams) as their raw key data."""
     return jax.tree.map(lambda a: jax.random.key_data(a) if _is_key(a) else a, tree)
 
@@ -1088,11 +1097,133 @@ def _read_members(path: Path, limits: Mapping[str, int | None]) -> dict[str, np.
     return out
 
 
+def _checkpoint_error(path: Path, what: str) -> ValueError:
+    return ValueError(f"checkpoint {path} {what}; use a fresh checkpoint_dir")
+
+
+def _expected_members(
+    like: TrainState,
+) -> tuple[dict[str, tuple[tuple, np.dtype]], jax.tree_util.PyTreeDef]:
+    """The member name, shape and dtype of every state leaf of ``like`` (keys as key data), and
+    the state's tree structure."""
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(_key_data(like))
+    expected = {
+        "state" + jax.tree_util.keystr(p): (np.shape(leaf), np.dtype(leaf.dtype))
+        for p, leaf in with_path
+    }
+    return expected, treedef
+
+
+def _member_limits(
+    expected: Mapping[str, tuple[tuple, np.dtype]],
+    records: Mapping[str, jax.ShapeDtypeStruct] | None,
+    max_records: int | None,
+) -> dict[str, int | None]:
+    """The largest uncompressed size of every member a checkpoint of this run may hold."""
+    limits: dict[str, int | None] = {
+        name: _npy_bytes(shape, dtype.itemsize) for name, (shape, dtype) in expected.items()
+    }
+    limits.update({"__format__": 4 * 64 + _NPY_HEADER, "__diverged_step__": 64 + _NPY_HEADER})
+    limits["__fingerprint__"] = 4 * _MAX_FINGERPRINT + _NPY_HEADER
+    if records is None:
+        limits["metrics/"] = None
+    else:
+        n = max_records if max_records is not None else 1
+        for k, spec in records.items():
+            limits[f"metrics/{k}"] = _npy_bytes((n, *spec.shape), 8)
+    return limits
+
+
+def _restore_state(
+    path: Path,
+    files: Mapping[str, np.ndarray],
+    expected: Mapping,
+    treedef: jax.tree_util.PyTreeDef,
+    like: TrainState,
+) -> TrainState:
+    """The state from the checked members: each of ``like``'s shape and dtype exactly, finite
+    where real; PRNG keys rewrapped with ``like``'s implementation."""
+    leaves = []
+    for name, (shape, dtype) in expected.items():
+        arr = files.get(name)
+        if arr is None or arr.shape != shape or arr.dtype != dtype:
+            got = "missing" if arr is None else f"{arr.dtype}{list(arr.shape)}"
+            raise _checkpoint_error(
+                path,
+                f"does not match this run's state at {name}: expected {dtype}{list(shape)}, got "
+                f"{got} (a different model or optimizer?)",
+            )
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            raise _checkpoint_error(path, f"holds non-finite values at {name}")
+        leaves.append(jnp.asarray(arr, dtype=dtype))
+    return jax.tree.map(
+        lambda a, ref: (
+            jax.random.wrap_key_data(a, impl=jax.random.key_impl(ref)) if _is_key(ref) else a
+        ),
+        jax.tree.unflatten(treedef, leaves),
+        like,
+    )
+
+
+def _diverged_and_fingerprint(path: Path, files: Mapping, step: int) -> tuple[int, str]:
+    """``(diverged_step, fingerprint)``: an integer in ``[-1, step]`` and a string."""
+    if step < 0:
+        raise _checkpoint_error(path, f"has step {step} < 0")
+    d = files.get("__diverged_step__")
+    if d is None or d.shape != () or d.dtype.kind not in "iu":
+        raise _checkpoint_error(path, "has no integer __diverged_step__")
+    d = int(d)
+    if not -1 <= d <= step:
+        raise _checkpoint_error(path, f"has diverged_step {d} outside [-1, step = {step}]")
+    fp = files.get("__fingerprint__")
+    if fp is None or fp.dtype.kind != "U" or fp.shape != ():
+        raise _checkpoint_error(path, "has no fingerprint string")
+    return d, str(fp)
+
+
+def _checked_metrics(
+    path: Path,
+    files: Mapping[str, np.ndarray],
+    records: Mapping[str, jax.ShapeDtypeStruct] | None,
+    max_records: int | None,
+) -> dict[str, np.ndarray]:
+    """The ``metrics/*`` members: real arrays; with ``records``, exactly those names, one count
+    of records (at most ``max_records``) and each record's shape."""
+    metrics = {k[len("metrics/") :]: v for k, v in files.items() if k.startswith("metrics/")}
+    for k, v in metrics.items():
+        if v.dtype.kind not in "biuf" or v.ndim == 0:
+            raise _checkpoint_error(
+                path, f"holds metric {k!r} of dtype {v.dtype}{list(v.shape)}, not a real array"
+            )
+    if records is None:
+        return metrics
+    if set(metrics) != set(records) and metrics:
+        missing, extra = sorted(set(records) - set(metrics)), sorted(set(metrics) - set(records))
+        raise _checkpoint_error(
+            path, f"holds other metrics than this run records (missing {missing}, extra {extra})"
+        )
+    counts = {len(v) for v in metrics.values()}
+    if len(counts) > 1:
+        raise _checkpoint_error(
+            path, f"holds metrics with different numbers of records {sorted(counts)}"
+        )
+    for k, v in metrics.items():
+        if v.shape[1:] != tuple(records[k].shape):
+            raise _checkpoint_error(
+                path, f"holds metric {k!r} of shape {v.shape}, not (n, *{records[k].shape})"
+            )
+        if max_records is not None and len(v) > max_records:
+            raise _checkpoint_error(
+                path, f"holds {len(v)} records of {k!r}; this run makes {max_records}"
+            )
+    return metrics
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     like: TrainState,
     *,
-    records: Mapping[str, Any] | None = None,
+    records: Mapping[str, jax.ShapeDtypeStruct] | None = None,
     max_records: int | None = None,
 ) -> tuple[TrainState, dict[str, np.ndarray], int | None, str]:
     """Read a :func:`save_checkpoint` file into the structure of ``like`` (e.g. a fresh
@@ -1119,84 +1250,15 @@ def load_checkpoint(
         raise TypeError(f"like must be a TrainState (from init_state), got {type(like).__name__}")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file {path}")
-    template = _key_data(like)
-    with_path, treedef = jax.tree_util.tree_flatten_with_path(template)
-    expected = {
-        "state" + jax.tree_util.keystr(p): (np.shape(leaf), np.dtype(leaf.dtype))
-        for p, leaf in with_path
-    }
-    limits: dict[str, int | None] = {
-        name: _npy_bytes(shape, dtype.itemsize) for name, (shape, dtype) in expected.items()
-    }
-    limits.update({"__format__": 4 * 64 + _NPY_HEADER, "__diverged_step__": 64 + _NPY_HEADER})
-    limits["__fingerprint__"] = 4 * _MAX_FINGERPRINT + _NPY_HEADER
-    if records is None:
-        limits["metrics/"] = None
-    else:
-        n = max_records if max_records is not None else 1
-        for k, spec in records.items():
-            limits[f"metrics/{k}"] = _npy_bytes((n, *spec.shape), 8)
-    files = _read_members(path, limits)
-
-    def bad(what: str) -> ValueError:
-        return ValueError(f"checkpoint {path} {what}; use a fresh checkpoint_dir")
-
+    expected, treedef = _expected_members(like)
+    files = _read_members(path, _member_limits(expected, records, max_records))
     fmt = files.get("__format__")
     if fmt is None or fmt.dtype.kind != "U" or fmt.shape != () or str(fmt) != _FORMAT:
         raise ValueError(f"{path} is not a {_FORMAT} checkpoint")
-    leaves = []
-    for name, (shape, dtype) in expected.items():
-        arr = files.get(name)
-        if arr is None or arr.shape != shape or arr.dtype != dtype:
-            got = "missing" if arr is None else f"{arr.dtype}{list(arr.shape)}"
-            raise bad(
-                f"does not match this run's state at {name}: expected {dtype}{list(shape)}, got "
-                f"{got} (a different model or optimizer?)"
-            )
-        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
-            raise bad(f"holds non-finite values at {name}")
-        leaves.append(jnp.asarray(arr, dtype=dtype))
-    state = jax.tree.map(
-        lambda a, ref: (
-            jax.random.wrap_key_data(a, impl=jax.random.key_impl(ref)) if _is_key(ref) else a
-        ),
-        jax.tree.unflatten(treedef, leaves),
-        like,
-    )
-    step = int(np.asarray(state.step))
-    if step < 0:
-        raise bad(f"has step {step} < 0")
-    d = files.get("__diverged_step__")
-    if d is None or d.shape != () or d.dtype.kind not in "iu":
-        raise bad("has no integer __diverged_step__")
-    d = int(d)
-    if not -1 <= d <= step:
-        raise bad(f"has diverged_step {d} outside [-1, step = {step}]")
-    fp = files.get("__fingerprint__")
-    if fp is None or fp.dtype.kind != "U" or fp.shape != ():
-        raise bad("has no fingerprint string")
-    metrics = {k[len("metrics/") :]: v for k, v in files.items() if k.startswith("metrics/")}
-    for k, v in metrics.items():
-        if v.dtype.kind not in "biuf" or v.ndim == 0:
-            raise bad(f"holds metric {k!r} of dtype {v.dtype}{list(v.shape)}, not a real array")
-    if records is not None:
-        if set(metrics) != set(records) and metrics:
-            missing, extra = (
-                sorted(set(records) - set(metrics)),
-                sorted(set(metrics) - set(records)),
-            )
-            raise bad(
-                f"holds other metrics than this run records (missing {missing}, extra {extra})"
-            )
-        counts = {len(v) for v in metrics.values()}
-        if len(counts) > 1:
-            raise bad(f"holds metrics with different numbers of records {sorted(counts)}")
-        for k, v in metrics.items():
-            if v.shape[1:] != tuple(records[k].shape):
-                raise bad(f"holds metric {k!r} of shape {v.shape}, not (n, *{records[k].shape})")
-            if max_records is not None and len(v) > max_records:
-                raise bad(f"holds {len(v)} records of {k!r}; this run makes {max_records}")
-    return state, metrics, (None if d < 0 else d), str(fp)
+    state = _restore_state(path, files, expected, treedef, like)
+    d, fp = _diverged_and_fingerprint(path, files, int(np.asarray(state.step)))
+    metrics = _checked_metrics(path, files, records, max_records)
+    return state, metrics, (None if d < 0 else d), fp
 
 
 @_config.wrap
@@ -1238,8 +1300,6 @@ def fit(
     Returns:
       A :class:`History`.
     """
-    from tqdm.auto import tqdm
-
     _check_config(config)
     key = _checks.prng_key("key", key)
     if checkpoint_dir is not None:
@@ -1257,25 +1317,57 @@ def fit(
     names = _optim.layer_names(state.params, layers=_layers_of(config, d.x))
     traced, static = _split_hparams(hparams)
     block = functools.partial(_jit_block(config, static), hparams=traced, data=d)
-    records: dict[str, list[np.ndarray]] = {}
+    run = _Run(
+        config=config,
+        block=block,
+        ckpt=None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE,
+        fingerprint=_fingerprint(config, d, hparams, key),
+        state=state,
+    )
+    if run.ckpt is not None and run.ckpt.exists():
+        run.resume()
+    run.loop(progress, callback, checkpoint_every)
+    metrics = _stack(run.records)
+    n = len(next(iter(metrics.values()))) if metrics else 0
+    return History(
+        steps=record_steps(config)[:n],
+        metrics=metrics,
+        layer_names=names,
+        diverged_step=run.dstep,
+        state=run.state,
+    )
+
+
+@dataclasses.dataclass
+class _Run:
+    """The state of one :func:`fit` call: what it has trained and recorded so far, and where it
+    checkpoints."""
+
+    config: TrainConfig
+    block: Callable
+    ckpt: Path | None
+    fingerprint: str
+    state: TrainState
+    records: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
     dstep: int | None = None
-    done = 0
-    ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
-    fp = _fingerprint(config, d, hparams, key)
-    if ckpt is not None and ckpt.exists():
-        shapes = jax.eval_shape(block, _fresh_carry(state))[1]  # one record: names and shapes
-        state, saved, dstep, saved_fp = load_checkpoint(
-            ckpt, state, records=shapes, max_records=config.num_records
+    done: int = 0
+
+    def resume(self) -> None:
+        """Continue from the checkpoint of this same run; refuse another run's or one whose
+        counts disagree (updates made, records kept, divergence)."""
+        config, ckpt = self.config, self.ckpt
+        shapes = jax.eval_shape(self.block, _fresh_carry(self.state))[1]  # one record
+        self.state, saved, self.dstep, saved_fp = load_checkpoint(
+            ckpt, self.state, records=shapes, max_records=config.num_records
         )
-        if saved_fp != fp:
+        if saved_fp != self.fingerprint:
             raise ValueError(
                 f"{ckpt} holds a different run (config, data, hparams or key differ); use a "
                 "fresh checkpoint_dir or delete it"
             )
-        records = {k: list(v) for k, v in saved.items()}
-        done = len(next(iter(records.values()))) if records else 0
-        # the counts must agree with each other: updates made, records kept, divergence
-        step = int(state.step)
+        self.records = {k: list(v) for k, v in saved.items()}
+        self.done = len(next(iter(self.records.values()))) if self.records else 0
+        step, dstep, done = int(self.state.step), self.dstep, self.done
         want = dstep if dstep is not None else done * config.record_every
         if step != want or (dstep is None and done > config.num_records):
             raise ValueError(
@@ -1283,52 +1375,52 @@ def fit(
                 f"{config.record_every} steps (diverged_step {dstep}); use a fresh checkpoint_dir"
             )
 
-    def save():
-        if ckpt is not None:
-            save_checkpoint(ckpt, state, metrics=_stack(records), diverged_step=dstep,
-                            fingerprint=fp)  # fmt: skip
+    def save(self) -> None:
+        if self.ckpt is not None:
+            save_checkpoint(self.ckpt, self.state, metrics=_stack(self.records),
+                            diverged_step=self.dstep, fingerprint=self.fingerprint)  # fmt: skip
 
-    total = config.num_records
-    bar = tqdm(
-        total=config.steps,
-        initial=done * config.record_every,
-        disable=(None if progress is None else not progress),
-        unit="step",
-        leave=False,
-    )
-    carry = (state, jnp.full((), -1 if dstep is None else dstep, jnp.int32))
-    try:
-        for r in range(done, total if dstep is None else done):
-            carry, record = block(carry)
-            state = carry[0]
-            record = jax.device_get(record)
-            for k, v in record.items():
-                records.setdefault(k, []).append(np.asarray(v))
-            d_now = int(carry[1])
-            bar.update(config.record_every)
-            if "loss" in record:
-                bar.set_postfix(loss=f"{float(record['loss']):.4g}")
-            if d_now >= 0:
-                dstep = d_now
-                if not bar.disable:
-                    bar.write(f"gradflow.training.fit: diverged at step {dstep}; stopping the run")
-            if callback is not None:
-                callback(r, record)
-            if dstep is not None or (r + 1) % checkpoint_every == 0 or r + 1 == total:
-                save()
-            if dstep is not None:
-                break
-    finally:
-        bar.close()
-    metrics = _stack(records)
-    n = len(next(iter(metrics.values()))) if metrics else 0
-    return History(
-        steps=record_steps(config)[:n],
-        metrics=metrics,
-        layer_names=names,
-        diverged_step=dstep,
-        state=state,
-    )
+    def loop(self, progress: bool | None, callback: Callable | None, checkpoint_every: int):
+        """Run the remaining records (none after a divergence), one jitted block each, with a
+        progress bar; stop after the first diverging block."""
+        from tqdm.auto import tqdm
+
+        config, total = self.config, self.config.num_records
+        bar = tqdm(
+            total=config.steps,
+            initial=self.done * config.record_every,
+            disable=(None if progress is None else not progress),
+            unit="step",
+            leave=False,
+        )
+        carry = (self.state, jnp.full((), -1 if self.dstep is None else self.dstep, jnp.int32))
+        try:
+            for r in range(self.done, total if self.dstep is None else self.done):
+                carry, record = self.block(carry)
+                self.state = carry[0]
+                record = self._keep(record, int(carry[1]), bar)
+                if callback is not None:
+                    callback(r, record)
+                if self.dstep is not None or (r + 1) % checkpoint_every == 0 or r + 1 == total:
+                    self.save()
+                if self.dstep is not None:
+                    break
+        finally:
+            bar.close()
+
+    def _keep(self, record: dict, d_now: int, bar: Any) -> dict[str, np.ndarray]:
+        """Append one block's record (as NumPy), advance the bar and note a divergence."""
+        record = jax.device_get(record)
+        for k, v in record.items():
+            self.records.setdefault(k, []).append(np.asarray(v))
+        bar.update(self.config.record_every)
+        if "loss" in record:
+            bar.set_postfix(loss=f"{float(record['loss']):.4g}")
+        if d_now >= 0:
+            self.dstep = d_now
+            if not bar.disable:
+                bar.write(f"gradflow.training.fit: diverged at step {self.dstep}; stopping the run")
+        return record
 
 
 def _split_hparams(hparams: Mapping[str, Any]) -> tuple[dict[str, Array], tuple]:

@@ -470,7 +470,8 @@ def test_deep_linear_scaled_identity_gain(gain):
 
 # --- the MLP ------------------------------------------------------------------------------------
 
-# (5, 6), four (6, 6) layers (one lax.scan: analytic._SCAN_MIN = 4), then (6, 3): both code paths.
+# (5, 6), four (6, 6) layers (a run long enough to go through one lax.scan), then (6, 3): both the
+# scanned and the unrolled code paths (test_mlp_widths_run_a_scan checks the scan is there).
 WIDTHS = (5, 6, 6, 6, 6, 6, 3)
 
 
@@ -510,6 +511,15 @@ def _mlp_suite(params, x, g, name):
     return {r: _mlp_closed_and_autodiff(params, x, g, act, r) for r in (False, True)}
 
 
+def test_mlp_widths_run_a_scan():
+    """WIDTHS holds a run of identical layers long enough for mlp_grads to scan over it (the
+    property test below then covers the scanned path), and the program has a loop, not one
+    copy per layer."""
+    params, x, g = _mlp(0, dtype=np.float32)
+    jaxpr = str(jax.make_jaxpr(lambda p: analytic.mlp_grads(p, x, g, "tanh"))(params))
+    assert "scan[" in jaxpr
+
+
 # The activation enters the MLP only through act.fn and act.grad, tested for every activation above;
 # here the matrix recursion, for a saturating, a zero-centred, a kinked and a non-monotone one.
 @pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu", "gelu"])
@@ -518,14 +528,13 @@ def _mlp_suite(params, x, g, name):
 def test_mlp_grads_match_autodiff(x64, name, seed, linear_readout):
     # delta^l = Sigma'(z^l) W^{l+1} delta^{l+1} against jax.vmap(jax.grad) of an independent
     # forward pass, widths WIDTHS, with and without a linear readout (one compile for both).
-    assert analytic._SCAN_MIN <= 4  # WIDTHS exercises the scanned path
     params, x, g = _mlp(seed)
     closed, (ref_params, ref_x) = _mlp_suite(params, x, g, name)[linear_readout]
     for layer, (ref_kernel, ref_bias) in enumerate(ref_params):
         chex.assert_shape(closed.kernel[layer], (4, *params[layer][0].shape))
         np.testing.assert_allclose(closed.kernel[layer], ref_kernel, rtol=1e-10, atol=1e-14)
         np.testing.assert_allclose(closed.bias[layer], ref_bias, rtol=1e-10, atol=1e-14)
-        assert closed.delta[layer] is closed.bias[layer]
+        np.testing.assert_array_equal(closed.delta[layer], closed.bias[layer])  # delta = dC/db
     np.testing.assert_allclose(closed.input, ref_x, rtol=1e-10, atol=1e-14)
 
 

@@ -41,15 +41,18 @@ CONTRACT = {
     "models": ["Chain", "MLP", "DeepLinear", "RNN"],
     "adapters": ["KINDS", "Model", "as_model"],
     "taps": ["KINDS", "Layer", "TapPlan", "leaf_paths", "trace"],
-    "probes": [
-        "probe",
-        "probe_rnn",
-        "verdict",
-        "check_history",
-        "format_report",
-        "plot_report",
+    "losses": ["LOSSES", "get_loss", "softmax_cross_entropy", "sigmoid_cross_entropy", "mse"],
+    "probes": ["probe", "probe_rnn", "time_decay_rate"],
+    "report": [
         "LayerReport",
+        "RecurrentReport",
+        "STATS",
+        "verdict",
+        "format_report",
+        "to_frame",
+        "plot_report",
     ],
+    "history": ["Sign", "check_history"],
     "optim": [
         "layer_order",
         "LayerOrder",
@@ -95,6 +98,31 @@ def test_contract_names(module):
     if hasattr(mod, "__all__"):
         undefined = [n for n in mod.__all__ if not hasattr(mod, n)]
         assert not undefined, f"gradflow.{module}.__all__ names undefined {undefined}"
+
+
+#: Names that moved out of gradflow.probes into their own modules: ``gf.probes.<name>`` still
+#: works and is the same object.
+MOVED_FROM_PROBES = {
+    "losses": ["LOSSES", "get_loss", "softmax_cross_entropy", "sigmoid_cross_entropy", "mse"],
+    "report": [
+        "LayerReport",
+        "RecurrentReport",
+        "STATS",
+        "VANISHING",
+        "EXPLODING",
+        "verdict",
+        "format_report",
+        "to_frame",
+        "plot_report",
+    ],
+    "history": ["Sign", "check_history"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(MOVED_FROM_PROBES))
+def test_probes_keeps_the_names_that_moved(module):
+    for name in MOVED_FROM_PROBES[module]:
+        assert getattr(gf.probes, name) is getattr(getattr(gf, module), name), name
 
 
 def test_activation_contract_values():

@@ -97,7 +97,7 @@ def test_fit_records_divergence_step_instead_of_raising():
     assert np.isnan(hist.metrics["loss"][-1])
     chex.assert_tree_all_finite(hist.state.params)  # frozen at the last finite parameters
     assert int(hist.state.step) == hist.diverged_step
-    signs = gf.probes.check_history(hist.metrics)
+    signs = gf.history.check_history(hist.metrics)
     assert "loss_nonfinite" in [s.kind for s in signs]
     df = hist.to_frame()
     assert set(df.columns) == {"step", "metric", "layer", "value"}

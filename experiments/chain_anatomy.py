@@ -35,6 +35,7 @@ Three sweeps through :func:`gradflow.sweep.run`: ``sigmoid`` (seeds vmapped), ``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -57,28 +58,61 @@ SOURCE = (
     "Ganguli 2014"
 )
 
-CONFIGS = {
-    "quick": {
-        "sigmoid_depth": 80,
-        "sigmoid_seeds": 16,
-        "exploding_depth": 40,
-        "exploding_weights": (4.0, 100.0),
-        "exploding_x": 0.5,
-        "linear_depths": (100, 200),
-        "linear_gains": (0.5, 2.0),
-        "linear_width": 4,
-    },
-    "full": {
-        "sigmoid_depth": 120,
-        "sigmoid_seeds": 256,
-        "exploding_depth": 60,
-        "exploding_weights": (4.0, 100.0),
-        "exploding_x": 0.5,
-        "linear_depths": (100, 200),
-        "linear_gains": (0.5, 2.0),
-        "linear_width": 8,
-    },
-}
+
+@dataclasses.dataclass(frozen=True)
+class ChainAnatomyConfig(gf.experiment.Config):
+    """The three chains: sigmoid (underflow), exploding (overflow), deep linear (both)."""
+
+    sigmoid_depth: int  # layers of the sigmoid chains
+    sigmoid_seeds: int  # random sigmoid chains
+    exploding_depth: int  # layers of the exploding chains
+    exploding_weights: tuple[float, ...]  # the exploding chains' weight w
+    exploding_x: float  # their input (dyadic: exactly representable in float32)
+    linear_depths: tuple[int, ...]  # depths of the deep linear networks
+    linear_gains: tuple[float, ...]  # their orthogonal weights' gains
+    linear_width: int  # their width
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("sigmoid_depth", "exploding_depth", "sigmoid_seeds", "linear_width"):
+            if getattr(self, key) < 2:
+                raise ValueError(f"{key} must be >= 2, got {getattr(self, key)}")
+        if not self.linear_depths or not all(d >= 2 for d in self.linear_depths):
+            raise ValueError(f"linear_depths must all be >= 2, got {self.linear_depths}")
+        for key in ("exploding_weights", "linear_gains"):
+            v = getattr(self, key)
+            if not v or not all(w > 0 for w in v):
+                raise ValueError(f"{key} must be non-empty and positive, got {v!r}")
+        x = float(self.exploding_x)
+        if np.float32(x) * np.float32(100.0) != np.float64(x) * 100.0:
+            raise ValueError(
+                f"exploding_x must be exactly representable (a dyadic rational such as 0.5), got "
+                f"{x}; see gradflow.analytic.exploding_chain"
+            )
+
+    def check_resources(self) -> None:
+        # float64 arrays of every (seed, layer) and (depth, width, width) of the three sweeps
+        gf.experiment.check_memory(
+            "chain_anatomy",
+            64 * self.sigmoid_seeds * self.sigmoid_depth
+            + 64 * len(self.exploding_weights) * self.exploding_depth
+            + 32 * max(self.linear_depths) * self.linear_width**2,
+        )
+
+
+FULL = ChainAnatomyConfig(
+    sigmoid_depth=120,
+    sigmoid_seeds=256,
+    exploding_depth=60,
+    exploding_weights=(4.0, 100.0),
+    exploding_x=0.5,
+    linear_depths=(100, 200),
+    linear_gains=(0.5, 2.0),
+    linear_width=8,
+)
+QUICK = dataclasses.replace(
+    FULL, sigmoid_depth=80, sigmoid_seeds=16, exploding_depth=40, linear_width=4
+)
 
 #: float32 limits as XLA on CPU sees them (subnormals are flushed to zero).
 F32_TINY = float(np.finfo(np.float32).tiny)  # 2^-126
@@ -223,72 +257,48 @@ def _linear_fn(width: int):
     return fn
 
 
-def _check(config: dict) -> None:
-    for key in ("sigmoid_depth", "exploding_depth", "sigmoid_seeds", "linear_width"):
-        if config[key] < 2:
-            raise ValueError(f"{key} must be >= 2, got {config[key]}")
-    if not config["linear_depths"] or not all(d >= 2 for d in config["linear_depths"]):
-        raise ValueError(f"linear_depths must all be >= 2, got {config['linear_depths']}")
-    for key in ("exploding_weights", "linear_gains"):
-        if not config[key] or not all(v > 0 for v in config[key]):
-            raise ValueError(f"{key} must be non-empty and positive, got {config[key]!r}")
-    x = float(config["exploding_x"])
-    if np.float32(x) * np.float32(100.0) != np.float64(x) * 100.0:
-        raise ValueError(
-            f"exploding_x must be exactly representable (a dyadic rational such as 0.5), got {x}; "
-            "see gradflow.analytic.exploding_chain"
-        )
-    # float64 arrays of every (seed, layer) and (depth, width, width) of the three sweeps
-    gf.experiment.check_memory(
-        "chain_anatomy",
-        64 * config["sigmoid_seeds"] * config["sigmoid_depth"]
-        + 64 * len(config["exploding_weights"]) * config["exploding_depth"]
-        + 32 * max(config["linear_depths"]) * config["linear_width"] ** 2,
-    )
-
-
-def run(config: dict, results_dir: Path) -> None:
+def run(config: ChainAnatomyConfig, results_dir: Path) -> None:
     """The three sweeps (sigmoid, exploding, linear), float64 enabled for the references."""
-    _check(config)
-    x = float(config["exploding_x"])
+    config.check_resources()
+    x = float(config.exploding_x)
     results_dir = Path(results_dir)
     with jax.enable_x64(True):
         gf.sweep.run(
             _sigmoid_fn,
-            grid={"depth": [config["sigmoid_depth"]]},
-            seeds=range(config["sigmoid_seeds"]),
+            grid={"depth": [config.sigmoid_depth]},
+            seeds=range(config.sigmoid_seeds),
             static=("depth",),
             workdir=results_dir / "sigmoid",
             name=f"{NAME}/sigmoid",
-            config=dict(config),
+            config=config.to_dict(),
         )
-        weights = np.asarray(config["exploding_weights"], np.float64)
+        weights = np.asarray(config.exploding_weights, np.float64)
         w_table, b_table = (
             np.asarray(v)
             for v in gf.analytic.exploding_chain(
-                config["exploding_depth"], np.full(weights.shape, x), weights[:, None],
+                config.exploding_depth, np.full(weights.shape, x), weights[:, None],
                 dtype=jnp.float64,
             )
         )  # fmt: skip
         gf.sweep.run(
             _exploding_fn(x, weights, w_table, b_table),
-            grid={"depth": [config["exploding_depth"]], "weight": list(weights)},
+            grid={"depth": [config.exploding_depth], "weight": list(weights)},
             seeds=[0],
             static=("depth",),
             workdir=results_dir / "exploding",
             name=f"{NAME}/exploding",
-            config=dict(config),
+            config=config.to_dict(),
         )
         gf.sweep.run(
-            _linear_fn(config["linear_width"]),
-            grid={"depth": list(config["linear_depths"]), "gain": list(config["linear_gains"])},
+            _linear_fn(config.linear_width),
+            grid={"depth": list(config.linear_depths), "gain": list(config.linear_gains)},
             seeds=[0],
             static=("depth",),
             workdir=results_dir / "linear",
             name=f"{NAME}/linear",
-            config=dict(config),
+            config=config.to_dict(),
         )
-    limits = {"f32_tiny": F32_TINY, "f32_max": F32_MAX, "config": dict(config)}
+    limits = {"f32_tiny": F32_TINY, "f32_max": F32_MAX, "config": config.to_dict()}
     gf.experiment.write_atomic(results_dir / "limits.json", json.dumps(limits, indent=1))
 
 
@@ -718,10 +728,10 @@ EXPERIMENT = gf.experiment.Experiment(
     name=NAME,
     claim=CLAIM,
     source=SOURCE,
-    configs=CONFIGS,
+    configs={"quick": QUICK, "full": FULL},
     run=run,
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_gradients", f"{NAME}_errors"),
-    check=_check,
+    order=3,
 )

@@ -38,6 +38,7 @@ over depth x :math:`\sigma_w^2` with :math:`6\xi_c` overlaid.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -59,38 +60,69 @@ CLAIM = (
 )
 SOURCE = "seed 003; Poole et al. 2016; Schoenholz, Gilmer, Ganguli & Sohl-Dickstein 2017"
 
-CONFIGS = {
-    "quick": {
-        "phase_sw2_max": 4.0,
-        "phase_sb2_max": 0.3,
-        "phase_n_sw2": 24,
-        "phase_n_sb2": 12,
-        "sb2": 0.05,
-        "depths": (32,),
-        "sw2": (0.5, 1.75, 4.0),
-        "width": 32,
-        "steps": 300,
-        "batch_size": 64,
-        "optimizer": "sgd",
-        "learning_rate": 0.03,
-        "seeds": 2,
-    },
-    "full": {
-        "phase_sw2_max": 4.0,
-        "phase_sb2_max": 0.3,
-        "phase_n_sw2": 96,
-        "phase_n_sb2": 48,
-        "sb2": 0.05,
-        "depths": (8, 16, 32, 48),
-        "sw2": (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0),
-        "width": 48,
-        "steps": 300,
-        "batch_size": 64,
-        "optimizer": "sgd",
-        "learning_rate": 0.03,
-        "seeds": 3,
-    },
-}
+
+@dataclasses.dataclass(frozen=True)
+class CriticalityConfig(gf.experiment.Config):
+    """The mean-field phase diagram and the trainability sweep of deep tanh networks."""
+
+    phase_sw2_max: float  # the phase diagram's sigma_w^2 range (0, phase_sw2_max]
+    phase_sb2_max: float  # its sigma_b^2 range [0, phase_sb2_max]
+    phase_n_sw2: int  # grid points along sigma_w^2
+    phase_n_sb2: int  # grid points along sigma_b^2
+    sb2: float  # the trained networks' bias variance sigma_b^2
+    depths: tuple[int, ...]  # trained depths
+    sw2: tuple[float, ...]  # trained weight variances sigma_w^2
+    width: int  # hidden width
+    steps: int  # training steps
+    batch_size: int  # minibatch
+    optimizer: str  # a name of gradflow.optim.optimizer_names()
+    learning_rate: float  # step size
+    seeds: int  # random draws per (depth, sigma_w^2)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("depths", "sw2"):
+            if not getattr(self, key):
+                raise ValueError(f"{key} must be a non-empty tuple, got {getattr(self, key)!r}")
+        if any(d < 1 for d in self.depths):
+            raise ValueError(f"depths must be positive integers, got {self.depths!r}")
+        if any(s <= 0 for s in self.sw2):
+            raise ValueError(f"sw2 values must be positive, got {self.sw2!r}")
+        if self.sb2 < 0:
+            raise ValueError(f"sb2 must be >= 0, got {self.sb2}")
+        for key in ("width", "steps", "batch_size", "seeds", "phase_n_sw2", "phase_n_sb2"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("phase_sw2_max", "learning_rate"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
+        if not self.phase_sb2_max >= 0:
+            raise ValueError(f"phase_sb2_max must be >= 0, got {self.phase_sb2_max}")
+        if self.optimizer not in gf.optim.optimizer_names():
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}; valid: "
+                f"{', '.join(gf.optim.optimizer_names())}"
+            )
+
+
+FULL = CriticalityConfig(
+    phase_sw2_max=4.0,
+    phase_sb2_max=0.3,
+    phase_n_sw2=96,
+    phase_n_sb2=48,
+    sb2=0.05,
+    depths=(8, 16, 32, 48),
+    sw2=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0),
+    width=48,
+    steps=300,
+    batch_size=64,
+    optimizer="sgd",
+    learning_rate=0.03,
+    seeds=3,
+)
+QUICK = dataclasses.replace(
+    FULL, phase_n_sw2=24, phase_n_sb2=12, depths=(32,), sw2=(0.5, 1.75, 4.0), width=32, seeds=2
+)
 
 ACTIVATION = "tanh"
 #: the Schoenholz et al. 2017 trainability bound: depth <~ 6 xi_c
@@ -154,32 +186,7 @@ class ScannedTanhMLP(nn.Module):
         )(h)  # fmt: skip
 
 
-def _check(config: dict) -> None:
-    for key in ("depths", "sw2"):
-        if not config[key]:
-            raise ValueError(f"{key} must be a non-empty tuple, got {config[key]!r}")
-    if any(int(d) != d or d < 1 for d in config["depths"]):
-        raise ValueError(f"depths must be positive integers, got {config['depths']!r}")
-    if any(s <= 0 for s in config["sw2"]):
-        raise ValueError(f"sw2 values must be positive, got {config['sw2']!r}")
-    if config["sb2"] < 0:
-        raise ValueError(f"sb2 must be >= 0, got {config['sb2']}")
-    for key in ("width", "steps", "batch_size", "seeds", "phase_n_sw2", "phase_n_sb2"):
-        if config[key] < 1:
-            raise ValueError(f"{key} must be >= 1, got {config[key]}")
-    for key in ("phase_sw2_max", "learning_rate"):
-        if not config[key] > 0:
-            raise ValueError(f"{key} must be positive, got {config[key]}")
-    if not config["phase_sb2_max"] >= 0:
-        raise ValueError(f"phase_sb2_max must be >= 0, got {config['phase_sb2_max']}")
-    if config["optimizer"] not in gf.optim.optimizer_names():
-        raise ValueError(
-            f"unknown optimizer {config['optimizer']!r}; valid: "
-            f"{', '.join(gf.optim.optimizer_names())}"
-        )
-
-
-def _theory(config: dict) -> dict:
+def _theory(config: CriticalityConfig) -> dict:
     """Phase diagram, critical line and xi_c along sb2, all float64 (gradflow.meanfield).
 
     Two compiled calls: :func:`~gradflow.meanfield.critical_sw2` on the line's sb2 values plus
@@ -188,19 +195,19 @@ def _theory(config: dict) -> dict:
     and the row sb2 = ``sb2``.
     """
     mf = gf.meanfield
-    n_sw2, n_sb2 = config["phase_n_sw2"], config["phase_n_sb2"]
-    sw2_max, sb2_max = config["phase_sw2_max"], config["phase_sb2_max"]
+    n_sw2, n_sb2 = config.phase_n_sw2, config.phase_n_sb2
+    sw2_max, sb2_max = config.phase_sw2_max, config.phase_sb2_max
     with jax.enable_x64(True):
         # the line rises steeply from (1, 0): sample sb2 geometrically near 0
         sb2_line = np.concatenate([[0.0], np.geomspace(1e-6 * sb2_max, sb2_max, 4 * n_sb2)])
-        line = np.asarray(mf.critical_sw2(jnp.asarray(np.append(sb2_line, config["sb2"])),
+        line = np.asarray(mf.critical_sw2(jnp.asarray(np.append(sb2_line, config.sb2)),
                                           ACTIVATION))  # fmt: skip
         crit, line = float(line[-1]), line[:-1]
         phase_sw2 = np.linspace(sw2_max / n_sw2, sw2_max, n_sw2)
         g = np.geomspace(1e-3, 0.3, 12)
         near = crit * np.concatenate([1 - g, 1 + g])
-        sw2 = np.unique(np.concatenate([phase_sw2, near, config["sw2"]]))
-        sb2 = np.unique(np.append(np.linspace(0.0, sb2_max, n_sb2), config["sb2"]))
+        sw2 = np.unique(np.concatenate([phase_sw2, near, config.sw2]))
+        sb2 = np.unique(np.append(np.linspace(0.0, sb2_max, n_sb2), config.sb2))
         with warnings.catch_warnings():
             # the grid holds (sw2, sb2) = (1, 0) up to rounding: on the critical line, where
             # xi_c = inf and gradflow.meanfield says it cannot resolve the distance to the line
@@ -209,8 +216,8 @@ def _theory(config: dict) -> dict:
             )
             pd = mf.phase_diagram(jnp.asarray(sw2), jnp.asarray(sb2), ACTIVATION)
     chi1, xi_c = np.asarray(pd.chi1), np.asarray(pd.xi_c)
-    row = int(np.flatnonzero(sb2 == config["sb2"])[0])
-    cols = np.searchsorted(sw2, np.asarray(config["sw2"], float))
+    row = int(np.flatnonzero(sb2 == config.sb2)[0])
+    cols = np.searchsorted(sw2, np.asarray(config.sw2, float))
 
     def lst(a):  # JSON: NaN and inf become null
         a = np.asarray(a, np.float64)
@@ -221,7 +228,7 @@ def _theory(config: dict) -> dict:
         "phase": {"sw2": lst(sw2), "sb2": lst(sb2), "chi1": lst(chi1), "xi_c": lst(xi_c)},
         "critical_line": {"sb2": lst(sb2_line), "sw2": lst(line)},
         "along_sb2": {
-            "sb2": config["sb2"],
+            "sb2": config.sb2,
             "critical_sw2": crit,
             "sw2": lst(sw2),
             "xi_c": lst(xi_c[row]),
@@ -250,12 +257,12 @@ def _trainer(depth: int, width: int, sb2: float, steps: int, batch_size: int, op
     return gf.training.train_fn(cfg, data)
 
 
-def _train_fn(config: dict):
+def _train_fn(config: CriticalityConfig):
     def fn(hparams, key):
-        train = _trainer(int(hparams["depth"]), config["width"], float(config["sb2"]),
-                         config["steps"], config["batch_size"], config["optimizer"])  # fmt: skip
+        train = _trainer(int(hparams["depth"]), config.width, float(config.sb2),
+                         config.steps, config.batch_size, config.optimizer)  # fmt: skip
         out = train(
-            {"learning_rate": config["learning_rate"], "init_scale": jnp.sqrt(hparams["sw2"])},
+            {"learning_rate": config.learning_rate, "init_scale": jnp.sqrt(hparams["sw2"])},
             key,
         )
         return {**{k: out[k][-1] for k in METRICS}, "diverged_step": out["diverged_step"]}
@@ -263,23 +270,22 @@ def _train_fn(config: dict):
     return fn
 
 
-def run(config: dict, results_dir: Path) -> None:
+def run(config: CriticalityConfig, results_dir: Path) -> None:
     """Mean-field theory (JSON) and the depth x sw2 x seeds training sweep."""
-    _check(config)
     results_dir = Path(results_dir)
     theory = _theory(config)
     gf.experiment.write_atomic(results_dir / "theory.json", json.dumps(theory))
     gf.sweep.run(
         _train_fn(config),
         grid={
-            "depth": [int(d) for d in config["depths"]],
-            "sw2": [float(s) for s in config["sw2"]],
+            "depth": [int(d) for d in config.depths],
+            "sw2": [float(s) for s in config.sw2],
         },
-        seeds=range(config["seeds"]),
+        seeds=range(config.seeds),
         static=("depth",),
         workdir=results_dir / "trainability",
         name=f"{NAME}/trainability",
-        config=dict(config),
+        config=config.to_dict(),
     )
 
 
@@ -500,10 +506,10 @@ EXPERIMENT = gf.experiment.Experiment(
     name=NAME,
     claim=CLAIM,
     source=SOURCE,
-    configs=CONFIGS,
+    configs={"quick": QUICK, "full": FULL},
     run=run,
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_trainability", f"{NAME}_phase"),
-    check=_check,
+    order=8,
 )

@@ -33,6 +33,7 @@ variance of :math:`JJ^\top`'s eigenvalues against depth with the free-probabilit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -53,16 +54,42 @@ CLAIM = (
 )
 SOURCE = "Saxe, McClelland & Ganguli 2014; Pennington, Schoenholz & Ganguli 2017"
 
-CONFIGS = {
-    "quick": {"width": 48, "depth": 16, "record_depths": (1, 4, 16), "seeds": 4, "tanh_q": 1 / 64},
-    "full": {
-        "width": 128,
-        "depth": 64,
-        "record_depths": (1, 2, 4, 8, 16, 32, 64),
-        "seeds": 8,
-        "tanh_q": 1 / 64,
-    },
-}
+
+@dataclasses.dataclass(frozen=True)
+class DynamicalIsometryConfig(gf.experiment.Config):
+    """Input-output Jacobian spectra of deep networks at their critical points."""
+
+    width: int  # hidden width
+    depth: int  # layers
+    record_depths: tuple[int, ...]  # depths whose Jacobian spectrum is recorded
+    seeds: int  # random networks per (activation, weights)
+    tanh_q: float  # tanh's fixed-point pre-activation variance q*
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.width < 2 or self.depth < 1 or self.seeds < 1:
+            raise ValueError(
+                f"width must be >= 2, depth and seeds >= 1; got width={self.width}, "
+                f"depth={self.depth}, seeds={self.seeds}"
+            )
+        rec = self.record_depths
+        if not rec or any(not 1 <= d <= self.depth for d in rec):
+            raise ValueError(f"record_depths must lie in [1, depth={self.depth}], got {rec!r}")
+        if not self.tanh_q > 0:
+            raise ValueError(f"tanh_q must be positive, got {self.tanh_q}")
+
+    def check_resources(self) -> None:
+        # every seed's depth x width x width float64 weights, twice (Gaussian and orthogonal)
+        gf.experiment.check_memory(
+            f"width={self.width}, depth={self.depth}, seeds={self.seeds}",
+            16 * self.seeds * self.depth * self.width**2,
+        )
+
+
+FULL = DynamicalIsometryConfig(
+    width=128, depth=64, record_depths=(1, 2, 4, 8, 16, 32, 64), seeds=8, tanh_q=1 / 64
+)
+QUICK = dataclasses.replace(FULL, width=48, depth=16, record_depths=(1, 4, 16), seeds=4)
 
 ACTIVATIONS = ("linear", "tanh", "relu")
 WEIGHTS = ("gaussian", "orthogonal")
@@ -86,27 +113,9 @@ def critical_points(tanh_q: float) -> dict[str, dict[str, float]]:
     }
 
 
-def _check(config: dict) -> None:
-    if config["width"] < 2 or config["depth"] < 1 or config["seeds"] < 1:
-        raise ValueError(
-            f"width must be >= 2, depth and seeds >= 1; got width={config['width']}, "
-            f"depth={config['depth']}, seeds={config['seeds']}"
-        )
-    rec = config["record_depths"]
-    if not rec or any(not 1 <= d <= config["depth"] for d in rec):
-        raise ValueError(f"record_depths must lie in [1, depth={config['depth']}], got {rec!r}")
-    if not config["tanh_q"] > 0:
-        raise ValueError(f"tanh_q must be positive, got {config['tanh_q']}")
-    # every seed's depth x width x width float64 weights, twice (Gaussian and orthogonal)
-    gf.experiment.check_memory(
-        f"width={config['width']}, depth={config['depth']}, seeds={config['seeds']}",
-        16 * config["seeds"] * config["depth"] * config["width"] ** 2,
-    )
-
-
-def _make_fn(config: dict, points: dict):
-    width, depth = config["width"], config["depth"]
-    rec = [int(d) for d in config["record_depths"]]
+def _make_fn(config: DynamicalIsometryConfig, points: dict):
+    width, depth = config.width, config.depth
+    rec = [int(d) for d in config.record_depths]
 
     def fn(hparams, key):
         act, weights = hparams["activation"], hparams["weights"]
@@ -144,13 +153,13 @@ MULTI_CPU_DEADLOCK = (
 )
 
 
-def run(config: dict, results_dir: Path) -> None:
+def run(config: DynamicalIsometryConfig, results_dir: Path) -> None:
     """Theory moments (JSON) and the activation x weights x seeds sweep of Jacobian spectra.
 
     Raises ``RuntimeError`` (:data:`MULTI_CPU_DEADLOCK`) instead of hanging when the process has
     several CPU devices.
     """
-    _check(config)
+    config.check_resources()
     if jax.default_backend() == "cpu" and jax.device_count() > 1:
         raise RuntimeError(MULTI_CPU_DEADLOCK)
     results_dir = Path(results_dir)
@@ -160,15 +169,15 @@ def run(config: dict, results_dir: Path) -> None:
         _run(config, results_dir)
 
 
-def _run(config: dict, results_dir: Path) -> None:
-    points = critical_points(config["tanh_q"])
-    theory = {"points": points, "config": dict(config), "moments": {}}
+def _run(config: DynamicalIsometryConfig, results_dir: Path) -> None:
+    points = critical_points(config.tanh_q)
+    theory = {"points": points, "config": config.to_dict(), "moments": {}}
     with jax.enable_x64(True):
         for act in ACTIVATIONS:
             p = points[act]
             for w in WEIGHTS:
                 mom = gf.spectra.jacobian_moments(
-                    jnp.float64(p["sw2"]), jnp.float64(p["sb2"]), act, config["depth"],
+                    jnp.float64(p["sw2"]), jnp.float64(p["sb2"]), act, config.depth,
                     weights=w, q=jnp.float64(p["q"]),
                 )  # fmt: skip
                 theory["moments"][f"{act}/{w}"] = {k: np.asarray(v).tolist()
@@ -176,7 +185,7 @@ def _run(config: dict, results_dir: Path) -> None:
         gf.sweep.run(
             _make_fn(config, points),
             grid={"activation": list(ACTIVATIONS), "weights": list(WEIGHTS)},
-            seeds=range(config["seeds"]),
+            seeds=range(config.seeds),
             workdir=results_dir / "spectra",
             axes={
                 "sv": ("depth_index", "index"),
@@ -185,7 +194,7 @@ def _run(config: dict, results_dir: Path) -> None:
                 "variance": ("depth_index",),
             },
             name=f"{NAME}/spectra",
-            config=dict(config),
+            config=config.to_dict(),
         )
     gf.experiment.write_atomic(results_dir / "theory.json", json.dumps(theory))
 
@@ -383,10 +392,10 @@ EXPERIMENT = gf.experiment.Experiment(
     name=NAME,
     claim=CLAIM,
     source=SOURCE,
-    configs=CONFIGS,
+    configs={"quick": QUICK, "full": FULL},
     run=run,
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_spectra", f"{NAME}_moments"),
-    check=_check,
+    order=9,
 )

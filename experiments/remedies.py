@@ -158,61 +158,60 @@ CURVE_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 LOSS = "softmax_cross_entropy"
 
-CONFIGS = {
-    # variants: names of VARIANTS; depth: Dense layers including the readout; width: hidden width;
-    # steps of minibatch training with batch_size examples, a record every record_every steps;
-    # lr_factors: multiples of each optimizer's BASE_LR tried for every variant (batched);
-    # probe_batch: training images the gradient ratio at init is measured on.
-    "quick": {
-        "variants": ["sigmoid", "elu", "sigmoid_batchnorm"],
-        "seeds": 5,
-        "depth": 20,
-        "width": 32,
-        "steps": 300,
-        "batch_size": 64,
-        "record_every": 20,
-        "lr_factors": [0.3, 3.0],
-        "probe_batch": 256,
-    },
-    "full": {
-        "variants": list(VARIANTS),
-        "seeds": 5,
-        "depth": 20,
-        "width": 32,
-        "steps": 300,
-        "batch_size": 64,
-        "record_every": 20,
-        "lr_factors": [0.3, 1.0, 3.0, 10.0],
-        "probe_batch": 256,
-    },
-}
+
+@dataclasses.dataclass(frozen=True)
+class RemediesConfig(gf.experiment.Config):
+    """Every remedy of the sigmoid net, each at its best of several learning rates."""
+
+    variants: tuple[str, ...]  # names of VARIANTS
+    seeds: int  # random draws per (variant, learning rate)
+    depth: int  # Dense layers including the readout
+    width: int  # hidden width
+    steps: int  # minibatch training steps
+    batch_size: int  # minibatch
+    record_every: int  # steps between records
+    lr_factors: tuple[float, ...]  # multiples of each optimizer's BASE_LR, tried for every variant
+    probe_batch: int  # training images the gradient ratio at init is measured on
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key, lo in (
+            ("seeds", 5), ("depth", 3), ("width", 1), ("steps", 1), ("batch_size", 1),
+            ("record_every", 1), ("probe_batch", 1),
+        ):  # fmt: skip
+            if getattr(self, key) < lo:
+                raise ValueError(f"{key} must be an int >= {lo}, got {getattr(self, key)!r}")
+        if self.steps % self.record_every:
+            raise ValueError(
+                f"steps ({self.steps}) must be a multiple of record_every ({self.record_every})"
+            )
+        variants = list(self.variants)
+        unknown = [v for v in variants if v not in VARIANTS]
+        if not variants or unknown:
+            raise ValueError(
+                f"unknown variants {unknown or variants}; valid: {', '.join(VARIANTS)}"
+            )
+        if len(set(variants)) != len(variants):
+            raise ValueError(f"variants must be distinct, got {variants}")
+        factors = list(self.lr_factors)
+        if not factors or not all(np.isfinite(f) and f > 0 for f in factors):
+            raise ValueError(f"lr_factors must be positive numbers, got {factors!r}")
 
 
-def _check(config: dict) -> None:
-    for key, lo in (
-        ("seeds", 5), ("depth", 3), ("width", 1), ("steps", 1), ("batch_size", 1),
-        ("record_every", 1), ("probe_batch", 1),
-    ):  # fmt: skip
-        v = config[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"{key} must be an int >= {lo}, got {v!r}")
-    if config["steps"] % config["record_every"]:
-        raise ValueError(
-            f"steps ({config['steps']}) must be a multiple of record_every "
-            f"({config['record_every']})"
-        )
-    variants = list(config["variants"])
-    unknown = [v for v in variants if v not in VARIANTS]
-    if not variants or unknown:
-        raise ValueError(f"unknown variants {unknown or variants}; valid: {', '.join(VARIANTS)}")
-    if len(set(variants)) != len(variants):
-        raise ValueError(f"variants must be distinct, got {variants}")
-    factors = list(config["lr_factors"])
-    if not factors or not all(
-        isinstance(f, (int, float)) and not isinstance(f, bool) and np.isfinite(f) and f > 0
-        for f in factors
-    ):
-        raise ValueError(f"lr_factors must be positive numbers, got {factors!r}")
+FULL = RemediesConfig(
+    variants=tuple(VARIANTS),
+    seeds=5,
+    depth=20,
+    width=32,
+    steps=300,
+    batch_size=64,
+    record_every=20,
+    lr_factors=(0.3, 1.0, 3.0, 10.0),
+    probe_batch=256,
+)
+QUICK = dataclasses.replace(
+    FULL, variants=("sigmoid", "elu", "sigmoid_batchnorm"), lr_factors=(0.3, 3.0)
+)
 
 
 def model(name: str, depth: int, width: int) -> gf.models.MLP:
@@ -249,8 +248,8 @@ def _data(scale: str) -> gf.data.Digits:
     return gf.data.load_digits(scale=scale)
 
 
-def _make_fn(config: dict):
-    depth, width, steps = config["depth"], config["width"], config["steps"]
+def _make_fn(config: RemediesConfig):
+    depth, width, steps = config.depth, config.width, config.steps
 
     @functools.cache
     def parts(name: str):
@@ -261,16 +260,16 @@ def _make_fn(config: dict):
             optimizer=optimizer(name, steps),
             loss=LOSS,
             steps=steps,
-            batch_size=config["batch_size"],
-            record_every=config["record_every"],
+            batch_size=config.batch_size,
+            record_every=config.record_every,
         )
         return net, data, gf.training.train_fn(train_cfg, data)
 
     def fn(hparams, key):
         name = hparams["variant"]
         net, data, train = parts(name)
-        x = data.x_train[: config["probe_batch"]]
-        y = data.y_train[: config["probe_batch"]]
+        x = data.x_train[: config.probe_batch]
+        y = data.y_train[: config.probe_batch]
         # train_fn initialises with the first half of split(key): probe those same parameters,
         # BatchNorm in train mode (batch statistics, as a training step sees them).
         init_key, _ = jax.random.split(key)
@@ -289,13 +288,12 @@ def _make_fn(config: dict):
     return fn
 
 
-def run(config: dict, results_dir: Path) -> None:
+def run(config: RemediesConfig, results_dir: Path) -> None:
     """Every variant x learning-rate factor x seed: one sweep, one compiled program per variant."""
-    _check(config)
     gf.sweep.run(
         _make_fn(config),
-        grid={"variant": list(config["variants"]), "lr_factor": list(config["lr_factors"])},
-        seeds=range(config["seeds"]),
+        grid={"variant": list(config.variants), "lr_factor": list(config.lr_factors)},
+        seeds=range(config.seeds),
         workdir=Path(results_dir) / "variants",
         axes={
             "init_preact_grad": ("layer",),
@@ -304,7 +302,7 @@ def run(config: dict, results_dir: Path) -> None:
             "test_accuracy": ("step",),
         },
         name=NAME,
-        config=dict(config),
+        config=config.to_dict(),
     )
 
 
@@ -315,7 +313,7 @@ def load(results_dir: Path) -> tuple[pd.DataFrame, dict]:
     """The saved table and the run's config."""
     workdir = Path(results_dir) / "variants"
     df = gf.sweep.load(workdir)
-    return df, gf.sweep.load_metadata(workdir)["config"]["config"]
+    return df, gf.experiment.stored_config(workdir)
 
 
 def learning_rate(name: str, factor: float) -> float:
@@ -558,10 +556,10 @@ EXPERIMENT = gf.experiment.Experiment(
     name=NAME,
     claim=CLAIM,
     source=SOURCE,
-    configs=CONFIGS,
+    configs={"quick": QUICK, "full": FULL},
     run=run,
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_headline",),
-    check=_check,
+    order=5,
 )

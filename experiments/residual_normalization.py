@@ -67,6 +67,7 @@ dominate the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -105,30 +106,61 @@ MOMENTUM = 0.9
 #: Layers per residual branch (Fixup's m).
 BRANCH_LAYERS = 2
 
-CONFIGS = {
-    # depths: residual blocks; width: channels; seeds; probe_batch: images for the init
-    # statistics; steps of batch_size images with SGD + momentum at each of learning_rates.
-    "quick": {
-        "variants": list(VARIANTS),
-        "depths": [16],
-        "width": 8,
-        "seeds": 2,
-        "probe_batch": 64,
-        "steps": 120,
-        "batch_size": 16,
-        "learning_rates": [0.01, 0.03],
-    },
-    "full": {
-        "variants": list(VARIANTS),
-        "depths": [8, 32, 128],
-        "width": 8,
-        "seeds": 2,
-        "probe_batch": 128,
-        "steps": 150,
-        "batch_size": 16,
-        "learning_rates": [0.003, 0.01, 0.03],
-    },
-}
+
+@dataclasses.dataclass(frozen=True)
+class ResidualNormalizationConfig(gf.experiment.Config):
+    """Residual networks with and without normalization: initial statistics and training."""
+
+    variants: tuple[str, ...]  # names of VARIANTS
+    depths: tuple[int, ...]  # residual blocks
+    width: int  # channels
+    seeds: int  # random draws per (variant, depth, learning rate)
+    probe_batch: int  # images for the statistics at initialisation
+    steps: int  # SGD + momentum steps
+    batch_size: int  # images per step
+    learning_rates: tuple[float, ...]  # step sizes, each trained
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key, lo in (("width", 1), ("seeds", 1), ("probe_batch", 2), ("steps", 1),
+                        ("batch_size", 2)):  # fmt: skip
+            if getattr(self, key) < lo:
+                raise ValueError(f"{key} must be an int >= {lo}, got {getattr(self, key)!r}")
+        variants = list(self.variants)
+        unknown = [v for v in variants if v not in VARIANTS]
+        if not variants or unknown or len(set(variants)) != len(variants):
+            raise ValueError(
+                f"variants must be distinct names of {', '.join(VARIANTS)}, got {variants!r}"
+            )
+        depths = list(self.depths)
+        if not depths or any(d < 2 for d in depths):
+            raise ValueError(f"depths must be ints >= 2 (residual blocks), got {depths!r}")
+        lrs = list(self.learning_rates)
+        if not lrs or not all(math.isfinite(r) and r > 0 for r in lrs):
+            raise ValueError(f"learning_rates must be positive numbers, got {lrs!r}")
+
+    def check_resources(self) -> None:
+        depth = max(self.depths)
+        per_net = 18 * self.width**2 + 12 * self.probe_batch * 64 * self.width
+        gf.experiment.check_memory(
+            f"depths up to {depth} at width={self.width} x seeds={self.seeds}",
+            4 * 4 * self.seeds * len(self.variants) * depth * per_net,
+        )
+
+
+FULL = ResidualNormalizationConfig(
+    variants=tuple(VARIANTS),
+    depths=(8, 32, 128),
+    width=8,
+    seeds=2,
+    probe_batch=128,
+    steps=150,
+    batch_size=16,
+    learning_rates=(0.003, 0.01, 0.03),
+)
+QUICK = dataclasses.replace(
+    FULL, depths=(16,), probe_batch=64, steps=120, learning_rates=(0.01, 0.03)
+)
 
 _he = gf.initializers.get("he_normal")
 _lecun = gf.initializers.get("lecun_normal")
@@ -280,73 +312,46 @@ class ResNet(nn.Module):
 # ------------------------------------------------------------------------------------- sweeps
 
 
-def _check(config: dict) -> None:
-    for key, lo in (("width", 1), ("seeds", 1), ("probe_batch", 2), ("steps", 1),
-                    ("batch_size", 2)):  # fmt: skip
-        v = config[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"{key} must be an int >= {lo}, got {v!r}")
-    variants = list(config["variants"])
-    unknown = [v for v in variants if v not in VARIANTS]
-    if not variants or unknown or len(set(variants)) != len(variants):
-        raise ValueError(
-            f"variants must be distinct names of {', '.join(VARIANTS)}, got {variants!r}"
-        )
-    depths = list(config["depths"])
-    if not depths or any(isinstance(d, bool) or not isinstance(d, int) or d < 2 for d in depths):
-        raise ValueError(f"depths must be ints >= 2 (residual blocks), got {depths!r}")
-    lrs = list(config["learning_rates"])
-    if not lrs or not all(
-        isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r > 0
-        for r in lrs
-    ):
-        raise ValueError(f"learning_rates must be positive numbers, got {lrs!r}")
-    depth = max(depths)
-    per_net = 18 * config["width"] ** 2 + 12 * config["probe_batch"] * 64 * config["width"]
-    gf.experiment.check_memory(
-        f"depths up to {depth} at width={config['width']} x seeds={config['seeds']}",
-        4 * 4 * config["seeds"] * len(config["variants"]) * depth * per_net,
-    )
-
-
 @functools.cache
 def _data() -> gf.data.Digits:
     return gf.data.load_digits(scale="standardize")
 
 
-def _probe_batch(config: dict) -> tuple[jax.Array, jax.Array]:
+def _probe_batch(config: ResidualNormalizationConfig) -> tuple[jax.Array, jax.Array]:
     data = _data()
-    n = config["probe_batch"]
+    n = config.probe_batch
     return jnp.asarray(data.x_train[:n]), jnp.asarray(data.y_train[:n])
 
 
-def _init_probe(config: dict, variant: str, depth: int, key: jax.Array) -> tuple:
+def _init_probe(
+    config: ResidualNormalizationConfig, variant: str, depth: int, key: jax.Array
+) -> tuple:
     """``(probe report, SPP intermediates)`` of the network ``train_fn`` initialises from
     ``key`` (the first half of ``split(key)``), BatchNorm with batch statistics."""
     x, y = _probe_batch(config)
-    net = ResNet(width=config["width"], depth=depth, variant=variant)
+    net = ResNet(width=config.width, depth=depth, variant=variant)
     variables = net.init(jax.random.split(key)[0], x[:1])
     report = gf.probes.probe(net, variables, x, y, LOSS, train=True)
     _, state = net.apply(variables, x, train=True, mutable=["intermediates", "batch_stats"])
     return report, state["intermediates"]["blocks"]
 
 
-def layers(config: dict, variant: str, depth: int) -> list[tuple[str, str]]:
+def layers(config: ResidualNormalizationConfig, variant: str, depth: int) -> list[tuple[str, str]]:
     """``(name, kind)`` of the probe's rows, forward order (``blocks/conv_0[3]``: block 3's first
     convolution; ``blocks[3]``: its scalar multiplier), from the traced program alone."""
     out = jax.eval_shape(lambda k: _init_probe(config, variant, depth, k)[0], jax.random.key(0))
     return [(str(n), str(k)) for n, k in zip(out.layer_names, out.layer_kinds)]
 
 
-def _make_fn(config: dict, rows: dict):
-    steps = config["steps"]
+def _make_fn(config: ResidualNormalizationConfig, rows: dict):
+    steps = config.steps
 
     @functools.cache
     def trainer(variant: str, depth: int):
-        net = ResNet(width=config["width"], depth=depth, variant=variant)
+        net = ResNet(width=config.width, depth=depth, variant=variant)
         cfg = gf.training.TrainConfig(
             model=net, optimizer="momentum", loss=LOSS, steps=steps,
-            batch_size=config["batch_size"], record_every=steps,
+            batch_size=config.batch_size, record_every=steps,
         )  # fmt: skip
         return gf.training.train_fn(cfg, _data())
 
@@ -372,19 +377,19 @@ def _make_fn(config: dict, rows: dict):
     return fn
 
 
-def run(config: dict, results_dir: Path) -> None:
+def run(config: ResidualNormalizationConfig, results_dir: Path) -> None:
     """Every (variant, depth) group: the initial network's statistics and its training at every
     learning rate x seed, one compiled program per group."""
-    _check(config)
+    config.check_resources()
     rows: dict = {}
     gf.sweep.run(
         _make_fn(config, rows),
         grid={
-            "variant": list(config["variants"]),
-            "depth": [int(d) for d in config["depths"]],
-            "learning_rate": [float(r) for r in config["learning_rates"]],
+            "variant": list(config.variants),
+            "depth": [int(d) for d in config.depths],
+            "learning_rate": [float(r) for r in config.learning_rates],
         },
-        seeds=range(config["seeds"]),
+        seeds=range(config.seeds),
         static=("depth",),
         workdir=Path(results_dir) / "resnets",
         axes={
@@ -395,10 +400,10 @@ def run(config: dict, results_dir: Path) -> None:
             "init_preact_grad_norm": ("layer",),
         },
         name=NAME,
-        config=dict(config),
+        config=config.to_dict(),
     )
-    for v in config["variants"]:  # groups of a resumed sweep were not traced
-        for d in config["depths"]:
+    for v in config.variants:  # groups of a resumed sweep were not traced
+        for d in config.depths:
             if f"{v}/{d}" not in rows:
                 rows[f"{v}/{d}"] = layers(config, v, int(d))
     gf.experiment.write_atomic(Path(results_dir) / "layers.json", json.dumps(rows))
@@ -413,7 +418,7 @@ def load(results_dir: Path) -> tuple[pd.DataFrame, dict]:
     workdir = Path(results_dir) / "resnets"
     df = gf.sweep.load(workdir)
     df.attrs["layers"] = json.loads((Path(results_dir) / "layers.json").read_text())
-    return df, gf.sweep.load_metadata(workdir)["config"]["config"]
+    return df, gf.experiment.stored_config(workdir)
 
 
 def init_profile(df: pd.DataFrame, variant: str, depth: int, metric: str) -> np.ndarray:
@@ -659,10 +664,10 @@ EXPERIMENT = gf.experiment.Experiment(
     name=NAME,
     claim=CLAIM,
     source=SOURCE,
-    configs=CONFIGS,
+    configs={"quick": QUICK, "full": FULL},
     run=run,
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_headline",),
-    check=_check,
+    order=11,
 )

@@ -60,6 +60,7 @@ grows with the depth of the scanned stack.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -94,55 +95,112 @@ ADAM_B2, ADAM_EPS = 0.98, 1e-9
 #: A run "trains" when its final training loss is below this fraction of ln(vocab).
 TRAINED_FRACTION = 0.5
 
-CONFIGS = {
-    # Task: next-token prediction on order-2 Markov sequences (gradflow.data.markov_sequences)
-    # of `length` tokens over `vocab` symbols, n_train/n_test sequences.
-    # Init: width, heads, depths, seeds; probe_batch sequences per gradient.
-    # Training: train_width/heads/depth; steps of batch_size sequences, a record every
-    # record_every steps; Adam at each of learning_rates, with and without warmup_steps of warm-up.
-    "quick": {
-        "vocab": 16,
-        "length": 16,
-        "n_train": 512,
-        "n_test": 256,
-        "activation": "relu",
-        "width": 64,
-        "heads": 4,
-        "depths": [3, 6, 12],
-        "seeds": 4,
-        "probe_batch": 8,
-        "train_width": 32,
-        "train_heads": 2,
-        "train_depth": 6,
-        "train_seeds": 2,
-        "steps": 150,
-        "batch_size": 16,
-        "record_every": 25,
-        "learning_rates": [1e-2],
-        "warmup_steps": 50,
-    },
-    "full": {
-        "vocab": 16,
-        "length": 16,
-        "n_train": 512,
-        "n_test": 256,
-        "activation": "relu",
-        "width": 64,
-        "heads": 4,
-        "depths": [6, 12, 24, 48],
-        "seeds": 8,
-        "probe_batch": 8,
-        "train_width": 32,
-        "train_heads": 2,
-        "train_depth": 6,
-        "train_seeds": 3,
-        "steps": 300,
-        "batch_size": 16,
-        "record_every": 25,
-        "learning_rates": [1e-3, 3e-3, 1e-2],
-        "warmup_steps": 75,
-    },
-}
+
+@dataclasses.dataclass(frozen=True)
+class TransformerLayernormConfig(gf.experiment.Config):
+    """Post-LN vs pre-LN Transformers: gradients at initialisation, and training with Adam."""
+
+    vocab: int  # symbols of the order-2 Markov sequences (gradflow.data.markov_sequences)
+    length: int  # tokens per sequence
+    n_train: int  # training sequences
+    n_test: int  # test sequences
+    activation: str  # the FFN's activation, one of ACTIVATIONS
+    width: int  # model width at initialisation
+    heads: int  # attention heads at initialisation
+    depths: tuple[int, ...]  # blocks at initialisation
+    seeds: int  # random draws at initialisation
+    probe_batch: int  # sequences per gradient
+    train_width: int  # model width in training
+    train_heads: int  # attention heads in training
+    train_depth: int  # blocks in training
+    train_seeds: int  # random draws in training
+    steps: int  # Adam steps
+    batch_size: int  # sequences per step
+    record_every: int  # steps between records
+    learning_rates: tuple[float, ...]  # Adam's rates, each trained
+    warmup_steps: int  # linear warm-up (each rate also runs without)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ints = (
+            ("vocab", 2), ("length", 2), ("n_train", 1), ("n_test", 1), ("width", 2), ("heads", 1),
+            ("seeds", 2), ("probe_batch", 1), ("train_width", 2), ("train_heads", 1),
+            ("train_depth", 1), ("train_seeds", 1), ("steps", 1), ("batch_size", 1),
+            ("record_every", 1), ("warmup_steps", 1),
+        )  # fmt: skip
+        for key, lo in ints:
+            if getattr(self, key) < lo:
+                raise ValueError(f"{key} must be an int >= {lo}, got {getattr(self, key)!r}")
+        for w, h in (("width", "heads"), ("train_width", "train_heads")):
+            wv, hv = getattr(self, w), getattr(self, h)
+            if wv % hv or wv % 2:
+                raise ValueError(f"{w} ({wv}) must be even and a multiple of {h} ({hv})")
+        depths = list(self.depths)
+        if len(depths) < 2 or any(d < 1 for d in depths) or len(set(depths)) != len(depths):
+            raise ValueError(f"depths must be at least two distinct ints >= 1, got {depths!r}")
+        lrs = list(self.learning_rates)
+        if not lrs or not all(math.isfinite(r) and r > 0 for r in lrs):
+            raise ValueError(f"learning_rates must be positive numbers, got {lrs!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}"
+            )
+        self._check_steps()
+
+    def _check_steps(self) -> None:
+        if self.steps % self.record_every:
+            raise ValueError(
+                f"steps ({self.steps}) must be a multiple of record_every ({self.record_every})"
+            )
+        if self.warmup_steps >= self.steps:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})"
+            )
+        if self.probe_batch > self.n_train or self.batch_size > self.n_train:
+            raise ValueError(
+                f"probe_batch ({self.probe_batch}) and batch_size ({self.batch_size}) must not "
+                f"exceed n_train ({self.n_train})"
+            )
+
+    def check_resources(self) -> None:
+        depth = max(self.depths)
+        per_net = 12 * self.width**2 + 16 * self.probe_batch * self.length * self.width
+        gf.experiment.check_memory(
+            f"depths up to {depth} at width={self.width} x seeds={self.seeds}",
+            4 * 4 * self.seeds * depth * per_net,
+        )
+
+
+FULL = TransformerLayernormConfig(
+    vocab=16,
+    length=16,
+    n_train=512,
+    n_test=256,
+    activation="relu",
+    width=64,
+    heads=4,
+    depths=(6, 12, 24, 48),
+    seeds=8,
+    probe_batch=8,
+    train_width=32,
+    train_heads=2,
+    train_depth=6,
+    train_seeds=3,
+    steps=300,
+    batch_size=16,
+    record_every=25,
+    learning_rates=(1e-3, 3e-3, 1e-2),
+    warmup_steps=75,
+)
+QUICK = dataclasses.replace(
+    FULL,
+    depths=(3, 6, 12),
+    seeds=4,
+    train_seeds=2,
+    steps=150,
+    learning_rates=(1e-2,),
+    warmup_steps=50,
+)
 
 
 # ------------------------------------------------------------------------------------- model
@@ -256,58 +314,6 @@ def model(arch: str, width: int, heads: int, depth: int, vocab: int, activation:
 # ------------------------------------------------------------------------------------- sweeps
 
 
-def _check(config: dict) -> None:
-    ints = (
-        ("vocab", 2), ("length", 2), ("n_train", 1), ("n_test", 1), ("width", 2), ("heads", 1),
-        ("seeds", 2), ("probe_batch", 1), ("train_width", 2), ("train_heads", 1),
-        ("train_depth", 1), ("train_seeds", 1), ("steps", 1), ("batch_size", 1),
-        ("record_every", 1), ("warmup_steps", 1),
-    )  # fmt: skip
-    for key, lo in ints:
-        v = config[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"{key} must be an int >= {lo}, got {v!r}")
-    for w, h in (("width", "heads"), ("train_width", "train_heads")):
-        if config[w] % config[h] or config[w] % 2:
-            raise ValueError(f"{w} ({config[w]}) must be even and a multiple of {h} ({config[h]})")
-    depths = list(config["depths"])
-    if len(depths) < 2 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
-                              for d in depths) or len(set(depths)) != len(depths):  # fmt: skip
-        raise ValueError(f"depths must be at least two distinct ints >= 1, got {depths!r}")
-    lrs = list(config["learning_rates"])
-    if not lrs or not all(
-        isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r > 0
-        for r in lrs
-    ):
-        raise ValueError(f"learning_rates must be positive numbers, got {lrs!r}")
-    if config["activation"] not in ACTIVATIONS:
-        raise ValueError(
-            f"unknown activation {config['activation']!r}; valid: {', '.join(ACTIVATIONS)}"
-        )
-    if config["steps"] % config["record_every"]:
-        raise ValueError(
-            f"steps ({config['steps']}) must be a multiple of record_every "
-            f"({config['record_every']})"
-        )
-    if config["warmup_steps"] >= config["steps"]:
-        raise ValueError(
-            f"warmup_steps ({config['warmup_steps']}) must be below steps ({config['steps']})"
-        )
-    if config["probe_batch"] > config["n_train"] or config["batch_size"] > config["n_train"]:
-        raise ValueError(
-            f"probe_batch ({config['probe_batch']}) and batch_size ({config['batch_size']}) must "
-            f"not exceed n_train ({config['n_train']})"
-        )
-    depth = max(depths)
-    per_net = (
-        12 * config["width"] ** 2 + 16 * config["probe_batch"] * config["length"] * config["width"]
-    )
-    gf.experiment.check_memory(
-        f"depths up to {depth} at width={config['width']} x seeds={config['seeds']}",
-        4 * 4 * config["seeds"] * depth * per_net,
-    )
-
-
 @functools.cache
 def task(vocab: int, length: int, n_train: int, n_test: int) -> gf.data.Sequences:
     """The next-token task: order-2 :func:`gradflow.data.markov_sequences` drawn from key 0."""
@@ -316,23 +322,28 @@ def task(vocab: int, length: int, n_train: int, n_test: int) -> gf.data.Sequence
     return gf.data.markov_sequences(key, n_train, n_test, length, vocab=vocab)
 
 
-def _task(config: dict) -> gf.data.Sequences:
+def _task(config: TransformerLayernormConfig) -> gf.data.Sequences:
+    return task(config.vocab, config.length, config.n_train, config.n_test)
+
+
+def _stored_task(config: dict) -> gf.data.Sequences:
+    """The task of a stored config (:func:`load`)."""
     return task(config["vocab"], config["length"], config["n_train"], config["n_test"])
 
 
-def _probe_batch(config: dict) -> tuple[jax.Array, jax.Array]:
+def _probe_batch(config: TransformerLayernormConfig) -> tuple[jax.Array, jax.Array]:
     data = _task(config)
-    n = config["probe_batch"]
+    n = config.probe_batch
     return jnp.asarray(data.x_train[:n]), jnp.asarray(data.y_train[:n])
 
 
-def _init_probe(config: dict, arch: str, key: jax.Array, depth) -> tuple:
+def _init_probe(config: TransformerLayernormConfig, arch: str, key: jax.Array, depth) -> tuple:
     """``(probe report, stream mean squares (max_depth,))`` of a freshly initialised network of
     ``depth`` blocks (may be traced: the stack holds ``max(depths)`` and skips the rest)."""
     x, y = _probe_batch(config)
-    max_depth = max(int(d) for d in config["depths"])
-    net = model(arch, config["width"], config["heads"], max_depth, config["vocab"],
-                config["activation"])  # fmt: skip
+    max_depth = max(int(d) for d in config.depths)
+    net = model(arch, config.width, config.heads, max_depth, config.vocab,
+                config.activation)  # fmt: skip
     params = net.init(key, x[:1])["params"]
     report = gf.probes.probe(
         lambda p, tokens: net.apply({"params": p}, tokens, depth=depth), params, x, y, LOSS
@@ -341,14 +352,14 @@ def _init_probe(config: dict, arch: str, key: jax.Array, depth) -> tuple:
     return report, state["intermediates"]["blocks"]["stream_sq"][0]
 
 
-def layers(config: dict, arch: str) -> list[tuple[str, str]]:
+def layers(config: TransformerLayernormConfig, arch: str) -> list[tuple[str, str]]:
     """``(name, kind)`` of the probe's rows for ``arch``, forward order (``blocks/ffn_out[3]``:
     block 3's FFN output layer), from the traced program alone (nothing is computed)."""
     out = jax.eval_shape(lambda k: _init_probe(config, arch, k, 1)[0], jax.random.key(0))
     return [(str(n), str(k)) for n, k in zip(out.layer_names, out.layer_kinds)]
 
 
-def _init_fn(config: dict, rows: dict):
+def _init_fn(config: TransformerLayernormConfig, rows: dict):
     def fn(hparams, key):
         report, stream_sq = _init_probe(config, hparams["arch"], key, hparams["depth"])
         # the row names are static: note them while the sweep traces fn (no second trace)
@@ -378,20 +389,20 @@ def adam_with_warmup(hparams) -> optax.GradientTransformation:
     return optax.adam(schedule, b2=ADAM_B2, eps=ADAM_EPS)
 
 
-def _train_fn(config: dict):
+def _train_fn(config: TransformerLayernormConfig):
     data = _task(config)
 
     @functools.cache
     def trainer(arch: str):
-        net = model(arch, config["train_width"], config["train_heads"], config["train_depth"],
-                    config["vocab"], config["activation"])  # fmt: skip
+        net = model(arch, config.train_width, config.train_heads, config.train_depth,
+                    config.vocab, config.activation)  # fmt: skip
         cfg = gf.training.TrainConfig(
             model=net,
             optimizer=adam_with_warmup,
             loss=LOSS,
-            steps=config["steps"],
-            batch_size=config["batch_size"],
-            record_every=config["record_every"],
+            steps=config.steps,
+            batch_size=config.batch_size,
+            record_every=config.record_every,
         )
         return gf.training.train_fn(cfg, data)
 
@@ -403,16 +414,16 @@ def _train_fn(config: dict):
     return fn
 
 
-def run(config: dict, results_dir: Path) -> None:
+def run(config: TransformerLayernormConfig, results_dir: Path) -> None:
     """The init sweep (architecture x depth x seeds) and the training sweep (architecture x
     learning rate x warm-up x seeds)."""
-    _check(config)
+    config.check_resources()
     results_dir = Path(results_dir)
     rows: dict = {}
     gf.sweep.run(
         _init_fn(config, rows),
-        grid={"arch": list(ARCHS), "depth": [int(d) for d in config["depths"]]},
-        seeds=range(config["seeds"]),
+        grid={"arch": list(ARCHS), "depth": [int(d) for d in config.depths]},
+        seeds=range(config.seeds),
         workdir=results_dir / "init",
         axes={
             "weight_grad_norm": ("layer",),
@@ -421,7 +432,7 @@ def run(config: dict, results_dir: Path) -> None:
             "loss": (),
         },
         name=f"{NAME}/init",
-        config=dict(config),
+        config=config.to_dict(),
     )
     for arch in ARCHS:  # a sweep resumed from a complete store traced nothing
         if arch not in rows:
@@ -431,14 +442,14 @@ def run(config: dict, results_dir: Path) -> None:
         _train_fn(config),
         grid={
             "arch": list(ARCHS),
-            "learning_rate": [float(r) for r in config["learning_rates"]],
-            "warmup_steps": [0.0, float(config["warmup_steps"])],
+            "learning_rate": [float(r) for r in config.learning_rates],
+            "warmup_steps": [0.0, float(config.warmup_steps)],
         },
-        seeds=range(config["train_seeds"]),
+        seeds=range(config.train_seeds),
         workdir=results_dir / "training",
         axes={"loss": ("step",), "test_loss": ("step",), "test_accuracy": ("step",)},
         name=f"{NAME}/training",
-        config=dict(config),
+        config=config.to_dict(),
     )
 
 
@@ -452,7 +463,7 @@ def load(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     init = gf.sweep.load(results_dir / "init")
     init.attrs["layers"] = json.loads((results_dir / "layers.json").read_text())
     train = gf.sweep.load(results_dir / "training")
-    config = gf.sweep.load_metadata(results_dir / "init")["config"]["config"]
+    config = gf.experiment.stored_config(results_dir / "init")
     return init, train, config
 
 
@@ -582,7 +593,7 @@ def _plot_headline(init, train, config, figures_dir: Path) -> list[Path]:
     depths = [int(d) for d in config["depths"]]
     colors = gf.plotting.layer_colors(len(depths))
     slopes = exponents(init, config)
-    data = _task(config)
+    data = _stored_task(config)
     with gf.plotting.style():
         import matplotlib.pyplot as plt
 
@@ -763,7 +774,7 @@ def summary(results_dir: Path) -> dict:
         "Steps": config["steps"], "BatchSize": config["batch_size"],
         "Warmup": config["warmup_steps"],
         "LearningRates": ", ".join(f"{float(r):g}" for r in config["learning_rates"]),
-        "LrMax": lr_max, "LossFloor": _task(config).loss_floor,
+        "LrMax": lr_max, "LossFloor": _stored_task(config).loss_floor,
         "LossUniform": math.log(config["vocab"]), "Threshold": trained_threshold(config),
         "AdamBetaTwo": ADAM_B2, "AdamEps": ADAM_EPS,
     }  # fmt: skip
@@ -828,10 +839,10 @@ EXPERIMENT = gf.experiment.Experiment(
     name=NAME,
     claim=CLAIM,
     source=SOURCE,
-    configs=CONFIGS,
+    configs={"quick": QUICK, "full": FULL},
     run=run,
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_headline",),
-    check=_check,
+    order=10,
 )

@@ -33,6 +33,7 @@ curve of each (activation, initializer) is :func:`gradflow.meanfield.propagate` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -71,59 +72,62 @@ TRAIN_SCALES: dict[float, str] = {1.0: "Xavier", float(np.sqrt(2.0)): "He"}
 PROFILE_CHUNK = 5
 LN10 = float(np.log(10.0))
 
-CONFIGS = {
-    # Part 1: width N, depth L, inputs per network, initializers, seeds.
-    # Part 2: train_depth ReLU layers of train_width, SGD steps at learning_rate, minibatches of
-    # batch_size, a record every record_every steps, train_seeds.
-    "quick": {
-        "width": 64,
-        "depth": 100,
-        "batch": 8,
-        "inits": list(INITS),
-        "seeds": 5,
-        "train_depth": 30,
-        "train_width": 64,
-        "learning_rate": 0.01,
-        "steps": 200,
-        "batch_size": 64,
-        "record_every": 20,
-        "train_seeds": 5,
-    },
-    "full": {
-        "width": 128,
-        "depth": 100,
-        "batch": 16,
-        "inits": list(INITS),
-        "seeds": 10,
-        "train_depth": 30,
-        "train_width": 64,
-        "learning_rate": 0.01,
-        "steps": 800,
-        "batch_size": 64,
-        "record_every": 40,
-        "train_seeds": 8,
-    },
-}
+
+@dataclasses.dataclass(frozen=True)
+class VariancePropagationConfig(gf.experiment.Config):
+    """Part 1: variance profiles through depth per initializer; part 2: Xavier vs He training."""
+
+    width: int  # part 1: width N
+    depth: int  # part 1: depth L
+    batch: int  # part 1: inputs per network
+    inits: tuple[str, ...]  # part 1: names of INITS
+    seeds: int  # part 1: random networks
+    train_depth: int  # part 2: ReLU layers
+    train_width: int  # part 2: their width
+    learning_rate: float  # part 2: SGD's step size
+    steps: int  # part 2: SGD steps
+    batch_size: int  # part 2: minibatch
+    record_every: int  # part 2: steps between records
+    train_seeds: int  # part 2: random draws per initializer
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("width", "depth", "batch", "seeds", "train_depth", "train_width", "steps",
+                    "batch_size", "record_every", "train_seeds"):  # fmt: skip
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be a positive int, got {getattr(self, key)!r}")
+        if self.depth < 2:
+            raise ValueError(f"depth must be >= 2, got {self.depth}")
+        bad = [i for i in self.inits if i not in INITS]
+        if bad or not self.inits:
+            raise ValueError(
+                f"inits must be a non-empty subset of {list(INITS)}, got {bad or '[]'}"
+            )
+        if self.steps % self.record_every:
+            raise ValueError(
+                f"steps ({self.steps}) must be a multiple of record_every ({self.record_every})"
+            )
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
 
 
-def _check(config: dict) -> None:
-    for key in ("width", "depth", "batch", "seeds", "train_depth", "train_width", "steps",
-                "batch_size", "record_every", "train_seeds"):  # fmt: skip
-        v = config[key]
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{key} must be a positive int, got {v!r}")
-    if config["depth"] < 2:
-        raise ValueError(f"depth must be >= 2, got {config['depth']}")
-    bad = [i for i in config["inits"] if i not in INITS]
-    if bad or not config["inits"]:
-        raise ValueError(f"inits must be a non-empty subset of {list(INITS)}, got {bad or '[]'}")
-    if config["steps"] % config["record_every"]:
-        raise ValueError(
-            f"steps ({config['steps']}) must be a multiple of record_every "
-            f"({config['record_every']})"
-        )
-    if not config["learning_rate"] > 0:
-        raise ValueError(f"learning_rate must be positive, got {config['learning_rate']!r}")
+FULL = VariancePropagationConfig(
+    width=128,
+    depth=100,
+    batch=16,
+    inits=tuple(INITS),
+    seeds=10,
+    train_depth=30,
+    train_width=64,
+    learning_rate=0.01,
+    steps=800,
+    batch_size=64,
+    record_every=40,
+    train_seeds=8,
+)
+QUICK = dataclasses.replace(
+    FULL, width=64, batch=8, seeds=5, steps=200, record_every=20, train_seeds=5
+)
 
 
 def sw2_of(init: str, width: int) -> float:
@@ -169,10 +173,10 @@ def measure(activation, x, g, ws) -> tuple[jax.Array, jax.Array]:
     return jnp.mean(hs**2, axis=(1, 2)), jnp.mean(deltas**2, axis=(1, 2))
 
 
-def _profile_fn(config: dict):
+def _profile_fn(config: VariancePropagationConfig):
     acts = [gf.activations.get(a) for a in ACTIVATIONS]
-    inits = [gf.initializers.get(i) for i in config["inits"]]
-    width, depth, batch = config["width"], config["depth"], config["batch"]
+    inits = [gf.initializers.get(i) for i in config.inits]
+    width, depth, batch = config.width, config.depth, config.batch
 
     def fn(hparams, key):
         del hparams  # width and depth are static grid entries, read from config
@@ -196,14 +200,14 @@ def _profile_fn(config: dict):
     return fn
 
 
-def _theory(config: dict) -> dict:
+def _theory(config: VariancePropagationConfig) -> dict:
     """Mean-field q^l and grad-var^l for every (activation, initializer), float64."""
     out = {}
-    inits = config["inits"]
-    sw2 = np.array([sw2_of(i, config["width"]) for i in inits])
+    inits = config.inits
+    sw2 = np.array([sw2_of(i, config.width) for i in inits])
     with jax.enable_x64(True):
         for a in ACTIVATIONS:
-            p = gf.meanfield.propagate(jnp.asarray(sw2), 0.0, a, config["depth"], q0=1.0)
+            p = gf.meanfield.propagate(jnp.asarray(sw2), 0.0, a, config.depth, q0=1.0)
             for j, i in enumerate(inits):
                 out[f"{a}/{i}"] = {
                     "sw2": float(sw2[j]),
@@ -216,19 +220,19 @@ def _theory(config: dict) -> dict:
 # ------------------------------------------------------------------------------------- part 2
 
 
-def _train_fn(config: dict):
+def _train_fn(config: VariancePropagationConfig):
     data = gf.data.load_digits(scale="standardize")
     net = gf.models.MLP(
-        widths=(config["train_width"],) * config["train_depth"], out=10, activation="relu",
+        widths=(config.train_width,) * config.train_depth, out=10, activation="relu",
         kernel_init="lecun_normal", bias_init="zeros",
     )  # fmt: skip
     cfg = gf.training.TrainConfig(
         model=net,
         optimizer="sgd",
         loss="softmax_cross_entropy",
-        steps=config["steps"],
-        batch_size=config["batch_size"],
-        record_every=config["record_every"],
+        steps=config.steps,
+        batch_size=config.batch_size,
+        record_every=config.record_every,
     )
     train = gf.training.train_fn(cfg, data)
     keep = ("loss", "test_loss", "test_accuracy", "grad_norm", "diverged_step")
@@ -242,9 +246,8 @@ def _train_fn(config: dict):
     return fn
 
 
-def run(config: dict, results_dir: Path) -> None:
+def run(config: VariancePropagationConfig, results_dir: Path) -> None:
     """Part 1 (depth profiles, one program vmapped over seeds) and part 2 (Xavier vs He)."""
-    _check(config)
     results_dir = Path(results_dir)
     # Small LAPACK calls (the QR of the orthogonal initializer) are far faster single-threaded
     # than with OpenBLAS threads competing for two cores.
@@ -252,8 +255,8 @@ def run(config: dict, results_dir: Path) -> None:
         with jax.enable_x64(True):
             gf.sweep.run(
                 _profile_fn(config),
-                grid={"width": [config["width"]], "depth": [config["depth"]]},
-                seeds=range(config["seeds"]),
+                grid={"width": [config.width], "depth": [config.depth]},
+                seeds=range(config.seeds),
                 static=("width", "depth"),
                 workdir=results_dir / "profiles",
                 chunk_size=PROFILE_CHUNK,
@@ -262,18 +265,18 @@ def run(config: dict, results_dir: Path) -> None:
                     "grad_var": ("activation", "init", "layer"),
                 },
                 name=f"{NAME}/profiles",
-                config={**config, "activations": list(ACTIVATIONS)},
+                config={**config.to_dict(), "activations": list(ACTIVATIONS)},
             )
         theory = {
             "activations": list(ACTIVATIONS),
-            "inits": list(config["inits"]),
+            "inits": list(config.inits),
             "curves": _theory(config),
         }
         gf.experiment.write_atomic(results_dir / "theory.json", json.dumps(theory))
         gf.sweep.run(
             _train_fn(config),
-            grid={"learning_rate": [config["learning_rate"]], "init_scale": list(TRAIN_SCALES)},
-            seeds=range(config["train_seeds"]),
+            grid={"learning_rate": [config.learning_rate], "init_scale": list(TRAIN_SCALES)},
+            seeds=range(config.train_seeds),
             workdir=results_dir / "train",
             axes={
                 "loss": ("step",),
@@ -282,7 +285,7 @@ def run(config: dict, results_dir: Path) -> None:
                 "grad_norm": ("step", "layer"),
             },
             name=f"{NAME}/train",
-            config=dict(config),
+            config=config.to_dict(),
         )
 
 
@@ -293,7 +296,7 @@ def load_profiles(results_dir: Path) -> tuple[pd.DataFrame, dict, dict]:
     """``(df, theory, config)``: measured rows with activation names, theory curves, config."""
     results_dir = Path(results_dir)
     df = gf.sweep.load(results_dir / "profiles")
-    config = gf.sweep.load_metadata(results_dir / "profiles")["config"]["config"]
+    config = gf.experiment.stored_config(results_dir / "profiles")
     theory = json.loads((results_dir / "theory.json").read_text())
     if df["diverged"].any():
         raise ValueError("variance_propagation: non-finite variances (float64 should hold them)")
@@ -323,7 +326,7 @@ def load_training(results_dir: Path) -> tuple[pd.DataFrame, dict]:
     """Part 2: the table (with a column ``init``: "Xavier" / "He") and the run's config."""
     workdir = Path(results_dir) / "train"
     df = gf.sweep.load(workdir)
-    config = gf.sweep.load_metadata(workdir)["config"]["config"]
+    config = gf.experiment.stored_config(workdir)
     scales = np.array(list(TRAIN_SCALES))
     labels = np.array(list(TRAIN_SCALES.values()))
     nearest = np.abs(df["init_scale"].to_numpy(float)[:, None] - scales[None]).argmin(1)
@@ -476,10 +479,10 @@ EXPERIMENT = gf.experiment.Experiment(
     name=NAME,
     claim=CLAIM,
     source=SOURCE,
-    configs=CONFIGS,
+    configs={"quick": QUICK, "full": FULL},
     run=run,
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_depth", f"{NAME}_xavier_he"),
-    check=_check,
+    order=4,
 )

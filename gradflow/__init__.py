@@ -21,6 +21,7 @@ the paper. Import as ``import gradflow as gf``; the public modules are re-export
 * :mod:`gradflow.rng` -- fast vmap-safe random keys (ThreeFry fused into one loop) for sweeps
 * :mod:`gradflow.plotting` -- the house figure style
 * :mod:`gradflow.experiment` -- the experiment registry (entry points) and paper artifacts
+* :mod:`gradflow.latex` -- the paper's generated LaTeX: numbers, macros and tables
 """
 
 from gradflow import (
@@ -31,6 +32,7 @@ from gradflow import (
     data,
     experiment,
     initializers,
+    latex,
     meanfield,
     models,
     optim,
@@ -54,6 +56,7 @@ __all__ = [
     "data",
     "experiment",
     "initializers",
+    "latex",
     "meanfield",
     "models",
     "optim",

@@ -24,7 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["TMP_SUFFIX", "atomic_write", "timestamp"]
+from gradflow import _checks
+
+__all__ = ["TMP_SUFFIX", "atomic_write", "timestamp", "write_text"]
 
 #: Suffix of the temporary files (``.<name>.<random>.tmp``), so stale ones can be recognised.
 TMP_SUFFIX = ".tmp"
@@ -67,6 +69,26 @@ def atomic_write(
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` with :func:`atomic_write`, creating its directory; under
+    :func:`jax.distributed.initialize` only process 0 writes (every process runs an experiment's
+    sweeps; one writes its outputs). Returns ``path`` either way. Public as
+    :func:`gradflow.experiment.write_atomic`."""
+    if not isinstance(text, str):
+        raise TypeError(f"write_atomic writes text: got {type(text).__name__}, not str")
+    path = _checks.path("path", path)
+    if _process_index() != 0:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, text)
+
+
+def _process_index() -> int:
+    import jax
+
+    return jax.process_index()
 
 
 def _read_umask() -> int:

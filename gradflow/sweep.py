@@ -1477,3 +1477,6 @@ def _run_locked(
     if not parts:
         return _empty(plan.columns, plan.dtypes)
     return _coerce(pd.concat(parts, ignore_index=True)[list(plan.columns)], plan.dtypes)
+
+
+from gradflow._frames import to_arrays  # noqa: E402

@@ -281,10 +281,9 @@ def curves(
             sub = sub.groupby(["seed", "step"], as_index=False)["value"].mean()
         else:
             raise ValueError(f"{metric} is per layer: reduce must be 'norm', 'hidden' or 'mean'")
-    wide = sub.pivot(index="seed", columns="step", values="value")
-    div = runs(df[df["method"] == method]).set_index("seed")["diverged"].reindex(wide.index)
-    steps = (wide.columns.to_numpy(int) + 1) * config["record_every"]
-    return steps, wide.to_numpy(float), div.to_numpy(bool)
+    values, at = gf.sweep.to_arrays(sub, ("seed", "step"))
+    div = runs(df[df["method"] == method]).set_index("seed")["diverged"].reindex(at["seed"])
+    return (at["step"] + 1) * config["record_every"], values, div.to_numpy(bool)
 
 
 # ------------------------------------------------------------------------------ figures, tables
@@ -336,10 +335,10 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
                     continue  # every seed diverged: shown in (a), nothing to draw
                 v = gf.plotting.finite_or_raise(v, f"{m} {metric}")
                 ls = "--" if m in DECAYS else "-"
-                ax.plot(steps, np.median(v, axis=0), color=colors[m], lw=1.1, ls=ls)
                 if len(v) > 1:
-                    lo, hi = np.percentile(v, [10, 90], axis=0)
-                    ax.fill_between(steps, lo, hi, color=colors[m], alpha=0.12, lw=0)
+                    gf.plotting.band(ax, steps, v, color=colors[m], alpha=0.12, lw=1.1, ls=ls)
+                else:
+                    ax.plot(steps, np.median(v, axis=0), color=colors[m], lw=1.1, ls=ls)
             if scale == "log":
                 ax.set_yscale("log")
             ax.set_xlabel("SGD step")

@@ -337,104 +337,129 @@ def _edges(values: np.ndarray, *, log: bool = False) -> np.ndarray:
 
 def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
     """Phase diagram (chi1, xi_c, critical line); trainability heatmap with 6 xi_c."""
-    import matplotlib.colors as mcolors
+    th = load_theory(results_dir)
+    with gf.plotting.style():
+        return [
+            *_plot_phase(th, Path(figures_dir) / f"{NAME}_phase"),
+            *_plot_trainability(results_dir, th, Path(figures_dir) / f"{NAME}_trainability"),
+        ]
+
+
+def _halo():
     import matplotlib.patheffects as pe
 
-    halo = [pe.withStroke(linewidth=2.6, foreground="w")]
+    return [pe.withStroke(linewidth=2.6, foreground="w")]
 
-    th = load_theory(results_dir)
-    ph, line, along = th["phase"], th["critical_line"], th["along_sb2"]
-    out = []
-    with gf.plotting.style():
-        fig, axes = gf.plotting.figure(1, 2, width="text", aspect=0.72)
-        sw2, sb2 = ph["sw2"], ph["sb2"]
-        chi1 = gf.plotting.finite_or_raise(ph["chi1"], "chi1")
-        ax = axes[0]
-        norm = mcolors.TwoSlopeNorm(vmin=chi1.min(), vcenter=1.0, vmax=chi1.max())
-        m = ax.pcolormesh(_edges(sw2), _edges(sb2), chi1, cmap="RdBu_r", norm=norm,
-                          shading="flat", rasterized=True)  # fmt: skip
-        fig.colorbar(m, ax=ax, label=r"$\chi_1$ (per-layer gradient factor)")
-        ax.set_title(r"(a) $\chi_1 = \sigma_w^2\,E[\phi'(\sqrt{q^*}z)^2]$, tanh")
-        ax2 = axes[1]
-        # xi_c is infinite on the critical line (gradflow.meanfield reports inf there, stored
-        # as null): shown at the top of the colour scale, which stops at XI_MAX layers
-        xi_raw = np.asarray(ph["xi_c"], dtype=float)
-        on_line = np.isnan(xi_raw) & np.isfinite(chi1) & (np.abs(chi1 - 1.0) < 1e-12)
-        xi_c = gf.plotting.finite_or_raise(np.where(on_line, XI_MAX, xi_raw), "xi_c")
-        m = ax2.pcolormesh(_edges(sw2), _edges(sb2), xi_c,
+
+def _plot_phase(th: dict, stem: Path) -> list[Path]:
+    """(a) chi1 and (b) xi_c over (sigma_w^2, sigma_b^2), the critical line on both."""
+    import matplotlib.colors as mcolors
+
+    ph, along = th["phase"], th["along_sb2"]
+    fig, axes = gf.plotting.figure(1, 2, width="text", aspect=0.72)
+    sw2, sb2 = ph["sw2"], ph["sb2"]
+    chi1 = gf.plotting.finite_or_raise(ph["chi1"], "chi1")
+    norm = mcolors.TwoSlopeNorm(vmin=chi1.min(), vcenter=1.0, vmax=chi1.max())
+    m = axes[0].pcolormesh(_edges(sw2), _edges(sb2), chi1, cmap="RdBu_r", norm=norm,
+                           shading="flat", rasterized=True)  # fmt: skip
+    fig.colorbar(m, ax=axes[0], label=r"$\chi_1$ (per-layer gradient factor)")
+    axes[0].set_title(r"(a) $\chi_1 = \sigma_w^2\,E[\phi'(\sqrt{q^*}z)^2]$, tanh")
+    # xi_c is infinite on the critical line (gradflow.meanfield reports inf there, stored
+    # as null): shown at the top of the colour scale, which stops at XI_MAX layers
+    xi_raw = np.asarray(ph["xi_c"], dtype=float)
+    on_line = np.isnan(xi_raw) & np.isfinite(chi1) & (np.abs(chi1 - 1.0) < 1e-12)
+    xi_c = gf.plotting.finite_or_raise(np.where(on_line, XI_MAX, xi_raw), "xi_c")
+    m = axes[1].pcolormesh(_edges(sw2), _edges(sb2), xi_c,
                            norm=mcolors.LogNorm(vmin=max(xi_c.min(), 0.1), vmax=XI_MAX),
                            cmap="cividis", shading="flat", rasterized=True)  # fmt: skip
-        fig.colorbar(m, ax=ax2, label=r"$\xi_c$ (layers)", extend="max")
-        ax2.set_title(r"(b) correlation depth scale $\xi_c = -1/\log\chi_c$")
-        ok = np.isfinite(line["sw2"])
-        for a in axes:
-            a.plot(line["sw2"][ok], line["sb2"][ok], color="k", lw=1.3, path_effects=halo)
-            a.axhline(along["sb2"], color="k", lw=0.7, ls=":")
-            top = line["sb2"][ok][-1]
-            a.text(line["sw2"][ok][-1] + 0.08, top, r"$\chi_1 = 1$", va="top", fontsize=7,
-                   path_effects=halo)  # fmt: skip
-            a.set_xlabel(r"$\sigma_w^2$")
-            a.set_ylabel(r"$\sigma_b^2$")
-            a.set_xlim(_edges(sw2)[0], _edges(sw2)[-1])
-            a.set_ylim(_edges(sb2)[0], _edges(sb2)[-1])
-            a.grid(False)
-        axes[0].text(0.3 * sw2.max(), 0.75 * sb2.max(), "ordered\n(vanishing)", ha="center",
-                     fontsize=7)  # fmt: skip
-        axes[0].text(0.8 * sw2.max(), 0.2 * sb2.max(), "chaotic\n(exploding)", ha="center",
-                     fontsize=7)  # fmt: skip
-        axes[1].text(sw2.max(), along["sb2"] + 0.004, rf"trained: $\sigma_b^2 = {along['sb2']:g}$",
-                     ha="right", va="bottom", fontsize=6, color="w")  # fmt: skip
-        out += gf.plotting.savefig(fig, Path(figures_dir) / f"{NAME}_phase")
+    fig.colorbar(m, ax=axes[1], label=r"$\xi_c$ (layers)", extend="max")
+    axes[1].set_title(r"(b) correlation depth scale $\xi_c = -1/\log\chi_c$")
+    for a in axes:
+        _critical_line(a, th)
+    axes[0].text(0.3 * sw2.max(), 0.75 * sb2.max(), "ordered\n(vanishing)", ha="center",
+                 fontsize=7)  # fmt: skip
+    axes[0].text(0.8 * sw2.max(), 0.2 * sb2.max(), "chaotic\n(exploding)", ha="center",
+                 fontsize=7)  # fmt: skip
+    axes[1].text(sw2.max(), along["sb2"] + 0.004, rf"trained: $\sigma_b^2 = {along['sb2']:g}$",
+                 ha="right", va="bottom", fontsize=6, color="w")  # fmt: skip
+    return gf.plotting.savefig(fig, stem)
 
-        tab = accuracy_table(results_dir)
-        depths = np.array(sorted(tab.index.get_level_values("depth").unique()), float)
-        sw2s = np.array(sorted(tab.index.get_level_values("sw2").unique()), float)
-        acc = np.full((len(depths), len(sw2s)), np.nan)
-        div = np.zeros_like(acc)
-        for (d, s), row in tab.iterrows():
-            i, j = int(np.searchsorted(depths, d)), int(np.searchsorted(sw2s, s))
-            acc[i, j] = row["mean"] if row["n"] > 0 else np.nan
-            div[i, j] = row["diverged"]
-        fig, ax = gf.plotting.figure(width="column", aspect=0.85)
-        shown = np.ma.masked_invalid(acc)  # all seeds diverged: left blank (grey) and marked
-        ax.set_facecolor("0.8")
-        x_edges, y_edges = _edges(sw2s, log=True), _edges(depths, log=True)
-        m = ax.pcolormesh(x_edges, y_edges, shown, vmin=0.0, vmax=1.0, cmap="cividis",
-                          shading="flat", rasterized=True)  # fmt: skip
-        fig.colorbar(m, ax=ax, label="test accuracy (mean over seeds)")
-        if len(sw2s) <= 5:  # cell values fit; otherwise they are in the table
-            for i in range(len(depths)):
-                for j in range(len(sw2s)):
-                    if np.isfinite(acc[i, j]):
-                        ax.text(sw2s[j], depths[i], f"{acc[i, j]:.2f}", ha="center",
-                                va="center", fontsize=5.5,
-                                color="k" if acc[i, j] > 0.6 else "w")  # fmt: skip
-        bad = div > 0
-        if bad.any():
-            jj, ii = np.nonzero(bad.T)
-            ax.plot(sw2s[jj], depths[ii] * 1.15, "x", color="C3", ms=4, mew=1.0,
-                    label="diverged seed(s)")  # fmt: skip
-        xs, xi = along["sw2"], along["xi_c"]
-        keep = np.isfinite(xi)
-        ax.plot(xs[keep], XI_FACTOR * xi[keep], color=gf.plotting.COLORS[1], lw=1.3,
-                path_effects=halo, label=r"$6\xi_c$ (Schoenholz et al. 2017)")  # fmt: skip
-        ax.axvline(along["critical_sw2"], color="k", lw=0.9, ls="--", path_effects=halo,
-                   label=rf"critical $\sigma_w^2 = {along['critical_sw2']:.2f}$")  # fmt: skip
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(x_edges[0], x_edges[-1])
-        ax.set_ylim(y_edges[0], y_edges[-1])
-        ax.set_yticks(depths, [f"{int(d)}" for d in depths])
-        ax.set_yticks([], minor=True)
-        ticks = [t for t in (0.5, 1, 2, 4) if x_edges[0] <= t <= x_edges[-1]]
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.set_xticks([], minor=True)
-        ax.set_xlabel(rf"$\sigma_w^2$ ($\sigma_b^2 = {along['sb2']:g}$)")
-        ax.set_ylabel(r"depth $L$ (hidden tanh layers)")
-        ax.grid(False)
-        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, fontsize=6)
-        out += gf.plotting.savefig(fig, Path(figures_dir) / f"{NAME}_trainability")
-    return out
+
+def _critical_line(a, th: dict) -> None:
+    """The critical line chi1 = 1 and the trained sigma_b^2 on a phase panel."""
+    ph, line, along = th["phase"], th["critical_line"], th["along_sb2"]
+    ok = np.isfinite(line["sw2"])
+    a.plot(line["sw2"][ok], line["sb2"][ok], color="k", lw=1.3, path_effects=_halo())
+    a.axhline(along["sb2"], color="k", lw=0.7, ls=":")
+    top = line["sb2"][ok][-1]
+    a.text(line["sw2"][ok][-1] + 0.08, top, r"$\chi_1 = 1$", va="top", fontsize=7,
+           path_effects=_halo())  # fmt: skip
+    a.set_xlabel(r"$\sigma_w^2$")
+    a.set_ylabel(r"$\sigma_b^2$")
+    a.set_xlim(_edges(ph["sw2"])[0], _edges(ph["sw2"])[-1])
+    a.set_ylim(_edges(ph["sb2"])[0], _edges(ph["sb2"])[-1])
+    a.grid(False)
+
+
+def _accuracy_grid(results_dir: Path) -> tuple[np.ndarray, ...]:
+    """``(depths, sw2s, acc, div)``: mean test accuracy (NaN where every seed diverged) and the
+    diverged seeds, ``(depths, sw2s)``."""
+    tab = accuracy_table(results_dir)
+    depths = np.array(sorted(tab.index.get_level_values("depth").unique()), float)
+    sw2s = np.array(sorted(tab.index.get_level_values("sw2").unique()), float)
+    acc = np.full((len(depths), len(sw2s)), np.nan)
+    div = np.zeros_like(acc)
+    for (d, s), row in tab.iterrows():
+        i, j = int(np.searchsorted(depths, d)), int(np.searchsorted(sw2s, s))
+        acc[i, j] = row["mean"] if row["n"] > 0 else np.nan
+        div[i, j] = row["diverged"]
+    return depths, sw2s, acc, div
+
+
+def _plot_trainability(results_dir: Path, th: dict, stem: Path) -> list[Path]:
+    """Test accuracy over (sigma_w^2, depth) with 6 xi_c and the critical sigma_w^2."""
+    along = th["along_sb2"]
+    depths, sw2s, acc, div = _accuracy_grid(results_dir)
+    fig, ax = gf.plotting.figure(width="column", aspect=0.85)
+    shown = np.ma.masked_invalid(acc)  # all seeds diverged: left blank (grey) and marked
+    ax.set_facecolor("0.8")
+    x_edges, y_edges = _edges(sw2s, log=True), _edges(depths, log=True)
+    m = ax.pcolormesh(x_edges, y_edges, shown, vmin=0.0, vmax=1.0, cmap="cividis",
+                      shading="flat", rasterized=True)  # fmt: skip
+    fig.colorbar(m, ax=ax, label="test accuracy (mean over seeds)")
+    if len(sw2s) <= 5:  # cell values fit; otherwise they are in the table
+        for (i, j), a in np.ndenumerate(acc):
+            if np.isfinite(a):
+                ax.text(sw2s[j], depths[i], f"{a:.2f}", ha="center", va="center",
+                        fontsize=5.5, color="k" if a > 0.6 else "w")  # fmt: skip
+    if (div > 0).any():
+        jj, ii = np.nonzero((div > 0).T)
+        ax.plot(sw2s[jj], depths[ii] * 1.15, "x", color="C3", ms=4, mew=1.0,
+                label="diverged seed(s)")  # fmt: skip
+    keep = np.isfinite(along["xi_c"])
+    ax.plot(along["sw2"][keep], XI_FACTOR * along["xi_c"][keep], color=gf.plotting.COLORS[1],
+            lw=1.3, path_effects=_halo(), label=r"$6\xi_c$ (Schoenholz et al. 2017)")  # fmt: skip
+    ax.axvline(along["critical_sw2"], color="k", lw=0.9, ls="--", path_effects=_halo(),
+               label=rf"critical $\sigma_w^2 = {along['critical_sw2']:.2f}$")  # fmt: skip
+    _trainability_axes(ax, depths, x_edges, y_edges, along["sb2"])
+    return gf.plotting.savefig(fig, stem)
+
+
+def _trainability_axes(ax, depths, x_edges, y_edges, sb2: float) -> None:
+    """Log axes with the trained depths and sigma_w^2 ticks; the legend above."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(x_edges[0], x_edges[-1])
+    ax.set_ylim(y_edges[0], y_edges[-1])
+    ax.set_yticks(depths, [f"{int(d)}" for d in depths])
+    ax.set_yticks([], minor=True)
+    ticks = [t for t in (0.5, 1, 2, 4) if x_edges[0] <= t <= x_edges[-1]]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_xticks([], minor=True)
+    ax.set_xlabel(rf"$\sigma_w^2$ ($\sigma_b^2 = {sb2:g}$)")
+    ax.set_ylabel(r"depth $L$ (hidden tanh layers)")
+    ax.grid(False)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, fontsize=6)
 
 
 # --- tables ------------------------------------------------------------------------------------

@@ -429,7 +429,7 @@ def init_profile(df: pd.DataFrame, variant: str, depth: int, metric: str) -> np.
     sub = df[(df["variant"] == variant) & (df["depth"] == depth) & (df["metric"] == metric)]
     sub = sub[sub["learning_rate"] == sub["learning_rate"].min()]
     axis = "layer" if metric.endswith("grad_norm") else "block"
-    return sub.pivot(index="seed", columns=axis, values="value").to_numpy(float)
+    return gf.sweep.to_arrays(sub, ("seed", axis))[0]
 
 
 def row_names(df: pd.DataFrame, variant: str, depth: int) -> list[str]:
@@ -528,7 +528,6 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
     to input variance ratio against the block index at init (deepest network), (d) the first
     conv's gradient norm per block at init, (e) test accuracy against depth."""
     df, config = load(results_dir)
-    s = summary(df, config)
     depth = max(int(d) for d in config["depths"])
     variants = list(config["variants"])
     with gf.plotting.style():
@@ -538,74 +537,12 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
         top, bottom = fig.subfigures(2, 1)
         ax_v, ax_m, ax_r = top.subplots(1, 3)
         ax_g, ax_a = bottom.subplots(1, 2, width_ratios=[1.5, 1])
-        blocks = np.arange(1, depth + 1)
         zero_branch, zero_grad = [], []
         for v in variants:
-            kw = {"color": _COLOR[v], "ls": _STYLE[v], "label": LABELS[v]}
-            for ax, metric in ((ax_v, "init_log10_var"), (ax_m, "init_log10_sq_mean")):
-                p = gf.plotting.finite_or_raise(init_profile(df, v, depth, metric), metric)
-                lo, med, hi = np.percentile(p, [0, 50, 100], axis=0)
-                ax.fill_between(blocks, 10.0**lo, 10.0**hi, color=_COLOR[v], alpha=0.2, lw=0)
-                ax.plot(blocks, 10.0**med, **kw)
-            r = gf.plotting.finite_or_raise(init_profile(df, v, depth, "init_branch_ratio"),
-                                            "branch ratio")  # fmt: skip
-            if np.all(r == 0):
-                zero_branch.append(LABELS[v])
-            else:
-                ax_r.plot(blocks, np.median(r, 0), **kw)
-            g = gf.plotting.finite_or_raise(conv_grads(df, v, depth), "conv gradients")
-            if np.all(g == 0):
-                zero_grad.append(LABELS[v])
-            else:
-                ax_g.plot(blocks, np.median(g, 0), **kw)
-        ax_r.plot(blocks, 1.0 / blocks, color="k", lw=0.8, ls=(0, (1, 2)),
-                  label="$1/l$ (theory, BatchNorm)")  # fmt: skip
-        if "none" in variants:  # Var(x_l) = 2^(l-1) Var(x_1) without normalisation
-            v1 = 10.0 ** np.median(init_profile(df, "none", depth, "init_log10_var")[:, 0])
-            ax_v.plot(blocks, v1 * 2.0 ** (blocks - 1.0), color="k", lw=0.8, ls=(0, (1, 2)),
-                      label="$\\propto 2^l$ (theory, none)")  # fmt: skip
-        for ax, title in (
-            (ax_v, "(a) average channel variance"),
-            (ax_m, "(b) average squared channel mean"),
-            (ax_r, "(c) branch / input variance"),
-        ):
-            ax.set_yscale("log")
-            ax.set_xlabel("block $l$")
-            ax.set_title(title, loc="left")
-        ax_r.set_xscale("log")
-        ax_v.set_ylabel("at the end of block $l$ (init)")
-        ax_v.legend(fontsize=5.5, loc="upper left")
-        if zero_branch:  # nothing to draw on a log axis: say so in the legend
-            ax_r.plot([], [], color="none", label=f"{', '.join(zero_branch)}: exactly 0")
-        ax_r.legend(fontsize=5.5, loc="lower left")
-        ax_g.set_yscale("log")
-        ax_g.set_xscale("log")
-        ax_g.set_xlabel("block $l$")
-        ax_g.set_ylabel(r"$\|\partial C/\partial W\|_F$, first conv of block $l$")
-        ax_g.set_title(f"(d) gradients at init, depth {depth}", loc="left")
-        if zero_grad:
-            label = f"{', '.join(zero_grad)}: exactly 0 at every block"
-            ax_g.plot([], [], color="none", label=label)
-        ax_g.legend(fontsize=5.5, loc="center left")
-
-        # (e) test accuracy against depth, best learning rate
-        depths = sorted(int(d) for d in config["depths"])
-        for v in variants:
-            rows = s[s["variant"] == v].set_index("depth").loc[depths]
-            ax_a.errorbar(depths, rows["acc_mean"], yerr=rows["acc_sd"].fillna(0.0),
-                          color=_COLOR[v], ls=_STYLE[v], marker="o", ms=3, capsize=2,
-                          label=LABELS[v])  # fmt: skip
-            dead = rows[~np.isfinite(rows["acc_mean"].to_numpy(float))]
-            ax_a.plot(dead.index, np.full(len(dead), 0.1), "x", color=_COLOR[v], ms=6)
-        ax_a.axhline(0.1, color="0.5", lw=0.6, ls=":")
-        ax_a.set_xscale("log")
-        ax_a.set_xticks(depths, [str(d) for d in depths])
-        ax_a.minorticks_off()
-        ax_a.set_ylim(0, 1)
-        ax_a.set_xlabel("residual blocks")
-        ax_a.set_ylabel("test accuracy (best learning rate)")
-        ax_a.set_title("(e) trainability (× every seed diverged)", loc="left")
-        ax_a.legend(fontsize=5.5, loc="lower left")
+            _draw_init(ax_v, ax_m, ax_r, ax_g, df, v, depth, zero_branch, zero_grad)
+        _style_signal(ax_v, ax_m, ax_r, df, variants, depth, zero_branch)
+        _style_grads(ax_g, depth, zero_grad)
+        _panel_accuracy(ax_a, summary(df, config), variants, config)
         fig.suptitle(
             f"Residual networks on digits (width {config['width']}): signal propagation and "
             f"gradients at initialisation on {config['probe_batch']} images (median, range over "
@@ -613,6 +550,90 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
             fontsize=7,
         )
         return gf.plotting.savefig(fig, Path(figures_dir) / f"{NAME}_headline")
+
+
+def _draw_init(ax_v, ax_m, ax_r, ax_g, df, v: str, depth: int, zero_branch, zero_grad) -> None:
+    """Variant ``v`` at init in panels (a)-(d); a variant exactly 0 everywhere is noted in
+    ``zero_branch`` / ``zero_grad`` instead (nothing to draw on a log axis)."""
+    blocks = np.arange(1, depth + 1)
+    kw = {"color": _COLOR[v], "ls": _STYLE[v], "label": LABELS[v]}
+    for ax, metric in ((ax_v, "init_log10_var"), (ax_m, "init_log10_sq_mean")):
+        p = gf.plotting.finite_or_raise(init_profile(df, v, depth, metric), metric)
+        gf.plotting.band(ax, blocks, p, q=(0, 100), alpha=0.2, transform=_exp10, **kw)
+    r = gf.plotting.finite_or_raise(init_profile(df, v, depth, "init_branch_ratio"),
+                                    "branch ratio")  # fmt: skip
+    if np.all(r == 0):
+        zero_branch.append(LABELS[v])
+    else:
+        ax_r.plot(blocks, np.median(r, 0), **kw)
+    g = gf.plotting.finite_or_raise(conv_grads(df, v, depth), "conv gradients")
+    if np.all(g == 0):
+        zero_grad.append(LABELS[v])
+    else:
+        ax_g.plot(blocks, np.median(g, 0), **kw)
+
+
+def _exp10(x: np.ndarray) -> np.ndarray:
+    return 10.0**x
+
+
+def _style_signal(ax_v, ax_m, ax_r, df, variants: list[str], depth: int, zero_branch) -> None:
+    """Panels (a)-(c): the theory lines, log axes, titles and legends."""
+    blocks = np.arange(1, depth + 1)
+    ax_r.plot(blocks, 1.0 / blocks, color="k", lw=0.8, ls=(0, (1, 2)),
+              label="$1/l$ (theory, BatchNorm)")  # fmt: skip
+    if "none" in variants:  # Var(x_l) = 2^(l-1) Var(x_1) without normalisation
+        v1 = 10.0 ** np.median(init_profile(df, "none", depth, "init_log10_var")[:, 0])
+        ax_v.plot(blocks, v1 * 2.0 ** (blocks - 1.0), color="k", lw=0.8, ls=(0, (1, 2)),
+                  label="$\\propto 2^l$ (theory, none)")  # fmt: skip
+    for ax, title in (
+        (ax_v, "(a) average channel variance"),
+        (ax_m, "(b) average squared channel mean"),
+        (ax_r, "(c) branch / input variance"),
+    ):
+        ax.set_yscale("log")
+        ax.set_xlabel("block $l$")
+        ax.set_title(title, loc="left")
+    ax_r.set_xscale("log")
+    ax_v.set_ylabel("at the end of block $l$ (init)")
+    ax_v.legend(fontsize=5.5, loc="upper left")
+    if zero_branch:  # nothing to draw on a log axis: say so in the legend
+        ax_r.plot([], [], color="none", label=f"{', '.join(zero_branch)}: exactly 0")
+    ax_r.legend(fontsize=5.5, loc="lower left")
+
+
+def _style_grads(ax_g, depth: int, zero_grad: list[str]) -> None:
+    """Panel (d): log axes, labels and the legend (naming variants whose gradient is 0)."""
+    ax_g.set_yscale("log")
+    ax_g.set_xscale("log")
+    ax_g.set_xlabel("block $l$")
+    ax_g.set_ylabel(r"$\|\partial C/\partial W\|_F$, first conv of block $l$")
+    ax_g.set_title(f"(d) gradients at init, depth {depth}", loc="left")
+    if zero_grad:
+        label = f"{', '.join(zero_grad)}: exactly 0 at every block"
+        ax_g.plot([], [], color="none", label=label)
+    ax_g.legend(fontsize=5.5, loc="center left")
+
+
+def _panel_accuracy(ax_a, s: pd.DataFrame, variants: list[str], config: dict) -> None:
+    """(e) test accuracy against depth at the best learning rate (x: every seed diverged)."""
+    depths = sorted(int(d) for d in config["depths"])
+    for v in variants:
+        rows = s[s["variant"] == v].set_index("depth").loc[depths]
+        ax_a.errorbar(depths, rows["acc_mean"], yerr=rows["acc_sd"].fillna(0.0),
+                      color=_COLOR[v], ls=_STYLE[v], marker="o", ms=3, capsize=2,
+                      label=LABELS[v])  # fmt: skip
+        dead = rows[~np.isfinite(rows["acc_mean"].to_numpy(float))]
+        ax_a.plot(dead.index, np.full(len(dead), 0.1), "x", color=_COLOR[v], ms=6)
+    ax_a.axhline(0.1, color="0.5", lw=0.6, ls=":")
+    ax_a.set_xscale("log")
+    ax_a.set_xticks(depths, [str(d) for d in depths])
+    ax_a.minorticks_off()
+    ax_a.set_ylim(0, 1)
+    ax_a.set_xlabel("residual blocks")
+    ax_a.set_ylabel("test accuracy (best learning rate)")
+    ax_a.set_title("(e) trainability (× every seed diverged)", loc="left")
+    ax_a.legend(fontsize=5.5, loc="lower left")
 
 
 def tables(results_dir: Path, tables_dir: Path) -> list[Path]:

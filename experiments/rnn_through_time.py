@@ -400,17 +400,14 @@ def load(results_dir: Path) -> dict:
 
 def curves(df: pd.DataFrame, key: str, metric: str = "grad_norm") -> tuple[np.ndarray, np.ndarray]:
     """``(values, cube)``: the grid values of ``key`` and ``cube`` ``(values, seeds, T)``."""
-    sub = df[df["metric"] == metric]
-    values = np.sort(sub[key].unique())
-    wide = sub.pivot(index=[key, "seed"], columns="time", values="value").sort_index()
-    cube = wide.to_numpy(float).reshape(len(values), -1, wide.shape[1])
-    return values, cube
+    cube, at = gf.sweep.to_arrays(df[df["metric"] == metric], (key, "seed", "time"))
+    return at[key], cube
 
 
 def scalars(df: pd.DataFrame, key: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """``(values, table)``: a scalar metric ``(values, seeds)``."""
-    wide = df[df["metric"] == metric].pivot(index=key, columns="seed", values="value")
-    return wide.index.to_numpy(float), wide.sort_index().to_numpy(float)
+    table, at = gf.sweep.to_arrays(df[df["metric"] == metric], (key, "seed"))
+    return at[key].astype(float), table
 
 
 def step_ratios(cube: np.ndarray) -> np.ndarray:
@@ -471,7 +468,7 @@ def adding_curves(df: pd.DataFrame, metric: str, clip: float) -> np.ndarray:
     the first layer for per-layer metrics."""
     sub = df[(df["metric"] == metric) & (df["clip"] == clip)]
     sub = sub[sub["layer"].isna() | (sub["layer"] == 0)]  # "clipped" is the same in every layer
-    return sub.pivot(index="seed", columns="step", values="value").sort_index().to_numpy(float)
+    return gf.sweep.to_arrays(sub, ("seed", "step"))[0]
 
 
 def adding_summary(data: dict) -> dict:
@@ -530,20 +527,26 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
             # to 0 are drawn only where every seed is positive, and marked below
             ok = np.all(c > 0, axis=0)
             underflow |= not ok.all()
-            q = np.nanpercentile(np.where(ok, logc, 0.0), [10, 50, 90], axis=0)
-            q = np.where(ok, q, np.nan)
-            ax.fill_between(t, 10 ** q[0], 10 ** q[2], color=colors[i], alpha=0.25, lw=0)
-            ax.plot(t, 10 ** q[1], color=colors[i], label=_lam_label(v))
+            line = gf.plotting.band(ax, t, np.where(ok, logc, 0.0), color=colors[i],
+                                    transform=lambda q, ok=ok: 10 ** np.where(ok, q, np.nan),
+                                    label=_lam_label(v))  # fmt: skip
             ax.plot(t, 10 ** np.median(log_bound[i], axis=0), color=colors[i], ls=":", lw=1.0)
             if not ok.all():
                 first_ok = int(np.argmax(ok))
-                ax.plot(t[first_ok], 10 ** q[1][first_ok], marker="|", color=colors[i], ms=7)
+                ax.plot(t[first_ok], line.get_ydata()[first_ok], marker="|", color=colors[i], ms=7)
         lstyles = ("--", "-.")
         for j, b in enumerate(fb):
-            q = np.percentile(lcube[j], [10, 50, 90], axis=0)
-            ax.fill_between(t, q[0], q[2], color="0.3", alpha=0.2, lw=0)
-            ax.plot(t, q[1], color="k", ls=lstyles[j % 2], lw=1.3,
-                    label=rf"LSTM, $\beta_f = {b:g}$")  # fmt: skip
+            gf.plotting.band(
+                ax,
+                t,
+                lcube[j],
+                color="k",
+                fill_color="0.3",
+                alpha=0.2,
+                ls=lstyles[j % 2],
+                lw=1.3,
+                label=rf"LSTM, $\beta_f = {b:g}$",
+            )
         ax.plot([], [], color="0.4", ls=":", lw=1.0,
                 label=r"bound $(\gamma\lambda_1)^{T-t}$")  # fmt: skip
         ax.set_yscale("log")
@@ -589,13 +592,9 @@ def _plot_adding(data: dict, figures_dir: Path) -> list[Path]:
         col = colors[clip]
         if (~div).any():
             ok = gf.plotting.finite_or_raise(loss[~div], "adding loss of finished runs")
-            lo, med, hi = np.percentile(ok, [10, 50, 90], axis=0)
-            ax_loss.fill_between(steps, lo, hi, color=col, alpha=0.25, lw=0)
-            ax_loss.plot(steps, med, color=col, label=label)
+            gf.plotting.band(ax_loss, steps, ok, color=col, label=label)
             g = gf.plotting.finite_or_raise(gnorm[~div], "gradient norms of finished runs")
-            lo, med, hi = np.percentile(g, [10, 50, 90], axis=0)
-            ax_g.fill_between(steps, lo, hi, color=col, alpha=0.25, lw=0)
-            ax_g.plot(steps, med, color=col)
+            gf.plotting.band(ax_g, steps, g, color=col)
         else:
             ax_loss.plot([], [], color=col, label=label)
         # diverged runs: their finite records, then a cross at the step of divergence
@@ -612,9 +611,7 @@ def _plot_adding(data: dict, figures_dir: Path) -> list[Path]:
         clipped = adding_curves(df, f"{_CLIP_KEY}/clipped", clip)
         if clip != math.inf and (~div).any():
             c = gf.plotting.finite_or_raise(clipped[~div], "clipped fraction")
-            lo, med, hi = np.percentile(c, [10, 50, 90], axis=0)
-            ax_c.fill_between(steps, lo, hi, color=col, alpha=0.25, lw=0, step="pre")
-            ax_c.step(steps, med, color=col, where="pre", label=names[clip])
+            gf.plotting.band(ax_c, steps, c, color=col, step="pre", label=names[clip])
     ax_loss.axhline(theory["constant_loss"], color="k", ls=":", lw=0.8, label="predict 1: 1/6")
     ax_loss.axhline(theory["recent_only_loss"], color="k", ls="--", lw=0.8,
                     label="recent number only: 1/12")  # fmt: skip

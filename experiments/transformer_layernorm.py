@@ -475,16 +475,15 @@ def grad_profile(init: pd.DataFrame, arch: str, depth: int, module: str,
     names = [n for n, _ in init.attrs["layers"][arch]]
     index = [names.index(f"blocks/{module}[{b}]") for b in range(depth)]
     sub = init[(init["arch"] == arch) & (init["depth"] == depth) & (init["metric"] == metric)]
-    wide = sub.pivot(index="seed", columns="layer", values="value")
-    return wide[index].to_numpy(float)
+    values, at = gf.sweep.to_arrays(sub, ("seed", "layer"))
+    return values[:, np.searchsorted(at["layer"], index)]
 
 
 def stream_profile(init: pd.DataFrame, arch: str, depth: int) -> np.ndarray:
     """``(seeds, depth)``: the residual stream's mean square after each of the ``depth``
     blocks."""
     sub = init[(init["arch"] == arch) & (init["depth"] == depth) & (init["metric"] == "stream_sq")]
-    wide = sub.pivot(index="seed", columns="block", values="value")
-    return wide.to_numpy(float)[:, :depth]
+    return gf.sweep.to_arrays(sub, ("seed", "block"))[0][:, :depth]
 
 
 def fit_exponent(depths: np.ndarray, values: np.ndarray) -> tuple[float, float]:
@@ -570,9 +569,8 @@ def curves(train: pd.DataFrame, config: dict, arch: str, lr: float, warmup: int,
     divergence)."""
     sub = train[(train["arch"] == arch) & (train["learning_rate"] == lr)
                 & (train["warmup_steps"] == warmup) & (train["metric"] == metric)]  # fmt: skip
-    wide = sub.pivot(index="seed", columns="step", values="value")
-    steps = (wide.columns.to_numpy(int) + 1) * int(config["record_every"])
-    return steps, wide.to_numpy(float)
+    values, at = gf.sweep.to_arrays(sub, ("seed", "step"))
+    return (at["step"] + 1) * int(config["record_every"]), values
 
 
 # ------------------------------------------------------------------------------ figures, tables
@@ -590,9 +588,8 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
 
 
 def _plot_headline(init, train, config, figures_dir: Path) -> list[Path]:
-    depths = [int(d) for d in config["depths"]]
-    colors = gf.plotting.layer_colors(len(depths))
-    slopes = exponents(init, config)
+    """(a) gradient by block, (b) the last FFN layer against depth, (c) loss curves, (d) final
+    loss against the learning rate."""
     data = _stored_task(config)
     with gf.plotting.style():
         import matplotlib.pyplot as plt
@@ -600,106 +597,10 @@ def _plot_headline(init, train, config, figures_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(2, 2, figsize=(gf.plotting.WIDTHS["text"], 4.6),
                                  layout="constrained")  # fmt: skip
         (ax_p, ax_l), (ax_c, ax_r) = axes
-
-        # (a) ffn_out gradient norm against the block index (median over seeds), every depth
-        for c, depth in zip(colors, depths):
-            for arch in ARCHS:
-                g = gf.plotting.finite_or_raise(
-                    grad_profile(init, arch, depth, "ffn_out"), f"{arch} L={depth} gradients"
-                )
-                ax_p.plot(np.arange(1, depth + 1), np.median(g, 0), color=c,
-                          ls=_ARCH_STYLE[arch], lw=1.1)  # fmt: skip
-        ax_p.set_xscale("log")
-        ax_p.set_yscale("log")
-        ax_p.set_xlabel("block index $l$")
-        ax_p.set_ylabel(r"$\|\partial C/\partial W^{2,l}\|_F$ (FFN out)")
-        ax_p.set_title("(a) FFN output layer's gradient by block, at init (median)", loc="left")
-        from matplotlib.lines import Line2D
-
-        handles = [Line2D([], [], color="0.3", ls=_ARCH_STYLE[a], label=LABELS[a]) for a in ARCHS]
-        handles += [Line2D([], [], color=c, label=f"L = {d}") for c, d in zip(colors, depths)]
-        ax_p.legend(handles=handles, fontsize=6, ncols=2, loc="lower left")
-
-        # (b) the last FFN layer's gradient against depth, seeds and fitted power law
-        ls = np.asarray(depths, float)
-        for arch in ARCHS:
-            vals = np.stack([grad_profile(init, arch, d, "ffn_out")[:, -1] for d in depths])
-            color = _ARCH_COLOR[arch]
-            for d, v in zip(depths, vals):
-                ax_l.plot(np.full(v.size, d), v, "o", color=color, ms=2.2, alpha=0.5, mfc="none",
-                          mew=0.6)  # fmt: skip
-            ax_l.plot(ls, np.median(vals, 1), "o", color=color, ms=4)
-            slope, se = slopes[arch]
-            fit = np.exp(np.mean(np.log(vals)) + slope * (np.log(ls) - np.mean(np.log(ls))))
-            ax_l.plot(ls, fit, color=color, ls=_ARCH_STYLE[arch],
-                      label=f"{LABELS[arch]}: $L^{{{slope:.2f} \\pm {se:.2f}}}$")  # fmt: skip
-        ax_l.set_xscale("log")
-        ax_l.set_yscale("log")
-        ax_l.set_xticks(ls, [str(d) for d in depths])
-        ax_l.minorticks_off()
-        ax_l.set_xlabel("depth $L$ (blocks)")
-        ax_l.set_ylabel(r"$\|\partial C/\partial W^{2,L}\|_F$ (last FFN layer)")
-        ax_l.set_title("(b) the last FFN layer against depth (○ a seed, ● median)", loc="left")
-        ax_l.legend(fontsize=6, loc="lower left")
-
-        # (c) loss curves at the largest learning rate, with and without warm-up
-        lr_max = max(float(r) for r in config["learning_rates"])
-        warm = int(config["warmup_steps"])
-        all_vals = []
-        for arch in ARCHS:
-            for w, alpha in ((0, 1.0), (warm, 0.55)):
-                steps, vals = curves(train, config, arch, lr_max, w)
-                ok = np.all(np.isfinite(vals), axis=1)
-                label = f"{LABELS[arch]}, {'warm-up' if w else 'no warm-up'}"
-                if not ok.any():
-                    label += " (every seed diverged)"
-                    ax_c.plot([], [], color=_ARCH_COLOR[arch], label=label)
-                    continue
-                v = vals[ok]
-                lo, med, hi = np.min(v, 0), np.median(v, 0), np.max(v, 0)
-                ls_ = "-" if w == 0 else ":"
-                ax_c.fill_between(steps, lo, hi, color=_ARCH_COLOR[arch], alpha=0.15 * alpha,
-                                  lw=0)  # fmt: skip
-                ax_c.plot(steps, med, color=_ARCH_COLOR[arch], ls=ls_, alpha=alpha, label=label)
-                all_vals.append(v)
-        ax_c.axhline(data.loss_floor, color="0.5", lw=0.6, ls=":")
-        ax_c.axhline(math.log(config["vocab"]), color="0.5", lw=0.6, ls="--")
-        ax_c.axvline(warm, color="0.7", lw=0.5)
-        ax_c.set_yscale("log")
-        ax_c.set_xlim(0, config["steps"])
-        ax_c.set_xlabel("training step")
-        ax_c.set_ylabel("training loss (nats/token)")
-        ax_c.set_title(f"(c) training loss, Adam at learning rate {lr_max:g} (median, range)",
-                       loc="left")  # fmt: skip
-        ax_c.legend(fontsize=6, loc="lower left")
-
-        # (d) final training loss against the learning rate (every seed; median line)
-        s = train_summary(train, config)
-        last = int(train.loc[train["metric"] == "loss", "step"].max())
-        fin = train[(train["metric"] == "loss") & (train["step"] == last)]
-        for arch in ARCHS:
-            for w in (0, warm):
-                rows = s[(s["arch"] == arch) & (s["warmup_steps"] == w)]
-                ls_ = "-" if w == 0 else ":"
-                ax_r.plot(rows["learning_rate"], rows["final_loss"], color=_ARCH_COLOR[arch],
-                          ls=ls_, marker="o" if w == 0 else "s", ms=3,
-                          label=f"{LABELS[arch]}, {'warm-up' if w else 'none'}")  # fmt: skip
-                pts = fin[(fin["arch"] == arch) & (fin["warmup_steps"] == w) & ~fin["diverged"]]
-                ax_r.plot(pts["learning_rate"], pts["value"], "o" if w == 0 else "s",
-                          color=_ARCH_COLOR[arch], ms=2, alpha=0.4, mfc="none",
-                          mew=0.5)  # fmt: skip
-                div = rows[rows["diverged"] > 0]
-                ax_r.plot(div["learning_rate"], np.full(len(div), math.log(config["vocab"])),
-                          "x", color=_ARCH_COLOR[arch], ms=5)  # fmt: skip
-        ax_r.axhline(data.loss_floor, color="0.5", lw=0.6, ls=":")
-        ax_r.axhline(trained_threshold(config), color="0.5", lw=0.6, ls="-.")
-        ax_r.axhline(math.log(config["vocab"]), color="0.5", lw=0.6, ls="--")
-        ax_r.set_xscale("log")
-        ax_r.set_yscale("log")
-        ax_r.set_xlabel("peak learning rate")
-        ax_r.set_ylabel(f"training loss after {config['steps']} steps")
-        ax_r.set_title("(d) final training loss by learning rate (× diverged)", loc="left")
-        ax_r.legend(fontsize=6, loc="lower right")
+        _panel_by_block(ax_p, init, config)
+        _panel_by_depth(ax_l, init, config)
+        _panel_curves(ax_c, train, config, data.loss_floor)
+        _panel_final(ax_r, train, config, data.loss_floor)
         fig.suptitle(
             f"Post-LN vs Pre-LN Transformers. (a, b) width {config['width']}, {config['seeds']} "
             f"seeds at initialisation; (c, d) width {config['train_width']}, "
@@ -710,6 +611,110 @@ def _plot_headline(init, train, config, figures_dir: Path) -> list[Path]:
             fontsize=7,
         )
         return gf.plotting.savefig(fig, figures_dir / f"{NAME}_headline")
+
+
+def _panel_by_block(ax_p, init, config: dict) -> None:
+    """(a) ffn_out gradient norm against the block index (median over seeds), every depth."""
+    from matplotlib.lines import Line2D
+
+    depths = [int(d) for d in config["depths"]]
+    colors = gf.plotting.layer_colors(len(depths))
+    for c, depth in zip(colors, depths):
+        for arch in ARCHS:
+            g = gf.plotting.finite_or_raise(
+                grad_profile(init, arch, depth, "ffn_out"), f"{arch} L={depth} gradients"
+            )
+            ax_p.plot(np.arange(1, depth + 1), np.median(g, 0), color=c,
+                      ls=_ARCH_STYLE[arch], lw=1.1)  # fmt: skip
+    ax_p.set_xscale("log")
+    ax_p.set_yscale("log")
+    ax_p.set_xlabel("block index $l$")
+    ax_p.set_ylabel(r"$\|\partial C/\partial W^{2,l}\|_F$ (FFN out)")
+    ax_p.set_title("(a) FFN output layer's gradient by block, at init (median)", loc="left")
+    handles = [Line2D([], [], color="0.3", ls=_ARCH_STYLE[a], label=LABELS[a]) for a in ARCHS]
+    handles += [Line2D([], [], color=c, label=f"L = {d}") for c, d in zip(colors, depths)]
+    ax_p.legend(handles=handles, fontsize=6, ncols=2, loc="lower left")
+
+
+def _panel_by_depth(ax_l, init, config: dict) -> None:
+    """(b) the last FFN layer's gradient against depth, seeds and fitted power law."""
+    depths = [int(d) for d in config["depths"]]
+    slopes = exponents(init, config)
+    ls = np.asarray(depths, float)
+    for arch in ARCHS:
+        vals = np.stack([grad_profile(init, arch, d, "ffn_out")[:, -1] for d in depths])
+        color = _ARCH_COLOR[arch]
+        for d, v in zip(depths, vals):
+            ax_l.plot(np.full(v.size, d), v, "o", color=color, ms=2.2, alpha=0.5, mfc="none",
+                      mew=0.6)  # fmt: skip
+        ax_l.plot(ls, np.median(vals, 1), "o", color=color, ms=4)
+        slope, se = slopes[arch]
+        fit = np.exp(np.mean(np.log(vals)) + slope * (np.log(ls) - np.mean(np.log(ls))))
+        ax_l.plot(ls, fit, color=color, ls=_ARCH_STYLE[arch],
+                  label=f"{LABELS[arch]}: $L^{{{slope:.2f} \\pm {se:.2f}}}$")  # fmt: skip
+    ax_l.set_xscale("log")
+    ax_l.set_yscale("log")
+    ax_l.set_xticks(ls, [str(d) for d in depths])
+    ax_l.minorticks_off()
+    ax_l.set_xlabel("depth $L$ (blocks)")
+    ax_l.set_ylabel(r"$\|\partial C/\partial W^{2,L}\|_F$ (last FFN layer)")
+    ax_l.set_title("(b) the last FFN layer against depth (○ a seed, ● median)", loc="left")
+    ax_l.legend(fontsize=6, loc="lower left")
+
+
+def _panel_curves(ax_c, train, config: dict, loss_floor: float) -> None:
+    """(c) loss curves at the largest learning rate, with and without warm-up."""
+    lr_max = max(float(r) for r in config["learning_rates"])
+    warm = int(config["warmup_steps"])
+    for arch in ARCHS:
+        for w, alpha in ((0, 1.0), (warm, 0.55)):
+            steps, vals = curves(train, config, arch, lr_max, w)
+            ok = np.all(np.isfinite(vals), axis=1)
+            label = f"{LABELS[arch]}, {'warm-up' if w else 'no warm-up'}"
+            if not ok.any():
+                ax_c.plot([], [], color=_ARCH_COLOR[arch], label=f"{label} (every seed diverged)")
+                continue
+            gf.plotting.band(ax_c, steps, vals[ok], q=(0, 100), color=_ARCH_COLOR[arch],
+                             alpha=0.15 * alpha, ls="-" if w == 0 else ":", line_alpha=alpha,
+                             label=label)  # fmt: skip
+    ax_c.axhline(loss_floor, color="0.5", lw=0.6, ls=":")
+    ax_c.axhline(math.log(config["vocab"]), color="0.5", lw=0.6, ls="--")
+    ax_c.axvline(warm, color="0.7", lw=0.5)
+    ax_c.set_yscale("log")
+    ax_c.set_xlim(0, config["steps"])
+    ax_c.set_xlabel("training step")
+    ax_c.set_ylabel("training loss (nats/token)")
+    ax_c.set_title(f"(c) training loss, Adam at learning rate {lr_max:g} (median, range)",
+                   loc="left")  # fmt: skip
+    ax_c.legend(fontsize=6, loc="lower left")
+
+
+def _panel_final(ax_r, train, config: dict, loss_floor: float) -> None:
+    """(d) final training loss against the learning rate (every seed; median line)."""
+    s = train_summary(train, config)
+    last = int(train.loc[train["metric"] == "loss", "step"].max())
+    fin = train[(train["metric"] == "loss") & (train["step"] == last)]
+    for arch in ARCHS:
+        for w in (0, int(config["warmup_steps"])):
+            rows = s[(s["arch"] == arch) & (s["warmup_steps"] == w)]
+            ax_r.plot(rows["learning_rate"], rows["final_loss"], color=_ARCH_COLOR[arch],
+                      ls="-" if w == 0 else ":", marker="o" if w == 0 else "s", ms=3,
+                      label=f"{LABELS[arch]}, {'warm-up' if w else 'none'}")  # fmt: skip
+            pts = fin[(fin["arch"] == arch) & (fin["warmup_steps"] == w) & ~fin["diverged"]]
+            ax_r.plot(pts["learning_rate"], pts["value"], "o" if w == 0 else "s",
+                      color=_ARCH_COLOR[arch], ms=2, alpha=0.4, mfc="none", mew=0.5)  # fmt: skip
+            div = rows[rows["diverged"] > 0]
+            ax_r.plot(div["learning_rate"], np.full(len(div), math.log(config["vocab"])),
+                      "x", color=_ARCH_COLOR[arch], ms=5)  # fmt: skip
+    ax_r.axhline(loss_floor, color="0.5", lw=0.6, ls=":")
+    ax_r.axhline(trained_threshold(config), color="0.5", lw=0.6, ls="-.")
+    ax_r.axhline(math.log(config["vocab"]), color="0.5", lw=0.6, ls="--")
+    ax_r.set_xscale("log")
+    ax_r.set_yscale("log")
+    ax_r.set_xlabel("peak learning rate")
+    ax_r.set_ylabel(f"training loss after {config['steps']} steps")
+    ax_r.set_title("(d) final training loss by learning rate (× diverged)", loc="left")
+    ax_r.legend(fontsize=6, loc="lower right")
 
 
 #: The projections of the per-module figure (the key's gradient tracks the query's).
@@ -731,9 +736,8 @@ def _plot_modules(init, config, figures_dir: Path) -> list[Path]:
                     g = gf.plotting.finite_or_raise(grad_profile(init, arch, depth, module),
                                                     f"{arch} {module}")  # fmt: skip
                     x = np.arange(1, depth + 1) / depth
-                    lo, med, hi = np.percentile(g, [25, 50, 75], axis=0)
-                    ax.fill_between(x, lo, hi, color=c, alpha=0.2, lw=0)
-                    ax.plot(x, med, color=c, lw=1, label=f"L = {depth}")
+                    gf.plotting.band(ax, x, g, q=(25, 75), color=c, alpha=0.2, lw=1,
+                                     label=f"L = {depth}")  # fmt: skip
                 ax.set_yscale("log")
                 if i == 0:
                     ax.set_title(module, loc="left")

@@ -310,7 +310,7 @@ def load_profiles(results_dir: Path) -> tuple[pd.DataFrame, dict, dict]:
 def profile(df: pd.DataFrame, activation: str, init: str, metric: str) -> np.ndarray:
     """``(seeds, depth)`` of ``q`` or ``grad_var`` for one (activation, initializer)."""
     sub = df[(df["activation"] == activation) & (df["init"] == init) & (df["metric"] == metric)]
-    return sub.pivot(index="seed", columns="layer", values="value").to_numpy(float)
+    return gf.sweep.to_arrays(sub, ("seed", "layer"))[0]
 
 
 def log_rate(values: np.ndarray, *, forward: bool) -> np.ndarray:
@@ -339,10 +339,9 @@ def training_curves(
     """``(steps (R,), values (seeds, R), diverged (seeds,))`` of one per-record metric."""
     df = df[df["init"] == init]
     sub = df[df["metric"] == metric]
-    wide = sub.pivot(index="seed", columns="step", values="value")
-    div = df.groupby("seed")["diverged"].any().reindex(wide.index).to_numpy(bool)
-    steps = (wide.columns.to_numpy(int) + 1) * config["record_every"]
-    return steps, wide.to_numpy(float), div
+    values, at = gf.sweep.to_arrays(sub, ("seed", "step"))
+    div = df.groupby("seed")["diverged"].any().reindex(at["seed"]).to_numpy(bool)
+    return (at["step"] + 1) * config["record_every"], values, div
 
 
 # ------------------------------------------------------------------------------ figures, tables
@@ -365,13 +364,16 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
                 ax = axes[row, col]
                 for i in inits:
                     v = gf.plotting.finite_or_raise(profile(df, a, i, metric), f"{a}/{i} {metric}")
-                    lo, med, hi = np.percentile(v, [10, 50, 90], axis=0)
-                    c = colors[i]
-                    ax.fill_between(layers, np.clip(lo, *lim), np.clip(hi, *lim), color=c,
-                                    alpha=0.25, lw=0)  # fmt: skip
                     sw2 = theory[f"{a}/{i}"]["sw2"]
-                    ax.plot(layers, med, color=c, lw=1.2,
-                            label=rf"{INITS[i]} ($\sigma_w^2 = {sw2:.3g}$)")  # fmt: skip
+                    gf.plotting.band(
+                        ax,
+                        layers,
+                        v,
+                        color=colors[i],
+                        clip=lim,
+                        lw=1.2,
+                        label=rf"{INITS[i]} ($\sigma_w^2 = {sw2:.3g}$)",
+                    )
                     th = np.asarray(theory[f"{a}/{i}"][metric])
                     ax.plot(layers, th, color="k", lw=0.7, ls=(0, (2, 2)))
                 ax.set_yscale("log")
@@ -410,9 +412,7 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
                 if div.any():  # marked, not silently dropped
                     label = f"{label} ({int(div.sum())} diverged, not shown)"
                 v = gf.plotting.finite_or_raise(v[~div], f"{i} {metric}")
-                lo, med, hi = np.percentile(v, [10, 50, 90], axis=0)
-                ax.fill_between(steps, lo, hi, color=tcolors[i], alpha=0.25, lw=0)
-                ax.plot(steps, med, color=tcolors[i], label=label)
+                gf.plotting.band(ax, steps, v, color=tcolors[i], label=label)
             ax.set_xlabel("SGD step")
             ax.set_ylabel(ylabel)
         axes[0].axhline(LN10, color="k", lw=0.7, ls=(0, (2, 2)))

@@ -178,6 +178,8 @@ def band(
     color=None,
     label: str | None = None,
     alpha: float = 0.25,
+    line_alpha: float | None = None,
+    fill_color=None,
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
     clip: tuple[float, float] | None = None,
     step: str | None = None,
@@ -193,11 +195,13 @@ def band(
       color: of line and band (default: the axes' next colour).
       label: the line's legend label.
       alpha: the band's opacity.
+      line_alpha: the line's opacity (default: opaque).
+      fill_color: the band's colour (default: the line's).
       transform: applied to the median and the percentiles before drawing (e.g.
         ``lambda v: 10.0**v`` for samples stored as ``log10``).
       clip: ``(lo, hi)`` to which the band (not the line) is clipped, e.g. a panel's y limits.
       step: ``"pre"``/``"post"``/``"mid"`` draws a step line and band (``where=step``).
-      **line_kw: passed to :meth:`~matplotlib.axes.Axes.plot` (``ls``, ``lw``, ``alpha``, ...).
+      **line_kw: passed to :meth:`~matplotlib.axes.Axes.plot` (``ls``, ``lw``, ...).
 
     Returns:
       the median line (a :class:`~matplotlib.lines.Line2D`).
@@ -217,8 +221,11 @@ def band(
         lo, hi = np.clip(lo, *clip), np.clip(hi, *clip)
     if step is not None:
         line_kw["drawstyle"] = f"steps-{step}"
+    if line_alpha is not None:
+        line_kw["alpha"] = line_alpha
     (line,) = ax.plot(x, med, color=color, label=label, **line_kw)
-    ax.fill_between(x, lo, hi, color=line.get_color(), alpha=alpha, lw=0, step=step)
+    fill = line.get_color() if fill_color is None else fill_color
+    ax.fill_between(x, lo, hi, color=fill, alpha=alpha, lw=0, step=step)
     return line
 
 

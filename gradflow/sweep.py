@@ -1479,4 +1479,4 @@ def _run_locked(
     return _coerce(pd.concat(parts, ignore_index=True)[list(plan.columns)], plan.dtypes)
 
 
-from gradflow._frames import to_arrays  # noqa: E402
+from gradflow._frames import to_arrays  # noqa: E402, F401

@@ -145,10 +145,11 @@ def _kind_of_value(default: Any) -> Any:
         return (type(default), _kind_of_value(proto))
     if default is None:
         return None
-    for kind in (bool, numbers.Integral, numbers.Real):
-        if isinstance(default, kind):
-            return {bool: bool, numbers.Integral: int, numbers.Real: float}[kind]
-    return type(default)
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, numbers.Integral):
+        return int
+    return float if isinstance(default, numbers.Real) else type(default)
 
 
 def _is_kind(value: Any, kind: Any) -> bool:

@@ -229,7 +229,9 @@ def test_typed_config_checks_its_field_types():
     class Untyped(gf.experiment.Config):
         grid: dict
 
-    with pytest.raises(TypeError, match=r"Untyped.grid: unsupported config type .*tuple\[T, \.\.\.\]"):
+    with pytest.raises(
+        TypeError, match=r"Untyped.grid: unsupported config type .*tuple\[T, \.\.\.\]"
+    ):
         Untyped(grid={})
 
 

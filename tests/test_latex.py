@@ -39,7 +39,6 @@ def test_macros_and_tables(tmp_path):
         gf.latex.latex_table([[1, 2]], ["a", "b", "c"], tmp_path / "t.tex")
 
 
-
 def test_latex_escaping_of_text_and_math(tmp_path):
     text = r"a_b & 10% {c} \d $x^2$ ^e ~f #g $5"
     t = gf.latex.latex_table([[text, 1.0]], ["name $\\sigma$", "v"], tmp_path / "t.tex")

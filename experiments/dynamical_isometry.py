@@ -236,82 +236,100 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
     """Singular-value distributions per depth; moments against depth with theory."""
     df, th = load(results_dir)
     data = split(df)
+    with gf.plotting.style():
+        return [
+            *_plot_spectra(data, th, Path(figures_dir) / f"{NAME}_spectra"),
+            *_plot_moments(data, th, Path(figures_dir) / f"{NAME}_moments"),
+        ]
+
+
+def _plot_spectra(data: dict, th: dict, stem: Path) -> list[Path]:
+    """Histograms of log10 s per (activation, weights) at up to four recorded depths."""
     cfg = th["config"]
     rec = list(cfg["record_depths"])
     # at most four depths in the histograms (every other recorded depth, the last included)
     shown = list(range(len(rec) - 1, -1, -2 if len(rec) > 4 else -1))[::-1]
     colors = gf.plotting.layer_colors(len(shown))
-    C = gf.plotting.COLORS
-    fmt = gf.experiment.fmt
-    out = []
-    with gf.plotting.style():
-        fig, axes = gf.plotting.figure(2, 3, width="text", aspect=0.8, sharex=True)
-        lo, hi = math.log10(S_FLOOR), 1.5
-        edges = np.linspace(lo, hi, 56)
-        for j, act in enumerate(ACTIVATIONS):
-            for i, w in enumerate(WEIGHTS):
-                ax = axes[i, j]
-                for k, col in zip(shown, colors):
-                    d = rec[k]
-                    s = gf.plotting.finite_or_raise(data[act, w, "sv"][k], "sv").ravel()
-                    logs = np.clip(np.log10(np.maximum(s, 1e-300)), lo, hi - 1e-9)
-                    dens, _ = np.histogram(logs, bins=edges, density=True)
-                    ax.stairs(dens, edges, color=col, lw=1.1, label=f"$L = {d}$")
-                p = th["points"][act]
-                ax.axvline(0.0, color="k", lw=0.6, ls=":")
-                ax.set_title(
-                    f"{act}, {w}\n"
-                    rf"$\sigma_w^2={fmt(p['sw2'])}$, $\sigma_b^2={fmt(p['sb2'], 2)}$, "
-                    rf"$q^*={fmt(p['q'])}$",
-                    fontsize=7,
-                )  # fmt: skip
-                ax.set_yscale("log")
-                ax.set_ylim(1e-3, None)
-                if i == 1:
-                    ax.set_xlabel(
-                        rf"$\log_{{10}} s$ (first bin: $s \leq 10^{{{int(lo)}}}$, incl. 0)"
-                    )
-                if j == 0:
-                    ax.set_ylabel("density")
-        handles, labels = axes[0, 0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside upper center", ncols=len(shown) + 1,
-                   title=f"depth (width {cfg['width']}, {cfg['seeds']} seeds)",
-                   title_fontsize=7)  # fmt: skip
-        out += gf.plotting.savefig(fig, Path(figures_dir) / f"{NAME}_spectra")
+    fig, axes = gf.plotting.figure(2, 3, width="text", aspect=0.8, sharex=True)
+    lo, hi = math.log10(S_FLOOR), 1.5
+    edges = np.linspace(lo, hi, 56)
+    for j, act in enumerate(ACTIVATIONS):
+        for i, w in enumerate(WEIGHTS):
+            ax = axes[i, j]
+            for k, col in zip(shown, colors):
+                s = gf.plotting.finite_or_raise(data[act, w, "sv"][k], "sv").ravel()
+                logs = np.clip(np.log10(np.maximum(s, 1e-300)), lo, hi - 1e-9)
+                dens, _ = np.histogram(logs, bins=edges, density=True)
+                ax.stairs(dens, edges, color=col, lw=1.1, label=f"$L = {rec[k]}$")
+            _spectrum_axes(ax, act, w, th["points"][act])
+            if i == 1:
+                ax.set_xlabel(rf"$\log_{{10}} s$ (first bin: $s \leq 10^{{{int(lo)}}}$, incl. 0)")
+            if j == 0:
+                ax.set_ylabel("density")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncols=len(shown) + 1,
+               title=f"depth (width {cfg['width']}, {cfg['seeds']} seeds)",
+               title_fontsize=7)  # fmt: skip
+    return gf.plotting.savefig(fig, stem)
 
-        fig, axes = gf.plotting.figure(1, 2, width="text", aspect=0.7)
-        depth = np.arange(1, cfg["depth"] + 1)
-        styles = {"gaussian": ("o", "-"), "orthogonal": ("s", "--")}
-        for act, col in zip(ACTIVATIONS, C):
-            for w in WEIGHTS:
-                mk, ls = styles[w]
-                th_m = th["moments"][f"{act}/{w}"]
-                for ax, metric in zip(axes, ("mean", "variance")):
-                    meas = gf.plotting.finite_or_raise(data[act, w, metric], metric)
-                    mu, sd = meas.mean(axis=0), meas.std(axis=0)
-                    ax.errorbar(rec, mu, yerr=sd, fmt=mk, ms=2.8, mfc="none", mew=0.8,
-                                color=col, elinewidth=0.6, capsize=0)  # fmt: skip
-                    ax.plot(depth, th_m[metric], ls=ls, color=col, lw=1.0)
-        for act, col in zip(ACTIVATIONS, C):
-            axes[1].plot([], [], color=col, lw=3, label=act)
+
+def _spectrum_axes(ax, act: str, w: str, p: dict) -> None:
+    """A histogram panel's title (the critical point), the s = 1 line and the log density."""
+    fmt = gf.experiment.fmt
+    ax.axvline(0.0, color="k", lw=0.6, ls=":")
+    ax.set_title(
+        f"{act}, {w}\n"
+        rf"$\sigma_w^2={fmt(p['sw2'])}$, $\sigma_b^2={fmt(p['sb2'], 2)}$, "
+        rf"$q^*={fmt(p['q'])}$",
+        fontsize=7,
+    )  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_ylim(1e-3, None)
+
+
+_WEIGHT_STYLES = {"gaussian": ("o", "-"), "orthogonal": ("s", "--")}
+
+
+def _plot_moments(data: dict, th: dict, stem: Path) -> list[Path]:
+    """(a) mean and (b) variance of s^2 against depth, measured and free probability."""
+    cfg = th["config"]
+    rec = list(cfg["record_depths"])
+    fig, axes = gf.plotting.figure(1, 2, width="text", aspect=0.7)
+    depth = np.arange(1, cfg["depth"] + 1)
+    for act, col in zip(ACTIVATIONS, gf.plotting.COLORS):
         for w in WEIGHTS:
-            mk, ls = styles[w]
-            axes[1].plot([], [], ls=ls, marker=mk, color="0.3", mfc="none", ms=3, label=w)
-        axes[1].plot([], [], color="0.3", lw=1.0, label="free probability (lines)")
-        axes[0].set_ylabel(r"mean $s^2$ of $J$ ($\pm$ sd over seeds)")
-        axes[0].set_ylim(0, 2)
-        axes[1].set_ylabel(r"variance of $s^2$ ($\pm$ sd over seeds)")
-        axes[1].set_yscale("symlog", linthresh=1e-2)
-        axes[1].set_ylim(-1e-3, None)
-        for ax in axes:
-            ax.set_xscale("log")
-            ax.set_xlabel("depth $L$")
-        axes[0].set_title("(a) criticality: mean squared singular value 1")
-        axes[1].set_title(r"(b) spread $L(\mu_2/\mu_1^2 - 1 - s_1)$")
-        handles, labels = axes[1].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=6)
-        out += gf.plotting.savefig(fig, Path(figures_dir) / f"{NAME}_moments")
-    return out
+            mk, ls = _WEIGHT_STYLES[w]
+            th_m = th["moments"][f"{act}/{w}"]
+            for ax, metric in zip(axes, ("mean", "variance")):
+                meas = gf.plotting.finite_or_raise(data[act, w, metric], metric)
+                mu, sd = meas.mean(axis=0), meas.std(axis=0)
+                ax.errorbar(rec, mu, yerr=sd, fmt=mk, ms=2.8, mfc="none", mew=0.8,
+                            color=col, elinewidth=0.6, capsize=0)  # fmt: skip
+                ax.plot(depth, th_m[metric], ls=ls, color=col, lw=1.0)
+    _moments_axes(axes)
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=6)
+    return gf.plotting.savefig(fig, stem)
+
+
+def _moments_axes(axes) -> None:
+    """The moments figure's legend entries, scales, labels and titles."""
+    for act, col in zip(ACTIVATIONS, gf.plotting.COLORS):
+        axes[1].plot([], [], color=col, lw=3, label=act)
+    for w in WEIGHTS:
+        mk, ls = _WEIGHT_STYLES[w]
+        axes[1].plot([], [], ls=ls, marker=mk, color="0.3", mfc="none", ms=3, label=w)
+    axes[1].plot([], [], color="0.3", lw=1.0, label="free probability (lines)")
+    axes[0].set_ylabel(r"mean $s^2$ of $J$ ($\pm$ sd over seeds)")
+    axes[0].set_ylim(0, 2)
+    axes[1].set_ylabel(r"variance of $s^2$ ($\pm$ sd over seeds)")
+    axes[1].set_yscale("symlog", linthresh=1e-2)
+    axes[1].set_ylim(-1e-3, None)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("depth $L$")
+    axes[0].set_title("(a) criticality: mean squared singular value 1")
+    axes[1].set_title(r"(b) spread $L(\mu_2/\mu_1^2 - 1 - s_1)$")
 
 
 # --- tables ------------------------------------------------------------------------------------

@@ -349,85 +349,96 @@ def training_curves(
 
 def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
     """Depth profiles vs mean field (headline) and Xavier vs He training curves."""
-    df, theory, config = load_profiles(results_dir)
-    inits = config["inits"]
-    colors = dict(zip(INITS, [gf.plotting.COLORS[k] for k in (0, 1, 5, 3, 4, 2)]))
-    depth = config["depth"]
-    layers = np.arange(1, depth + 1)
-    lim = (1e-24, 1e24)
-    out = []
     with gf.plotting.style():
-        fig, axes = gf.plotting.figure(2, len(ACTIVATIONS), width="text", aspect=0.95,
-                                       sharex=True, sharey=True)  # fmt: skip
-        for col, a in enumerate(ACTIVATIONS):
-            for row, metric in enumerate(("q", "grad_var")):
-                ax = axes[row, col]
-                for i in inits:
-                    v = gf.plotting.finite_or_raise(profile(df, a, i, metric), f"{a}/{i} {metric}")
-                    sw2 = theory[f"{a}/{i}"]["sw2"]
-                    gf.plotting.band(
-                        ax,
-                        layers,
-                        v,
-                        color=colors[i],
-                        clip=lim,
-                        lw=1.2,
-                        label=rf"{INITS[i]} ($\sigma_w^2 = {sw2:.3g}$)",
-                    )
-                    th = np.asarray(theory[f"{a}/{i}"][metric])
-                    ax.plot(layers, th, color="k", lw=0.7, ls=(0, (2, 2)))
-                ax.set_yscale("log")
-                ax.set_ylim(*lim)
-                ax.set_xlim(1, depth)
-                if row == 0:
-                    ax.set_title(a)
-                else:
-                    ax.set_xlabel("layer $l$")
-        axes[0, 0].set_ylabel(r"forward $q^l = \overline{(h^l_i)^2}$")
-        axes[1, 0].set_ylabel(r"backward $\overline{(\partial C/\partial h^l_i)^2}$")
-        for ax in axes.ravel():
-            ax.set_yticks([1e-20, 1e-10, 1e0, 1e10, 1e20])
-        handles, labels = axes[0, 0].get_legend_handles_labels()
-        from matplotlib.lines import Line2D
+        return [
+            *_plot_depth(results_dir, Path(figures_dir) / f"{NAME}_depth"),
+            *_plot_training(results_dir, Path(figures_dir) / f"{NAME}_xavier_he"),
+        ]
 
-        handles.append(Line2D([], [], color="k", lw=0.7, ls=(0, (2, 2))))
-        labels.append("mean field")
-        fig.legend(handles, labels, loc="outside upper center", ncols=4,
-                   title=f"width {config['width']}, zero biases: median and 10–90% over "
-                   f"{config['seeds']} seeds; Xavier, LeCun and orthogonal share "
-                   r"$\sigma_w^2 = 1$ and overlap", title_fontsize=7)  # fmt: skip
-        out += gf.plotting.savefig(fig, Path(figures_dir) / f"{NAME}_depth")
 
-        tdf, tcfg = load_training(results_dir)
-        fig, axes = gf.plotting.figure(1, 2, width="column", aspect=1.05)
-        tcolors = {"Xavier": gf.plotting.COLORS[0], "He": gf.plotting.COLORS[1]}
-        tlabels = {"Xavier": r"Xavier, Var $1/n_\mathrm{in}$", "He": r"He, Var $2/n_\mathrm{in}$"}
-        for ax, metric, ylabel in (
-            (axes[0], "loss", "training loss"),
-            (axes[1], "test_accuracy", "test accuracy"),
-        ):
-            for i in TRAIN_SCALES.values():
-                label = tlabels[i]
-                steps, v, div = training_curves(tdf, tcfg, i, metric)
-                if div.any():  # marked, not silently dropped
-                    label = f"{label} ({int(div.sum())} diverged, not shown)"
-                v = gf.plotting.finite_or_raise(v[~div], f"{i} {metric}")
-                gf.plotting.band(ax, steps, v, color=tcolors[i], label=label)
-            ax.set_xlabel("SGD step")
-            ax.set_ylabel(ylabel)
-        axes[0].axhline(LN10, color="k", lw=0.7, ls=(0, (2, 2)))
-        axes[0].annotate(r"$\ln 10$ (chance)", xy=(0.98, LN10), xycoords=("axes fraction", "data"),
-                         ha="right", va="bottom", fontsize=6.5)  # fmt: skip
-        axes[1].axhline(0.1, color="k", lw=0.7, ls=(0, (2, 2)))
-        axes[1].set_ylim(0, 1)
-        axes[0].set_ylim(0, None)
-        handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside upper center", ncols=2,
-                   title=f"{tcfg['train_depth']}-layer ReLU MLP, width {tcfg['train_width']}, "
-                   f"SGD: median, 10–90% over {tdf['seed'].nunique()} seeds",
-                   title_fontsize=6.5)  # fmt: skip
-        out += gf.plotting.savefig(fig, Path(figures_dir) / f"{NAME}_xavier_he")
-    return out
+#: The depth figure's y range (the profiles span decades; clipped bands stay inside).
+_DEPTH_LIM = (1e-24, 1e24)
+_MEAN_FIELD = {"color": "k", "lw": 0.7, "ls": (0, (2, 2))}
+
+
+def _plot_depth(results_dir: Path, stem: Path) -> list[Path]:
+    """Forward and backward variance profiles per activation, every initializer, mean field."""
+    from matplotlib.lines import Line2D
+
+    df, theory, config = load_profiles(results_dir)
+    fig, axes = gf.plotting.figure(2, len(ACTIVATIONS), width="text", aspect=0.95,
+                                   sharex=True, sharey=True)  # fmt: skip
+    for col, a in enumerate(ACTIVATIONS):
+        for row, metric in enumerate(("q", "grad_var")):
+            _depth_panel(axes[row, col], df, theory, config, a, metric)
+            if row == 0:
+                axes[row, col].set_title(a)
+            else:
+                axes[row, col].set_xlabel("layer $l$")
+    axes[0, 0].set_ylabel(r"forward $q^l = \overline{(h^l_i)^2}$")
+    axes[1, 0].set_ylabel(r"backward $\overline{(\partial C/\partial h^l_i)^2}$")
+    for ax in axes.ravel():
+        ax.set_yticks([1e-20, 1e-10, 1e0, 1e10, 1e20])
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    handles.append(Line2D([], [], **_MEAN_FIELD))
+    labels.append("mean field")
+    fig.legend(handles, labels, loc="outside upper center", ncols=4,
+               title=f"width {config['width']}, zero biases: median and 10–90% over "
+               f"{config['seeds']} seeds; Xavier, LeCun and orthogonal share "
+               r"$\sigma_w^2 = 1$ and overlap", title_fontsize=7)  # fmt: skip
+    return gf.plotting.savefig(fig, stem)
+
+
+_INIT_COLORS = dict(zip(INITS, [gf.plotting.COLORS[k] for k in (0, 1, 5, 3, 4, 2)]))
+
+
+def _depth_panel(ax, df, theory: dict, config: dict, a: str, metric: str) -> None:
+    """``metric`` of activation ``a`` through depth: every initializer and its mean field."""
+    layers = np.arange(1, config["depth"] + 1)
+    for i in config["inits"]:
+        v = gf.plotting.finite_or_raise(profile(df, a, i, metric), f"{a}/{i} {metric}")
+        sw2 = theory[f"{a}/{i}"]["sw2"]
+        gf.plotting.band(ax, layers, v, color=_INIT_COLORS[i], clip=_DEPTH_LIM, lw=1.2,
+                         label=rf"{INITS[i]} ($\sigma_w^2 = {sw2:.3g}$)")  # fmt: skip
+        ax.plot(layers, np.asarray(theory[f"{a}/{i}"][metric]), **_MEAN_FIELD)
+    ax.set_yscale("log")
+    ax.set_ylim(*_DEPTH_LIM)
+    ax.set_xlim(1, config["depth"])
+
+
+_TRAIN_COLORS = {"Xavier": gf.plotting.COLORS[0], "He": gf.plotting.COLORS[1]}
+_TRAIN_LABELS = {"Xavier": r"Xavier, Var $1/n_\mathrm{in}$", "He": r"He, Var $2/n_\mathrm{in}$"}
+
+
+def _plot_training(results_dir: Path, stem: Path) -> list[Path]:
+    """Part 2: training loss and test accuracy of the ReLU MLP, Xavier vs He."""
+    tdf, tcfg = load_training(results_dir)
+    fig, axes = gf.plotting.figure(1, 2, width="column", aspect=1.05)
+    for ax, metric, ylabel in (
+        (axes[0], "loss", "training loss"),
+        (axes[1], "test_accuracy", "test accuracy"),
+    ):
+        for i in TRAIN_SCALES.values():
+            label = _TRAIN_LABELS[i]
+            steps, v, div = training_curves(tdf, tcfg, i, metric)
+            if div.any():  # marked, not silently dropped
+                label = f"{label} ({int(div.sum())} diverged, not shown)"
+            v = gf.plotting.finite_or_raise(v[~div], f"{i} {metric}")
+            gf.plotting.band(ax, steps, v, color=_TRAIN_COLORS[i], label=label)
+        ax.set_xlabel("SGD step")
+        ax.set_ylabel(ylabel)
+    axes[0].axhline(LN10, **_MEAN_FIELD)
+    axes[0].annotate(r"$\ln 10$ (chance)", xy=(0.98, LN10), xycoords=("axes fraction", "data"),
+                     ha="right", va="bottom", fontsize=6.5)  # fmt: skip
+    axes[1].axhline(0.1, **_MEAN_FIELD)
+    axes[1].set_ylim(0, 1)
+    axes[0].set_ylim(0, None)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncols=2,
+               title=f"{tcfg['train_depth']}-layer ReLU MLP, width {tcfg['train_width']}, "
+               f"SGD: median, 10–90% over {tdf['seed'].nunique()} seeds",
+               title_fontsize=6.5)  # fmt: skip
+    return gf.plotting.savefig(fig, stem)
 
 
 _CAMEL = {

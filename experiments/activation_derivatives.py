@@ -19,6 +19,7 @@ of all activations. Table: sup, argsup, grid maximum, kinks, autodiff error per 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -37,12 +38,39 @@ CLAIM = (
 )
 SOURCE = "seeds 000, 003; Nielsen, Neural Networks and Deep Learning, ch. 5"
 
-CONFIGS = {
-    # x_range: half-width of the plotting grid; n_plot points on it (odd: contains 0).
-    # sup_range: half-width of the fine grid for max |phi'|; n_sup points on it (odd).
-    "quick": {"x_range": 5.0, "n_plot": 401, "sup_range": 20.0, "n_sup": 40_001},
-    "full": {"x_range": 5.0, "n_plot": 2001, "sup_range": 20.0, "n_sup": 400_001},
-}
+
+@dataclasses.dataclass(frozen=True)
+class ActivationDerivativesConfig(gf.experiment.Config):
+    """The grids on which phi, phi' and max|phi'| are evaluated."""
+
+    x_range: float  # half-width of the plotting grid
+    n_plot: int  # points on the plotting grid (odd: contains 0)
+    sup_range: float  # half-width of the fine grid for max |phi'|
+    n_sup: int  # points on the fine grid (odd)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("n_plot", "n_sup"):
+            v = getattr(self, key)
+            if v < 3 or v % 2 == 0:
+                raise ValueError(
+                    f"{key} must be an odd integer >= 3 (so the grid holds 0), got {v}"
+                )
+        for key in ("x_range", "sup_range"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
+
+    def check_resources(self) -> None:
+        # Peak: ~12 float64 arrays of n_sup per activation in the compiled program (phi' and its
+        # masks), ~10 of n_plot, and the table's ~3 curves x 10 activations x ~100 bytes a row.
+        gf.experiment.check_memory(
+            f"n_sup={self.n_sup}, n_plot={self.n_plot}",
+            8 * 12 * self.n_sup + (80 + 3000) * self.n_plot,
+        )
+
+
+FULL = ActivationDerivativesConfig(x_range=5.0, n_plot=2001, sup_range=20.0, n_sup=400_001)
+QUICK = dataclasses.replace(FULL, n_plot=401, n_sup=40_001)
 
 #: Activations of the seeds' figure (the headline).
 SEED_ACTIVATIONS = ("sigmoid", "tanh")
@@ -54,27 +82,10 @@ def _camel(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_"))
 
 
-def _check(config: dict) -> None:
-    for key in ("n_plot", "n_sup"):
-        if config[key] < 3 or config[key] % 2 == 0:
-            raise ValueError(
-                f"{key} must be an odd integer >= 3 (so the grid holds 0), got {config[key]}"
-            )
-    for key in ("x_range", "sup_range"):
-        if not config[key] > 0:
-            raise ValueError(f"{key} must be positive, got {config[key]}")
-    # Peak: ~12 float64 arrays of n_sup per activation in the compiled program (phi' and its
-    # masks), ~10 of n_plot, and the table's ~3 curves x 10 activations x ~100 bytes a row.
-    gf.experiment.check_memory(
-        f"n_sup={config['n_sup']}, n_plot={config['n_plot']}",
-        8 * 12 * config["n_sup"] + (80 + 3000) * config["n_plot"],
-    )
-
-
-def _grids(config: dict) -> tuple[np.ndarray, np.ndarray]:
-    _check(config)
-    x = np.linspace(-config["x_range"], config["x_range"], config["n_plot"])
-    xs = np.linspace(-config["sup_range"], config["sup_range"], config["n_sup"])
+def _grids(config: ActivationDerivativesConfig) -> tuple[np.ndarray, np.ndarray]:
+    config.check_resources()
+    x = np.linspace(-config.x_range, config.x_range, config.n_plot)
+    xs = np.linspace(-config.sup_range, config.sup_range, config.n_sup)
     return x, xs
 
 
@@ -111,7 +122,7 @@ def _make_fn(x_plot: np.ndarray, x_sup: np.ndarray):
     return fn
 
 
-def run(config: dict, results_dir: Path) -> None:
+def run(config: ActivationDerivativesConfig, results_dir: Path) -> None:
     """Evaluate phi, phi' (closed form and autodiff) and max|phi'| for every activation."""
     x_plot, x_sup = _grids(config)
     results_dir = Path(results_dir)
@@ -122,14 +133,14 @@ def run(config: dict, results_dir: Path) -> None:
             _make_fn(x_plot, x_sup),
             grid={
                 "activation": names,
-                "x_range": [config["x_range"]],
-                "sup_range": [config["sup_range"]],
+                "x_range": [config.x_range],
+                "sup_range": [config.sup_range],
             },
             seeds=[0],
             workdir=results_dir / "curves",
             axes=curve_axes,
             name=NAME,
-            config=dict(config),
+            config=config.to_dict(),
         )
     registry = {}
     for n in names:
@@ -289,10 +300,10 @@ EXPERIMENT = gf.experiment.Experiment(
     name=NAME,
     claim=CLAIM,
     source=SOURCE,
-    configs=CONFIGS,
+    configs={"quick": QUICK, "full": FULL},
     run=run,
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_sigmoid_tanh", f"{NAME}_all"),
-    check=_check,
+    order=1,
 )

@@ -35,6 +35,7 @@ Three sweeps through :func:`gradflow.sweep.run`: ``sigmoid`` (seeds vmapped), ``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -57,28 +58,61 @@ SOURCE = (
     "Ganguli 2014"
 )
 
-CONFIGS = {
-    "quick": {
-        "sigmoid_depth": 80,
-        "sigmoid_seeds": 16,
-        "exploding_depth": 40,
-        "exploding_weights": (4.0, 100.0),
-        "exploding_x": 0.5,
-        "linear_depths": (100, 200),
-        "linear_gains": (0.5, 2.0),
-        "linear_width": 4,
-    },
-    "full": {
-        "sigmoid_depth": 120,
-        "sigmoid_seeds": 256,
-        "exploding_depth": 60,
-        "exploding_weights": (4.0, 100.0),
-        "exploding_x": 0.5,
-        "linear_depths": (100, 200),
-        "linear_gains": (0.5, 2.0),
-        "linear_width": 8,
-    },
-}
+
+@dataclasses.dataclass(frozen=True)
+class ChainAnatomyConfig(gf.experiment.Config):
+    """The three chains: sigmoid (underflow), exploding (overflow), deep linear (both)."""
+
+    sigmoid_depth: int  # layers of the sigmoid chains
+    sigmoid_seeds: int  # random sigmoid chains
+    exploding_depth: int  # layers of the exploding chains
+    exploding_weights: tuple[float, ...]  # the exploding chains' weight w
+    exploding_x: float  # their input (dyadic: exactly representable in float32)
+    linear_depths: tuple[int, ...]  # depths of the deep linear networks
+    linear_gains: tuple[float, ...]  # their orthogonal weights' gains
+    linear_width: int  # their width
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("sigmoid_depth", "exploding_depth", "sigmoid_seeds", "linear_width"):
+            if getattr(self, key) < 2:
+                raise ValueError(f"{key} must be >= 2, got {getattr(self, key)}")
+        if not self.linear_depths or not all(d >= 2 for d in self.linear_depths):
+            raise ValueError(f"linear_depths must all be >= 2, got {self.linear_depths}")
+        for key in ("exploding_weights", "linear_gains"):
+            v = getattr(self, key)
+            if not v or not all(w > 0 for w in v):
+                raise ValueError(f"{key} must be non-empty and positive, got {v!r}")
+        x = float(self.exploding_x)
+        if np.float32(x) * np.float32(100.0) != np.float64(x) * 100.0:
+            raise ValueError(
+                f"exploding_x must be exactly representable (a dyadic rational such as 0.5), got "
+                f"{x}; see gradflow.analytic.exploding_chain"
+            )
+
+    def check_resources(self) -> None:
+        # float64 arrays of every (seed, layer) and (depth, width, width) of the three sweeps
+        gf.experiment.check_memory(
+            "chain_anatomy",
+            64 * self.sigmoid_seeds * self.sigmoid_depth
+            + 64 * len(self.exploding_weights) * self.exploding_depth
+            + 32 * max(self.linear_depths) * self.linear_width**2,
+        )
+
+
+FULL = ChainAnatomyConfig(
+    sigmoid_depth=120,
+    sigmoid_seeds=256,
+    exploding_depth=60,
+    exploding_weights=(4.0, 100.0),
+    exploding_x=0.5,
+    linear_depths=(100, 200),
+    linear_gains=(0.5, 2.0),
+    linear_width=8,
+)
+QUICK = dataclasses.replace(
+    FULL, sigmoid_depth=80, sigmoid_seeds=16, exploding_depth=40, linear_width=4
+)
 
 #: float32 limits as XLA on CPU sees them (subnormals are flushed to zero).
 F32_TINY = float(np.finfo(np.float32).tiny)  # 2^-126
@@ -223,72 +257,48 @@ def _linear_fn(width: int):
     return fn
 
 
-def _check(config: dict) -> None:
-    for key in ("sigmoid_depth", "exploding_depth", "sigmoid_seeds", "linear_width"):
-        if config[key] < 2:
-            raise ValueError(f"{key} must be >= 2, got {config[key]}")
-    if not config["linear_depths"] or not all(d >= 2 for d in config["linear_depths"]):
-        raise ValueError(f"linear_depths must all be >= 2, got {config['linear_depths']}")
-    for key in ("exploding_weights", "linear_gains"):
-        if not config[key] or not all(v > 0 for v in config[key]):
-            raise ValueError(f"{key} must be non-empty and positive, got {config[key]!r}")
-    x = float(config["exploding_x"])
-    if np.float32(x) * np.float32(100.0) != np.float64(x) * 100.0:
-        raise ValueError(
-            f"exploding_x must be exactly representable (a dyadic rational such as 0.5), got {x}; "
-            "see gradflow.analytic.exploding_chain"
-        )
-    # float64 arrays of every (seed, layer) and (depth, width, width) of the three sweeps
-    gf.experiment.check_memory(
-        "chain_anatomy",
-        64 * config["sigmoid_seeds"] * config["sigmoid_depth"]
-        + 64 * len(config["exploding_weights"]) * config["exploding_depth"]
-        + 32 * max(config["linear_depths"]) * config["linear_width"] ** 2,
-    )
-
-
-def run(config: dict, results_dir: Path) -> None:
+def run(config: ChainAnatomyConfig, results_dir: Path) -> None:
     """The three sweeps (sigmoid, exploding, linear), float64 enabled for the references."""
-    _check(config)
-    x = float(config["exploding_x"])
+    config.check_resources()
+    x = float(config.exploding_x)
     results_dir = Path(results_dir)
     with jax.enable_x64(True):
         gf.sweep.run(
             _sigmoid_fn,
-            grid={"depth": [config["sigmoid_depth"]]},
-            seeds=range(config["sigmoid_seeds"]),
+            grid={"depth": [config.sigmoid_depth]},
+            seeds=range(config.sigmoid_seeds),
             static=("depth",),
             workdir=results_dir / "sigmoid",
             name=f"{NAME}/sigmoid",
-            config=dict(config),
+            config=config.to_dict(),
         )
-        weights = np.asarray(config["exploding_weights"], np.float64)
+        weights = np.asarray(config.exploding_weights, np.float64)
         w_table, b_table = (
             np.asarray(v)
             for v in gf.analytic.exploding_chain(
-                config["exploding_depth"], np.full(weights.shape, x), weights[:, None],
+                config.exploding_depth, np.full(weights.shape, x), weights[:, None],
                 dtype=jnp.float64,
             )
         )  # fmt: skip
         gf.sweep.run(
             _exploding_fn(x, weights, w_table, b_table),
-            grid={"depth": [config["exploding_depth"]], "weight": list(weights)},
+            grid={"depth": [config.exploding_depth], "weight": list(weights)},
             seeds=[0],
             static=("depth",),
             workdir=results_dir / "exploding",
             name=f"{NAME}/exploding",
-            config=dict(config),
+            config=config.to_dict(),
         )
         gf.sweep.run(
-            _linear_fn(config["linear_width"]),
-            grid={"depth": list(config["linear_depths"]), "gain": list(config["linear_gains"])},
+            _linear_fn(config.linear_width),
+            grid={"depth": list(config.linear_depths), "gain": list(config.linear_gains)},
             seeds=[0],
             static=("depth",),
             workdir=results_dir / "linear",
             name=f"{NAME}/linear",
-            config=dict(config),
+            config=config.to_dict(),
         )
-    limits = {"f32_tiny": F32_TINY, "f32_max": F32_MAX, "config": dict(config)}
+    limits = {"f32_tiny": F32_TINY, "f32_max": F32_MAX, "config": config.to_dict()}
     gf.experiment.write_atomic(results_dir / "limits.json", json.dumps(limits, indent=1))
 
 
@@ -304,8 +314,7 @@ def per_layer(df, metric: str, **where) -> np.ndarray:
         raise ValueError(f"no rows for metric {metric!r} with {where}")
     if sub["layer"].isna().all():  # a scalar per run: (runs, 1)
         return sub.sort_values("seed")["value"].to_numpy(float)[:, None]
-    table = sub.pivot_table(index="seed", columns="layer", values="value", aggfunc="first")
-    return table.sort_index(axis=1).to_numpy(float)
+    return gf.sweep.to_arrays(sub, ("seed", "layer"))[0]
 
 
 def _load(results_dir: Path):
@@ -341,15 +350,27 @@ def overflow_factors(state_row: np.ndarray) -> int:
 def summary(results_dir: Path) -> dict:
     """The numbers the figures and tables quote, from the saved results."""
     dfs, limits = _load(results_dir)
-    s, e, lin = dfs["sigmoid"], dfs["exploding"], dfs["linear"]
-    out: dict = {}
+    return {
+        "sigmoid": _sigmoid_summary(dfs["sigmoid"]),
+        "exploding": _exploding_summary(dfs["exploding"]),
+        "linear": _linear_summary(dfs["linear"]),
+        "limits": limits,
+    }
+
+
+def _sigmoid_summary(s) -> dict:
+    """Decay per layer, underflow and accuracy of the sigmoid chains."""
     ref = per_layer(s, "log10_ref")
     depth = ref.shape[1]
     # slope of log10|dC/db_j| in the number of factors, per seed (least squares)
     n = depth - np.arange(depth)  # factors L - j + 1 for j = 1..L
     slopes = np.polyfit(n, ref.T, 1)[0]
     uf = underflow_factors(s)
-    out["sigmoid"] = {
+    # the last finite autodiff value before underflow, and the float64 truth where it hit 0
+    ad, st = per_layer(s, "log10_autodiff"), per_layer(s, "autodiff_state")
+    last_finite = [row[(srow == FINITE)].min() for row, srow in zip(ad, st) if (srow == 0).any()]
+    at_zero = [r[srow == UNDERFLOW].max() for r, srow in zip(ref, st) if (srow == -1).any()]
+    return {
         "depth": depth,
         "seeds": len(ref),
         "decades_per_layer_median": float(np.median(slopes)),
@@ -363,22 +384,22 @@ def summary(results_dir: Path) -> dict:
         "closed_state_equals_autodiff_state": bool(
             (per_layer(s, "closed_state") == per_layer(s, "autodiff_state")).all()
         ),
+        "smallest_finite_log10": float(min(last_finite)) if last_finite else None,
+        "largest_ref_at_zero_log10": float(max(at_zero)) if at_zero else None,
     }
-    # the last finite autodiff value before underflow, and the float64 truth where it hit 0
-    ad, st = per_layer(s, "log10_autodiff"), per_layer(s, "autodiff_state")
-    last_finite = [row[(srow == FINITE)].min() for row, srow in zip(ad, st) if (srow == 0).any()]
-    at_zero = [r[srow == UNDERFLOW].max() for r, srow in zip(ref, st) if (srow == -1).any()]
-    out["sigmoid"]["smallest_finite_log10"] = float(min(last_finite)) if last_finite else None
-    out["sigmoid"]["largest_ref_at_zero_log10"] = float(max(at_zero)) if at_zero else None
 
-    out["exploding"] = {}
+
+def _exploding_summary(e) -> dict:
+    """Per weight w: the ratio per layer (exact w/4), overflow, accuracy."""
+    out = {}
     for w in sorted(e["weight"].unique()):
         st = per_layer(e, "autodiff_state", weight=w)[0]
         r32 = per_layer(e, "ratio_log32", weight=w)[0]
         rref = per_layer(e, "ratio_ref", weight=w)[0]
         rad = per_layer(e, "ratio_autodiff", weight=w)[0]
         rad = rad[rad > 0]
-        out["exploding"][float(w)] = {
+        ref = per_layer(e, "log10_ref", weight=w)[0]
+        out[float(w)] = {
             "depth": len(st),
             "ratio_ref_mean": float(rref.mean()),
             "ratio_ref_maxdev": float(np.abs(rref - rref.mean()).max()),
@@ -388,25 +409,28 @@ def summary(results_dir: Path) -> dict:
             "ratio_autodiff_maxdev": float(np.abs(rad / (w / 4) - 1).max()) if rad.size else None,
             "overflow_factors": overflow_factors(st),
             # the true (float64) value at the overflowing layer nearest the output
-            "ref_at_failure_log10": float(
-                per_layer(e, "log10_ref", weight=w)[0][st == OVERFLOW].min()
-            )
-            if (st == OVERFLOW).any()
-            else None,
-            "log10_ref_layer1": float(per_layer(e, "log10_ref", weight=w)[0, 0]),
+            "ref_at_failure_log10": (
+                float(ref[st == OVERFLOW].min()) if (st == OVERFLOW).any() else None
+            ),
+            "log10_ref_layer1": float(ref[0]),
             "closed_vs_autodiff_max": float(per_layer(e, "closed_vs_autodiff", weight=w).max()),
         }
-    out["linear"] = {}
+    return out
+
+
+def _linear_summary(lin) -> dict:
+    """Per (depth, gain): the gradient and output gains against g^{L-1}, g^L, and failures."""
+    out = {}
     for (d, g), _ in lin.groupby(["depth", "gain"]):
-        st = per_layer(lin, "autodiff_state", depth=d, gain=g)[0]
-        ad = per_layer(lin, "log10_autodiff", depth=d, gain=g)[0]
-        fst = per_layer(lin, "forward_state", depth=d, gain=g)[0]
-        err = per_layer(lin, "autodiff_vs_theory", depth=d, gain=g)[0]
-        th = per_layer(lin, "log10_theory", depth=d, gain=g)[0]
         sel = {"depth": d, "gain": g}
+        st = per_layer(lin, "autodiff_state", **sel)[0]
+        ad = per_layer(lin, "log10_autodiff", **sel)[0]
+        fst = per_layer(lin, "forward_state", **sel)[0]
+        th = per_layer(lin, "log10_theory", **sel)[0]
         out_ = per_layer(lin, "log10_output", **sel)[0, 0]
         ost = int(per_layer(lin, "output_state", **sel)[0, 0])
-        out["linear"][f"{int(d)}:{float(g)}"] = {
+        bad = st != FINITE
+        out[f"{int(d)}:{float(g)}"] = {
             "depth": int(d),
             "gain": float(g),
             # ||dC/db_1|| = g^{L-1}; the forward output ||a_L|| = g^L
@@ -415,23 +439,18 @@ def summary(results_dir: Path) -> dict:
             "output_gain": float(10**out_) if ost == FINITE else None,
             "output_gain_theory": float(10 ** per_layer(lin, "log10_output_theory", **sel)[0, 0]),
             "output_state": ost,
-            "first_forward_nonfinite_layer": int(np.flatnonzero(fst != FINITE).min() + 1)
-            if (fst != FINITE).any()
-            else None,
-            "backward_failure_factors": int(len(st) - np.flatnonzero(st != FINITE).max())
-            if (st != FINITE).any()
-            else None,
+            "first_forward_nonfinite_layer": (
+                int(np.flatnonzero(fst != FINITE).min() + 1) if (fst != FINITE).any() else None
+            ),
+            "backward_failure_factors": (
+                int(len(st) - np.flatnonzero(bad).max()) if bad.any() else None
+            ),
             "ref_at_failure_log10": (
-                float(th[st != FINITE].min() if g > 1 else th[st != FINITE].max())
-                if (st != FINITE).any()
-                else None
+                float(th[bad].min() if g > 1 else th[bad].max()) if bad.any() else None
             ),
-            "autodiff_vs_theory_max": float(err.max()),
-            "closed_vs_autodiff_max": float(
-                per_layer(lin, "closed_vs_autodiff", depth=d, gain=g).max()
-            ),
+            "autodiff_vs_theory_max": float(per_layer(lin, "autodiff_vs_theory", **sel)[0].max()),
+            "closed_vs_autodiff_max": float(per_layer(lin, "closed_vs_autodiff", **sel).max()),
         }
-    out["limits"] = limits
     return out
 
 
@@ -464,160 +483,177 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
     """Gradients per layer for (a) sigmoid N(0,1), (b) exploding, (c) deep linear, (d) where
     float32 autodiff fails against the true magnitude; and the closed-form-vs-autodiff errors."""
     dfs, limits = _load(results_dir)
-    s, e, lin = dfs["sigmoid"], dfs["exploding"], dfs["linear"]
-    C = gf.plotting.COLORS
-    lo32, hi32 = math.log10(limits["f32_tiny"]), math.log10(limits["f32_max"])
-    ylabel = r"$\log_{10}|\partial C/\partial b_j|$"
+    f32 = (math.log10(limits["f32_tiny"]), math.log10(limits["f32_max"]))
     out = []
     with gf.plotting.style():
         fig, axes = gf.plotting.figure(2, 2, width="text", aspect=0.62)
         (ax_a, ax_b), (ax_c, ax_d) = axes
-
-        # (a) sigmoid chains with N(0, 1) weights and biases
-        ax = ax_a
-        ref = gf.plotting.finite_or_raise(per_layer(s, "log10_ref"), "sigmoid log10_ref")
-        log32 = gf.plotting.finite_or_raise(per_layer(s, "log10_log32"), "sigmoid log10_log32")
-        ad, st = per_layer(s, "log10_autodiff"), per_layer(s, "autodiff_state")
-        depth = ref.shape[1]
-        j = np.arange(1, depth + 1)
-        q10, q50, q90 = np.percentile(log32, [10, 50, 90], axis=0)
-        ax.fill_between(j, q10, q90, color=C[0], alpha=0.25, lw=0)
-        ax.plot(j, q50, color=C[0], label="log domain, float32: median, 10-90%")
-        bound = np.median(per_layer(s, "log10_bound"), axis=0)
-        ax.plot(j, bound, color="k", lw=0.9, ls="--",
-                label=r"bound $4^{-(L-j+1)}\prod_{k>j}|w_k|$ (median)")  # fmt: skip
-        ok = st == FINITE
-        half = ok.mean(axis=0) >= 0.5  # a median of the finite autodiff values exists
-        ad_med = np.array([np.median(ad[ok[:, i], i]) if half[i] else 0.0 for i in range(depth)])
-        ax.plot(j[half][::2], ad_med[half][::2], "o", color=C[1], ms=2.4, mfc="none", mew=0.7,
-                label="autodiff, float32 (median of nonzero)")  # fmt: skip
-        zero = (st == UNDERFLOW).mean(axis=0) >= 0.5
-        if zero.any():
-            ax.axvspan(0.5, j[zero].max() + 0.5, color=C[4], alpha=0.12, lw=0,
-                       label="autodiff = 0 for most seeds")  # fmt: skip
-        ax.axhline(lo32, color="0.35", lw=0.7, ls=":")
-        ax.text(depth, lo32 - 2, r"float32 $2^{-126}$", ha="right", va="top", fontsize=6,
-                color="0.35")  # fmt: skip
-        ax.set_xlim(0.5, depth + 0.5)
-        ax.set_xlabel(r"layer $j$")
-        ax.set_ylabel(ylabel)
-        ax.set_title(rf"(a) sigmoid chain, $w_j, b_j \sim N(0,1)$, $L={depth}$, {len(ref)} seeds")
-        y0, y1 = ax.get_ylim()
-        ax.set_ylim(y0 - 0.45 * (y1 - y0), y1)  # room for the legend below the data
-        ax.legend(loc="lower right", fontsize=6)
-
-        # (b) the exploding chain
-        ax = ax_b
-        for w in sorted(e["weight"].unique()):
-            ref_w = per_layer(e, "log10_ref", weight=w)[0]
-            ad_w = per_layer(e, "log10_autodiff", weight=w)[0]
-            st_w = per_layer(e, "autodiff_state", weight=w)[0]
-            jj = np.arange(1, len(ref_w) + 1)
-            col = C[1] if w == max(e["weight"]) else C[2]
-            ax.plot(jj, ref_w, color=col, label=rf"$w={w:g}$: log domain, factor {w / 4:g}")
-            fin = st_w == FINITE
-            ax.plot(jj[fin], ad_w[fin], "o", color=col, ms=2.4, mfc="none", mew=0.7)
-            inf = st_w == OVERFLOW
-            ax.plot(jj[inf], np.full(inf.sum(), hi32 + 3), "x", color=col, ms=3, mew=0.7)
-        ax.plot([], [], "o", color="0.3", ms=2.4, mfc="none", mew=0.7, label="autodiff, float32")
-        ax.plot([], [], "x", color="0.3", ms=3, mew=0.7, label="autodiff = inf")
-        ax.axhline(hi32, color="0.35", lw=0.7, ls=":")
-        ax.set_xlabel(r"layer $j$")
-        ax.set_ylabel(ylabel)
-        x0 = limits["config"]["exploding_x"]
-        ax.set_title(rf"(b) exploding chain, $w_j = w$, $z_j = 0$, $x = {x0:g}$")
-        ax.text(1, hi32 - 2, "largest float32", ha="left", va="top", fontsize=6, color="0.35")
-        ax.set_ylim(-4, max(ax.get_ylim()[1], hi32) + 30)  # room for the legend above the line
-        ax.legend(loc="upper right", fontsize=6)
-
-        # (c) deep linear W = g I
-        ax = ax_c
-        depths = sorted(lin["depth"].unique())
-        for (d, g), _ in lin.groupby(["depth", "gain"]):
-            th = per_layer(lin, "log10_theory", depth=d, gain=g)[0]
-            ad_l = per_layer(lin, "log10_autodiff", depth=d, gain=g)[0]
-            st_l = per_layer(lin, "autodiff_state", depth=d, gain=g)[0]
-            ll = np.arange(1, len(th) + 1)
-            col = C[1] if g > 1 else C[0]
-            ax.plot(ll, th, color=col, ls="-" if d == depths[0] else "--", lw=1.0)
-            fin = st_l == FINITE
-            step = max(1, len(th) // 25)
-            ax.plot(ll[fin][::step], ad_l[fin][::step], "o", color=col, ms=2.2, mfc="none",
-                    mew=0.7)  # fmt: skip
-            bad = ~fin
-            y = hi32 + 3 if g > 1 else lo32 - 3
-            ax.plot(ll[bad][::step], np.full(bad.sum(), y)[::step], "x", color=col, ms=3, mew=0.7)
-        for g in sorted(lin["gain"].unique()):
-            ax.plot([], [], color=C[1] if g > 1 else C[0], label=rf"$W = {g:g}I$: $g^{{L-l}}$")
-        for d in depths:
-            ax.plot([], [], color="0.3", ls="-" if d == depths[0] else "--", lw=1.0,
-                    label=f"$L = {d}$")  # fmt: skip
-        ax.plot([], [], "o", color="0.3", ms=2.4, mfc="none", mew=0.7, label="autodiff, float32")
-        ax.plot([], [], "x", color="0.3", ms=3, mew=0.7, label="autodiff = inf / 0")
-        for yy in (lo32, hi32):
-            ax.axhline(yy, color="0.35", lw=0.7, ls=":")
-        ax.set_xlabel(r"layer $l$")
-        ax.set_ylabel(r"$\log_{10}\|\partial C/\partial b_l\|$")
-        ax.set_title(r"(c) deep linear net, $W_l = gI$, $b_l = 0$")
-        ax.legend(loc="lower left", fontsize=5.5, ncols=3, columnspacing=0.8, handlelength=1.6)
-        ax.set_ylim(min(lo32 - 3, ax.get_ylim()[0]) - 28, None)
-
-        # (d) where float32 autodiff fails: fraction 0/inf against the true magnitude
-        ax = ax_d
-        edges = np.arange(-90.0, 91.0, 1.0)
-        mid = 0.5 * (edges[1:] + edges[:-1])
-        for (label, truth, bad), col, mk in zip(_failure_points(dfs), C[:3], "os^"):
-            idx = np.digitize(truth, edges) - 1
-            keep = (idx >= 0) & (idx < len(mid))
-            cnt = np.bincount(idx[keep], minlength=len(mid))
-            hit = np.bincount(idx[keep], weights=bad[keep], minlength=len(mid))
-            m = cnt > 0
-            ax.plot(mid[m], hit[m] / cnt[m], mk, color=col, ms=2.6, mfc="none", mew=0.7,
-                    label=label)  # fmt: skip
-        ax.axvline(lo32, color="0.35", lw=0.7, ls=":")
-        ax.axvline(hi32, color="0.35", lw=0.7, ls=":")
-        ax.text(lo32 - 2, 0.5, "smallest normal\nfloat32 $2^{-126}$", ha="right", va="center",
-                fontsize=6, color="0.35")  # fmt: skip
-        ax.text(hi32 + 2, 0.5, "largest\nfloat32", ha="left", va="center", fontsize=6,
-                color="0.35")  # fmt: skip
-        ax.set_xlabel(r"true $\log_{10}|\partial C/\partial b_j|$ (float64 log domain)")
-        ax.set_ylabel("fraction: autodiff = 0 or inf")
-        ax.set_title("(d) float32 autodiff fails exactly outside its range")
-        ax.set_ylim(-0.05, 1.05)
-        ax.legend(loc="center", fontsize=6)
+        _panel_sigmoid(ax_a, dfs["sigmoid"], f32)
+        _panel_exploding(ax_b, dfs["exploding"], f32, limits["config"]["exploding_x"])
+        _panel_linear(ax_c, dfs["linear"], f32)
+        _panel_failures(ax_d, dfs, f32)
         out += gf.plotting.savefig(fig, Path(figures_dir) / f"{NAME}_gradients")
-
-        # closed form vs autodiff, in units of float32 eps, where both are finite and nonzero
-        eps = float(np.finfo(np.float32).eps)
-        fig, ax = gf.plotting.figure(width="column", aspect=0.72)
-        err = per_layer(s, "closed_vs_autodiff") / eps
-        both = (per_layer(s, "autodiff_state") == FINITE) & (per_layer(s, "closed_state") == FINITE)
-        n = depth - np.arange(depth)  # factors in dC/db_j
-        valid = both.mean(axis=0) >= 0.5
-        med = np.array([np.median(err[both[:, i], i]) if valid[i] else 0 for i in range(depth)])
-        mx = np.array([err[both[:, i], i].max() if valid[i] else 0 for i in range(depth)])
-        ax.plot(n[valid], med[valid], color=C[0], label="sigmoid $N(0,1)$: median over seeds")
-        ax.plot(n[valid], mx[valid], color=C[0], lw=0.8, ls="--", label="sigmoid: max")
-        for w in sorted(e["weight"].unique()):
-            ee = per_layer(e, "closed_vs_autodiff", weight=w)[0] / eps
-            fin = per_layer(e, "autodiff_state", weight=w)[0] == FINITE
-            nn = len(ee) - np.arange(len(ee))
-            ax.plot(nn[fin], ee[fin], "o-" if w == max(e["weight"]) else "s-", lw=0.8, ms=2,
-                    color=C[1] if w == max(e["weight"]) else C[2],
-                    label=rf"exploding $w = {w:g}$")  # fmt: skip
-        lerr = per_layer(s, "log32_vs_ref") / eps
-        ax.plot(n, np.median(lerr, axis=0), color=C[3], lw=1.0,
-                label=r"log domain f32 vs f64, $|\Delta\log|/|\log|$")  # fmt: skip
-        ax.set_xlabel(r"factors in the product, $n = L - j + 1$")
-        ax.set_ylabel(r"relative error / float32 $\epsilon$")
-        ax.set_ylim(bottom=-0.3)
-        lin_err = max(float(per_layer(lin, "closed_vs_autodiff", depth=d, gain=g).max())
-                      for (d, g), _ in lin.groupby(["depth", "gain"]))  # fmt: skip
-        lin_txt = "exact" if lin_err == 0 else f"max {lin_err / eps:.2g}$\\epsilon$"
-        ax.set_title(f"closed form vs autodiff, float32 (deep linear: {lin_txt})")
-        ax.legend(loc="upper left", fontsize=5.5)
-        out += gf.plotting.savefig(fig, Path(figures_dir) / f"{NAME}_errors")
+        out += _plot_errors(dfs, Path(figures_dir) / f"{NAME}_errors")
     return out
+
+
+_YLABEL = r"$\log_{10}|\partial C/\partial b_j|$"
+#: autodiff markers: open circles where finite, crosses where 0 or inf
+_OPEN = {"ms": 2.4, "mfc": "none", "mew": 0.7}
+_CROSS = {"ms": 3, "mew": 0.7}
+
+
+def _panel_sigmoid(ax, s, f32: tuple[float, float]) -> None:
+    """(a) sigmoid chains with N(0, 1) weights and biases: log domain, bound, autodiff."""
+    C = gf.plotting.COLORS
+    ref = gf.plotting.finite_or_raise(per_layer(s, "log10_ref"), "sigmoid log10_ref")
+    log32 = gf.plotting.finite_or_raise(per_layer(s, "log10_log32"), "sigmoid log10_log32")
+    ad, st = per_layer(s, "log10_autodiff"), per_layer(s, "autodiff_state")
+    depth = ref.shape[1]
+    j = np.arange(1, depth + 1)
+    gf.plotting.band(ax, j, log32, color=C[0], label="log domain, float32: median, 10-90%")
+    bound = np.median(per_layer(s, "log10_bound"), axis=0)
+    ax.plot(j, bound, color="k", lw=0.9, ls="--",
+            label=r"bound $4^{-(L-j+1)}\prod_{k>j}|w_k|$ (median)")  # fmt: skip
+    ok = st == FINITE
+    half = ok.mean(axis=0) >= 0.5  # a median of the finite autodiff values exists
+    ad_med = np.array([np.median(ad[ok[:, i], i]) if half[i] else 0.0 for i in range(depth)])
+    ax.plot(j[half][::2], ad_med[half][::2], "o", color=C[1], **_OPEN,
+            label="autodiff, float32 (median of nonzero)")  # fmt: skip
+    zero = (st == UNDERFLOW).mean(axis=0) >= 0.5
+    if zero.any():
+        ax.axvspan(0.5, j[zero].max() + 0.5, color=C[4], alpha=0.12, lw=0,
+                   label="autodiff = 0 for most seeds")  # fmt: skip
+    ax.axhline(f32[0], color="0.35", lw=0.7, ls=":")
+    ax.text(depth, f32[0] - 2, r"float32 $2^{-126}$", ha="right", va="top", fontsize=6,
+            color="0.35")  # fmt: skip
+    ax.set_xlim(0.5, depth + 0.5)
+    ax.set_xlabel(r"layer $j$")
+    ax.set_ylabel(_YLABEL)
+    ax.set_title(rf"(a) sigmoid chain, $w_j, b_j \sim N(0,1)$, $L={depth}$, {len(ref)} seeds")
+    y0, y1 = ax.get_ylim()
+    ax.set_ylim(y0 - 0.45 * (y1 - y0), y1)  # room for the legend below the data
+    ax.legend(loc="lower right", fontsize=6)
+
+
+def _panel_exploding(ax, e, f32: tuple[float, float], x0: float) -> None:
+    """(b) the exploding chains: the exact factor w/4 per layer until float32 overflows."""
+    C, hi32 = gf.plotting.COLORS, f32[1]
+    for w in sorted(e["weight"].unique()):
+        ref_w = per_layer(e, "log10_ref", weight=w)[0]
+        ad_w = per_layer(e, "log10_autodiff", weight=w)[0]
+        st_w = per_layer(e, "autodiff_state", weight=w)[0]
+        jj = np.arange(1, len(ref_w) + 1)
+        col = C[1] if w == max(e["weight"]) else C[2]
+        ax.plot(jj, ref_w, color=col, label=rf"$w={w:g}$: log domain, factor {w / 4:g}")
+        fin = st_w == FINITE
+        ax.plot(jj[fin], ad_w[fin], "o", color=col, **_OPEN)
+        inf = st_w == OVERFLOW
+        ax.plot(jj[inf], np.full(inf.sum(), hi32 + 3), "x", color=col, **_CROSS)
+    ax.plot([], [], "o", color="0.3", **_OPEN, label="autodiff, float32")
+    ax.plot([], [], "x", color="0.3", **_CROSS, label="autodiff = inf")
+    ax.axhline(hi32, color="0.35", lw=0.7, ls=":")
+    ax.set_xlabel(r"layer $j$")
+    ax.set_ylabel(_YLABEL)
+    ax.set_title(rf"(b) exploding chain, $w_j = w$, $z_j = 0$, $x = {x0:g}$")
+    ax.text(1, hi32 - 2, "largest float32", ha="left", va="top", fontsize=6, color="0.35")
+    ax.set_ylim(-4, max(ax.get_ylim()[1], hi32) + 30)  # room for the legend above the line
+    ax.legend(loc="upper right", fontsize=6)
+
+
+def _panel_linear(ax, lin, f32: tuple[float, float]) -> None:
+    """(c) deep linear W = g I: g^{L-l} exactly, until float32 over- or underflows."""
+    C, (lo32, hi32) = gf.plotting.COLORS, f32
+    depths = sorted(lin["depth"].unique())
+    for (d, g), _ in lin.groupby(["depth", "gain"]):
+        th = per_layer(lin, "log10_theory", depth=d, gain=g)[0]
+        ad_l = per_layer(lin, "log10_autodiff", depth=d, gain=g)[0]
+        st_l = per_layer(lin, "autodiff_state", depth=d, gain=g)[0]
+        ll = np.arange(1, len(th) + 1)
+        col = C[1] if g > 1 else C[0]
+        ax.plot(ll, th, color=col, ls="-" if d == depths[0] else "--", lw=1.0)
+        fin = st_l == FINITE
+        step = max(1, len(th) // 25)
+        ax.plot(ll[fin][::step], ad_l[fin][::step], "o", color=col, ms=2.2, mfc="none", mew=0.7)
+        bad = ~fin
+        y = hi32 + 3 if g > 1 else lo32 - 3
+        ax.plot(ll[bad][::step], np.full(bad.sum(), y)[::step], "x", color=col, **_CROSS)
+    for g in sorted(lin["gain"].unique()):
+        ax.plot([], [], color=C[1] if g > 1 else C[0], label=rf"$W = {g:g}I$: $g^{{L-l}}$")
+    for d in depths:
+        ax.plot([], [], color="0.3", ls="-" if d == depths[0] else "--", lw=1.0,
+                label=f"$L = {d}$")  # fmt: skip
+    ax.plot([], [], "o", color="0.3", **_OPEN, label="autodiff, float32")
+    ax.plot([], [], "x", color="0.3", **_CROSS, label="autodiff = inf / 0")
+    for yy in (lo32, hi32):
+        ax.axhline(yy, color="0.35", lw=0.7, ls=":")
+    ax.set_xlabel(r"layer $l$")
+    ax.set_ylabel(r"$\log_{10}\|\partial C/\partial b_l\|$")
+    ax.set_title(r"(c) deep linear net, $W_l = gI$, $b_l = 0$")
+    ax.legend(loc="lower left", fontsize=5.5, ncols=3, columnspacing=0.8, handlelength=1.6)
+    ax.set_ylim(min(lo32 - 3, ax.get_ylim()[0]) - 28, None)
+
+
+def _panel_failures(ax, dfs, f32: tuple[float, float]) -> None:
+    """(d) where float32 autodiff fails: the fraction 0/inf against the true magnitude."""
+    C, (lo32, hi32) = gf.plotting.COLORS, f32
+    edges = np.arange(-90.0, 91.0, 1.0)
+    mid = 0.5 * (edges[1:] + edges[:-1])
+    for (label, truth, bad), col, mk in zip(_failure_points(dfs), C[:3], "os^"):
+        idx = np.digitize(truth, edges) - 1
+        keep = (idx >= 0) & (idx < len(mid))
+        cnt = np.bincount(idx[keep], minlength=len(mid))
+        hit = np.bincount(idx[keep], weights=bad[keep], minlength=len(mid))
+        m = cnt > 0
+        ax.plot(mid[m], hit[m] / cnt[m], mk, color=col, ms=2.6, mfc="none", mew=0.7,
+                label=label)  # fmt: skip
+    ax.axvline(lo32, color="0.35", lw=0.7, ls=":")
+    ax.axvline(hi32, color="0.35", lw=0.7, ls=":")
+    ax.text(lo32 - 2, 0.5, "smallest normal\nfloat32 $2^{-126}$", ha="right", va="center",
+            fontsize=6, color="0.35")  # fmt: skip
+    ax.text(hi32 + 2, 0.5, "largest\nfloat32", ha="left", va="center", fontsize=6,
+            color="0.35")  # fmt: skip
+    ax.set_xlabel(r"true $\log_{10}|\partial C/\partial b_j|$ (float64 log domain)")
+    ax.set_ylabel("fraction: autodiff = 0 or inf")
+    ax.set_title("(d) float32 autodiff fails exactly outside its range")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(loc="center", fontsize=6)
+
+
+def _plot_errors(dfs, stem: Path) -> list[Path]:
+    """Closed form vs autodiff, in units of float32 eps, where both are finite and nonzero."""
+    C = gf.plotting.COLORS
+    s, e, lin = dfs["sigmoid"], dfs["exploding"], dfs["linear"]
+    eps = float(np.finfo(np.float32).eps)
+    fig, ax = gf.plotting.figure(width="column", aspect=0.72)
+    err = per_layer(s, "closed_vs_autodiff") / eps
+    both = (per_layer(s, "autodiff_state") == FINITE) & (per_layer(s, "closed_state") == FINITE)
+    depth = err.shape[1]
+    n = depth - np.arange(depth)  # factors in dC/db_j
+    valid = both.mean(axis=0) >= 0.5
+    med = np.array([np.median(err[both[:, i], i]) if valid[i] else 0 for i in range(depth)])
+    mx = np.array([err[both[:, i], i].max() if valid[i] else 0 for i in range(depth)])
+    ax.plot(n[valid], med[valid], color=C[0], label="sigmoid $N(0,1)$: median over seeds")
+    ax.plot(n[valid], mx[valid], color=C[0], lw=0.8, ls="--", label="sigmoid: max")
+    for w in sorted(e["weight"].unique()):
+        ee = per_layer(e, "closed_vs_autodiff", weight=w)[0] / eps
+        fin = per_layer(e, "autodiff_state", weight=w)[0] == FINITE
+        nn = len(ee) - np.arange(len(ee))
+        ax.plot(nn[fin], ee[fin], "o-" if w == max(e["weight"]) else "s-", lw=0.8, ms=2,
+                color=C[1] if w == max(e["weight"]) else C[2],
+                label=rf"exploding $w = {w:g}$")  # fmt: skip
+    lerr = per_layer(s, "log32_vs_ref") / eps
+    ax.plot(n, np.median(lerr, axis=0), color=C[3], lw=1.0,
+            label=r"log domain f32 vs f64, $|\Delta\log|/|\log|$")  # fmt: skip
+    ax.set_xlabel(r"factors in the product, $n = L - j + 1$")
+    ax.set_ylabel(r"relative error / float32 $\epsilon$")
+    ax.set_ylim(bottom=-0.3)
+    lin_err = max(float(per_layer(lin, "closed_vs_autodiff", depth=d, gain=g).max())
+                  for (d, g), _ in lin.groupby(["depth", "gain"]))  # fmt: skip
+    lin_txt = "exact" if lin_err == 0 else f"max {lin_err / eps:.2g}$\\epsilon$"
+    ax.set_title(f"closed form vs autodiff, float32 (deep linear: {lin_txt})")
+    ax.legend(loc="upper left", fontsize=5.5)
+    return gf.plotting.savefig(fig, stem)
 
 
 # --- tables -------------------------------------------------------------------------------------
@@ -626,55 +662,75 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
 def tables(results_dir: Path, tables_dir: Path) -> list[Path]:
     """One row per chain: what float32 autodiff does, the log-domain value, the exact factor."""
     sm = summary(results_dir)
-    sg = sm["sigmoid"]
+    columns = [
+        "chain", "size", "factor per layer", "float32 autodiff", "true value there",
+        r"$|\partial C/\partial b_1|$", "closed vs autodiff",
+    ]  # fmt: skip
+    rows = [_sigmoid_row(sm["sigmoid"]), *_exploding_rows(sm), *_linear_rows(sm)]
+    return [
+        gf.experiment.latex_table(rows, columns, Path(tables_dir) / f"{NAME}.tex"),
+        gf.experiment.write_macros(Path(tables_dir) / f"{NAME}_macros.tex", _macros(sm)),
+    ]
+
+
+def _at(v) -> str:
+    return "--" if v is None else f"$10^{{{v:.1f}}}$"
+
+
+def _underflow_hits(sg: dict) -> np.ndarray:
+    """Underflow factors of the sigmoid seeds that underflow."""
     uf = np.asarray(sg["underflow_factors"])
-    uf_hit = uf[uf > 0]
+    return uf[uf > 0]
 
-    def at(v):
-        return "--" if v is None else f"$10^{{{v:.1f}}}$"
 
-    rows = [[
+def _sigmoid_row(sg: dict) -> list:
+    uf_hit = _underflow_hits(sg)
+    return [
         r"sigmoid, $N(0,1)$",
         f"{sg['seeds']} seeds, $L={sg['depth']}$",
         f"$10^{{{sg['decades_per_layer_median']:.2f}}}$ (median)",
         (f"0 from {int(np.median(uf_hit))} [{int(uf_hit.min())}, {int(uf_hit.max())}] layers"
          if uf_hit.size else "finite"),
-        at(sg["largest_ref_at_zero_log10"]) + " (max)" if uf_hit.size else "--",
+        _at(sg["largest_ref_at_zero_log10"]) + " (max)" if uf_hit.size else "--",
         f"$10^{{{sg['log10_ref_layer1_median']:.1f}}}$ (median)",
         sg["closed_vs_autodiff_max"],
-    ]]  # fmt: skip
-    for w, r in sm["exploding"].items():
-        rows.append([
+    ]  # fmt: skip
+
+
+def _exploding_rows(sm: dict) -> list[list]:
+    return [
+        [
             rf"exploding, $w={w:g}$",
             f"$L={r['depth']}$",
             f"{r['ratio_log32_mean']:.6g}",
             f"inf from {r['overflow_factors']} layers" if r["overflow_factors"] else "finite",
-            at(r["ref_at_failure_log10"]),
+            _at(r["ref_at_failure_log10"]),
             f"$10^{{{r['log10_ref_layer1']:.1f}}}$",
             r["closed_vs_autodiff_max"],
-        ])  # fmt: skip
+        ]
+        for w, r in sm["exploding"].items()
+    ]
+
+
+def _linear_rows(sm: dict) -> list[list]:
+    rows = []
     for r in sm["linear"].values():
-        g, d = r["gain"], r["depth"]
-        fail = r["backward_failure_factors"]
-        what = "inf" if g > 1 else "0"
+        g, d, fail = r["gain"], r["depth"], r["backward_failure_factors"]
         rows.append([
             rf"linear, $W={g:g}I$",
             f"$L={d}$",
             f"{g:g}",
-            f"{what} from {fail} layers" if fail else "finite",
-            at(r["ref_at_failure_log10"]),
+            f"{'inf' if g > 1 else '0'} from {fail} layers" if fail else "finite",
+            _at(r["ref_at_failure_log10"]),
             f"${g:g}^{{{d - 1}}}$",
             r["closed_vs_autodiff_max"],
         ])  # fmt: skip
-    columns = [
-        "chain", "size", "factor per layer", "float32 autodiff", "true value there",
-        r"$|\partial C/\partial b_1|$", "closed vs autodiff",
-    ]  # fmt: skip
-    out = [gf.experiment.latex_table(rows, columns, Path(tables_dir) / f"{NAME}.tex")]
+    return rows
 
-    p = "chainAnatomy"
-    e100 = sm["exploding"].get(100.0)
-    lin = {(r["depth"], r["gain"]): r for r in sm["linear"].values()}
+
+def _macros(sm: dict) -> dict:
+    """The numbers the paper quotes, ``\\chainAnatomy*``."""
+    p, sg = "chainAnatomy", sm["sigmoid"]
     macros = {
         f"{p}SigmoidDecadesPerLayer": -sg["decades_per_layer_median"],
         f"{p}SigmoidSeeds": sg["seeds"],
@@ -684,10 +740,12 @@ def tables(results_dir: Path, tables_dir: Path) -> list[Path]:
         f"{p}SigmoidClosedVsAutodiff": sg["closed_vs_autodiff_max"],
         f"{p}LogDomainRelErr": sg["log32_vs_ref_max"],
     }
+    uf_hit = _underflow_hits(sg)
     if uf_hit.size:
         macros[f"{p}SigmoidUnderflowFactorsMedian"] = int(np.median(uf_hit))
         macros[f"{p}SigmoidUnderflowFactorsMin"] = int(uf_hit.min())
         macros[f"{p}SigmoidUnderflowFactorsMax"] = int(uf_hit.max())
+    e100 = sm["exploding"].get(100.0)
     if e100 is not None:
         macros[f"{p}ExplodingRatio"] = e100["ratio_log32_mean"]
         macros[f"{p}ExplodingRatioAutodiff"] = e100["ratio_autodiff_mean"]
@@ -697,31 +755,35 @@ def tables(results_dir: Path, tables_dir: Path) -> list[Path]:
         macros[f"{p}ExplodingOverflowFactors"] = e100["overflow_factors"]
         macros[f"{p}ExplodingDepth"] = e100["depth"]
         macros[f"{p}ExplodingLayerOneLogTen"] = e100["log10_ref_layer1"]
+    return {**macros, **_linear_macros(sm, p)}
+
+
+def _linear_macros(sm: dict, p: str) -> dict:
+    """Gains at depth 100 and failure factors at the largest depth, for W = 2I and I/2."""
+    lin = {(r["depth"], r["gain"]): r for r in sm["linear"].values()}
+    tags = {2.0: "Two", 0.5: "Half"}
+    macros = {}
     for (d, g), r in lin.items():
-        tag = "Two" if g == 2 else "Half" if g == 0.5 else None
-        if tag is None or d != 100:
+        if g not in tags or d != 100:
             continue
         if r["output_gain"] is not None:
-            macros[f"{p}Linear{tag}OutputGain"] = r["output_gain"]
+            macros[f"{p}Linear{tags[g]}OutputGain"] = r["output_gain"]
         if r["grad_layer1"] is not None:
-            macros[f"{p}Linear{tag}LayerOneGrad"] = r["grad_layer1"]
+            macros[f"{p}Linear{tags[g]}LayerOneGrad"] = r["grad_layer1"]
     for (d, g), r in lin.items():
-        if d == max(dd for dd, _ in lin) and r["backward_failure_factors"]:
-            tag = "Two" if g == 2 else "Half" if g == 0.5 else None
-            if tag:
-                macros[f"{p}Linear{tag}FailureFactors"] = r["backward_failure_factors"]
-    out.append(gf.experiment.write_macros(Path(tables_dir) / f"{NAME}_macros.tex", macros))
-    return out
+        if d == max(dd for dd, _ in lin) and r["backward_failure_factors"] and g in tags:
+            macros[f"{p}Linear{tags[g]}FailureFactors"] = r["backward_failure_factors"]
+    return macros
 
 
 EXPERIMENT = gf.experiment.Experiment(
     name=NAME,
     claim=CLAIM,
     source=SOURCE,
-    configs=CONFIGS,
+    configs={"quick": QUICK, "full": FULL},
     run=run,
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_gradients", f"{NAME}_errors"),
-    check=_check,
+    order=3,
 )

@@ -32,6 +32,7 @@ steps in which the active clipper clipped each layer.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -75,71 +76,68 @@ _TELEMETRY = {
     "agc": "adaptive_grad_clip",
 }
 
-CONFIGS = {
-    # depth: Dense layers (hidden + readout) of width; init_scale multiplies He kernels;
-    # momentum SGD at learning_rate, minibatches of batch_size, a record every record_every steps;
-    # thresholds: clip_value (per entry), clip_norm (global), clip_layer (per layer), agc
-    # (lambda of Brock et al.); decays: l1, l2 (coupled and decoupled use the same lambda);
-    # max_loss: a loss above it counts as divergence.
-    "quick": {
-        "depth": 10,
-        "width": 32,
-        "init_scale": 1.2,
-        "learning_rate": 0.1,
-        "steps": 200,
-        "batch_size": 32,
-        "record_every": 20,
-        "clip_value": 0.05,
-        "clip_norm": 1.0,
-        "clip_layer": 0.5,
-        "agc": 0.05,
-        "l1": 1e-4,
-        "l2": 5e-4,
-        "max_loss": 100.0,
-        "seeds": 5,
-    },
-    "full": {
-        "depth": 10,
-        "width": 32,
-        "init_scale": 1.2,
-        "learning_rate": 0.1,
-        "steps": 600,
-        "batch_size": 32,
-        "record_every": 20,
-        "clip_value": 0.05,
-        "clip_norm": 1.0,
-        "clip_layer": 0.5,
-        "agc": 0.05,
-        "l1": 1e-4,
-        "l2": 5e-4,
-        "max_loss": 100.0,
-        "seeds": 16,
-    },
-}
+
+@dataclasses.dataclass(frozen=True)
+class ClippingDecayConfig(gf.experiment.Config):
+    """One deep ReLU MLP trained with every clipping and decay method of the chain."""
+
+    depth: int  # Dense layers (hidden + readout)
+    width: int  # hidden width
+    init_scale: float  # multiplies the He kernels
+    learning_rate: float  # momentum SGD's step size
+    steps: int  # SGD steps
+    batch_size: int  # minibatch
+    record_every: int  # steps between records
+    clip_value: float  # threshold of clipping per entry
+    clip_norm: float  # threshold of clipping the global norm
+    clip_layer: float  # threshold of clipping per layer
+    agc: float  # lambda of adaptive gradient clipping (Brock et al.)
+    l1: float  # L1 decay
+    l2: float  # L2 decay (coupled and decoupled use the same lambda)
+    max_loss: float  # a loss above it counts as divergence
+    seeds: int  # random draws per method
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("depth", "width", "steps", "batch_size", "record_every", "seeds"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be a positive int, got {getattr(self, key)!r}")
+        if self.depth < 2:
+            raise ValueError(f"depth must be >= 2 (hidden layers + readout), got {self.depth}")
+        if self.steps % self.record_every:
+            raise ValueError(
+                f"steps ({self.steps}) must be a multiple of record_every ({self.record_every})"
+            )
+        for key in ("init_scale", "learning_rate", "clip_value", "clip_norm", "clip_layer", "agc",
+                    "max_loss"):  # fmt: skip
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key} must be positive, got {getattr(self, key)!r}")
+        for key in ("l1", "l2"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)!r}")
 
 
-def _check(config: dict) -> None:
-    for key in ("depth", "width", "steps", "batch_size", "record_every", "seeds"):
-        v = config[key]
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{key} must be a positive int, got {v!r}")
-    if config["depth"] < 2:
-        raise ValueError(f"depth must be >= 2 (hidden layers + readout), got {config['depth']}")
-    if config["steps"] % config["record_every"]:
-        raise ValueError(
-            f"steps ({config['steps']}) must be a multiple of record_every "
-            f"({config['record_every']})"
-        )
-    for key in ("init_scale", "learning_rate", "clip_value", "clip_norm", "clip_layer", "agc",
-                "max_loss"):  # fmt: skip
-        if not config[key] > 0:
-            raise ValueError(f"{key} must be positive, got {config[key]!r}")
-    for key in ("l1", "l2"):
-        if not config[key] >= 0:
-            raise ValueError(f"{key} must be >= 0, got {config[key]!r}")
+FULL = ClippingDecayConfig(
+    depth=10,
+    width=32,
+    init_scale=1.2,
+    learning_rate=0.1,
+    steps=600,
+    batch_size=32,
+    record_every=20,
+    clip_value=0.05,
+    clip_norm=1.0,
+    clip_layer=0.5,
+    agc=0.05,
+    l1=1e-4,
+    l2=5e-4,
+    max_loss=100.0,
+    seeds=16,
+)
+QUICK = dataclasses.replace(FULL, steps=200, seeds=5)
 
 
-def _hparams(config: dict, method):
+def _hparams(config: ClippingDecayConfig, method):
     """Traced per-method thresholds and decays: the method's piece on, every other identity."""
     m = jnp.asarray(method)
     inf = jnp.inf
@@ -148,13 +146,13 @@ def _hparams(config: dict, method):
         return jnp.where(m == METHODS.index(name), value, off)
 
     return {
-        "clip_value": pick("value", config["clip_value"], inf),
-        "clip_norm": pick("global_norm", config["clip_norm"], inf),
-        "clip_layer": pick("per_layer", config["clip_layer"], inf),
-        "agc": pick("agc", config["agc"], inf),
-        "l1": pick("l1", config["l1"], 0.0),
-        "coupled_l2": pick("coupled_l2", config["l2"], 0.0),
-        "decoupled_l2": pick("decoupled_l2", config["l2"], 0.0),
+        "clip_value": pick("value", config.clip_value, inf),
+        "clip_norm": pick("global_norm", config.clip_norm, inf),
+        "clip_layer": pick("per_layer", config.clip_layer, inf),
+        "agc": pick("agc", config.agc, inf),
+        "l1": pick("l1", config.l1, 0.0),
+        "coupled_l2": pick("coupled_l2", config.l2, 0.0),
+        "decoupled_l2": pick("decoupled_l2", config.l2, 0.0),
     }
 
 
@@ -174,20 +172,20 @@ def optimizer(h: dict) -> optax.GradientTransformation:
     )
 
 
-def _make_fn(config: dict):
+def _make_fn(config: ClippingDecayConfig):
     data = gf.data.load_digits(scale="standardize")
     net = gf.models.MLP(
-        widths=(config["width"],) * (config["depth"] - 1), out=10, activation="relu",
+        widths=(config.width,) * (config.depth - 1), out=10, activation="relu",
         kernel_init="he_normal", bias_init="zeros",
     )  # fmt: skip
     cfg = gf.training.TrainConfig(
         model=net,
         optimizer=optimizer,
         loss="softmax_cross_entropy",
-        steps=config["steps"],
-        batch_size=config["batch_size"],
-        record_every=config["record_every"],
-        max_loss=config["max_loss"],
+        steps=config.steps,
+        batch_size=config.batch_size,
+        record_every=config.record_every,
+        max_loss=config.max_loss,
     )
     train = gf.training.train_fn(cfg, data)
 
@@ -213,17 +211,16 @@ def _make_fn(config: dict):
     return fn
 
 
-def run(config: dict, results_dir: Path) -> None:
+def run(config: ClippingDecayConfig, results_dir: Path) -> None:
     """Every method x seed in one program."""
-    _check(config)
     gf.sweep.run(
         _make_fn(config),
         grid={
             "method": list(range(len(METHODS))),
-            "learning_rate": [config["learning_rate"]],
-            "init_scale": [config["init_scale"]],
+            "learning_rate": [config.learning_rate],
+            "init_scale": [config.init_scale],
         },
-        seeds=range(config["seeds"]),
+        seeds=range(config.seeds),
         workdir=Path(results_dir) / "train",
         axes={
             "loss": ("step",),
@@ -234,7 +231,7 @@ def run(config: dict, results_dir: Path) -> None:
             "clipped_frac": ("step", "layer"),
         },
         name=NAME,
-        config={**config, "methods": list(METHODS)},
+        config={**config.to_dict(), "methods": list(METHODS)},
     )
 
 
@@ -245,7 +242,7 @@ def load(results_dir: Path) -> tuple[pd.DataFrame, dict]:
     """The table with method names in ``method`` and the run's config."""
     workdir = Path(results_dir) / "train"
     df = gf.sweep.load(workdir)
-    config = gf.sweep.load_metadata(workdir)["config"]["config"]
+    config = gf.experiment.stored_config(workdir)
     names = np.asarray(config["methods"])
     return df.assign(method=names[df["method"].to_numpy(int)]), config
 
@@ -284,10 +281,9 @@ def curves(
             sub = sub.groupby(["seed", "step"], as_index=False)["value"].mean()
         else:
             raise ValueError(f"{metric} is per layer: reduce must be 'norm', 'hidden' or 'mean'")
-    wide = sub.pivot(index="seed", columns="step", values="value")
-    div = runs(df[df["method"] == method]).set_index("seed")["diverged"].reindex(wide.index)
-    steps = (wide.columns.to_numpy(int) + 1) * config["record_every"]
-    return steps, wide.to_numpy(float), div.to_numpy(bool)
+    values, at = gf.sweep.to_arrays(sub, ("seed", "step"))
+    div = runs(df[df["method"] == method]).set_index("seed")["diverged"].reindex(at["seed"])
+    return (at["step"] + 1) * config["record_every"], values, div.to_numpy(bool)
 
 
 # ------------------------------------------------------------------------------ figures, tables
@@ -339,10 +335,10 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
                     continue  # every seed diverged: shown in (a), nothing to draw
                 v = gf.plotting.finite_or_raise(v, f"{m} {metric}")
                 ls = "--" if m in DECAYS else "-"
-                ax.plot(steps, np.median(v, axis=0), color=colors[m], lw=1.1, ls=ls)
                 if len(v) > 1:
-                    lo, hi = np.percentile(v, [10, 90], axis=0)
-                    ax.fill_between(steps, lo, hi, color=colors[m], alpha=0.12, lw=0)
+                    gf.plotting.band(ax, steps, v, color=colors[m], alpha=0.12, lw=1.1, ls=ls)
+                else:
+                    ax.plot(steps, np.median(v, axis=0), color=colors[m], lw=1.1, ls=ls)
             if scale == "log":
                 ax.set_yscale("log")
             ax.set_xlabel("SGD step")
@@ -413,10 +409,10 @@ EXPERIMENT = gf.experiment.Experiment(
     name=NAME,
     claim=CLAIM,
     source=SOURCE,
-    configs=CONFIGS,
+    configs={"quick": QUICK, "full": FULL},
     run=run,
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_headline",),
-    check=_check,
+    order=6,
 )

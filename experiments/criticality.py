@@ -38,6 +38,7 @@ over depth x :math:`\sigma_w^2` with :math:`6\xi_c` overlaid.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -59,38 +60,69 @@ CLAIM = (
 )
 SOURCE = "seed 003; Poole et al. 2016; Schoenholz, Gilmer, Ganguli & Sohl-Dickstein 2017"
 
-CONFIGS = {
-    "quick": {
-        "phase_sw2_max": 4.0,
-        "phase_sb2_max": 0.3,
-        "phase_n_sw2": 24,
-        "phase_n_sb2": 12,
-        "sb2": 0.05,
-        "depths": (32,),
-        "sw2": (0.5, 1.75, 4.0),
-        "width": 32,
-        "steps": 300,
-        "batch_size": 64,
-        "optimizer": "sgd",
-        "learning_rate": 0.03,
-        "seeds": 2,
-    },
-    "full": {
-        "phase_sw2_max": 4.0,
-        "phase_sb2_max": 0.3,
-        "phase_n_sw2": 96,
-        "phase_n_sb2": 48,
-        "sb2": 0.05,
-        "depths": (8, 16, 32, 48),
-        "sw2": (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0),
-        "width": 48,
-        "steps": 300,
-        "batch_size": 64,
-        "optimizer": "sgd",
-        "learning_rate": 0.03,
-        "seeds": 3,
-    },
-}
+
+@dataclasses.dataclass(frozen=True)
+class CriticalityConfig(gf.experiment.Config):
+    """The mean-field phase diagram and the trainability sweep of deep tanh networks."""
+
+    phase_sw2_max: float  # the phase diagram's sigma_w^2 range (0, phase_sw2_max]
+    phase_sb2_max: float  # its sigma_b^2 range [0, phase_sb2_max]
+    phase_n_sw2: int  # grid points along sigma_w^2
+    phase_n_sb2: int  # grid points along sigma_b^2
+    sb2: float  # the trained networks' bias variance sigma_b^2
+    depths: tuple[int, ...]  # trained depths
+    sw2: tuple[float, ...]  # trained weight variances sigma_w^2
+    width: int  # hidden width
+    steps: int  # training steps
+    batch_size: int  # minibatch
+    optimizer: str  # a name of gradflow.optim.optimizer_names()
+    learning_rate: float  # step size
+    seeds: int  # random draws per (depth, sigma_w^2)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("depths", "sw2"):
+            if not getattr(self, key):
+                raise ValueError(f"{key} must be a non-empty tuple, got {getattr(self, key)!r}")
+        if any(d < 1 for d in self.depths):
+            raise ValueError(f"depths must be positive integers, got {self.depths!r}")
+        if any(s <= 0 for s in self.sw2):
+            raise ValueError(f"sw2 values must be positive, got {self.sw2!r}")
+        if self.sb2 < 0:
+            raise ValueError(f"sb2 must be >= 0, got {self.sb2}")
+        for key in ("width", "steps", "batch_size", "seeds", "phase_n_sw2", "phase_n_sb2"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("phase_sw2_max", "learning_rate"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
+        if not self.phase_sb2_max >= 0:
+            raise ValueError(f"phase_sb2_max must be >= 0, got {self.phase_sb2_max}")
+        if self.optimizer not in gf.optim.optimizer_names():
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}; valid: "
+                f"{', '.join(gf.optim.optimizer_names())}"
+            )
+
+
+FULL = CriticalityConfig(
+    phase_sw2_max=4.0,
+    phase_sb2_max=0.3,
+    phase_n_sw2=96,
+    phase_n_sb2=48,
+    sb2=0.05,
+    depths=(8, 16, 32, 48),
+    sw2=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0),
+    width=48,
+    steps=300,
+    batch_size=64,
+    optimizer="sgd",
+    learning_rate=0.03,
+    seeds=3,
+)
+QUICK = dataclasses.replace(
+    FULL, phase_n_sw2=24, phase_n_sb2=12, depths=(32,), sw2=(0.5, 1.75, 4.0), width=32, seeds=2
+)
 
 ACTIVATION = "tanh"
 #: the Schoenholz et al. 2017 trainability bound: depth <~ 6 xi_c
@@ -154,32 +186,7 @@ class ScannedTanhMLP(nn.Module):
         )(h)  # fmt: skip
 
 
-def _check(config: dict) -> None:
-    for key in ("depths", "sw2"):
-        if not config[key]:
-            raise ValueError(f"{key} must be a non-empty tuple, got {config[key]!r}")
-    if any(int(d) != d or d < 1 for d in config["depths"]):
-        raise ValueError(f"depths must be positive integers, got {config['depths']!r}")
-    if any(s <= 0 for s in config["sw2"]):
-        raise ValueError(f"sw2 values must be positive, got {config['sw2']!r}")
-    if config["sb2"] < 0:
-        raise ValueError(f"sb2 must be >= 0, got {config['sb2']}")
-    for key in ("width", "steps", "batch_size", "seeds", "phase_n_sw2", "phase_n_sb2"):
-        if config[key] < 1:
-            raise ValueError(f"{key} must be >= 1, got {config[key]}")
-    for key in ("phase_sw2_max", "learning_rate"):
-        if not config[key] > 0:
-            raise ValueError(f"{key} must be positive, got {config[key]}")
-    if not config["phase_sb2_max"] >= 0:
-        raise ValueError(f"phase_sb2_max must be >= 0, got {config['phase_sb2_max']}")
-    if config["optimizer"] not in gf.optim.optimizer_names():
-        raise ValueError(
-            f"unknown optimizer {config['optimizer']!r}; valid: "
-            f"{', '.join(gf.optim.optimizer_names())}"
-        )
-
-
-def _theory(config: dict) -> dict:
+def _theory(config: CriticalityConfig) -> dict:
     """Phase diagram, critical line and xi_c along sb2, all float64 (gradflow.meanfield).
 
     Two compiled calls: :func:`~gradflow.meanfield.critical_sw2` on the line's sb2 values plus
@@ -188,19 +195,19 @@ def _theory(config: dict) -> dict:
     and the row sb2 = ``sb2``.
     """
     mf = gf.meanfield
-    n_sw2, n_sb2 = config["phase_n_sw2"], config["phase_n_sb2"]
-    sw2_max, sb2_max = config["phase_sw2_max"], config["phase_sb2_max"]
+    n_sw2, n_sb2 = config.phase_n_sw2, config.phase_n_sb2
+    sw2_max, sb2_max = config.phase_sw2_max, config.phase_sb2_max
     with jax.enable_x64(True):
         # the line rises steeply from (1, 0): sample sb2 geometrically near 0
         sb2_line = np.concatenate([[0.0], np.geomspace(1e-6 * sb2_max, sb2_max, 4 * n_sb2)])
-        line = np.asarray(mf.critical_sw2(jnp.asarray(np.append(sb2_line, config["sb2"])),
+        line = np.asarray(mf.critical_sw2(jnp.asarray(np.append(sb2_line, config.sb2)),
                                           ACTIVATION))  # fmt: skip
         crit, line = float(line[-1]), line[:-1]
         phase_sw2 = np.linspace(sw2_max / n_sw2, sw2_max, n_sw2)
         g = np.geomspace(1e-3, 0.3, 12)
         near = crit * np.concatenate([1 - g, 1 + g])
-        sw2 = np.unique(np.concatenate([phase_sw2, near, config["sw2"]]))
-        sb2 = np.unique(np.append(np.linspace(0.0, sb2_max, n_sb2), config["sb2"]))
+        sw2 = np.unique(np.concatenate([phase_sw2, near, config.sw2]))
+        sb2 = np.unique(np.append(np.linspace(0.0, sb2_max, n_sb2), config.sb2))
         with warnings.catch_warnings():
             # the grid holds (sw2, sb2) = (1, 0) up to rounding: on the critical line, where
             # xi_c = inf and gradflow.meanfield says it cannot resolve the distance to the line
@@ -209,8 +216,8 @@ def _theory(config: dict) -> dict:
             )
             pd = mf.phase_diagram(jnp.asarray(sw2), jnp.asarray(sb2), ACTIVATION)
     chi1, xi_c = np.asarray(pd.chi1), np.asarray(pd.xi_c)
-    row = int(np.flatnonzero(sb2 == config["sb2"])[0])
-    cols = np.searchsorted(sw2, np.asarray(config["sw2"], float))
+    row = int(np.flatnonzero(sb2 == config.sb2)[0])
+    cols = np.searchsorted(sw2, np.asarray(config.sw2, float))
 
     def lst(a):  # JSON: NaN and inf become null
         a = np.asarray(a, np.float64)
@@ -221,7 +228,7 @@ def _theory(config: dict) -> dict:
         "phase": {"sw2": lst(sw2), "sb2": lst(sb2), "chi1": lst(chi1), "xi_c": lst(xi_c)},
         "critical_line": {"sb2": lst(sb2_line), "sw2": lst(line)},
         "along_sb2": {
-            "sb2": config["sb2"],
+            "sb2": config.sb2,
             "critical_sw2": crit,
             "sw2": lst(sw2),
             "xi_c": lst(xi_c[row]),
@@ -250,12 +257,12 @@ def _trainer(depth: int, width: int, sb2: float, steps: int, batch_size: int, op
     return gf.training.train_fn(cfg, data)
 
 
-def _train_fn(config: dict):
+def _train_fn(config: CriticalityConfig):
     def fn(hparams, key):
-        train = _trainer(int(hparams["depth"]), config["width"], float(config["sb2"]),
-                         config["steps"], config["batch_size"], config["optimizer"])  # fmt: skip
+        train = _trainer(int(hparams["depth"]), config.width, float(config.sb2),
+                         config.steps, config.batch_size, config.optimizer)  # fmt: skip
         out = train(
-            {"learning_rate": config["learning_rate"], "init_scale": jnp.sqrt(hparams["sw2"])},
+            {"learning_rate": config.learning_rate, "init_scale": jnp.sqrt(hparams["sw2"])},
             key,
         )
         return {**{k: out[k][-1] for k in METRICS}, "diverged_step": out["diverged_step"]}
@@ -263,23 +270,22 @@ def _train_fn(config: dict):
     return fn
 
 
-def run(config: dict, results_dir: Path) -> None:
+def run(config: CriticalityConfig, results_dir: Path) -> None:
     """Mean-field theory (JSON) and the depth x sw2 x seeds training sweep."""
-    _check(config)
     results_dir = Path(results_dir)
     theory = _theory(config)
     gf.experiment.write_atomic(results_dir / "theory.json", json.dumps(theory))
     gf.sweep.run(
         _train_fn(config),
         grid={
-            "depth": [int(d) for d in config["depths"]],
-            "sw2": [float(s) for s in config["sw2"]],
+            "depth": [int(d) for d in config.depths],
+            "sw2": [float(s) for s in config.sw2],
         },
-        seeds=range(config["seeds"]),
+        seeds=range(config.seeds),
         static=("depth",),
         workdir=results_dir / "trainability",
         name=f"{NAME}/trainability",
-        config=dict(config),
+        config=config.to_dict(),
     )
 
 
@@ -331,104 +337,129 @@ def _edges(values: np.ndarray, *, log: bool = False) -> np.ndarray:
 
 def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
     """Phase diagram (chi1, xi_c, critical line); trainability heatmap with 6 xi_c."""
-    import matplotlib.colors as mcolors
+    th = load_theory(results_dir)
+    with gf.plotting.style():
+        return [
+            *_plot_phase(th, Path(figures_dir) / f"{NAME}_phase"),
+            *_plot_trainability(results_dir, th, Path(figures_dir) / f"{NAME}_trainability"),
+        ]
+
+
+def _halo():
     import matplotlib.patheffects as pe
 
-    halo = [pe.withStroke(linewidth=2.6, foreground="w")]
+    return [pe.withStroke(linewidth=2.6, foreground="w")]
 
-    th = load_theory(results_dir)
-    ph, line, along = th["phase"], th["critical_line"], th["along_sb2"]
-    out = []
-    with gf.plotting.style():
-        fig, axes = gf.plotting.figure(1, 2, width="text", aspect=0.72)
-        sw2, sb2 = ph["sw2"], ph["sb2"]
-        chi1 = gf.plotting.finite_or_raise(ph["chi1"], "chi1")
-        ax = axes[0]
-        norm = mcolors.TwoSlopeNorm(vmin=chi1.min(), vcenter=1.0, vmax=chi1.max())
-        m = ax.pcolormesh(_edges(sw2), _edges(sb2), chi1, cmap="RdBu_r", norm=norm,
-                          shading="flat", rasterized=True)  # fmt: skip
-        fig.colorbar(m, ax=ax, label=r"$\chi_1$ (per-layer gradient factor)")
-        ax.set_title(r"(a) $\chi_1 = \sigma_w^2\,E[\phi'(\sqrt{q^*}z)^2]$, tanh")
-        ax2 = axes[1]
-        # xi_c is infinite on the critical line (gradflow.meanfield reports inf there, stored
-        # as null): shown at the top of the colour scale, which stops at XI_MAX layers
-        xi_raw = np.asarray(ph["xi_c"], dtype=float)
-        on_line = np.isnan(xi_raw) & np.isfinite(chi1) & (np.abs(chi1 - 1.0) < 1e-12)
-        xi_c = gf.plotting.finite_or_raise(np.where(on_line, XI_MAX, xi_raw), "xi_c")
-        m = ax2.pcolormesh(_edges(sw2), _edges(sb2), xi_c,
+
+def _plot_phase(th: dict, stem: Path) -> list[Path]:
+    """(a) chi1 and (b) xi_c over (sigma_w^2, sigma_b^2), the critical line on both."""
+    import matplotlib.colors as mcolors
+
+    ph, along = th["phase"], th["along_sb2"]
+    fig, axes = gf.plotting.figure(1, 2, width="text", aspect=0.72)
+    sw2, sb2 = ph["sw2"], ph["sb2"]
+    chi1 = gf.plotting.finite_or_raise(ph["chi1"], "chi1")
+    norm = mcolors.TwoSlopeNorm(vmin=chi1.min(), vcenter=1.0, vmax=chi1.max())
+    m = axes[0].pcolormesh(_edges(sw2), _edges(sb2), chi1, cmap="RdBu_r", norm=norm,
+                           shading="flat", rasterized=True)  # fmt: skip
+    fig.colorbar(m, ax=axes[0], label=r"$\chi_1$ (per-layer gradient factor)")
+    axes[0].set_title(r"(a) $\chi_1 = \sigma_w^2\,E[\phi'(\sqrt{q^*}z)^2]$, tanh")
+    # xi_c is infinite on the critical line (gradflow.meanfield reports inf there, stored
+    # as null): shown at the top of the colour scale, which stops at XI_MAX layers
+    xi_raw = np.asarray(ph["xi_c"], dtype=float)
+    on_line = np.isnan(xi_raw) & np.isfinite(chi1) & (np.abs(chi1 - 1.0) < 1e-12)
+    xi_c = gf.plotting.finite_or_raise(np.where(on_line, XI_MAX, xi_raw), "xi_c")
+    m = axes[1].pcolormesh(_edges(sw2), _edges(sb2), xi_c,
                            norm=mcolors.LogNorm(vmin=max(xi_c.min(), 0.1), vmax=XI_MAX),
                            cmap="cividis", shading="flat", rasterized=True)  # fmt: skip
-        fig.colorbar(m, ax=ax2, label=r"$\xi_c$ (layers)", extend="max")
-        ax2.set_title(r"(b) correlation depth scale $\xi_c = -1/\log\chi_c$")
-        ok = np.isfinite(line["sw2"])
-        for a in axes:
-            a.plot(line["sw2"][ok], line["sb2"][ok], color="k", lw=1.3, path_effects=halo)
-            a.axhline(along["sb2"], color="k", lw=0.7, ls=":")
-            top = line["sb2"][ok][-1]
-            a.text(line["sw2"][ok][-1] + 0.08, top, r"$\chi_1 = 1$", va="top", fontsize=7,
-                   path_effects=halo)  # fmt: skip
-            a.set_xlabel(r"$\sigma_w^2$")
-            a.set_ylabel(r"$\sigma_b^2$")
-            a.set_xlim(_edges(sw2)[0], _edges(sw2)[-1])
-            a.set_ylim(_edges(sb2)[0], _edges(sb2)[-1])
-            a.grid(False)
-        axes[0].text(0.3 * sw2.max(), 0.75 * sb2.max(), "ordered\n(vanishing)", ha="center",
-                     fontsize=7)  # fmt: skip
-        axes[0].text(0.8 * sw2.max(), 0.2 * sb2.max(), "chaotic\n(exploding)", ha="center",
-                     fontsize=7)  # fmt: skip
-        axes[1].text(sw2.max(), along["sb2"] + 0.004, rf"trained: $\sigma_b^2 = {along['sb2']:g}$",
-                     ha="right", va="bottom", fontsize=6, color="w")  # fmt: skip
-        out += gf.plotting.savefig(fig, Path(figures_dir) / f"{NAME}_phase")
+    fig.colorbar(m, ax=axes[1], label=r"$\xi_c$ (layers)", extend="max")
+    axes[1].set_title(r"(b) correlation depth scale $\xi_c = -1/\log\chi_c$")
+    for a in axes:
+        _critical_line(a, th)
+    axes[0].text(0.3 * sw2.max(), 0.75 * sb2.max(), "ordered\n(vanishing)", ha="center",
+                 fontsize=7)  # fmt: skip
+    axes[0].text(0.8 * sw2.max(), 0.2 * sb2.max(), "chaotic\n(exploding)", ha="center",
+                 fontsize=7)  # fmt: skip
+    axes[1].text(sw2.max(), along["sb2"] + 0.004, rf"trained: $\sigma_b^2 = {along['sb2']:g}$",
+                 ha="right", va="bottom", fontsize=6, color="w")  # fmt: skip
+    return gf.plotting.savefig(fig, stem)
 
-        tab = accuracy_table(results_dir)
-        depths = np.array(sorted(tab.index.get_level_values("depth").unique()), float)
-        sw2s = np.array(sorted(tab.index.get_level_values("sw2").unique()), float)
-        acc = np.full((len(depths), len(sw2s)), np.nan)
-        div = np.zeros_like(acc)
-        for (d, s), row in tab.iterrows():
-            i, j = int(np.searchsorted(depths, d)), int(np.searchsorted(sw2s, s))
-            acc[i, j] = row["mean"] if row["n"] > 0 else np.nan
-            div[i, j] = row["diverged"]
-        fig, ax = gf.plotting.figure(width="column", aspect=0.85)
-        shown = np.ma.masked_invalid(acc)  # all seeds diverged: left blank (grey) and marked
-        ax.set_facecolor("0.8")
-        x_edges, y_edges = _edges(sw2s, log=True), _edges(depths, log=True)
-        m = ax.pcolormesh(x_edges, y_edges, shown, vmin=0.0, vmax=1.0, cmap="cividis",
-                          shading="flat", rasterized=True)  # fmt: skip
-        fig.colorbar(m, ax=ax, label="test accuracy (mean over seeds)")
-        if len(sw2s) <= 5:  # cell values fit; otherwise they are in the table
-            for i in range(len(depths)):
-                for j in range(len(sw2s)):
-                    if np.isfinite(acc[i, j]):
-                        ax.text(sw2s[j], depths[i], f"{acc[i, j]:.2f}", ha="center",
-                                va="center", fontsize=5.5,
-                                color="k" if acc[i, j] > 0.6 else "w")  # fmt: skip
-        bad = div > 0
-        if bad.any():
-            jj, ii = np.nonzero(bad.T)
-            ax.plot(sw2s[jj], depths[ii] * 1.15, "x", color="C3", ms=4, mew=1.0,
-                    label="diverged seed(s)")  # fmt: skip
-        xs, xi = along["sw2"], along["xi_c"]
-        keep = np.isfinite(xi)
-        ax.plot(xs[keep], XI_FACTOR * xi[keep], color=gf.plotting.COLORS[1], lw=1.3,
-                path_effects=halo, label=r"$6\xi_c$ (Schoenholz et al. 2017)")  # fmt: skip
-        ax.axvline(along["critical_sw2"], color="k", lw=0.9, ls="--", path_effects=halo,
-                   label=rf"critical $\sigma_w^2 = {along['critical_sw2']:.2f}$")  # fmt: skip
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(x_edges[0], x_edges[-1])
-        ax.set_ylim(y_edges[0], y_edges[-1])
-        ax.set_yticks(depths, [f"{int(d)}" for d in depths])
-        ax.set_yticks([], minor=True)
-        ticks = [t for t in (0.5, 1, 2, 4) if x_edges[0] <= t <= x_edges[-1]]
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.set_xticks([], minor=True)
-        ax.set_xlabel(rf"$\sigma_w^2$ ($\sigma_b^2 = {along['sb2']:g}$)")
-        ax.set_ylabel(r"depth $L$ (hidden tanh layers)")
-        ax.grid(False)
-        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, fontsize=6)
-        out += gf.plotting.savefig(fig, Path(figures_dir) / f"{NAME}_trainability")
-    return out
+
+def _critical_line(a, th: dict) -> None:
+    """The critical line chi1 = 1 and the trained sigma_b^2 on a phase panel."""
+    ph, line, along = th["phase"], th["critical_line"], th["along_sb2"]
+    ok = np.isfinite(line["sw2"])
+    a.plot(line["sw2"][ok], line["sb2"][ok], color="k", lw=1.3, path_effects=_halo())
+    a.axhline(along["sb2"], color="k", lw=0.7, ls=":")
+    top = line["sb2"][ok][-1]
+    a.text(line["sw2"][ok][-1] + 0.08, top, r"$\chi_1 = 1$", va="top", fontsize=7,
+           path_effects=_halo())  # fmt: skip
+    a.set_xlabel(r"$\sigma_w^2$")
+    a.set_ylabel(r"$\sigma_b^2$")
+    a.set_xlim(_edges(ph["sw2"])[0], _edges(ph["sw2"])[-1])
+    a.set_ylim(_edges(ph["sb2"])[0], _edges(ph["sb2"])[-1])
+    a.grid(False)
+
+
+def _accuracy_grid(results_dir: Path) -> tuple[np.ndarray, ...]:
+    """``(depths, sw2s, acc, div)``: mean test accuracy (NaN where every seed diverged) and the
+    diverged seeds, ``(depths, sw2s)``."""
+    tab = accuracy_table(results_dir)
+    depths = np.array(sorted(tab.index.get_level_values("depth").unique()), float)
+    sw2s = np.array(sorted(tab.index.get_level_values("sw2").unique()), float)
+    acc = np.full((len(depths), len(sw2s)), np.nan)
+    div = np.zeros_like(acc)
+    for (d, s), row in tab.iterrows():
+        i, j = int(np.searchsorted(depths, d)), int(np.searchsorted(sw2s, s))
+        acc[i, j] = row["mean"] if row["n"] > 0 else np.nan
+        div[i, j] = row["diverged"]
+    return depths, sw2s, acc, div
+
+
+def _plot_trainability(results_dir: Path, th: dict, stem: Path) -> list[Path]:
+    """Test accuracy over (sigma_w^2, depth) with 6 xi_c and the critical sigma_w^2."""
+    along = th["along_sb2"]
+    depths, sw2s, acc, div = _accuracy_grid(results_dir)
+    fig, ax = gf.plotting.figure(width="column", aspect=0.85)
+    shown = np.ma.masked_invalid(acc)  # all seeds diverged: left blank (grey) and marked
+    ax.set_facecolor("0.8")
+    x_edges, y_edges = _edges(sw2s, log=True), _edges(depths, log=True)
+    m = ax.pcolormesh(x_edges, y_edges, shown, vmin=0.0, vmax=1.0, cmap="cividis",
+                      shading="flat", rasterized=True)  # fmt: skip
+    fig.colorbar(m, ax=ax, label="test accuracy (mean over seeds)")
+    if len(sw2s) <= 5:  # cell values fit; otherwise they are in the table
+        for (i, j), a in np.ndenumerate(acc):
+            if np.isfinite(a):
+                ax.text(sw2s[j], depths[i], f"{a:.2f}", ha="center", va="center",
+                        fontsize=5.5, color="k" if a > 0.6 else "w")  # fmt: skip
+    if (div > 0).any():
+        jj, ii = np.nonzero((div > 0).T)
+        ax.plot(sw2s[jj], depths[ii] * 1.15, "x", color="C3", ms=4, mew=1.0,
+                label="diverged seed(s)")  # fmt: skip
+    keep = np.isfinite(along["xi_c"])
+    ax.plot(along["sw2"][keep], XI_FACTOR * along["xi_c"][keep], color=gf.plotting.COLORS[1],
+            lw=1.3, path_effects=_halo(), label=r"$6\xi_c$ (Schoenholz et al. 2017)")  # fmt: skip
+    ax.axvline(along["critical_sw2"], color="k", lw=0.9, ls="--", path_effects=_halo(),
+               label=rf"critical $\sigma_w^2 = {along['critical_sw2']:.2f}$")  # fmt: skip
+    _trainability_axes(ax, depths, x_edges, y_edges, along["sb2"])
+    return gf.plotting.savefig(fig, stem)
+
+
+def _trainability_axes(ax, depths, x_edges, y_edges, sb2: float) -> None:
+    """Log axes with the trained depths and sigma_w^2 ticks; the legend above."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(x_edges[0], x_edges[-1])
+    ax.set_ylim(y_edges[0], y_edges[-1])
+    ax.set_yticks(depths, [f"{int(d)}" for d in depths])
+    ax.set_yticks([], minor=True)
+    ticks = [t for t in (0.5, 1, 2, 4) if x_edges[0] <= t <= x_edges[-1]]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_xticks([], minor=True)
+    ax.set_xlabel(rf"$\sigma_w^2$ ($\sigma_b^2 = {sb2:g}$)")
+    ax.set_ylabel(r"depth $L$ (hidden tanh layers)")
+    ax.grid(False)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, fontsize=6)
 
 
 # --- tables ------------------------------------------------------------------------------------
@@ -500,10 +531,10 @@ EXPERIMENT = gf.experiment.Experiment(
     name=NAME,
     claim=CLAIM,
     source=SOURCE,
-    configs=CONFIGS,
+    configs={"quick": QUICK, "full": FULL},
     run=run,
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_trainability", f"{NAME}_phase"),
-    check=_check,
+    order=8,
 )

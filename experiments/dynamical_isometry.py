@@ -33,6 +33,7 @@ variance of :math:`JJ^\top`'s eigenvalues against depth with the free-probabilit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -53,16 +54,42 @@ CLAIM = (
 )
 SOURCE = "Saxe, McClelland & Ganguli 2014; Pennington, Schoenholz & Ganguli 2017"
 
-CONFIGS = {
-    "quick": {"width": 48, "depth": 16, "record_depths": (1, 4, 16), "seeds": 4, "tanh_q": 1 / 64},
-    "full": {
-        "width": 128,
-        "depth": 64,
-        "record_depths": (1, 2, 4, 8, 16, 32, 64),
-        "seeds": 8,
-        "tanh_q": 1 / 64,
-    },
-}
+
+@dataclasses.dataclass(frozen=True)
+class DynamicalIsometryConfig(gf.experiment.Config):
+    """Input-output Jacobian spectra of deep networks at their critical points."""
+
+    width: int  # hidden width
+    depth: int  # layers
+    record_depths: tuple[int, ...]  # depths whose Jacobian spectrum is recorded
+    seeds: int  # random networks per (activation, weights)
+    tanh_q: float  # tanh's fixed-point pre-activation variance q*
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.width < 2 or self.depth < 1 or self.seeds < 1:
+            raise ValueError(
+                f"width must be >= 2, depth and seeds >= 1; got width={self.width}, "
+                f"depth={self.depth}, seeds={self.seeds}"
+            )
+        rec = self.record_depths
+        if not rec or any(not 1 <= d <= self.depth for d in rec):
+            raise ValueError(f"record_depths must lie in [1, depth={self.depth}], got {rec!r}")
+        if not self.tanh_q > 0:
+            raise ValueError(f"tanh_q must be positive, got {self.tanh_q}")
+
+    def check_resources(self) -> None:
+        # every seed's depth x width x width float64 weights, twice (Gaussian and orthogonal)
+        gf.experiment.check_memory(
+            f"width={self.width}, depth={self.depth}, seeds={self.seeds}",
+            16 * self.seeds * self.depth * self.width**2,
+        )
+
+
+FULL = DynamicalIsometryConfig(
+    width=128, depth=64, record_depths=(1, 2, 4, 8, 16, 32, 64), seeds=8, tanh_q=1 / 64
+)
+QUICK = dataclasses.replace(FULL, width=48, depth=16, record_depths=(1, 4, 16), seeds=4)
 
 ACTIVATIONS = ("linear", "tanh", "relu")
 WEIGHTS = ("gaussian", "orthogonal")
@@ -86,27 +113,9 @@ def critical_points(tanh_q: float) -> dict[str, dict[str, float]]:
     }
 
 
-def _check(config: dict) -> None:
-    if config["width"] < 2 or config["depth"] < 1 or config["seeds"] < 1:
-        raise ValueError(
-            f"width must be >= 2, depth and seeds >= 1; got width={config['width']}, "
-            f"depth={config['depth']}, seeds={config['seeds']}"
-        )
-    rec = config["record_depths"]
-    if not rec or any(not 1 <= d <= config["depth"] for d in rec):
-        raise ValueError(f"record_depths must lie in [1, depth={config['depth']}], got {rec!r}")
-    if not config["tanh_q"] > 0:
-        raise ValueError(f"tanh_q must be positive, got {config['tanh_q']}")
-    # every seed's depth x width x width float64 weights, twice (Gaussian and orthogonal)
-    gf.experiment.check_memory(
-        f"width={config['width']}, depth={config['depth']}, seeds={config['seeds']}",
-        16 * config["seeds"] * config["depth"] * config["width"] ** 2,
-    )
-
-
-def _make_fn(config: dict, points: dict):
-    width, depth = config["width"], config["depth"]
-    rec = [int(d) for d in config["record_depths"]]
+def _make_fn(config: DynamicalIsometryConfig, points: dict):
+    width, depth = config.width, config.depth
+    rec = [int(d) for d in config.record_depths]
 
     def fn(hparams, key):
         act, weights = hparams["activation"], hparams["weights"]
@@ -144,13 +153,13 @@ MULTI_CPU_DEADLOCK = (
 )
 
 
-def run(config: dict, results_dir: Path) -> None:
+def run(config: DynamicalIsometryConfig, results_dir: Path) -> None:
     """Theory moments (JSON) and the activation x weights x seeds sweep of Jacobian spectra.
 
     Raises ``RuntimeError`` (:data:`MULTI_CPU_DEADLOCK`) instead of hanging when the process has
     several CPU devices.
     """
-    _check(config)
+    config.check_resources()
     if jax.default_backend() == "cpu" and jax.device_count() > 1:
         raise RuntimeError(MULTI_CPU_DEADLOCK)
     results_dir = Path(results_dir)
@@ -160,15 +169,15 @@ def run(config: dict, results_dir: Path) -> None:
         _run(config, results_dir)
 
 
-def _run(config: dict, results_dir: Path) -> None:
-    points = critical_points(config["tanh_q"])
-    theory = {"points": points, "config": dict(config), "moments": {}}
+def _run(config: DynamicalIsometryConfig, results_dir: Path) -> None:
+    points = critical_points(config.tanh_q)
+    theory = {"points": points, "config": config.to_dict(), "moments": {}}
     with jax.enable_x64(True):
         for act in ACTIVATIONS:
             p = points[act]
             for w in WEIGHTS:
                 mom = gf.spectra.jacobian_moments(
-                    jnp.float64(p["sw2"]), jnp.float64(p["sb2"]), act, config["depth"],
+                    jnp.float64(p["sw2"]), jnp.float64(p["sb2"]), act, config.depth,
                     weights=w, q=jnp.float64(p["q"]),
                 )  # fmt: skip
                 theory["moments"][f"{act}/{w}"] = {k: np.asarray(v).tolist()
@@ -176,7 +185,7 @@ def _run(config: dict, results_dir: Path) -> None:
         gf.sweep.run(
             _make_fn(config, points),
             grid={"activation": list(ACTIVATIONS), "weights": list(WEIGHTS)},
-            seeds=range(config["seeds"]),
+            seeds=range(config.seeds),
             workdir=results_dir / "spectra",
             axes={
                 "sv": ("depth_index", "index"),
@@ -185,7 +194,7 @@ def _run(config: dict, results_dir: Path) -> None:
                 "variance": ("depth_index",),
             },
             name=f"{NAME}/spectra",
-            config=dict(config),
+            config=config.to_dict(),
         )
     gf.experiment.write_atomic(results_dir / "theory.json", json.dumps(theory))
 
@@ -227,82 +236,100 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
     """Singular-value distributions per depth; moments against depth with theory."""
     df, th = load(results_dir)
     data = split(df)
+    with gf.plotting.style():
+        return [
+            *_plot_spectra(data, th, Path(figures_dir) / f"{NAME}_spectra"),
+            *_plot_moments(data, th, Path(figures_dir) / f"{NAME}_moments"),
+        ]
+
+
+def _plot_spectra(data: dict, th: dict, stem: Path) -> list[Path]:
+    """Histograms of log10 s per (activation, weights) at up to four recorded depths."""
     cfg = th["config"]
     rec = list(cfg["record_depths"])
     # at most four depths in the histograms (every other recorded depth, the last included)
     shown = list(range(len(rec) - 1, -1, -2 if len(rec) > 4 else -1))[::-1]
     colors = gf.plotting.layer_colors(len(shown))
-    C = gf.plotting.COLORS
-    fmt = gf.experiment.fmt
-    out = []
-    with gf.plotting.style():
-        fig, axes = gf.plotting.figure(2, 3, width="text", aspect=0.8, sharex=True)
-        lo, hi = math.log10(S_FLOOR), 1.5
-        edges = np.linspace(lo, hi, 56)
-        for j, act in enumerate(ACTIVATIONS):
-            for i, w in enumerate(WEIGHTS):
-                ax = axes[i, j]
-                for k, col in zip(shown, colors):
-                    d = rec[k]
-                    s = gf.plotting.finite_or_raise(data[act, w, "sv"][k], "sv").ravel()
-                    logs = np.clip(np.log10(np.maximum(s, 1e-300)), lo, hi - 1e-9)
-                    dens, _ = np.histogram(logs, bins=edges, density=True)
-                    ax.stairs(dens, edges, color=col, lw=1.1, label=f"$L = {d}$")
-                p = th["points"][act]
-                ax.axvline(0.0, color="k", lw=0.6, ls=":")
-                ax.set_title(
-                    f"{act}, {w}\n"
-                    rf"$\sigma_w^2={fmt(p['sw2'])}$, $\sigma_b^2={fmt(p['sb2'], 2)}$, "
-                    rf"$q^*={fmt(p['q'])}$",
-                    fontsize=7,
-                )  # fmt: skip
-                ax.set_yscale("log")
-                ax.set_ylim(1e-3, None)
-                if i == 1:
-                    ax.set_xlabel(
-                        rf"$\log_{{10}} s$ (first bin: $s \leq 10^{{{int(lo)}}}$, incl. 0)"
-                    )
-                if j == 0:
-                    ax.set_ylabel("density")
-        handles, labels = axes[0, 0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside upper center", ncols=len(shown) + 1,
-                   title=f"depth (width {cfg['width']}, {cfg['seeds']} seeds)",
-                   title_fontsize=7)  # fmt: skip
-        out += gf.plotting.savefig(fig, Path(figures_dir) / f"{NAME}_spectra")
+    fig, axes = gf.plotting.figure(2, 3, width="text", aspect=0.8, sharex=True)
+    lo, hi = math.log10(S_FLOOR), 1.5
+    edges = np.linspace(lo, hi, 56)
+    for j, act in enumerate(ACTIVATIONS):
+        for i, w in enumerate(WEIGHTS):
+            ax = axes[i, j]
+            for k, col in zip(shown, colors):
+                s = gf.plotting.finite_or_raise(data[act, w, "sv"][k], "sv").ravel()
+                logs = np.clip(np.log10(np.maximum(s, 1e-300)), lo, hi - 1e-9)
+                dens, _ = np.histogram(logs, bins=edges, density=True)
+                ax.stairs(dens, edges, color=col, lw=1.1, label=f"$L = {rec[k]}$")
+            _spectrum_axes(ax, act, w, th["points"][act])
+            if i == 1:
+                ax.set_xlabel(rf"$\log_{{10}} s$ (first bin: $s \leq 10^{{{int(lo)}}}$, incl. 0)")
+            if j == 0:
+                ax.set_ylabel("density")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncols=len(shown) + 1,
+               title=f"depth (width {cfg['width']}, {cfg['seeds']} seeds)",
+               title_fontsize=7)  # fmt: skip
+    return gf.plotting.savefig(fig, stem)
 
-        fig, axes = gf.plotting.figure(1, 2, width="text", aspect=0.7)
-        depth = np.arange(1, cfg["depth"] + 1)
-        styles = {"gaussian": ("o", "-"), "orthogonal": ("s", "--")}
-        for act, col in zip(ACTIVATIONS, C):
-            for w in WEIGHTS:
-                mk, ls = styles[w]
-                th_m = th["moments"][f"{act}/{w}"]
-                for ax, metric in zip(axes, ("mean", "variance")):
-                    meas = gf.plotting.finite_or_raise(data[act, w, metric], metric)
-                    mu, sd = meas.mean(axis=0), meas.std(axis=0)
-                    ax.errorbar(rec, mu, yerr=sd, fmt=mk, ms=2.8, mfc="none", mew=0.8,
-                                color=col, elinewidth=0.6, capsize=0)  # fmt: skip
-                    ax.plot(depth, th_m[metric], ls=ls, color=col, lw=1.0)
-        for act, col in zip(ACTIVATIONS, C):
-            axes[1].plot([], [], color=col, lw=3, label=act)
+
+def _spectrum_axes(ax, act: str, w: str, p: dict) -> None:
+    """A histogram panel's title (the critical point), the s = 1 line and the log density."""
+    fmt = gf.experiment.fmt
+    ax.axvline(0.0, color="k", lw=0.6, ls=":")
+    ax.set_title(
+        f"{act}, {w}\n"
+        rf"$\sigma_w^2={fmt(p['sw2'])}$, $\sigma_b^2={fmt(p['sb2'], 2)}$, "
+        rf"$q^*={fmt(p['q'])}$",
+        fontsize=7,
+    )  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_ylim(1e-3, None)
+
+
+_WEIGHT_STYLES = {"gaussian": ("o", "-"), "orthogonal": ("s", "--")}
+
+
+def _plot_moments(data: dict, th: dict, stem: Path) -> list[Path]:
+    """(a) mean and (b) variance of s^2 against depth, measured and free probability."""
+    cfg = th["config"]
+    rec = list(cfg["record_depths"])
+    fig, axes = gf.plotting.figure(1, 2, width="text", aspect=0.7)
+    depth = np.arange(1, cfg["depth"] + 1)
+    for act, col in zip(ACTIVATIONS, gf.plotting.COLORS):
         for w in WEIGHTS:
-            mk, ls = styles[w]
-            axes[1].plot([], [], ls=ls, marker=mk, color="0.3", mfc="none", ms=3, label=w)
-        axes[1].plot([], [], color="0.3", lw=1.0, label="free probability (lines)")
-        axes[0].set_ylabel(r"mean $s^2$ of $J$ ($\pm$ sd over seeds)")
-        axes[0].set_ylim(0, 2)
-        axes[1].set_ylabel(r"variance of $s^2$ ($\pm$ sd over seeds)")
-        axes[1].set_yscale("symlog", linthresh=1e-2)
-        axes[1].set_ylim(-1e-3, None)
-        for ax in axes:
-            ax.set_xscale("log")
-            ax.set_xlabel("depth $L$")
-        axes[0].set_title("(a) criticality: mean squared singular value 1")
-        axes[1].set_title(r"(b) spread $L(\mu_2/\mu_1^2 - 1 - s_1)$")
-        handles, labels = axes[1].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=6)
-        out += gf.plotting.savefig(fig, Path(figures_dir) / f"{NAME}_moments")
-    return out
+            mk, ls = _WEIGHT_STYLES[w]
+            th_m = th["moments"][f"{act}/{w}"]
+            for ax, metric in zip(axes, ("mean", "variance")):
+                meas = gf.plotting.finite_or_raise(data[act, w, metric], metric)
+                mu, sd = meas.mean(axis=0), meas.std(axis=0)
+                ax.errorbar(rec, mu, yerr=sd, fmt=mk, ms=2.8, mfc="none", mew=0.8,
+                            color=col, elinewidth=0.6, capsize=0)  # fmt: skip
+                ax.plot(depth, th_m[metric], ls=ls, color=col, lw=1.0)
+    _moments_axes(axes)
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=6)
+    return gf.plotting.savefig(fig, stem)
+
+
+def _moments_axes(axes) -> None:
+    """The moments figure's legend entries, scales, labels and titles."""
+    for act, col in zip(ACTIVATIONS, gf.plotting.COLORS):
+        axes[1].plot([], [], color=col, lw=3, label=act)
+    for w in WEIGHTS:
+        mk, ls = _WEIGHT_STYLES[w]
+        axes[1].plot([], [], ls=ls, marker=mk, color="0.3", mfc="none", ms=3, label=w)
+    axes[1].plot([], [], color="0.3", lw=1.0, label="free probability (lines)")
+    axes[0].set_ylabel(r"mean $s^2$ of $J$ ($\pm$ sd over seeds)")
+    axes[0].set_ylim(0, 2)
+    axes[1].set_ylabel(r"variance of $s^2$ ($\pm$ sd over seeds)")
+    axes[1].set_yscale("symlog", linthresh=1e-2)
+    axes[1].set_ylim(-1e-3, None)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("depth $L$")
+    axes[0].set_title("(a) criticality: mean squared singular value 1")
+    axes[1].set_title(r"(b) spread $L(\mu_2/\mu_1^2 - 1 - s_1)$")
 
 
 # --- tables ------------------------------------------------------------------------------------
@@ -383,10 +410,10 @@ EXPERIMENT = gf.experiment.Experiment(
     name=NAME,
     claim=CLAIM,
     source=SOURCE,
-    configs=CONFIGS,
+    configs={"quick": QUICK, "full": FULL},
     run=run,
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_spectra", f"{NAME}_moments"),
-    check=_check,
+    order=9,
 )

@@ -32,6 +32,7 @@ initial speeds with every seed shown.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -57,53 +58,46 @@ NIELSEN_MNIST_SPEEDS: tuple[float, ...] = (0.003, 0.017, 0.070, 0.285)
 WIDTHS = (30, 30, 30, 30)
 LOSS = "sigmoid_cross_entropy"
 
-CONFIGS = {
-    # seeds: random draws; epochs: passes over the n_train first training images (Nielsen: 1000);
-    # batch_size: minibatch (n_train: full batch, one step per epoch, as generate_gradient.py);
-    # record_every: epochs between records; learning_rate: eta; lmbda: Nielsen's L2 lambda (the
-    # decay strength is lmbda / n_train).
-    "quick": {
-        "seeds": 20,
-        "epochs": 20,
-        "batch_size": 1000,
-        "record_every": 1,
-        "n_train": 1000,
-        "learning_rate": 0.1,
-        "lmbda": 5.0,
-    },
-    "full": {
-        "seeds": 30,
-        "epochs": 500,
-        "batch_size": 1000,
-        "record_every": 5,
-        "n_train": 1000,
-        "learning_rate": 0.1,
-        "lmbda": 5.0,
-    },
-}
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpeedConfig(gf.experiment.Config):
+    """The layer_speed sweep: Nielsen's training run, many seeds."""
+
+    seeds: int  # random draws
+    epochs: int  # passes over the n_train first training images (Nielsen: 1000)
+    batch_size: int  # minibatch; n_train: full batch, one step per epoch (generate_gradient.py)
+    record_every: int  # epochs between records
+    n_train: int  # training images
+    learning_rate: float  # eta
+    lmbda: float  # Nielsen's L2 lambda (the decay strength is lmbda / n_train)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key, lo in (
+            ("seeds", 2), ("epochs", 1), ("batch_size", 1), ("record_every", 1), ("n_train", 10)
+        ):  # fmt: skip
+            if getattr(self, key) < lo:
+                raise ValueError(f"{key} must be an int >= {lo}, got {getattr(self, key)!r}")
+        if self.n_train % self.batch_size:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must divide n_train ({self.n_train}) so that an "
+                "epoch is a whole number of steps"
+            )
+        if self.epochs % self.record_every:
+            raise ValueError(
+                f"epochs ({self.epochs}) must be a multiple of record_every ({self.record_every})"
+            )
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
+        if not self.lmbda >= 0:
+            raise ValueError(f"lmbda must be >= 0, got {self.lmbda!r}")
 
 
-def _check(config: dict) -> None:
-    for key, lo in (
-        ("seeds", 2), ("epochs", 1), ("batch_size", 1), ("record_every", 1), ("n_train", 10)
-    ):  # fmt: skip
-        v = config[key]
-        if not isinstance(v, int) or v < lo:
-            raise ValueError(f"{key} must be an int >= {lo}, got {v!r}")
-    if config["n_train"] % config["batch_size"]:
-        raise ValueError(
-            f"batch_size ({config['batch_size']}) must divide n_train ({config['n_train']}) so "
-            "that an epoch is a whole number of steps"
-        )
-    if config["epochs"] % config["record_every"]:
-        raise ValueError(
-            f"epochs ({config['epochs']}) must be a multiple of record_every "
-            f"({config['record_every']})"
-        )
-    if not config["learning_rate"] > 0:
-        raise ValueError(f"learning_rate must be positive, got {config['learning_rate']!r}")
-    if not config["lmbda"] >= 0:
-        raise ValueError(f"lmbda must be >= 0, got {config['lmbda']!r}")
+FULL = LayerSpeedConfig(
+    seeds=30, epochs=500, batch_size=1000, record_every=5, n_train=1000, learning_rate=0.1,
+    lmbda=5.0,
+)  # fmt: skip
+QUICK = dataclasses.replace(FULL, seeds=20, epochs=20, record_every=1)
 
 
 def model() -> gf.models.MLP:
@@ -114,19 +108,19 @@ def model() -> gf.models.MLP:
     )  # fmt: skip
 
 
-def _make_fn(config: dict):
-    data = gf.data.load_digits(scale="unit", n_train=config["n_train"])
+def _make_fn(config: LayerSpeedConfig):
+    data = gf.data.load_digits(scale="unit", n_train=config.n_train)
     net = model()
-    steps_per_epoch = config["n_train"] // config["batch_size"]
+    steps_per_epoch = config.n_train // config.batch_size
     train_cfg = gf.training.TrainConfig(
         model=net,
         optimizer="sgd",  # with hparams learning_rate and weight_decay: coupled L2 on kernels
         loss=LOSS,
-        steps=config["epochs"] * steps_per_epoch,
-        batch_size=None if steps_per_epoch == 1 else config["batch_size"],
-        record_every=config["record_every"] * steps_per_epoch,
+        steps=config.epochs * steps_per_epoch,
+        batch_size=None if steps_per_epoch == 1 else config.batch_size,
+        record_every=config.record_every * steps_per_epoch,
         probe=True,
-        probe_batch=config["n_train"],  # speeds on every training image
+        probe_batch=config.n_train,  # speeds on every training image
     )
     train = gf.training.train_fn(train_cfg, data)
     x, y = data.x_train, data.y_train
@@ -149,14 +143,13 @@ def _make_fn(config: dict):
     return fn
 
 
-def run(config: dict, results_dir: Path) -> None:
+def run(config: LayerSpeedConfig, results_dir: Path) -> None:
     """Initial speeds and speeds over training for every seed: one sweep, one program."""
-    _check(config)
-    n = config["n_train"]
+    n = config.n_train
     gf.sweep.run(
         _make_fn(config),
-        grid={"learning_rate": [config["learning_rate"]], "weight_decay": [config["lmbda"] / n]},
-        seeds=range(config["seeds"]),
+        grid={"learning_rate": [config.learning_rate], "weight_decay": [config.lmbda / n]},
+        seeds=range(config.seeds),
         workdir=Path(results_dir) / "speeds",
         axes={
             "init_speed": ("layer",),
@@ -167,7 +160,7 @@ def run(config: dict, results_dir: Path) -> None:
             "test_accuracy": ("step",),
         },
         name=NAME,
-        config=dict(config),
+        config=config.to_dict(),
     )
 
 
@@ -178,7 +171,7 @@ def load(results_dir: Path) -> tuple[pd.DataFrame, dict]:
     """The saved table (diverged runs raise: none is expected here) and the run's config."""
     workdir = Path(results_dir) / "speeds"
     df = gf.sweep.load(workdir)
-    config = gf.sweep.load_metadata(workdir)["config"]["config"]
+    config = gf.experiment.stored_config(workdir)
     if df["diverged"].any():
         bad = sorted(df.loc[df["diverged"], "seed"].unique())
         raise ValueError(f"layer_speed: seeds {bad} diverged; the setting should never diverge")
@@ -187,31 +180,21 @@ def load(results_dir: Path) -> tuple[pd.DataFrame, dict]:
 
 def init_speeds(df: pd.DataFrame) -> np.ndarray:
     """``(seeds, L)`` speeds at initialisation (hidden layers, then the readout)."""
-    sub = df[df["metric"] == "init_speed"]
-    return sub.pivot(index="seed", columns="layer", values="value").to_numpy(float)
+    return gf.sweep.to_arrays(df[df["metric"] == "init_speed"], ("seed", "layer"))[0]
 
 
 def training_speeds(df: pd.DataFrame, config: dict) -> tuple[np.ndarray, np.ndarray]:
     """``(epochs, speeds)``: epochs ``(R + 1,)`` from 0, speeds ``(seeds, R + 1, L)``."""
     init = init_speeds(df)
-    sub = df[df["metric"] == "speed"]
-    steps = np.sort(sub["step"].unique().astype(int))
-    cube = (
-        sub.set_index(["seed", "step", "layer"])["value"]
-        .unstack("layer")
-        .to_numpy(float)
-        .reshape(init.shape[0], len(steps), init.shape[1])
-    )
-    epochs = np.concatenate([[0], (steps + 1) * config["record_every"]])
+    cube, at = gf.sweep.to_arrays(df[df["metric"] == "speed"], ("seed", "step", "layer"))
+    epochs = np.concatenate([[0], (at["step"] + 1) * config["record_every"]])
     return epochs, np.concatenate([init[:, None, :], cube], axis=1)
 
 
 def curve(df: pd.DataFrame, metric: str, config: dict) -> tuple[np.ndarray, np.ndarray]:
     """``(epochs, values)`` of a per-record metric, values ``(seeds, R)``."""
-    sub = df[df["metric"] == metric]
-    wide = sub.pivot(index="seed", columns="step", values="value")
-    epochs = (wide.columns.to_numpy(int) + 1) * config["record_every"]
-    return epochs, wide.to_numpy(float)
+    values, at = gf.sweep.to_arrays(df[df["metric"] == metric], ("seed", "step"))
+    return (at["step"] + 1) * config["record_every"], values
 
 
 def summary(df: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -249,9 +232,9 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
 
         fig, ax = gf.plotting.figure(width="column", aspect=0.72)
         for i in range(H):
-            lo, med, hi = np.percentile(cube[:, :, i], [10, 50, 90], axis=0)
-            ax.fill_between(epochs, lo, hi, color=colors[i], alpha=0.25, lw=0)
-            ax.plot(epochs, med, color=colors[i], label=f"hidden layer {i + 1}")
+            gf.plotting.band(
+                ax, epochs, cube[:, :, i], color=colors[i], label=f"hidden layer {i + 1}"
+            )
         ax.set_yscale("log")
         ax.set_xlim(epochs[0], epochs[-1])
         ax.set_xlabel("epoch")
@@ -335,10 +318,10 @@ EXPERIMENT = gf.experiment.Experiment(
     name=NAME,
     claim=CLAIM,
     source=SOURCE,
-    configs=CONFIGS,
+    configs={"quick": QUICK, "full": FULL},
     run=run,
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_training", f"{NAME}_init"),
-    check=_check,
+    order=2,
 )

@@ -158,61 +158,60 @@ CURVE_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 LOSS = "softmax_cross_entropy"
 
-CONFIGS = {
-    # variants: names of VARIANTS; depth: Dense layers including the readout; width: hidden width;
-    # steps of minibatch training with batch_size examples, a record every record_every steps;
-    # lr_factors: multiples of each optimizer's BASE_LR tried for every variant (batched);
-    # probe_batch: training images the gradient ratio at init is measured on.
-    "quick": {
-        "variants": ["sigmoid", "elu", "sigmoid_batchnorm"],
-        "seeds": 5,
-        "depth": 20,
-        "width": 32,
-        "steps": 300,
-        "batch_size": 64,
-        "record_every": 20,
-        "lr_factors": [0.3, 3.0],
-        "probe_batch": 256,
-    },
-    "full": {
-        "variants": list(VARIANTS),
-        "seeds": 5,
-        "depth": 20,
-        "width": 32,
-        "steps": 300,
-        "batch_size": 64,
-        "record_every": 20,
-        "lr_factors": [0.3, 1.0, 3.0, 10.0],
-        "probe_batch": 256,
-    },
-}
+
+@dataclasses.dataclass(frozen=True)
+class RemediesConfig(gf.experiment.Config):
+    """Every remedy of the sigmoid net, each at its best of several learning rates."""
+
+    variants: tuple[str, ...]  # names of VARIANTS
+    seeds: int  # random draws per (variant, learning rate)
+    depth: int  # Dense layers including the readout
+    width: int  # hidden width
+    steps: int  # minibatch training steps
+    batch_size: int  # minibatch
+    record_every: int  # steps between records
+    lr_factors: tuple[float, ...]  # multiples of each optimizer's BASE_LR, tried for every variant
+    probe_batch: int  # training images the gradient ratio at init is measured on
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key, lo in (
+            ("seeds", 5), ("depth", 3), ("width", 1), ("steps", 1), ("batch_size", 1),
+            ("record_every", 1), ("probe_batch", 1),
+        ):  # fmt: skip
+            if getattr(self, key) < lo:
+                raise ValueError(f"{key} must be an int >= {lo}, got {getattr(self, key)!r}")
+        if self.steps % self.record_every:
+            raise ValueError(
+                f"steps ({self.steps}) must be a multiple of record_every ({self.record_every})"
+            )
+        variants = list(self.variants)
+        unknown = [v for v in variants if v not in VARIANTS]
+        if not variants or unknown:
+            raise ValueError(
+                f"unknown variants {unknown or variants}; valid: {', '.join(VARIANTS)}"
+            )
+        if len(set(variants)) != len(variants):
+            raise ValueError(f"variants must be distinct, got {variants}")
+        factors = list(self.lr_factors)
+        if not factors or not all(np.isfinite(f) and f > 0 for f in factors):
+            raise ValueError(f"lr_factors must be positive numbers, got {factors!r}")
 
 
-def _check(config: dict) -> None:
-    for key, lo in (
-        ("seeds", 5), ("depth", 3), ("width", 1), ("steps", 1), ("batch_size", 1),
-        ("record_every", 1), ("probe_batch", 1),
-    ):  # fmt: skip
-        v = config[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"{key} must be an int >= {lo}, got {v!r}")
-    if config["steps"] % config["record_every"]:
-        raise ValueError(
-            f"steps ({config['steps']}) must be a multiple of record_every "
-            f"({config['record_every']})"
-        )
-    variants = list(config["variants"])
-    unknown = [v for v in variants if v not in VARIANTS]
-    if not variants or unknown:
-        raise ValueError(f"unknown variants {unknown or variants}; valid: {', '.join(VARIANTS)}")
-    if len(set(variants)) != len(variants):
-        raise ValueError(f"variants must be distinct, got {variants}")
-    factors = list(config["lr_factors"])
-    if not factors or not all(
-        isinstance(f, (int, float)) and not isinstance(f, bool) and np.isfinite(f) and f > 0
-        for f in factors
-    ):
-        raise ValueError(f"lr_factors must be positive numbers, got {factors!r}")
+FULL = RemediesConfig(
+    variants=tuple(VARIANTS),
+    seeds=5,
+    depth=20,
+    width=32,
+    steps=300,
+    batch_size=64,
+    record_every=20,
+    lr_factors=(0.3, 1.0, 3.0, 10.0),
+    probe_batch=256,
+)
+QUICK = dataclasses.replace(
+    FULL, variants=("sigmoid", "elu", "sigmoid_batchnorm"), lr_factors=(0.3, 3.0)
+)
 
 
 def model(name: str, depth: int, width: int) -> gf.models.MLP:
@@ -249,8 +248,8 @@ def _data(scale: str) -> gf.data.Digits:
     return gf.data.load_digits(scale=scale)
 
 
-def _make_fn(config: dict):
-    depth, width, steps = config["depth"], config["width"], config["steps"]
+def _make_fn(config: RemediesConfig):
+    depth, width, steps = config.depth, config.width, config.steps
 
     @functools.cache
     def parts(name: str):
@@ -261,16 +260,16 @@ def _make_fn(config: dict):
             optimizer=optimizer(name, steps),
             loss=LOSS,
             steps=steps,
-            batch_size=config["batch_size"],
-            record_every=config["record_every"],
+            batch_size=config.batch_size,
+            record_every=config.record_every,
         )
         return net, data, gf.training.train_fn(train_cfg, data)
 
     def fn(hparams, key):
         name = hparams["variant"]
         net, data, train = parts(name)
-        x = data.x_train[: config["probe_batch"]]
-        y = data.y_train[: config["probe_batch"]]
+        x = data.x_train[: config.probe_batch]
+        y = data.y_train[: config.probe_batch]
         # train_fn initialises with the first half of split(key): probe those same parameters,
         # BatchNorm in train mode (batch statistics, as a training step sees them).
         init_key, _ = jax.random.split(key)
@@ -289,13 +288,12 @@ def _make_fn(config: dict):
     return fn
 
 
-def run(config: dict, results_dir: Path) -> None:
+def run(config: RemediesConfig, results_dir: Path) -> None:
     """Every variant x learning-rate factor x seed: one sweep, one compiled program per variant."""
-    _check(config)
     gf.sweep.run(
         _make_fn(config),
-        grid={"variant": list(config["variants"]), "lr_factor": list(config["lr_factors"])},
-        seeds=range(config["seeds"]),
+        grid={"variant": list(config.variants), "lr_factor": list(config.lr_factors)},
+        seeds=range(config.seeds),
         workdir=Path(results_dir) / "variants",
         axes={
             "init_preact_grad": ("layer",),
@@ -304,7 +302,7 @@ def run(config: dict, results_dir: Path) -> None:
             "test_accuracy": ("step",),
         },
         name=NAME,
-        config=dict(config),
+        config=config.to_dict(),
     )
 
 
@@ -315,7 +313,7 @@ def load(results_dir: Path) -> tuple[pd.DataFrame, dict]:
     """The saved table and the run's config."""
     workdir = Path(results_dir) / "variants"
     df = gf.sweep.load(workdir)
-    return df, gf.sweep.load_metadata(workdir)["config"]["config"]
+    return df, gf.experiment.stored_config(workdir)
 
 
 def learning_rate(name: str, factor: float) -> float:
@@ -380,8 +378,8 @@ def curves(df: pd.DataFrame, name: str, factor: float, metric: str = "loss"):
         (df["variant"] == name) & (df["metric"] == metric) & (df["lr_factor"] == factor)
         & ~df["diverged"]
     ]  # fmt: skip
-    wide = sub.pivot(index="seed", columns="step", values="value")
-    return wide.columns.to_numpy(int), wide.to_numpy(float)
+    values, at = gf.sweep.to_arrays(sub, ("seed", "step"))
+    return at["step"], values
 
 
 # ------------------------------------------------------------------------------ figures, tables
@@ -409,93 +407,23 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
     df, config = load(results_dir)
     s = summary(df, config)
     names = list(s["variant"])
-    rec = config["record_every"]
     ypos = np.arange(len(names))[::-1]
     with gf.plotting.style():
         import matplotlib.pyplot as plt
-        from matplotlib.lines import Line2D
-        from matplotlib.transforms import blended_transform_factory
 
         top_h = 0.55 + 0.17 * len(names)
         fig = plt.figure(figsize=(gf.plotting.WIDTHS["text"], top_h + 2.3), layout="constrained")
         top, bottom = fig.subfigures(2, 1, height_ratios=[top_h, 2.3])
         ax_r, ax_a = top.subplots(1, 2, sharey=True, width_ratios=[1.3, 1])
-
-        # (a) ratio per seed, median as a bar; colours and tick labels by remedy class
-        rng = np.random.default_rng(0)  # vertical jitter of the seed dots only
-        for y, name in zip(ypos, names):
-            r = gf.plotting.finite_or_raise(ratios(df, name), f"gradient ratio of {name}")
-            c = _color(name)
-            ax_r.plot(r, y + rng.uniform(-0.2, 0.2, r.size), "o", color=c, ms=2.6, alpha=0.8,
-                      mfc="none", mew=0.8)  # fmt: skip
-            ax_r.plot([np.median(r)] * 2, [y - 0.32, y + 0.32], color=c, lw=1.8)
-        ax_r.set_xscale("log")
-        ax_r.axvline(1.0, color="0.5", lw=0.6, ls=":")
-        ax_r.set_yticks(ypos, list(s["label"]))
-        for tick, name in zip(ax_r.get_yticklabels(), names):
-            tick.set_color(_color(name))
-        ax_r.set_ylim(-0.6, len(names) - 0.4)
-        ax_r.set_xlabel(r"$\|\delta_1\| / \|\delta_L\|$ at initialisation (first layer / readout)")
-        ax_r.set_title("(a) gradient ratio at init (○ a seed, | median)", loc="left")
-        handles = [Line2D([], [], color=gf.plotting.COLORS[_KIND_COLOR[k]], marker="s", lw=0,
-                          label=k) for k in CLASSES if k in set(s["kind"])]  # fmt: skip
-        tall = len(names) >= 6  # room for a titled legend between the clusters of dots
-        ax_r.legend(handles=handles, loc="lower center", fontsize=6, handletextpad=0.2,
-                    title="remedy class" if tall else None, title_fontsize=6,
-                    ncols=2 if tall else len(handles), columnspacing=1.0)  # fmt: skip
-
-        # (b) final test accuracy at the chosen learning rate, numbers in a column at the right
-        seeds = int(s["seeds"].max())
-        right = blended_transform_factory(ax_a.transAxes, ax_a.transData)
-        for y, row in zip(ypos, s.itertuples()):
-            c = _color(row.variant)
-            if not np.isfinite(row.acc_mean):
-                text = "every learning rate diverged"
-            else:
-                sd = 0.0 if np.isnan(row.acc_sd) else row.acc_sd
-                ax_a.errorbar(row.acc_mean, y, xerr=sd, fmt="o", color=c, ms=3.5, capsize=2,
-                              lw=1)  # fmt: skip
-                text = f"{row.acc_mean:.2f} ± {sd:.2f}   lr {row.learning_rate:g}"
-            ax_a.text(1.03, y, text, transform=right, va="center", fontsize=6, color=c)
-        ax_a.axvline(0.1, color="0.5", lw=0.6, ls=":")
-        ax_a.set_xlim(0, 1)
-        ax_a.set_xticks([0.1, 0.25, 0.5, 0.75, 1.0], ["chance", ".25", ".5", ".75", "1"])
-        ax_a.set_xlabel("test accuracy after training")
-        ax_a.set_title(f"(b) test accuracy (mean ± sd, {seeds} seeds)", loc="left")
-
-        # (c, d) training-loss curves at each variant's chosen learning rate
+        _panel_ratios(ax_r, df, s, ypos)
+        _panel_accuracy(ax_a, s, ypos)
         panels = [(t, [n for n in ns if n in names]) for t, ns in CURVE_PANELS]
         panels = [(t, ns) for t, ns in panels if ns]
         axes = np.atleast_1d(bottom.subplots(1, len(panels), sharey=True))
         all_losses = []
         for i, (ax, (title, ns)) in enumerate(zip(axes, panels)):
-            others = iter(zip(gf.plotting.COLORS[:7], ["--", "-.", ":", (0, (5, 1))] * 2))
-            for n in ns:
-                c, ls = (gf.plotting.COLORS[-1], "-") if n == "sigmoid" else next(others)
-                factor = float(s.loc[s["variant"] == n, "lr_factor"].iloc[0])
-                records, vals = curves(df, n, factor)
-                if vals.size == 0:  # every seed diverged: said in panel (b)
-                    continue
-                vals = gf.plotting.finite_or_raise(vals, f"training loss of {n}")
-                steps = (records + 1) * rec  # record i is taken after step (i + 1) * rec
-                lo, med, hi = np.percentile(vals, [10, 50, 90], axis=0)
-                ax.fill_between(steps, lo, hi, color=c, alpha=0.18, lw=0)
-                ax.plot(steps, med, color=c, ls=ls, label=VARIANTS[n].label)
-                all_losses.append(vals)
-            flat = [n for n in ns if _at_chance(df, n, s)]
-            if len(flat) > 1:  # coinciding curves: say which lie under the chance line
-                ax.axhline(CHANCE_LOSS, color="0.5", lw=0.6, ls=":", zorder=0)
-                labels = [VARIANTS[n].label for n in flat]
-                half = (len(labels) + 1) // 2
-                text = "at chance (ln 10) throughout:\n" + ",\n".join(
-                    ", ".join(part) for part in (labels[:half], labels[half:]) if part
-                )
-                ax.text(0.99, CHANCE_LOSS * 1.08, text, transform=ax.get_yaxis_transform(),
-                        ha="right", va="bottom", fontsize=5.5, color="0.3")  # fmt: skip
-            ax.set_xlim(0, config["steps"])
-            ax.set_xlabel("training step")
+            all_losses += _panel_losses(ax, df, s, ns, config)
             ax.set_title(f"({'cd'[i]}) training loss, {title}", loc="left")
-            ax.legend(loc="lower left", fontsize=5.8, ncols=2)
         axes[0].set_ylabel("training loss (full training set)\nmedian and 10–90% over seeds")
         if all_losses:
             gf.plotting.log_axis_if_spans(axes[0], np.concatenate([v.ravel() for v in all_losses]),
@@ -507,6 +435,91 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
             fontsize=8,
         )
         return gf.plotting.savefig(fig, Path(figures_dir) / f"{NAME}_headline")
+
+
+def _panel_ratios(ax, df: pd.DataFrame, s: pd.DataFrame, ypos: np.ndarray) -> None:
+    """(a) the gradient ratio per seed, its median as a bar; colours by remedy class."""
+    from matplotlib.lines import Line2D
+
+    names = list(s["variant"])
+    rng = np.random.default_rng(0)  # vertical jitter of the seed dots only
+    for y, name in zip(ypos, names):
+        r = gf.plotting.finite_or_raise(ratios(df, name), f"gradient ratio of {name}")
+        c = _color(name)
+        ax.plot(r, y + rng.uniform(-0.2, 0.2, r.size), "o", color=c, ms=2.6, alpha=0.8,
+                mfc="none", mew=0.8)  # fmt: skip
+        ax.plot([np.median(r)] * 2, [y - 0.32, y + 0.32], color=c, lw=1.8)
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="0.5", lw=0.6, ls=":")
+    ax.set_yticks(ypos, list(s["label"]))
+    for tick, name in zip(ax.get_yticklabels(), names):
+        tick.set_color(_color(name))
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.set_xlabel(r"$\|\delta_1\| / \|\delta_L\|$ at initialisation (first layer / readout)")
+    ax.set_title("(a) gradient ratio at init (○ a seed, | median)", loc="left")
+    handles = [Line2D([], [], color=gf.plotting.COLORS[_KIND_COLOR[k]], marker="s", lw=0,
+                      label=k) for k in CLASSES if k in set(s["kind"])]  # fmt: skip
+    tall = len(names) >= 6  # room for a titled legend between the clusters of dots
+    ax.legend(handles=handles, loc="lower center", fontsize=6, handletextpad=0.2,
+              title="remedy class" if tall else None, title_fontsize=6,
+              ncols=2 if tall else len(handles), columnspacing=1.0)  # fmt: skip
+
+
+def _panel_accuracy(ax, s: pd.DataFrame, ypos: np.ndarray) -> None:
+    """(b) final test accuracy at the chosen learning rate, numbers in a column at the right."""
+    from matplotlib.transforms import blended_transform_factory
+
+    seeds = int(s["seeds"].max())
+    right = blended_transform_factory(ax.transAxes, ax.transData)
+    for y, row in zip(ypos, s.itertuples()):
+        c = _color(row.variant)
+        if not np.isfinite(row.acc_mean):
+            text = "every learning rate diverged"
+        else:
+            sd = 0.0 if np.isnan(row.acc_sd) else row.acc_sd
+            ax.errorbar(row.acc_mean, y, xerr=sd, fmt="o", color=c, ms=3.5, capsize=2, lw=1)
+            text = f"{row.acc_mean:.2f} ± {sd:.2f}   lr {row.learning_rate:g}"
+        ax.text(1.03, y, text, transform=right, va="center", fontsize=6, color=c)
+    ax.axvline(0.1, color="0.5", lw=0.6, ls=":")
+    ax.set_xlim(0, 1)
+    ax.set_xticks([0.1, 0.25, 0.5, 0.75, 1.0], ["chance", ".25", ".5", ".75", "1"])
+    ax.set_xlabel("test accuracy after training")
+    ax.set_title(f"(b) test accuracy (mean ± sd, {seeds} seeds)", loc="left")
+
+
+def _panel_losses(ax, df: pd.DataFrame, s: pd.DataFrame, ns: list[str], config: dict) -> list:
+    """(c, d) training-loss curves of ``ns`` at each one's chosen learning rate; returns them."""
+    losses = []
+    others = iter(zip(gf.plotting.COLORS[:7], ["--", "-.", ":", (0, (5, 1))] * 2))
+    for n in ns:
+        c, ls = (gf.plotting.COLORS[-1], "-") if n == "sigmoid" else next(others)
+        factor = float(s.loc[s["variant"] == n, "lr_factor"].iloc[0])
+        records, vals = curves(df, n, factor)
+        if vals.size == 0:  # every seed diverged: said in panel (b)
+            continue
+        vals = gf.plotting.finite_or_raise(vals, f"training loss of {n}")
+        steps = (records + 1) * config["record_every"]  # record i: after step (i + 1) * rec
+        gf.plotting.band(ax, steps, vals, color=c, alpha=0.18, ls=ls, label=VARIANTS[n].label)
+        losses.append(vals)
+    _chance_note(ax, [n for n in ns if _at_chance(df, n, s)])
+    ax.set_xlim(0, config["steps"])
+    ax.set_xlabel("training step")
+    ax.legend(loc="lower left", fontsize=5.8, ncols=2)
+    return losses
+
+
+def _chance_note(ax, flat: list[str]) -> None:
+    """Coinciding curves at the chance loss: a line at ln 10 and which variants lie under it."""
+    if len(flat) <= 1:
+        return
+    ax.axhline(CHANCE_LOSS, color="0.5", lw=0.6, ls=":", zorder=0)
+    labels = [VARIANTS[n].label for n in flat]
+    half = (len(labels) + 1) // 2
+    text = "at chance (ln 10) throughout:\n" + ",\n".join(
+        ", ".join(part) for part in (labels[:half], labels[half:]) if part
+    )
+    ax.text(0.99, CHANCE_LOSS * 1.08, text, transform=ax.get_yaxis_transform(),
+            ha="right", va="bottom", fontsize=5.5, color="0.3")  # fmt: skip
 
 
 def _macro(name: str) -> str:
@@ -558,10 +571,10 @@ EXPERIMENT = gf.experiment.Experiment(
     name=NAME,
     claim=CLAIM,
     source=SOURCE,
-    configs=CONFIGS,
+    configs={"quick": QUICK, "full": FULL},
     run=run,
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_headline",),
-    check=_check,
+    order=5,
 )

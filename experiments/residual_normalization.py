@@ -67,6 +67,7 @@ dominate the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -105,30 +106,61 @@ MOMENTUM = 0.9
 #: Layers per residual branch (Fixup's m).
 BRANCH_LAYERS = 2
 
-CONFIGS = {
-    # depths: residual blocks; width: channels; seeds; probe_batch: images for the init
-    # statistics; steps of batch_size images with SGD + momentum at each of learning_rates.
-    "quick": {
-        "variants": list(VARIANTS),
-        "depths": [16],
-        "width": 8,
-        "seeds": 2,
-        "probe_batch": 64,
-        "steps": 120,
-        "batch_size": 16,
-        "learning_rates": [0.01, 0.03],
-    },
-    "full": {
-        "variants": list(VARIANTS),
-        "depths": [8, 32, 128],
-        "width": 8,
-        "seeds": 2,
-        "probe_batch": 128,
-        "steps": 150,
-        "batch_size": 16,
-        "learning_rates": [0.003, 0.01, 0.03],
-    },
-}
+
+@dataclasses.dataclass(frozen=True)
+class ResidualNormalizationConfig(gf.experiment.Config):
+    """Residual networks with and without normalization: initial statistics and training."""
+
+    variants: tuple[str, ...]  # names of VARIANTS
+    depths: tuple[int, ...]  # residual blocks
+    width: int  # channels
+    seeds: int  # random draws per (variant, depth, learning rate)
+    probe_batch: int  # images for the statistics at initialisation
+    steps: int  # SGD + momentum steps
+    batch_size: int  # images per step
+    learning_rates: tuple[float, ...]  # step sizes, each trained
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key, lo in (("width", 1), ("seeds", 1), ("probe_batch", 2), ("steps", 1),
+                        ("batch_size", 2)):  # fmt: skip
+            if getattr(self, key) < lo:
+                raise ValueError(f"{key} must be an int >= {lo}, got {getattr(self, key)!r}")
+        variants = list(self.variants)
+        unknown = [v for v in variants if v not in VARIANTS]
+        if not variants or unknown or len(set(variants)) != len(variants):
+            raise ValueError(
+                f"variants must be distinct names of {', '.join(VARIANTS)}, got {variants!r}"
+            )
+        depths = list(self.depths)
+        if not depths or any(d < 2 for d in depths):
+            raise ValueError(f"depths must be ints >= 2 (residual blocks), got {depths!r}")
+        lrs = list(self.learning_rates)
+        if not lrs or not all(math.isfinite(r) and r > 0 for r in lrs):
+            raise ValueError(f"learning_rates must be positive numbers, got {lrs!r}")
+
+    def check_resources(self) -> None:
+        depth = max(self.depths)
+        per_net = 18 * self.width**2 + 12 * self.probe_batch * 64 * self.width
+        gf.experiment.check_memory(
+            f"depths up to {depth} at width={self.width} x seeds={self.seeds}",
+            4 * 4 * self.seeds * len(self.variants) * depth * per_net,
+        )
+
+
+FULL = ResidualNormalizationConfig(
+    variants=tuple(VARIANTS),
+    depths=(8, 32, 128),
+    width=8,
+    seeds=2,
+    probe_batch=128,
+    steps=150,
+    batch_size=16,
+    learning_rates=(0.003, 0.01, 0.03),
+)
+QUICK = dataclasses.replace(
+    FULL, depths=(16,), probe_batch=64, steps=120, learning_rates=(0.01, 0.03)
+)
 
 _he = gf.initializers.get("he_normal")
 _lecun = gf.initializers.get("lecun_normal")
@@ -280,73 +312,46 @@ class ResNet(nn.Module):
 # ------------------------------------------------------------------------------------- sweeps
 
 
-def _check(config: dict) -> None:
-    for key, lo in (("width", 1), ("seeds", 1), ("probe_batch", 2), ("steps", 1),
-                    ("batch_size", 2)):  # fmt: skip
-        v = config[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"{key} must be an int >= {lo}, got {v!r}")
-    variants = list(config["variants"])
-    unknown = [v for v in variants if v not in VARIANTS]
-    if not variants or unknown or len(set(variants)) != len(variants):
-        raise ValueError(
-            f"variants must be distinct names of {', '.join(VARIANTS)}, got {variants!r}"
-        )
-    depths = list(config["depths"])
-    if not depths or any(isinstance(d, bool) or not isinstance(d, int) or d < 2 for d in depths):
-        raise ValueError(f"depths must be ints >= 2 (residual blocks), got {depths!r}")
-    lrs = list(config["learning_rates"])
-    if not lrs or not all(
-        isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r > 0
-        for r in lrs
-    ):
-        raise ValueError(f"learning_rates must be positive numbers, got {lrs!r}")
-    depth = max(depths)
-    per_net = 18 * config["width"] ** 2 + 12 * config["probe_batch"] * 64 * config["width"]
-    gf.experiment.check_memory(
-        f"depths up to {depth} at width={config['width']} x seeds={config['seeds']}",
-        4 * 4 * config["seeds"] * len(config["variants"]) * depth * per_net,
-    )
-
-
 @functools.cache
 def _data() -> gf.data.Digits:
     return gf.data.load_digits(scale="standardize")
 
 
-def _probe_batch(config: dict) -> tuple[jax.Array, jax.Array]:
+def _probe_batch(config: ResidualNormalizationConfig) -> tuple[jax.Array, jax.Array]:
     data = _data()
-    n = config["probe_batch"]
+    n = config.probe_batch
     return jnp.asarray(data.x_train[:n]), jnp.asarray(data.y_train[:n])
 
 
-def _init_probe(config: dict, variant: str, depth: int, key: jax.Array) -> tuple:
+def _init_probe(
+    config: ResidualNormalizationConfig, variant: str, depth: int, key: jax.Array
+) -> tuple:
     """``(probe report, SPP intermediates)`` of the network ``train_fn`` initialises from
     ``key`` (the first half of ``split(key)``), BatchNorm with batch statistics."""
     x, y = _probe_batch(config)
-    net = ResNet(width=config["width"], depth=depth, variant=variant)
+    net = ResNet(width=config.width, depth=depth, variant=variant)
     variables = net.init(jax.random.split(key)[0], x[:1])
     report = gf.probes.probe(net, variables, x, y, LOSS, train=True)
     _, state = net.apply(variables, x, train=True, mutable=["intermediates", "batch_stats"])
     return report, state["intermediates"]["blocks"]
 
 
-def layers(config: dict, variant: str, depth: int) -> list[tuple[str, str]]:
+def layers(config: ResidualNormalizationConfig, variant: str, depth: int) -> list[tuple[str, str]]:
     """``(name, kind)`` of the probe's rows, forward order (``blocks/conv_0[3]``: block 3's first
     convolution; ``blocks[3]``: its scalar multiplier), from the traced program alone."""
     out = jax.eval_shape(lambda k: _init_probe(config, variant, depth, k)[0], jax.random.key(0))
     return [(str(n), str(k)) for n, k in zip(out.layer_names, out.layer_kinds)]
 
 
-def _make_fn(config: dict, rows: dict):
-    steps = config["steps"]
+def _make_fn(config: ResidualNormalizationConfig, rows: dict):
+    steps = config.steps
 
     @functools.cache
     def trainer(variant: str, depth: int):
-        net = ResNet(width=config["width"], depth=depth, variant=variant)
+        net = ResNet(width=config.width, depth=depth, variant=variant)
         cfg = gf.training.TrainConfig(
             model=net, optimizer="momentum", loss=LOSS, steps=steps,
-            batch_size=config["batch_size"], record_every=steps,
+            batch_size=config.batch_size, record_every=steps,
         )  # fmt: skip
         return gf.training.train_fn(cfg, _data())
 
@@ -372,19 +377,19 @@ def _make_fn(config: dict, rows: dict):
     return fn
 
 
-def run(config: dict, results_dir: Path) -> None:
+def run(config: ResidualNormalizationConfig, results_dir: Path) -> None:
     """Every (variant, depth) group: the initial network's statistics and its training at every
     learning rate x seed, one compiled program per group."""
-    _check(config)
+    config.check_resources()
     rows: dict = {}
     gf.sweep.run(
         _make_fn(config, rows),
         grid={
-            "variant": list(config["variants"]),
-            "depth": [int(d) for d in config["depths"]],
-            "learning_rate": [float(r) for r in config["learning_rates"]],
+            "variant": list(config.variants),
+            "depth": [int(d) for d in config.depths],
+            "learning_rate": [float(r) for r in config.learning_rates],
         },
-        seeds=range(config["seeds"]),
+        seeds=range(config.seeds),
         static=("depth",),
         workdir=Path(results_dir) / "resnets",
         axes={
@@ -395,10 +400,10 @@ def run(config: dict, results_dir: Path) -> None:
             "init_preact_grad_norm": ("layer",),
         },
         name=NAME,
-        config=dict(config),
+        config=config.to_dict(),
     )
-    for v in config["variants"]:  # groups of a resumed sweep were not traced
-        for d in config["depths"]:
+    for v in config.variants:  # groups of a resumed sweep were not traced
+        for d in config.depths:
             if f"{v}/{d}" not in rows:
                 rows[f"{v}/{d}"] = layers(config, v, int(d))
     gf.experiment.write_atomic(Path(results_dir) / "layers.json", json.dumps(rows))
@@ -413,7 +418,7 @@ def load(results_dir: Path) -> tuple[pd.DataFrame, dict]:
     workdir = Path(results_dir) / "resnets"
     df = gf.sweep.load(workdir)
     df.attrs["layers"] = json.loads((Path(results_dir) / "layers.json").read_text())
-    return df, gf.sweep.load_metadata(workdir)["config"]["config"]
+    return df, gf.experiment.stored_config(workdir)
 
 
 def init_profile(df: pd.DataFrame, variant: str, depth: int, metric: str) -> np.ndarray:
@@ -424,7 +429,7 @@ def init_profile(df: pd.DataFrame, variant: str, depth: int, metric: str) -> np.
     sub = df[(df["variant"] == variant) & (df["depth"] == depth) & (df["metric"] == metric)]
     sub = sub[sub["learning_rate"] == sub["learning_rate"].min()]
     axis = "layer" if metric.endswith("grad_norm") else "block"
-    return sub.pivot(index="seed", columns=axis, values="value").to_numpy(float)
+    return gf.sweep.to_arrays(sub, ("seed", axis))[0]
 
 
 def row_names(df: pd.DataFrame, variant: str, depth: int) -> list[str]:
@@ -523,7 +528,6 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
     to input variance ratio against the block index at init (deepest network), (d) the first
     conv's gradient norm per block at init, (e) test accuracy against depth."""
     df, config = load(results_dir)
-    s = summary(df, config)
     depth = max(int(d) for d in config["depths"])
     variants = list(config["variants"])
     with gf.plotting.style():
@@ -533,74 +537,12 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
         top, bottom = fig.subfigures(2, 1)
         ax_v, ax_m, ax_r = top.subplots(1, 3)
         ax_g, ax_a = bottom.subplots(1, 2, width_ratios=[1.5, 1])
-        blocks = np.arange(1, depth + 1)
         zero_branch, zero_grad = [], []
         for v in variants:
-            kw = {"color": _COLOR[v], "ls": _STYLE[v], "label": LABELS[v]}
-            for ax, metric in ((ax_v, "init_log10_var"), (ax_m, "init_log10_sq_mean")):
-                p = gf.plotting.finite_or_raise(init_profile(df, v, depth, metric), metric)
-                lo, med, hi = np.percentile(p, [0, 50, 100], axis=0)
-                ax.fill_between(blocks, 10.0**lo, 10.0**hi, color=_COLOR[v], alpha=0.2, lw=0)
-                ax.plot(blocks, 10.0**med, **kw)
-            r = gf.plotting.finite_or_raise(init_profile(df, v, depth, "init_branch_ratio"),
-                                            "branch ratio")  # fmt: skip
-            if np.all(r == 0):
-                zero_branch.append(LABELS[v])
-            else:
-                ax_r.plot(blocks, np.median(r, 0), **kw)
-            g = gf.plotting.finite_or_raise(conv_grads(df, v, depth), "conv gradients")
-            if np.all(g == 0):
-                zero_grad.append(LABELS[v])
-            else:
-                ax_g.plot(blocks, np.median(g, 0), **kw)
-        ax_r.plot(blocks, 1.0 / blocks, color="k", lw=0.8, ls=(0, (1, 2)),
-                  label="$1/l$ (theory, BatchNorm)")  # fmt: skip
-        if "none" in variants:  # Var(x_l) = 2^(l-1) Var(x_1) without normalisation
-            v1 = 10.0 ** np.median(init_profile(df, "none", depth, "init_log10_var")[:, 0])
-            ax_v.plot(blocks, v1 * 2.0 ** (blocks - 1.0), color="k", lw=0.8, ls=(0, (1, 2)),
-                      label="$\\propto 2^l$ (theory, none)")  # fmt: skip
-        for ax, title in (
-            (ax_v, "(a) average channel variance"),
-            (ax_m, "(b) average squared channel mean"),
-            (ax_r, "(c) branch / input variance"),
-        ):
-            ax.set_yscale("log")
-            ax.set_xlabel("block $l$")
-            ax.set_title(title, loc="left")
-        ax_r.set_xscale("log")
-        ax_v.set_ylabel("at the end of block $l$ (init)")
-        ax_v.legend(fontsize=5.5, loc="upper left")
-        if zero_branch:  # nothing to draw on a log axis: say so in the legend
-            ax_r.plot([], [], color="none", label=f"{', '.join(zero_branch)}: exactly 0")
-        ax_r.legend(fontsize=5.5, loc="lower left")
-        ax_g.set_yscale("log")
-        ax_g.set_xscale("log")
-        ax_g.set_xlabel("block $l$")
-        ax_g.set_ylabel(r"$\|\partial C/\partial W\|_F$, first conv of block $l$")
-        ax_g.set_title(f"(d) gradients at init, depth {depth}", loc="left")
-        if zero_grad:
-            label = f"{', '.join(zero_grad)}: exactly 0 at every block"
-            ax_g.plot([], [], color="none", label=label)
-        ax_g.legend(fontsize=5.5, loc="center left")
-
-        # (e) test accuracy against depth, best learning rate
-        depths = sorted(int(d) for d in config["depths"])
-        for v in variants:
-            rows = s[s["variant"] == v].set_index("depth").loc[depths]
-            ax_a.errorbar(depths, rows["acc_mean"], yerr=rows["acc_sd"].fillna(0.0),
-                          color=_COLOR[v], ls=_STYLE[v], marker="o", ms=3, capsize=2,
-                          label=LABELS[v])  # fmt: skip
-            dead = rows[~np.isfinite(rows["acc_mean"].to_numpy(float))]
-            ax_a.plot(dead.index, np.full(len(dead), 0.1), "x", color=_COLOR[v], ms=6)
-        ax_a.axhline(0.1, color="0.5", lw=0.6, ls=":")
-        ax_a.set_xscale("log")
-        ax_a.set_xticks(depths, [str(d) for d in depths])
-        ax_a.minorticks_off()
-        ax_a.set_ylim(0, 1)
-        ax_a.set_xlabel("residual blocks")
-        ax_a.set_ylabel("test accuracy (best learning rate)")
-        ax_a.set_title("(e) trainability (× every seed diverged)", loc="left")
-        ax_a.legend(fontsize=5.5, loc="lower left")
+            _draw_init(ax_v, ax_m, ax_r, ax_g, df, v, depth, zero_branch, zero_grad)
+        _style_signal(ax_v, ax_m, ax_r, df, variants, depth, zero_branch)
+        _style_grads(ax_g, depth, zero_grad)
+        _panel_accuracy(ax_a, summary(df, config), variants, config)
         fig.suptitle(
             f"Residual networks on digits (width {config['width']}): signal propagation and "
             f"gradients at initialisation on {config['probe_batch']} images (median, range over "
@@ -608,6 +550,90 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
             fontsize=7,
         )
         return gf.plotting.savefig(fig, Path(figures_dir) / f"{NAME}_headline")
+
+
+def _draw_init(ax_v, ax_m, ax_r, ax_g, df, v: str, depth: int, zero_branch, zero_grad) -> None:
+    """Variant ``v`` at init in panels (a)-(d); a variant exactly 0 everywhere is noted in
+    ``zero_branch`` / ``zero_grad`` instead (nothing to draw on a log axis)."""
+    blocks = np.arange(1, depth + 1)
+    kw = {"color": _COLOR[v], "ls": _STYLE[v], "label": LABELS[v]}
+    for ax, metric in ((ax_v, "init_log10_var"), (ax_m, "init_log10_sq_mean")):
+        p = gf.plotting.finite_or_raise(init_profile(df, v, depth, metric), metric)
+        gf.plotting.band(ax, blocks, p, q=(0, 100), alpha=0.2, transform=_exp10, **kw)
+    r = gf.plotting.finite_or_raise(init_profile(df, v, depth, "init_branch_ratio"),
+                                    "branch ratio")  # fmt: skip
+    if np.all(r == 0):
+        zero_branch.append(LABELS[v])
+    else:
+        ax_r.plot(blocks, np.median(r, 0), **kw)
+    g = gf.plotting.finite_or_raise(conv_grads(df, v, depth), "conv gradients")
+    if np.all(g == 0):
+        zero_grad.append(LABELS[v])
+    else:
+        ax_g.plot(blocks, np.median(g, 0), **kw)
+
+
+def _exp10(x: np.ndarray) -> np.ndarray:
+    return 10.0**x
+
+
+def _style_signal(ax_v, ax_m, ax_r, df, variants: list[str], depth: int, zero_branch) -> None:
+    """Panels (a)-(c): the theory lines, log axes, titles and legends."""
+    blocks = np.arange(1, depth + 1)
+    ax_r.plot(blocks, 1.0 / blocks, color="k", lw=0.8, ls=(0, (1, 2)),
+              label="$1/l$ (theory, BatchNorm)")  # fmt: skip
+    if "none" in variants:  # Var(x_l) = 2^(l-1) Var(x_1) without normalisation
+        v1 = 10.0 ** np.median(init_profile(df, "none", depth, "init_log10_var")[:, 0])
+        ax_v.plot(blocks, v1 * 2.0 ** (blocks - 1.0), color="k", lw=0.8, ls=(0, (1, 2)),
+                  label="$\\propto 2^l$ (theory, none)")  # fmt: skip
+    for ax, title in (
+        (ax_v, "(a) average channel variance"),
+        (ax_m, "(b) average squared channel mean"),
+        (ax_r, "(c) branch / input variance"),
+    ):
+        ax.set_yscale("log")
+        ax.set_xlabel("block $l$")
+        ax.set_title(title, loc="left")
+    ax_r.set_xscale("log")
+    ax_v.set_ylabel("at the end of block $l$ (init)")
+    ax_v.legend(fontsize=5.5, loc="upper left")
+    if zero_branch:  # nothing to draw on a log axis: say so in the legend
+        ax_r.plot([], [], color="none", label=f"{', '.join(zero_branch)}: exactly 0")
+    ax_r.legend(fontsize=5.5, loc="lower left")
+
+
+def _style_grads(ax_g, depth: int, zero_grad: list[str]) -> None:
+    """Panel (d): log axes, labels and the legend (naming variants whose gradient is 0)."""
+    ax_g.set_yscale("log")
+    ax_g.set_xscale("log")
+    ax_g.set_xlabel("block $l$")
+    ax_g.set_ylabel(r"$\|\partial C/\partial W\|_F$, first conv of block $l$")
+    ax_g.set_title(f"(d) gradients at init, depth {depth}", loc="left")
+    if zero_grad:
+        label = f"{', '.join(zero_grad)}: exactly 0 at every block"
+        ax_g.plot([], [], color="none", label=label)
+    ax_g.legend(fontsize=5.5, loc="center left")
+
+
+def _panel_accuracy(ax_a, s: pd.DataFrame, variants: list[str], config: dict) -> None:
+    """(e) test accuracy against depth at the best learning rate (x: every seed diverged)."""
+    depths = sorted(int(d) for d in config["depths"])
+    for v in variants:
+        rows = s[s["variant"] == v].set_index("depth").loc[depths]
+        ax_a.errorbar(depths, rows["acc_mean"], yerr=rows["acc_sd"].fillna(0.0),
+                      color=_COLOR[v], ls=_STYLE[v], marker="o", ms=3, capsize=2,
+                      label=LABELS[v])  # fmt: skip
+        dead = rows[~np.isfinite(rows["acc_mean"].to_numpy(float))]
+        ax_a.plot(dead.index, np.full(len(dead), 0.1), "x", color=_COLOR[v], ms=6)
+    ax_a.axhline(0.1, color="0.5", lw=0.6, ls=":")
+    ax_a.set_xscale("log")
+    ax_a.set_xticks(depths, [str(d) for d in depths])
+    ax_a.minorticks_off()
+    ax_a.set_ylim(0, 1)
+    ax_a.set_xlabel("residual blocks")
+    ax_a.set_ylabel("test accuracy (best learning rate)")
+    ax_a.set_title("(e) trainability (× every seed diverged)", loc="left")
+    ax_a.legend(fontsize=5.5, loc="lower left")
 
 
 def tables(results_dir: Path, tables_dir: Path) -> list[Path]:
@@ -659,10 +685,10 @@ EXPERIMENT = gf.experiment.Experiment(
     name=NAME,
     claim=CLAIM,
     source=SOURCE,
-    configs=CONFIGS,
+    configs={"quick": QUICK, "full": FULL},
     run=run,
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_headline",),
-    check=_check,
+    order=11,
 )

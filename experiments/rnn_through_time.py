@@ -76,9 +76,9 @@ rates, :math:`\sigma(\beta)` and the reference losses; the per-run bound curve i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import numbers
 from pathlib import Path
 
 import jax
@@ -106,85 +106,89 @@ RECENT_ONLY_LOSS = 1.0 / 12.0
 #: Key of the adding-problem sequences (training set and probe inputs).
 DATA_KEY = 20130101
 
-CONFIGS = {
-    # (a, b) probe at initialisation: lambda1 of the vanilla RNN, forget-gate biases of the LSTM,
-    # seeds, hidden width, sequence length T, sequences per probe.
-    # (c) adding problem: sequence length, training set size, SGD steps, minibatch, learning rate,
-    # clip threshold, records every, divergence threshold, lambda1 of the recurrent init.
-    "quick": {
-        "seeds": 8,
-        "hidden": 32,
-        "length": 30,
-        "probe_batch": 64,
-        "lambda1": (0.5, 0.9, 1.0, 1.1, 1.5, 3.0),
-        "forget_bias": (1.0, 5.0),
-        "adding_length": 30,
-        "adding_train": 256,
-        "adding_steps": 100,
-        "adding_batch": 32,
-        "learning_rate": 0.3,
-        "clip": 1.0,
-        "record_every": 5,
-        "max_loss": 10.0,
-        "adding_lambda1": 1.0,
-    },
-    "full": {
-        "seeds": 16,
-        "hidden": 32,
-        "length": 100,
-        "probe_batch": 128,
-        "lambda1": (0.5, 0.9, 1.0, 1.1, 1.5, 3.0),
-        "forget_bias": (1.0, 5.0),
-        "adding_length": 50,
-        "adding_train": 512,
-        "adding_steps": 600,
-        "adding_batch": 32,
-        "learning_rate": 0.3,
-        "clip": 1.0,
-        "record_every": 10,
-        "max_loss": 10.0,
-        "adding_lambda1": 1.0,
-    },
-}
+
+@dataclasses.dataclass(frozen=True)
+class RnnThroughTimeConfig(gf.experiment.Config):
+    """(a, b) the probe through time at initialisation; (c) the adding problem, clipped or not."""
+
+    seeds: int  # random draws
+    hidden: int  # hidden width
+    length: int  # the probe's sequence length T
+    probe_batch: int  # sequences per probe
+    lambda1: tuple[float, ...]  # largest singular value of the vanilla RNN's recurrent weights
+    forget_bias: tuple[float, ...]  # the LSTM's forget-gate biases
+    adding_length: int  # the adding problem's sequence length
+    adding_train: int  # its training set size
+    adding_steps: int  # SGD steps
+    adding_batch: int  # minibatch
+    learning_rate: float  # step size
+    clip: float  # global-norm clip threshold
+    record_every: int  # steps between records
+    max_loss: float  # a loss above it counts as divergence
+    adding_lambda1: float  # lambda1 of the adding problem's recurrent init
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key, lo in (
+            ("seeds", 2), ("hidden", 1), ("length", 2), ("probe_batch", 1), ("adding_length", 2),
+            ("adding_train", 1), ("adding_steps", 1), ("adding_batch", 1), ("record_every", 1),
+        ):  # fmt: skip
+            if getattr(self, key) < lo:
+                raise ValueError(f"{key} must be an int >= {lo}, got {getattr(self, key)!r}")
+        for key in ("lambda1", "forget_bias"):
+            v = getattr(self, key)
+            if not v or not all(math.isfinite(x) for x in v):
+                raise ValueError(f"{key} must be a non-empty tuple of finite numbers, got {v!r}")
+        if min(self.lambda1) <= 0:
+            raise ValueError(f"lambda1 values must be positive, got {self.lambda1!r}")
+        for key in ("learning_rate", "clip", "max_loss", "adding_lambda1"):
+            v = getattr(self, key)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{key} must be a positive finite number, got {v!r}")
+        if self.adding_steps % self.record_every:
+            raise ValueError(
+                f"adding_steps ({self.adding_steps}) must be a multiple of record_every "
+                f"({self.record_every})"
+            )
+        if self.adding_batch > self.adding_train:
+            raise ValueError(
+                f"adding_batch ({self.adding_batch}) exceeds adding_train ({self.adding_train})"
+            )
+
+
+FULL = RnnThroughTimeConfig(
+    seeds=16,
+    hidden=32,
+    length=100,
+    probe_batch=128,
+    lambda1=(0.5, 0.9, 1.0, 1.1, 1.5, 3.0),
+    forget_bias=(1.0, 5.0),
+    adding_length=50,
+    adding_train=512,
+    adding_steps=600,
+    adding_batch=32,
+    learning_rate=0.3,
+    clip=1.0,
+    record_every=10,
+    max_loss=10.0,
+    adding_lambda1=1.0,
+)
+QUICK = dataclasses.replace(
+    FULL,
+    seeds=8,
+    length=30,
+    probe_batch=64,
+    adding_length=30,
+    adding_train=256,
+    adding_steps=100,
+    record_every=5,
+)
 
 _CLIP_KEY = "optim/clip_by_global_norm"
 _ADDING_METRICS = (
     "loss", "batch_loss", f"{_CLIP_KEY}/clipped", f"{_CLIP_KEY}/global_norm",
     "param_norm",
 )  # fmt: skip
-
-
-# ------------------------------------------------------------------------------------ config
-
-
-def _check(config: dict) -> None:
-    for key, lo in (
-        ("seeds", 2), ("hidden", 1), ("length", 2), ("probe_batch", 1), ("adding_length", 2),
-        ("adding_train", 1), ("adding_steps", 1), ("adding_batch", 1), ("record_every", 1),
-    ):  # fmt: skip
-        v = config[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"{key} must be an int >= {lo}, got {v!r}")
-    for key in ("lambda1", "forget_bias"):
-        v = config[key]
-        if not v or not all(isinstance(x, numbers.Real) and math.isfinite(x) for x in v):
-            raise ValueError(f"{key} must be a non-empty tuple of finite numbers, got {v!r}")
-    if min(config["lambda1"]) <= 0:
-        raise ValueError(f"lambda1 values must be positive, got {config['lambda1']!r}")
-    for key in ("learning_rate", "clip", "max_loss", "adding_lambda1"):
-        v = config[key]
-        if not (isinstance(v, numbers.Real) and math.isfinite(v) and v > 0):
-            raise ValueError(f"{key} must be a positive finite number, got {v!r}")
-    if config["adding_steps"] % config["record_every"]:
-        raise ValueError(
-            f"adding_steps ({config['adding_steps']}) must be a multiple of record_every "
-            f"({config['record_every']})"
-        )
-    if config["adding_batch"] > config["adding_train"]:
-        raise ValueError(
-            f"adding_batch ({config['adding_batch']}) exceeds adding_train "
-            f"({config['adding_train']})"
-        )
 
 
 # ------------------------------------------------------------------------------------ models
@@ -254,28 +258,28 @@ def init_params(cell: str, net: gf.models.RNN, x, key, lambda1, forget_bias=0.0)
     return jax.tree.unflatten(treedef, leaves)
 
 
-def adding_data(config: dict) -> tuple[jax.Array, jax.Array]:
+def adding_data(config: RnnThroughTimeConfig) -> tuple[jax.Array, jax.Array]:
     """The adding-problem training set: ``adding_train`` sequences of length ``adding_length``."""
-    n, length = config["adding_train"], config["adding_length"]
+    n, length = config.adding_train, config.adding_length
     return gf.data.adding_problem(jax.random.key(DATA_KEY), n, length)
 
 
-def probe_data(config: dict) -> tuple[jax.Array, jax.Array]:
+def probe_data(config: RnnThroughTimeConfig) -> tuple[jax.Array, jax.Array]:
     r"""The probe's inputs: a fixed batch of ``probe_batch`` adding-problem sequences of length
     ``length``, the same for every seed and every :math:`\lambda_1` (the seeds draw the weights).
     When the lengths agree these are the first sequences of :func:`adding_data` (one data
     program to compile instead of two)."""
-    n, length = config["probe_batch"], config["length"]
-    if length == config["adding_length"] and n <= config["adding_train"]:
+    n, length = config.probe_batch, config.length
+    if length == config.adding_length and n <= config.adding_train:
         x, y = adding_data(config)
         return x[:n], y[:n]
     return gf.data.adding_problem(jax.random.fold_in(jax.random.key(DATA_KEY), 1), n, length)
 
 
-def _probe_fn(cell: str, config: dict):
-    net = model(cell, config["hidden"])
+def _probe_fn(cell: str, config: RnnThroughTimeConfig):
+    net = model(cell, config.hidden)
     gamma = gf.activations.get(ACTIVATION).sup_grad
-    length = config["length"]
+    length = config.length
     x, y = probe_data(config)
 
     def fn(hparams, key):
@@ -297,20 +301,20 @@ def _probe_fn(cell: str, config: dict):
     return fn
 
 
-def _adding_fn(config: dict):
+def _adding_fn(config: RnnThroughTimeConfig):
     net = gf.models.RNN(
-        config["hidden"], 1, cell="vanilla", activation=ACTIVATION,
-        recurrent_init=gf.initializers.get("orthogonal", gain=config["adding_lambda1"]),
+        config.hidden, 1, cell="vanilla", activation=ACTIVATION,
+        recurrent_init=gf.initializers.get("orthogonal", gain=config.adding_lambda1),
     )  # fmt: skip
     data = adding_data(config)
     train_cfg = gf.training.TrainConfig(
         model=net,
         optimizer="sgd",  # hparams learning_rate and clip: clip_by_global_norm(clip) -> sgd
         loss="mse",
-        steps=config["adding_steps"],
-        batch_size=config["adding_batch"],
-        record_every=config["record_every"],
-        max_loss=config["max_loss"],
+        steps=config.adding_steps,
+        batch_size=config.adding_batch,
+        record_every=config.record_every,
+        max_loss=config.max_loss,
     )
     train = gf.training.train_fn(train_cfg, data)
 
@@ -324,54 +328,53 @@ def _adding_fn(config: dict):
 # ------------------------------------------------------------------------------------ run
 
 
-def run(config: dict, results_dir: Path) -> None:
+def run(config: RnnThroughTimeConfig, results_dir: Path) -> None:
     """Three sweeps (vanilla over lambda1, LSTM over forget-gate bias, adding problem with and
     without clipping) and the theory overlay (``theory.json``)."""
-    _check(config)
     results_dir = Path(results_dir)
-    seeds = range(config["seeds"])
+    seeds = range(config.seeds)
     time_axes = {"grad_norm": ("time",), "hidden_norm": ("time",), "log10_bound": ("time",),
                  "rate": (), "loss": ()}  # fmt: skip
     gf.sweep.run(
         _probe_fn("vanilla", config),
-        grid={"lambda1": [float(v) for v in config["lambda1"]]},
+        grid={"lambda1": [float(v) for v in config.lambda1]},
         seeds=seeds,
         workdir=results_dir / "vanilla",
         axes=time_axes,
         name=f"{NAME}/vanilla",
-        config=dict(config),
+        config=config.to_dict(),
     )
     lstm_axes = {k: v for k, v in time_axes.items() if k != "log10_bound"}
     gf.sweep.run(
         _probe_fn("lstm", config),
-        grid={"forget_bias": [float(v) for v in config["forget_bias"]]},
+        grid={"forget_bias": [float(v) for v in config.forget_bias]},
         seeds=seeds,
         workdir=results_dir / "lstm",
         axes=lstm_axes,
         name=f"{NAME}/lstm",
-        config=dict(config),
+        config=config.to_dict(),
     )
     fn, train_cfg = _adding_fn(config)
-    example = {"learning_rate": config["learning_rate"], "clip": config["clip"]}
+    example = {"learning_rate": config.learning_rate, "clip": config.clip}
     gf.sweep.run(
         fn,
         grid={
-            "learning_rate": [float(config["learning_rate"])],
-            "clip": [math.inf, float(config["clip"])],  # inf: never clips
+            "learning_rate": [float(config.learning_rate)],
+            "clip": [math.inf, float(config.clip)],  # inf: never clips
         },
         seeds=seeds,
         workdir=results_dir / "adding",
         axes=gf.training.sweep_axes(fn, example),
         name=f"{NAME}/adding",
-        config=dict(config),
+        config=config.to_dict(),
     )
     gamma = gf.activations.get(ACTIVATION).sup_grad
     theory = {
         "activation": ACTIVATION,
         "gamma": gamma,
-        "lambda1": [float(v) for v in config["lambda1"]],
-        "bound_rate": [gamma * float(v) for v in config["lambda1"]],
-        "lstm_forget_gate": [1.0 / (1.0 + math.exp(-b)) for b in config["forget_bias"]],
+        "lambda1": [float(v) for v in config.lambda1],
+        "bound_rate": [gamma * float(v) for v in config.lambda1],
+        "lstm_forget_gate": [1.0 / (1.0 + math.exp(-b)) for b in config.forget_bias],
         "constant_loss": CONSTANT_LOSS,
         "recent_only_loss": RECENT_ONLY_LOSS,
         "record_steps": gf.training.record_steps(train_cfg).tolist(),
@@ -386,7 +389,7 @@ def load(results_dir: Path) -> dict:
     """The three saved tables, the config and the theory."""
     results_dir = Path(results_dir)
     out = {k: gf.sweep.load(results_dir / k) for k in ("vanilla", "lstm", "adding")}
-    out["config"] = gf.sweep.load_metadata(results_dir / "vanilla")["config"]["config"]
+    out["config"] = gf.experiment.stored_config(results_dir / "vanilla")
     out["theory"] = json.loads((results_dir / "theory.json").read_text())
     for k in ("vanilla", "lstm"):
         if out[k]["diverged"].any():
@@ -397,17 +400,14 @@ def load(results_dir: Path) -> dict:
 
 def curves(df: pd.DataFrame, key: str, metric: str = "grad_norm") -> tuple[np.ndarray, np.ndarray]:
     """``(values, cube)``: the grid values of ``key`` and ``cube`` ``(values, seeds, T)``."""
-    sub = df[df["metric"] == metric]
-    values = np.sort(sub[key].unique())
-    wide = sub.pivot(index=[key, "seed"], columns="time", values="value").sort_index()
-    cube = wide.to_numpy(float).reshape(len(values), -1, wide.shape[1])
-    return values, cube
+    cube, at = gf.sweep.to_arrays(df[df["metric"] == metric], (key, "seed", "time"))
+    return at[key], cube
 
 
 def scalars(df: pd.DataFrame, key: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """``(values, table)``: a scalar metric ``(values, seeds)``."""
-    wide = df[df["metric"] == metric].pivot(index=key, columns="seed", values="value")
-    return wide.index.to_numpy(float), wide.sort_index().to_numpy(float)
+    table, at = gf.sweep.to_arrays(df[df["metric"] == metric], (key, "seed"))
+    return at[key].astype(float), table
 
 
 def step_ratios(cube: np.ndarray) -> np.ndarray:
@@ -468,7 +468,7 @@ def adding_curves(df: pd.DataFrame, metric: str, clip: float) -> np.ndarray:
     the first layer for per-layer metrics."""
     sub = df[(df["metric"] == metric) & (df["clip"] == clip)]
     sub = sub[sub["layer"].isna() | (sub["layer"] == 0)]  # "clipped" is the same in every layer
-    return sub.pivot(index="seed", columns="step", values="value").sort_index().to_numpy(float)
+    return gf.sweep.to_arrays(sub, ("seed", "step"))[0]
 
 
 def adding_summary(data: dict) -> dict:
@@ -527,20 +527,26 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
             # to 0 are drawn only where every seed is positive, and marked below
             ok = np.all(c > 0, axis=0)
             underflow |= not ok.all()
-            q = np.nanpercentile(np.where(ok, logc, 0.0), [10, 50, 90], axis=0)
-            q = np.where(ok, q, np.nan)
-            ax.fill_between(t, 10 ** q[0], 10 ** q[2], color=colors[i], alpha=0.25, lw=0)
-            ax.plot(t, 10 ** q[1], color=colors[i], label=_lam_label(v))
+            line = gf.plotting.band(ax, t, np.where(ok, logc, 0.0), color=colors[i],
+                                    transform=lambda q, ok=ok: 10 ** np.where(ok, q, np.nan),
+                                    label=_lam_label(v))  # fmt: skip
             ax.plot(t, 10 ** np.median(log_bound[i], axis=0), color=colors[i], ls=":", lw=1.0)
             if not ok.all():
                 first_ok = int(np.argmax(ok))
-                ax.plot(t[first_ok], 10 ** q[1][first_ok], marker="|", color=colors[i], ms=7)
+                ax.plot(t[first_ok], line.get_ydata()[first_ok], marker="|", color=colors[i], ms=7)
         lstyles = ("--", "-.")
         for j, b in enumerate(fb):
-            q = np.percentile(lcube[j], [10, 50, 90], axis=0)
-            ax.fill_between(t, q[0], q[2], color="0.3", alpha=0.2, lw=0)
-            ax.plot(t, q[1], color="k", ls=lstyles[j % 2], lw=1.3,
-                    label=rf"LSTM, $\beta_f = {b:g}$")  # fmt: skip
+            gf.plotting.band(
+                ax,
+                t,
+                lcube[j],
+                color="k",
+                fill_color="0.3",
+                alpha=0.2,
+                ls=lstyles[j % 2],
+                lw=1.3,
+                label=rf"LSTM, $\beta_f = {b:g}$",
+            )
         ax.plot([], [], color="0.4", ls=":", lw=1.0,
                 label=r"bound $(\gamma\lambda_1)^{T-t}$")  # fmt: skip
         ax.set_yscale("log")
@@ -586,13 +592,9 @@ def _plot_adding(data: dict, figures_dir: Path) -> list[Path]:
         col = colors[clip]
         if (~div).any():
             ok = gf.plotting.finite_or_raise(loss[~div], "adding loss of finished runs")
-            lo, med, hi = np.percentile(ok, [10, 50, 90], axis=0)
-            ax_loss.fill_between(steps, lo, hi, color=col, alpha=0.25, lw=0)
-            ax_loss.plot(steps, med, color=col, label=label)
+            gf.plotting.band(ax_loss, steps, ok, color=col, label=label)
             g = gf.plotting.finite_or_raise(gnorm[~div], "gradient norms of finished runs")
-            lo, med, hi = np.percentile(g, [10, 50, 90], axis=0)
-            ax_g.fill_between(steps, lo, hi, color=col, alpha=0.25, lw=0)
-            ax_g.plot(steps, med, color=col)
+            gf.plotting.band(ax_g, steps, g, color=col)
         else:
             ax_loss.plot([], [], color=col, label=label)
         # diverged runs: their finite records, then a cross at the step of divergence
@@ -609,9 +611,7 @@ def _plot_adding(data: dict, figures_dir: Path) -> list[Path]:
         clipped = adding_curves(df, f"{_CLIP_KEY}/clipped", clip)
         if clip != math.inf and (~div).any():
             c = gf.plotting.finite_or_raise(clipped[~div], "clipped fraction")
-            lo, med, hi = np.percentile(c, [10, 50, 90], axis=0)
-            ax_c.fill_between(steps, lo, hi, color=col, alpha=0.25, lw=0, step="pre")
-            ax_c.step(steps, med, color=col, where="pre", label=names[clip])
+            gf.plotting.band(ax_c, steps, c, color=col, step="pre", label=names[clip])
     ax_loss.axhline(theory["constant_loss"], color="k", ls=":", lw=0.8, label="predict 1: 1/6")
     ax_loss.axhline(theory["recent_only_loss"], color="k", ls="--", lw=0.8,
                     label="recent number only: 1/12")  # fmt: skip
@@ -748,10 +748,10 @@ EXPERIMENT = gf.experiment.Experiment(
     name=NAME,
     claim=CLAIM,
     source=SOURCE,
-    configs=CONFIGS,
+    configs={"quick": QUICK, "full": FULL},
     run=run,
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_headline", f"{NAME}_adding"),
-    check=_check,
+    order=7,
 )

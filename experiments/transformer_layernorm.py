@@ -60,6 +60,7 @@ grows with the depth of the scanned stack.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -94,55 +95,112 @@ ADAM_B2, ADAM_EPS = 0.98, 1e-9
 #: A run "trains" when its final training loss is below this fraction of ln(vocab).
 TRAINED_FRACTION = 0.5
 
-CONFIGS = {
-    # Task: next-token prediction on order-2 Markov sequences (gradflow.data.markov_sequences)
-    # of `length` tokens over `vocab` symbols, n_train/n_test sequences.
-    # Init: width, heads, depths, seeds; probe_batch sequences per gradient.
-    # Training: train_width/heads/depth; steps of batch_size sequences, a record every
-    # record_every steps; Adam at each of learning_rates, with and without warmup_steps of warm-up.
-    "quick": {
-        "vocab": 16,
-        "length": 16,
-        "n_train": 512,
-        "n_test": 256,
-        "activation": "relu",
-        "width": 64,
-        "heads": 4,
-        "depths": [3, 6, 12],
-        "seeds": 4,
-        "probe_batch": 8,
-        "train_width": 32,
-        "train_heads": 2,
-        "train_depth": 6,
-        "train_seeds": 2,
-        "steps": 150,
-        "batch_size": 16,
-        "record_every": 25,
-        "learning_rates": [1e-2],
-        "warmup_steps": 50,
-    },
-    "full": {
-        "vocab": 16,
-        "length": 16,
-        "n_train": 512,
-        "n_test": 256,
-        "activation": "relu",
-        "width": 64,
-        "heads": 4,
-        "depths": [6, 12, 24, 48],
-        "seeds": 8,
-        "probe_batch": 8,
-        "train_width": 32,
-        "train_heads": 2,
-        "train_depth": 6,
-        "train_seeds": 3,
-        "steps": 300,
-        "batch_size": 16,
-        "record_every": 25,
-        "learning_rates": [1e-3, 3e-3, 1e-2],
-        "warmup_steps": 75,
-    },
-}
+
+@dataclasses.dataclass(frozen=True)
+class TransformerLayernormConfig(gf.experiment.Config):
+    """Post-LN vs pre-LN Transformers: gradients at initialisation, and training with Adam."""
+
+    vocab: int  # symbols of the order-2 Markov sequences (gradflow.data.markov_sequences)
+    length: int  # tokens per sequence
+    n_train: int  # training sequences
+    n_test: int  # test sequences
+    activation: str  # the FFN's activation, one of ACTIVATIONS
+    width: int  # model width at initialisation
+    heads: int  # attention heads at initialisation
+    depths: tuple[int, ...]  # blocks at initialisation
+    seeds: int  # random draws at initialisation
+    probe_batch: int  # sequences per gradient
+    train_width: int  # model width in training
+    train_heads: int  # attention heads in training
+    train_depth: int  # blocks in training
+    train_seeds: int  # random draws in training
+    steps: int  # Adam steps
+    batch_size: int  # sequences per step
+    record_every: int  # steps between records
+    learning_rates: tuple[float, ...]  # Adam's rates, each trained
+    warmup_steps: int  # linear warm-up (each rate also runs without)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ints = (
+            ("vocab", 2), ("length", 2), ("n_train", 1), ("n_test", 1), ("width", 2), ("heads", 1),
+            ("seeds", 2), ("probe_batch", 1), ("train_width", 2), ("train_heads", 1),
+            ("train_depth", 1), ("train_seeds", 1), ("steps", 1), ("batch_size", 1),
+            ("record_every", 1), ("warmup_steps", 1),
+        )  # fmt: skip
+        for key, lo in ints:
+            if getattr(self, key) < lo:
+                raise ValueError(f"{key} must be an int >= {lo}, got {getattr(self, key)!r}")
+        for w, h in (("width", "heads"), ("train_width", "train_heads")):
+            wv, hv = getattr(self, w), getattr(self, h)
+            if wv % hv or wv % 2:
+                raise ValueError(f"{w} ({wv}) must be even and a multiple of {h} ({hv})")
+        depths = list(self.depths)
+        if len(depths) < 2 or any(d < 1 for d in depths) or len(set(depths)) != len(depths):
+            raise ValueError(f"depths must be at least two distinct ints >= 1, got {depths!r}")
+        lrs = list(self.learning_rates)
+        if not lrs or not all(math.isfinite(r) and r > 0 for r in lrs):
+            raise ValueError(f"learning_rates must be positive numbers, got {lrs!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}"
+            )
+        self._check_steps()
+
+    def _check_steps(self) -> None:
+        if self.steps % self.record_every:
+            raise ValueError(
+                f"steps ({self.steps}) must be a multiple of record_every ({self.record_every})"
+            )
+        if self.warmup_steps >= self.steps:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})"
+            )
+        if self.probe_batch > self.n_train or self.batch_size > self.n_train:
+            raise ValueError(
+                f"probe_batch ({self.probe_batch}) and batch_size ({self.batch_size}) must not "
+                f"exceed n_train ({self.n_train})"
+            )
+
+    def check_resources(self) -> None:
+        depth = max(self.depths)
+        per_net = 12 * self.width**2 + 16 * self.probe_batch * self.length * self.width
+        gf.experiment.check_memory(
+            f"depths up to {depth} at width={self.width} x seeds={self.seeds}",
+            4 * 4 * self.seeds * depth * per_net,
+        )
+
+
+FULL = TransformerLayernormConfig(
+    vocab=16,
+    length=16,
+    n_train=512,
+    n_test=256,
+    activation="relu",
+    width=64,
+    heads=4,
+    depths=(6, 12, 24, 48),
+    seeds=8,
+    probe_batch=8,
+    train_width=32,
+    train_heads=2,
+    train_depth=6,
+    train_seeds=3,
+    steps=300,
+    batch_size=16,
+    record_every=25,
+    learning_rates=(1e-3, 3e-3, 1e-2),
+    warmup_steps=75,
+)
+QUICK = dataclasses.replace(
+    FULL,
+    depths=(3, 6, 12),
+    seeds=4,
+    train_seeds=2,
+    steps=150,
+    learning_rates=(1e-2,),
+    warmup_steps=50,
+)
 
 
 # ------------------------------------------------------------------------------------- model
@@ -256,58 +314,6 @@ def model(arch: str, width: int, heads: int, depth: int, vocab: int, activation:
 # ------------------------------------------------------------------------------------- sweeps
 
 
-def _check(config: dict) -> None:
-    ints = (
-        ("vocab", 2), ("length", 2), ("n_train", 1), ("n_test", 1), ("width", 2), ("heads", 1),
-        ("seeds", 2), ("probe_batch", 1), ("train_width", 2), ("train_heads", 1),
-        ("train_depth", 1), ("train_seeds", 1), ("steps", 1), ("batch_size", 1),
-        ("record_every", 1), ("warmup_steps", 1),
-    )  # fmt: skip
-    for key, lo in ints:
-        v = config[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"{key} must be an int >= {lo}, got {v!r}")
-    for w, h in (("width", "heads"), ("train_width", "train_heads")):
-        if config[w] % config[h] or config[w] % 2:
-            raise ValueError(f"{w} ({config[w]}) must be even and a multiple of {h} ({config[h]})")
-    depths = list(config["depths"])
-    if len(depths) < 2 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
-                              for d in depths) or len(set(depths)) != len(depths):  # fmt: skip
-        raise ValueError(f"depths must be at least two distinct ints >= 1, got {depths!r}")
-    lrs = list(config["learning_rates"])
-    if not lrs or not all(
-        isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r > 0
-        for r in lrs
-    ):
-        raise ValueError(f"learning_rates must be positive numbers, got {lrs!r}")
-    if config["activation"] not in ACTIVATIONS:
-        raise ValueError(
-            f"unknown activation {config['activation']!r}; valid: {', '.join(ACTIVATIONS)}"
-        )
-    if config["steps"] % config["record_every"]:
-        raise ValueError(
-            f"steps ({config['steps']}) must be a multiple of record_every "
-            f"({config['record_every']})"
-        )
-    if config["warmup_steps"] >= config["steps"]:
-        raise ValueError(
-            f"warmup_steps ({config['warmup_steps']}) must be below steps ({config['steps']})"
-        )
-    if config["probe_batch"] > config["n_train"] or config["batch_size"] > config["n_train"]:
-        raise ValueError(
-            f"probe_batch ({config['probe_batch']}) and batch_size ({config['batch_size']}) must "
-            f"not exceed n_train ({config['n_train']})"
-        )
-    depth = max(depths)
-    per_net = (
-        12 * config["width"] ** 2 + 16 * config["probe_batch"] * config["length"] * config["width"]
-    )
-    gf.experiment.check_memory(
-        f"depths up to {depth} at width={config['width']} x seeds={config['seeds']}",
-        4 * 4 * config["seeds"] * depth * per_net,
-    )
-
-
 @functools.cache
 def task(vocab: int, length: int, n_train: int, n_test: int) -> gf.data.Sequences:
     """The next-token task: order-2 :func:`gradflow.data.markov_sequences` drawn from key 0."""
@@ -316,23 +322,28 @@ def task(vocab: int, length: int, n_train: int, n_test: int) -> gf.data.Sequence
     return gf.data.markov_sequences(key, n_train, n_test, length, vocab=vocab)
 
 
-def _task(config: dict) -> gf.data.Sequences:
+def _task(config: TransformerLayernormConfig) -> gf.data.Sequences:
+    return task(config.vocab, config.length, config.n_train, config.n_test)
+
+
+def _stored_task(config: dict) -> gf.data.Sequences:
+    """The task of a stored config (:func:`load`)."""
     return task(config["vocab"], config["length"], config["n_train"], config["n_test"])
 
 
-def _probe_batch(config: dict) -> tuple[jax.Array, jax.Array]:
+def _probe_batch(config: TransformerLayernormConfig) -> tuple[jax.Array, jax.Array]:
     data = _task(config)
-    n = config["probe_batch"]
+    n = config.probe_batch
     return jnp.asarray(data.x_train[:n]), jnp.asarray(data.y_train[:n])
 
 
-def _init_probe(config: dict, arch: str, key: jax.Array, depth) -> tuple:
+def _init_probe(config: TransformerLayernormConfig, arch: str, key: jax.Array, depth) -> tuple:
     """``(probe report, stream mean squares (max_depth,))`` of a freshly initialised network of
     ``depth`` blocks (may be traced: the stack holds ``max(depths)`` and skips the rest)."""
     x, y = _probe_batch(config)
-    max_depth = max(int(d) for d in config["depths"])
-    net = model(arch, config["width"], config["heads"], max_depth, config["vocab"],
-                config["activation"])  # fmt: skip
+    max_depth = max(int(d) for d in config.depths)
+    net = model(arch, config.width, config.heads, max_depth, config.vocab,
+                config.activation)  # fmt: skip
     params = net.init(key, x[:1])["params"]
     report = gf.probes.probe(
         lambda p, tokens: net.apply({"params": p}, tokens, depth=depth), params, x, y, LOSS
@@ -341,14 +352,14 @@ def _init_probe(config: dict, arch: str, key: jax.Array, depth) -> tuple:
     return report, state["intermediates"]["blocks"]["stream_sq"][0]
 
 
-def layers(config: dict, arch: str) -> list[tuple[str, str]]:
+def layers(config: TransformerLayernormConfig, arch: str) -> list[tuple[str, str]]:
     """``(name, kind)`` of the probe's rows for ``arch``, forward order (``blocks/ffn_out[3]``:
     block 3's FFN output layer), from the traced program alone (nothing is computed)."""
     out = jax.eval_shape(lambda k: _init_probe(config, arch, k, 1)[0], jax.random.key(0))
     return [(str(n), str(k)) for n, k in zip(out.layer_names, out.layer_kinds)]
 
 
-def _init_fn(config: dict, rows: dict):
+def _init_fn(config: TransformerLayernormConfig, rows: dict):
     def fn(hparams, key):
         report, stream_sq = _init_probe(config, hparams["arch"], key, hparams["depth"])
         # the row names are static: note them while the sweep traces fn (no second trace)
@@ -378,20 +389,20 @@ def adam_with_warmup(hparams) -> optax.GradientTransformation:
     return optax.adam(schedule, b2=ADAM_B2, eps=ADAM_EPS)
 
 
-def _train_fn(config: dict):
+def _train_fn(config: TransformerLayernormConfig):
     data = _task(config)
 
     @functools.cache
     def trainer(arch: str):
-        net = model(arch, config["train_width"], config["train_heads"], config["train_depth"],
-                    config["vocab"], config["activation"])  # fmt: skip
+        net = model(arch, config.train_width, config.train_heads, config.train_depth,
+                    config.vocab, config.activation)  # fmt: skip
         cfg = gf.training.TrainConfig(
             model=net,
             optimizer=adam_with_warmup,
             loss=LOSS,
-            steps=config["steps"],
-            batch_size=config["batch_size"],
-            record_every=config["record_every"],
+            steps=config.steps,
+            batch_size=config.batch_size,
+            record_every=config.record_every,
         )
         return gf.training.train_fn(cfg, data)
 
@@ -403,16 +414,16 @@ def _train_fn(config: dict):
     return fn
 
 
-def run(config: dict, results_dir: Path) -> None:
+def run(config: TransformerLayernormConfig, results_dir: Path) -> None:
     """The init sweep (architecture x depth x seeds) and the training sweep (architecture x
     learning rate x warm-up x seeds)."""
-    _check(config)
+    config.check_resources()
     results_dir = Path(results_dir)
     rows: dict = {}
     gf.sweep.run(
         _init_fn(config, rows),
-        grid={"arch": list(ARCHS), "depth": [int(d) for d in config["depths"]]},
-        seeds=range(config["seeds"]),
+        grid={"arch": list(ARCHS), "depth": [int(d) for d in config.depths]},
+        seeds=range(config.seeds),
         workdir=results_dir / "init",
         axes={
             "weight_grad_norm": ("layer",),
@@ -421,7 +432,7 @@ def run(config: dict, results_dir: Path) -> None:
             "loss": (),
         },
         name=f"{NAME}/init",
-        config=dict(config),
+        config=config.to_dict(),
     )
     for arch in ARCHS:  # a sweep resumed from a complete store traced nothing
         if arch not in rows:
@@ -431,14 +442,14 @@ def run(config: dict, results_dir: Path) -> None:
         _train_fn(config),
         grid={
             "arch": list(ARCHS),
-            "learning_rate": [float(r) for r in config["learning_rates"]],
-            "warmup_steps": [0.0, float(config["warmup_steps"])],
+            "learning_rate": [float(r) for r in config.learning_rates],
+            "warmup_steps": [0.0, float(config.warmup_steps)],
         },
-        seeds=range(config["train_seeds"]),
+        seeds=range(config.train_seeds),
         workdir=results_dir / "training",
         axes={"loss": ("step",), "test_loss": ("step",), "test_accuracy": ("step",)},
         name=f"{NAME}/training",
-        config=dict(config),
+        config=config.to_dict(),
     )
 
 
@@ -452,7 +463,7 @@ def load(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     init = gf.sweep.load(results_dir / "init")
     init.attrs["layers"] = json.loads((results_dir / "layers.json").read_text())
     train = gf.sweep.load(results_dir / "training")
-    config = gf.sweep.load_metadata(results_dir / "init")["config"]["config"]
+    config = gf.experiment.stored_config(results_dir / "init")
     return init, train, config
 
 
@@ -464,16 +475,15 @@ def grad_profile(init: pd.DataFrame, arch: str, depth: int, module: str,
     names = [n for n, _ in init.attrs["layers"][arch]]
     index = [names.index(f"blocks/{module}[{b}]") for b in range(depth)]
     sub = init[(init["arch"] == arch) & (init["depth"] == depth) & (init["metric"] == metric)]
-    wide = sub.pivot(index="seed", columns="layer", values="value")
-    return wide[index].to_numpy(float)
+    values, at = gf.sweep.to_arrays(sub, ("seed", "layer"))
+    return values[:, np.searchsorted(at["layer"], index)]
 
 
 def stream_profile(init: pd.DataFrame, arch: str, depth: int) -> np.ndarray:
     """``(seeds, depth)``: the residual stream's mean square after each of the ``depth``
     blocks."""
     sub = init[(init["arch"] == arch) & (init["depth"] == depth) & (init["metric"] == "stream_sq")]
-    wide = sub.pivot(index="seed", columns="block", values="value")
-    return wide.to_numpy(float)[:, :depth]
+    return gf.sweep.to_arrays(sub, ("seed", "block"))[0][:, :depth]
 
 
 def fit_exponent(depths: np.ndarray, values: np.ndarray) -> tuple[float, float]:
@@ -559,9 +569,8 @@ def curves(train: pd.DataFrame, config: dict, arch: str, lr: float, warmup: int,
     divergence)."""
     sub = train[(train["arch"] == arch) & (train["learning_rate"] == lr)
                 & (train["warmup_steps"] == warmup) & (train["metric"] == metric)]  # fmt: skip
-    wide = sub.pivot(index="seed", columns="step", values="value")
-    steps = (wide.columns.to_numpy(int) + 1) * int(config["record_every"])
-    return steps, wide.to_numpy(float)
+    values, at = gf.sweep.to_arrays(sub, ("seed", "step"))
+    return (at["step"] + 1) * int(config["record_every"]), values
 
 
 # ------------------------------------------------------------------------------ figures, tables
@@ -579,116 +588,19 @@ def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
 
 
 def _plot_headline(init, train, config, figures_dir: Path) -> list[Path]:
-    depths = [int(d) for d in config["depths"]]
-    colors = gf.plotting.layer_colors(len(depths))
-    slopes = exponents(init, config)
-    data = _task(config)
+    """(a) gradient by block, (b) the last FFN layer against depth, (c) loss curves, (d) final
+    loss against the learning rate."""
+    data = _stored_task(config)
     with gf.plotting.style():
         import matplotlib.pyplot as plt
 
         fig, axes = plt.subplots(2, 2, figsize=(gf.plotting.WIDTHS["text"], 4.6),
                                  layout="constrained")  # fmt: skip
         (ax_p, ax_l), (ax_c, ax_r) = axes
-
-        # (a) ffn_out gradient norm against the block index (median over seeds), every depth
-        for c, depth in zip(colors, depths):
-            for arch in ARCHS:
-                g = gf.plotting.finite_or_raise(
-                    grad_profile(init, arch, depth, "ffn_out"), f"{arch} L={depth} gradients"
-                )
-                ax_p.plot(np.arange(1, depth + 1), np.median(g, 0), color=c,
-                          ls=_ARCH_STYLE[arch], lw=1.1)  # fmt: skip
-        ax_p.set_xscale("log")
-        ax_p.set_yscale("log")
-        ax_p.set_xlabel("block index $l$")
-        ax_p.set_ylabel(r"$\|\partial C/\partial W^{2,l}\|_F$ (FFN out)")
-        ax_p.set_title("(a) FFN output layer's gradient by block, at init (median)", loc="left")
-        from matplotlib.lines import Line2D
-
-        handles = [Line2D([], [], color="0.3", ls=_ARCH_STYLE[a], label=LABELS[a]) for a in ARCHS]
-        handles += [Line2D([], [], color=c, label=f"L = {d}") for c, d in zip(colors, depths)]
-        ax_p.legend(handles=handles, fontsize=6, ncols=2, loc="lower left")
-
-        # (b) the last FFN layer's gradient against depth, seeds and fitted power law
-        ls = np.asarray(depths, float)
-        for arch in ARCHS:
-            vals = np.stack([grad_profile(init, arch, d, "ffn_out")[:, -1] for d in depths])
-            color = _ARCH_COLOR[arch]
-            for d, v in zip(depths, vals):
-                ax_l.plot(np.full(v.size, d), v, "o", color=color, ms=2.2, alpha=0.5, mfc="none",
-                          mew=0.6)  # fmt: skip
-            ax_l.plot(ls, np.median(vals, 1), "o", color=color, ms=4)
-            slope, se = slopes[arch]
-            fit = np.exp(np.mean(np.log(vals)) + slope * (np.log(ls) - np.mean(np.log(ls))))
-            ax_l.plot(ls, fit, color=color, ls=_ARCH_STYLE[arch],
-                      label=f"{LABELS[arch]}: $L^{{{slope:.2f} \\pm {se:.2f}}}$")  # fmt: skip
-        ax_l.set_xscale("log")
-        ax_l.set_yscale("log")
-        ax_l.set_xticks(ls, [str(d) for d in depths])
-        ax_l.minorticks_off()
-        ax_l.set_xlabel("depth $L$ (blocks)")
-        ax_l.set_ylabel(r"$\|\partial C/\partial W^{2,L}\|_F$ (last FFN layer)")
-        ax_l.set_title("(b) the last FFN layer against depth (○ a seed, ● median)", loc="left")
-        ax_l.legend(fontsize=6, loc="lower left")
-
-        # (c) loss curves at the largest learning rate, with and without warm-up
-        lr_max = max(float(r) for r in config["learning_rates"])
-        warm = int(config["warmup_steps"])
-        all_vals = []
-        for arch in ARCHS:
-            for w, alpha in ((0, 1.0), (warm, 0.55)):
-                steps, vals = curves(train, config, arch, lr_max, w)
-                ok = np.all(np.isfinite(vals), axis=1)
-                label = f"{LABELS[arch]}, {'warm-up' if w else 'no warm-up'}"
-                if not ok.any():
-                    label += " (every seed diverged)"
-                    ax_c.plot([], [], color=_ARCH_COLOR[arch], label=label)
-                    continue
-                v = vals[ok]
-                lo, med, hi = np.min(v, 0), np.median(v, 0), np.max(v, 0)
-                ls_ = "-" if w == 0 else ":"
-                ax_c.fill_between(steps, lo, hi, color=_ARCH_COLOR[arch], alpha=0.15 * alpha,
-                                  lw=0)  # fmt: skip
-                ax_c.plot(steps, med, color=_ARCH_COLOR[arch], ls=ls_, alpha=alpha, label=label)
-                all_vals.append(v)
-        ax_c.axhline(data.loss_floor, color="0.5", lw=0.6, ls=":")
-        ax_c.axhline(math.log(config["vocab"]), color="0.5", lw=0.6, ls="--")
-        ax_c.axvline(warm, color="0.7", lw=0.5)
-        ax_c.set_yscale("log")
-        ax_c.set_xlim(0, config["steps"])
-        ax_c.set_xlabel("training step")
-        ax_c.set_ylabel("training loss (nats/token)")
-        ax_c.set_title(f"(c) training loss, Adam at learning rate {lr_max:g} (median, range)",
-                       loc="left")  # fmt: skip
-        ax_c.legend(fontsize=6, loc="lower left")
-
-        # (d) final training loss against the learning rate (every seed; median line)
-        s = train_summary(train, config)
-        last = int(train.loc[train["metric"] == "loss", "step"].max())
-        fin = train[(train["metric"] == "loss") & (train["step"] == last)]
-        for arch in ARCHS:
-            for w in (0, warm):
-                rows = s[(s["arch"] == arch) & (s["warmup_steps"] == w)]
-                ls_ = "-" if w == 0 else ":"
-                ax_r.plot(rows["learning_rate"], rows["final_loss"], color=_ARCH_COLOR[arch],
-                          ls=ls_, marker="o" if w == 0 else "s", ms=3,
-                          label=f"{LABELS[arch]}, {'warm-up' if w else 'none'}")  # fmt: skip
-                pts = fin[(fin["arch"] == arch) & (fin["warmup_steps"] == w) & ~fin["diverged"]]
-                ax_r.plot(pts["learning_rate"], pts["value"], "o" if w == 0 else "s",
-                          color=_ARCH_COLOR[arch], ms=2, alpha=0.4, mfc="none",
-                          mew=0.5)  # fmt: skip
-                div = rows[rows["diverged"] > 0]
-                ax_r.plot(div["learning_rate"], np.full(len(div), math.log(config["vocab"])),
-                          "x", color=_ARCH_COLOR[arch], ms=5)  # fmt: skip
-        ax_r.axhline(data.loss_floor, color="0.5", lw=0.6, ls=":")
-        ax_r.axhline(trained_threshold(config), color="0.5", lw=0.6, ls="-.")
-        ax_r.axhline(math.log(config["vocab"]), color="0.5", lw=0.6, ls="--")
-        ax_r.set_xscale("log")
-        ax_r.set_yscale("log")
-        ax_r.set_xlabel("peak learning rate")
-        ax_r.set_ylabel(f"training loss after {config['steps']} steps")
-        ax_r.set_title("(d) final training loss by learning rate (× diverged)", loc="left")
-        ax_r.legend(fontsize=6, loc="lower right")
+        _panel_by_block(ax_p, init, config)
+        _panel_by_depth(ax_l, init, config)
+        _panel_curves(ax_c, train, config, data.loss_floor)
+        _panel_final(ax_r, train, config, data.loss_floor)
         fig.suptitle(
             f"Post-LN vs Pre-LN Transformers. (a, b) width {config['width']}, {config['seeds']} "
             f"seeds at initialisation; (c, d) width {config['train_width']}, "
@@ -699,6 +611,110 @@ def _plot_headline(init, train, config, figures_dir: Path) -> list[Path]:
             fontsize=7,
         )
         return gf.plotting.savefig(fig, figures_dir / f"{NAME}_headline")
+
+
+def _panel_by_block(ax_p, init, config: dict) -> None:
+    """(a) ffn_out gradient norm against the block index (median over seeds), every depth."""
+    from matplotlib.lines import Line2D
+
+    depths = [int(d) for d in config["depths"]]
+    colors = gf.plotting.layer_colors(len(depths))
+    for c, depth in zip(colors, depths):
+        for arch in ARCHS:
+            g = gf.plotting.finite_or_raise(
+                grad_profile(init, arch, depth, "ffn_out"), f"{arch} L={depth} gradients"
+            )
+            ax_p.plot(np.arange(1, depth + 1), np.median(g, 0), color=c,
+                      ls=_ARCH_STYLE[arch], lw=1.1)  # fmt: skip
+    ax_p.set_xscale("log")
+    ax_p.set_yscale("log")
+    ax_p.set_xlabel("block index $l$")
+    ax_p.set_ylabel(r"$\|\partial C/\partial W^{2,l}\|_F$ (FFN out)")
+    ax_p.set_title("(a) FFN output layer's gradient by block, at init (median)", loc="left")
+    handles = [Line2D([], [], color="0.3", ls=_ARCH_STYLE[a], label=LABELS[a]) for a in ARCHS]
+    handles += [Line2D([], [], color=c, label=f"L = {d}") for c, d in zip(colors, depths)]
+    ax_p.legend(handles=handles, fontsize=6, ncols=2, loc="lower left")
+
+
+def _panel_by_depth(ax_l, init, config: dict) -> None:
+    """(b) the last FFN layer's gradient against depth, seeds and fitted power law."""
+    depths = [int(d) for d in config["depths"]]
+    slopes = exponents(init, config)
+    ls = np.asarray(depths, float)
+    for arch in ARCHS:
+        vals = np.stack([grad_profile(init, arch, d, "ffn_out")[:, -1] for d in depths])
+        color = _ARCH_COLOR[arch]
+        for d, v in zip(depths, vals):
+            ax_l.plot(np.full(v.size, d), v, "o", color=color, ms=2.2, alpha=0.5, mfc="none",
+                      mew=0.6)  # fmt: skip
+        ax_l.plot(ls, np.median(vals, 1), "o", color=color, ms=4)
+        slope, se = slopes[arch]
+        fit = np.exp(np.mean(np.log(vals)) + slope * (np.log(ls) - np.mean(np.log(ls))))
+        ax_l.plot(ls, fit, color=color, ls=_ARCH_STYLE[arch],
+                  label=f"{LABELS[arch]}: $L^{{{slope:.2f} \\pm {se:.2f}}}$")  # fmt: skip
+    ax_l.set_xscale("log")
+    ax_l.set_yscale("log")
+    ax_l.set_xticks(ls, [str(d) for d in depths])
+    ax_l.minorticks_off()
+    ax_l.set_xlabel("depth $L$ (blocks)")
+    ax_l.set_ylabel(r"$\|\partial C/\partial W^{2,L}\|_F$ (last FFN layer)")
+    ax_l.set_title("(b) the last FFN layer against depth (○ a seed, ● median)", loc="left")
+    ax_l.legend(fontsize=6, loc="lower left")
+
+
+def _panel_curves(ax_c, train, config: dict, loss_floor: float) -> None:
+    """(c) loss curves at the largest learning rate, with and without warm-up."""
+    lr_max = max(float(r) for r in config["learning_rates"])
+    warm = int(config["warmup_steps"])
+    for arch in ARCHS:
+        for w, alpha in ((0, 1.0), (warm, 0.55)):
+            steps, vals = curves(train, config, arch, lr_max, w)
+            ok = np.all(np.isfinite(vals), axis=1)
+            label = f"{LABELS[arch]}, {'warm-up' if w else 'no warm-up'}"
+            if not ok.any():
+                ax_c.plot([], [], color=_ARCH_COLOR[arch], label=f"{label} (every seed diverged)")
+                continue
+            gf.plotting.band(ax_c, steps, vals[ok], q=(0, 100), color=_ARCH_COLOR[arch],
+                             alpha=0.15 * alpha, ls="-" if w == 0 else ":", line_alpha=alpha,
+                             label=label)  # fmt: skip
+    ax_c.axhline(loss_floor, color="0.5", lw=0.6, ls=":")
+    ax_c.axhline(math.log(config["vocab"]), color="0.5", lw=0.6, ls="--")
+    ax_c.axvline(warm, color="0.7", lw=0.5)
+    ax_c.set_yscale("log")
+    ax_c.set_xlim(0, config["steps"])
+    ax_c.set_xlabel("training step")
+    ax_c.set_ylabel("training loss (nats/token)")
+    ax_c.set_title(f"(c) training loss, Adam at learning rate {lr_max:g} (median, range)",
+                   loc="left")  # fmt: skip
+    ax_c.legend(fontsize=6, loc="lower left")
+
+
+def _panel_final(ax_r, train, config: dict, loss_floor: float) -> None:
+    """(d) final training loss against the learning rate (every seed; median line)."""
+    s = train_summary(train, config)
+    last = int(train.loc[train["metric"] == "loss", "step"].max())
+    fin = train[(train["metric"] == "loss") & (train["step"] == last)]
+    for arch in ARCHS:
+        for w in (0, int(config["warmup_steps"])):
+            rows = s[(s["arch"] == arch) & (s["warmup_steps"] == w)]
+            ax_r.plot(rows["learning_rate"], rows["final_loss"], color=_ARCH_COLOR[arch],
+                      ls="-" if w == 0 else ":", marker="o" if w == 0 else "s", ms=3,
+                      label=f"{LABELS[arch]}, {'warm-up' if w else 'none'}")  # fmt: skip
+            pts = fin[(fin["arch"] == arch) & (fin["warmup_steps"] == w) & ~fin["diverged"]]
+            ax_r.plot(pts["learning_rate"], pts["value"], "o" if w == 0 else "s",
+                      color=_ARCH_COLOR[arch], ms=2, alpha=0.4, mfc="none", mew=0.5)  # fmt: skip
+            div = rows[rows["diverged"] > 0]
+            ax_r.plot(div["learning_rate"], np.full(len(div), math.log(config["vocab"])),
+                      "x", color=_ARCH_COLOR[arch], ms=5)  # fmt: skip
+    ax_r.axhline(loss_floor, color="0.5", lw=0.6, ls=":")
+    ax_r.axhline(trained_threshold(config), color="0.5", lw=0.6, ls="-.")
+    ax_r.axhline(math.log(config["vocab"]), color="0.5", lw=0.6, ls="--")
+    ax_r.set_xscale("log")
+    ax_r.set_yscale("log")
+    ax_r.set_xlabel("peak learning rate")
+    ax_r.set_ylabel(f"training loss after {config['steps']} steps")
+    ax_r.set_title("(d) final training loss by learning rate (× diverged)", loc="left")
+    ax_r.legend(fontsize=6, loc="lower right")
 
 
 #: The projections of the per-module figure (the key's gradient tracks the query's).
@@ -720,9 +736,8 @@ def _plot_modules(init, config, figures_dir: Path) -> list[Path]:
                     g = gf.plotting.finite_or_raise(grad_profile(init, arch, depth, module),
                                                     f"{arch} {module}")  # fmt: skip
                     x = np.arange(1, depth + 1) / depth
-                    lo, med, hi = np.percentile(g, [25, 50, 75], axis=0)
-                    ax.fill_between(x, lo, hi, color=c, alpha=0.2, lw=0)
-                    ax.plot(x, med, color=c, lw=1, label=f"L = {depth}")
+                    gf.plotting.band(ax, x, g, q=(25, 75), color=c, alpha=0.2, lw=1,
+                                     label=f"L = {depth}")  # fmt: skip
                 ax.set_yscale("log")
                 if i == 0:
                     ax.set_title(module, loc="left")
@@ -763,7 +778,7 @@ def summary(results_dir: Path) -> dict:
         "Steps": config["steps"], "BatchSize": config["batch_size"],
         "Warmup": config["warmup_steps"],
         "LearningRates": ", ".join(f"{float(r):g}" for r in config["learning_rates"]),
-        "LrMax": lr_max, "LossFloor": _task(config).loss_floor,
+        "LrMax": lr_max, "LossFloor": _stored_task(config).loss_floor,
         "LossUniform": math.log(config["vocab"]), "Threshold": trained_threshold(config),
         "AdamBetaTwo": ADAM_B2, "AdamEps": ADAM_EPS,
     }  # fmt: skip
@@ -828,10 +843,10 @@ EXPERIMENT = gf.experiment.Experiment(
     name=NAME,
     claim=CLAIM,
     source=SOURCE,
-    configs=CONFIGS,
+    configs={"quick": QUICK, "full": FULL},
     run=run,
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_headline",),
-    check=_check,
+    order=10,
 )

@@ -33,6 +33,7 @@ curve of each (activation, initializer) is :func:`gradflow.meanfield.propagate` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -71,59 +72,62 @@ TRAIN_SCALES: dict[float, str] = {1.0: "Xavier", float(np.sqrt(2.0)): "He"}
 PROFILE_CHUNK = 5
 LN10 = float(np.log(10.0))
 
-CONFIGS = {
-    # Part 1: width N, depth L, inputs per network, initializers, seeds.
-    # Part 2: train_depth ReLU layers of train_width, SGD steps at learning_rate, minibatches of
-    # batch_size, a record every record_every steps, train_seeds.
-    "quick": {
-        "width": 64,
-        "depth": 100,
-        "batch": 8,
-        "inits": list(INITS),
-        "seeds": 5,
-        "train_depth": 30,
-        "train_width": 64,
-        "learning_rate": 0.01,
-        "steps": 200,
-        "batch_size": 64,
-        "record_every": 20,
-        "train_seeds": 5,
-    },
-    "full": {
-        "width": 128,
-        "depth": 100,
-        "batch": 16,
-        "inits": list(INITS),
-        "seeds": 10,
-        "train_depth": 30,
-        "train_width": 64,
-        "learning_rate": 0.01,
-        "steps": 800,
-        "batch_size": 64,
-        "record_every": 40,
-        "train_seeds": 8,
-    },
-}
+
+@dataclasses.dataclass(frozen=True)
+class VariancePropagationConfig(gf.experiment.Config):
+    """Part 1: variance profiles through depth per initializer; part 2: Xavier vs He training."""
+
+    width: int  # part 1: width N
+    depth: int  # part 1: depth L
+    batch: int  # part 1: inputs per network
+    inits: tuple[str, ...]  # part 1: names of INITS
+    seeds: int  # part 1: random networks
+    train_depth: int  # part 2: ReLU layers
+    train_width: int  # part 2: their width
+    learning_rate: float  # part 2: SGD's step size
+    steps: int  # part 2: SGD steps
+    batch_size: int  # part 2: minibatch
+    record_every: int  # part 2: steps between records
+    train_seeds: int  # part 2: random draws per initializer
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("width", "depth", "batch", "seeds", "train_depth", "train_width", "steps",
+                    "batch_size", "record_every", "train_seeds"):  # fmt: skip
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be a positive int, got {getattr(self, key)!r}")
+        if self.depth < 2:
+            raise ValueError(f"depth must be >= 2, got {self.depth}")
+        bad = [i for i in self.inits if i not in INITS]
+        if bad or not self.inits:
+            raise ValueError(
+                f"inits must be a non-empty subset of {list(INITS)}, got {bad or '[]'}"
+            )
+        if self.steps % self.record_every:
+            raise ValueError(
+                f"steps ({self.steps}) must be a multiple of record_every ({self.record_every})"
+            )
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
 
 
-def _check(config: dict) -> None:
-    for key in ("width", "depth", "batch", "seeds", "train_depth", "train_width", "steps",
-                "batch_size", "record_every", "train_seeds"):  # fmt: skip
-        v = config[key]
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{key} must be a positive int, got {v!r}")
-    if config["depth"] < 2:
-        raise ValueError(f"depth must be >= 2, got {config['depth']}")
-    bad = [i for i in config["inits"] if i not in INITS]
-    if bad or not config["inits"]:
-        raise ValueError(f"inits must be a non-empty subset of {list(INITS)}, got {bad or '[]'}")
-    if config["steps"] % config["record_every"]:
-        raise ValueError(
-            f"steps ({config['steps']}) must be a multiple of record_every "
-            f"({config['record_every']})"
-        )
-    if not config["learning_rate"] > 0:
-        raise ValueError(f"learning_rate must be positive, got {config['learning_rate']!r}")
+FULL = VariancePropagationConfig(
+    width=128,
+    depth=100,
+    batch=16,
+    inits=tuple(INITS),
+    seeds=10,
+    train_depth=30,
+    train_width=64,
+    learning_rate=0.01,
+    steps=800,
+    batch_size=64,
+    record_every=40,
+    train_seeds=8,
+)
+QUICK = dataclasses.replace(
+    FULL, width=64, batch=8, seeds=5, steps=200, record_every=20, train_seeds=5
+)
 
 
 def sw2_of(init: str, width: int) -> float:
@@ -169,10 +173,10 @@ def measure(activation, x, g, ws) -> tuple[jax.Array, jax.Array]:
     return jnp.mean(hs**2, axis=(1, 2)), jnp.mean(deltas**2, axis=(1, 2))
 
 
-def _profile_fn(config: dict):
+def _profile_fn(config: VariancePropagationConfig):
     acts = [gf.activations.get(a) for a in ACTIVATIONS]
-    inits = [gf.initializers.get(i) for i in config["inits"]]
-    width, depth, batch = config["width"], config["depth"], config["batch"]
+    inits = [gf.initializers.get(i) for i in config.inits]
+    width, depth, batch = config.width, config.depth, config.batch
 
     def fn(hparams, key):
         del hparams  # width and depth are static grid entries, read from config
@@ -196,14 +200,14 @@ def _profile_fn(config: dict):
     return fn
 
 
-def _theory(config: dict) -> dict:
+def _theory(config: VariancePropagationConfig) -> dict:
     """Mean-field q^l and grad-var^l for every (activation, initializer), float64."""
     out = {}
-    inits = config["inits"]
-    sw2 = np.array([sw2_of(i, config["width"]) for i in inits])
+    inits = config.inits
+    sw2 = np.array([sw2_of(i, config.width) for i in inits])
     with jax.enable_x64(True):
         for a in ACTIVATIONS:
-            p = gf.meanfield.propagate(jnp.asarray(sw2), 0.0, a, config["depth"], q0=1.0)
+            p = gf.meanfield.propagate(jnp.asarray(sw2), 0.0, a, config.depth, q0=1.0)
             for j, i in enumerate(inits):
                 out[f"{a}/{i}"] = {
                     "sw2": float(sw2[j]),
@@ -216,19 +220,19 @@ def _theory(config: dict) -> dict:
 # ------------------------------------------------------------------------------------- part 2
 
 
-def _train_fn(config: dict):
+def _train_fn(config: VariancePropagationConfig):
     data = gf.data.load_digits(scale="standardize")
     net = gf.models.MLP(
-        widths=(config["train_width"],) * config["train_depth"], out=10, activation="relu",
+        widths=(config.train_width,) * config.train_depth, out=10, activation="relu",
         kernel_init="lecun_normal", bias_init="zeros",
     )  # fmt: skip
     cfg = gf.training.TrainConfig(
         model=net,
         optimizer="sgd",
         loss="softmax_cross_entropy",
-        steps=config["steps"],
-        batch_size=config["batch_size"],
-        record_every=config["record_every"],
+        steps=config.steps,
+        batch_size=config.batch_size,
+        record_every=config.record_every,
     )
     train = gf.training.train_fn(cfg, data)
     keep = ("loss", "test_loss", "test_accuracy", "grad_norm", "diverged_step")
@@ -242,9 +246,8 @@ def _train_fn(config: dict):
     return fn
 
 
-def run(config: dict, results_dir: Path) -> None:
+def run(config: VariancePropagationConfig, results_dir: Path) -> None:
     """Part 1 (depth profiles, one program vmapped over seeds) and part 2 (Xavier vs He)."""
-    _check(config)
     results_dir = Path(results_dir)
     # Small LAPACK calls (the QR of the orthogonal initializer) are far faster single-threaded
     # than with OpenBLAS threads competing for two cores.
@@ -252,8 +255,8 @@ def run(config: dict, results_dir: Path) -> None:
         with jax.enable_x64(True):
             gf.sweep.run(
                 _profile_fn(config),
-                grid={"width": [config["width"]], "depth": [config["depth"]]},
-                seeds=range(config["seeds"]),
+                grid={"width": [config.width], "depth": [config.depth]},
+                seeds=range(config.seeds),
                 static=("width", "depth"),
                 workdir=results_dir / "profiles",
                 chunk_size=PROFILE_CHUNK,
@@ -262,18 +265,18 @@ def run(config: dict, results_dir: Path) -> None:
                     "grad_var": ("activation", "init", "layer"),
                 },
                 name=f"{NAME}/profiles",
-                config={**config, "activations": list(ACTIVATIONS)},
+                config={**config.to_dict(), "activations": list(ACTIVATIONS)},
             )
         theory = {
             "activations": list(ACTIVATIONS),
-            "inits": list(config["inits"]),
+            "inits": list(config.inits),
             "curves": _theory(config),
         }
         gf.experiment.write_atomic(results_dir / "theory.json", json.dumps(theory))
         gf.sweep.run(
             _train_fn(config),
-            grid={"learning_rate": [config["learning_rate"]], "init_scale": list(TRAIN_SCALES)},
-            seeds=range(config["train_seeds"]),
+            grid={"learning_rate": [config.learning_rate], "init_scale": list(TRAIN_SCALES)},
+            seeds=range(config.train_seeds),
             workdir=results_dir / "train",
             axes={
                 "loss": ("step",),
@@ -282,7 +285,7 @@ def run(config: dict, results_dir: Path) -> None:
                 "grad_norm": ("step", "layer"),
             },
             name=f"{NAME}/train",
-            config=dict(config),
+            config=config.to_dict(),
         )
 
 
@@ -293,7 +296,7 @@ def load_profiles(results_dir: Path) -> tuple[pd.DataFrame, dict, dict]:
     """``(df, theory, config)``: measured rows with activation names, theory curves, config."""
     results_dir = Path(results_dir)
     df = gf.sweep.load(results_dir / "profiles")
-    config = gf.sweep.load_metadata(results_dir / "profiles")["config"]["config"]
+    config = gf.experiment.stored_config(results_dir / "profiles")
     theory = json.loads((results_dir / "theory.json").read_text())
     if df["diverged"].any():
         raise ValueError("variance_propagation: non-finite variances (float64 should hold them)")
@@ -307,7 +310,7 @@ def load_profiles(results_dir: Path) -> tuple[pd.DataFrame, dict, dict]:
 def profile(df: pd.DataFrame, activation: str, init: str, metric: str) -> np.ndarray:
     """``(seeds, depth)`` of ``q`` or ``grad_var`` for one (activation, initializer)."""
     sub = df[(df["activation"] == activation) & (df["init"] == init) & (df["metric"] == metric)]
-    return sub.pivot(index="seed", columns="layer", values="value").to_numpy(float)
+    return gf.sweep.to_arrays(sub, ("seed", "layer"))[0]
 
 
 def log_rate(values: np.ndarray, *, forward: bool) -> np.ndarray:
@@ -323,7 +326,7 @@ def load_training(results_dir: Path) -> tuple[pd.DataFrame, dict]:
     """Part 2: the table (with a column ``init``: "Xavier" / "He") and the run's config."""
     workdir = Path(results_dir) / "train"
     df = gf.sweep.load(workdir)
-    config = gf.sweep.load_metadata(workdir)["config"]["config"]
+    config = gf.experiment.stored_config(workdir)
     scales = np.array(list(TRAIN_SCALES))
     labels = np.array(list(TRAIN_SCALES.values()))
     nearest = np.abs(df["init_scale"].to_numpy(float)[:, None] - scales[None]).argmin(1)
@@ -336,10 +339,9 @@ def training_curves(
     """``(steps (R,), values (seeds, R), diverged (seeds,))`` of one per-record metric."""
     df = df[df["init"] == init]
     sub = df[df["metric"] == metric]
-    wide = sub.pivot(index="seed", columns="step", values="value")
-    div = df.groupby("seed")["diverged"].any().reindex(wide.index).to_numpy(bool)
-    steps = (wide.columns.to_numpy(int) + 1) * config["record_every"]
-    return steps, wide.to_numpy(float), div
+    values, at = gf.sweep.to_arrays(sub, ("seed", "step"))
+    div = df.groupby("seed")["diverged"].any().reindex(at["seed"]).to_numpy(bool)
+    return (at["step"] + 1) * config["record_every"], values, div
 
 
 # ------------------------------------------------------------------------------ figures, tables
@@ -347,84 +349,96 @@ def training_curves(
 
 def plot(results_dir: Path, figures_dir: Path) -> list[Path]:
     """Depth profiles vs mean field (headline) and Xavier vs He training curves."""
-    df, theory, config = load_profiles(results_dir)
-    inits = config["inits"]
-    colors = dict(zip(INITS, [gf.plotting.COLORS[k] for k in (0, 1, 5, 3, 4, 2)]))
-    depth = config["depth"]
-    layers = np.arange(1, depth + 1)
-    lim = (1e-24, 1e24)
-    out = []
     with gf.plotting.style():
-        fig, axes = gf.plotting.figure(2, len(ACTIVATIONS), width="text", aspect=0.95,
-                                       sharex=True, sharey=True)  # fmt: skip
-        for col, a in enumerate(ACTIVATIONS):
-            for row, metric in enumerate(("q", "grad_var")):
-                ax = axes[row, col]
-                for i in inits:
-                    v = gf.plotting.finite_or_raise(profile(df, a, i, metric), f"{a}/{i} {metric}")
-                    lo, med, hi = np.percentile(v, [10, 50, 90], axis=0)
-                    c = colors[i]
-                    ax.fill_between(layers, np.clip(lo, *lim), np.clip(hi, *lim), color=c,
-                                    alpha=0.25, lw=0)  # fmt: skip
-                    sw2 = theory[f"{a}/{i}"]["sw2"]
-                    ax.plot(layers, med, color=c, lw=1.2,
-                            label=rf"{INITS[i]} ($\sigma_w^2 = {sw2:.3g}$)")  # fmt: skip
-                    th = np.asarray(theory[f"{a}/{i}"][metric])
-                    ax.plot(layers, th, color="k", lw=0.7, ls=(0, (2, 2)))
-                ax.set_yscale("log")
-                ax.set_ylim(*lim)
-                ax.set_xlim(1, depth)
-                if row == 0:
-                    ax.set_title(a)
-                else:
-                    ax.set_xlabel("layer $l$")
-        axes[0, 0].set_ylabel(r"forward $q^l = \overline{(h^l_i)^2}$")
-        axes[1, 0].set_ylabel(r"backward $\overline{(\partial C/\partial h^l_i)^2}$")
-        for ax in axes.ravel():
-            ax.set_yticks([1e-20, 1e-10, 1e0, 1e10, 1e20])
-        handles, labels = axes[0, 0].get_legend_handles_labels()
-        from matplotlib.lines import Line2D
+        return [
+            *_plot_depth(results_dir, Path(figures_dir) / f"{NAME}_depth"),
+            *_plot_training(results_dir, Path(figures_dir) / f"{NAME}_xavier_he"),
+        ]
 
-        handles.append(Line2D([], [], color="k", lw=0.7, ls=(0, (2, 2))))
-        labels.append("mean field")
-        fig.legend(handles, labels, loc="outside upper center", ncols=4,
-                   title=f"width {config['width']}, zero biases: median and 10–90% over "
-                   f"{config['seeds']} seeds; Xavier, LeCun and orthogonal share "
-                   r"$\sigma_w^2 = 1$ and overlap", title_fontsize=7)  # fmt: skip
-        out += gf.plotting.savefig(fig, Path(figures_dir) / f"{NAME}_depth")
 
-        tdf, tcfg = load_training(results_dir)
-        fig, axes = gf.plotting.figure(1, 2, width="column", aspect=1.05)
-        tcolors = {"Xavier": gf.plotting.COLORS[0], "He": gf.plotting.COLORS[1]}
-        tlabels = {"Xavier": r"Xavier, Var $1/n_\mathrm{in}$", "He": r"He, Var $2/n_\mathrm{in}$"}
-        for ax, metric, ylabel in (
-            (axes[0], "loss", "training loss"),
-            (axes[1], "test_accuracy", "test accuracy"),
-        ):
-            for i in TRAIN_SCALES.values():
-                label = tlabels[i]
-                steps, v, div = training_curves(tdf, tcfg, i, metric)
-                if div.any():  # marked, not silently dropped
-                    label = f"{label} ({int(div.sum())} diverged, not shown)"
-                v = gf.plotting.finite_or_raise(v[~div], f"{i} {metric}")
-                lo, med, hi = np.percentile(v, [10, 50, 90], axis=0)
-                ax.fill_between(steps, lo, hi, color=tcolors[i], alpha=0.25, lw=0)
-                ax.plot(steps, med, color=tcolors[i], label=label)
-            ax.set_xlabel("SGD step")
-            ax.set_ylabel(ylabel)
-        axes[0].axhline(LN10, color="k", lw=0.7, ls=(0, (2, 2)))
-        axes[0].annotate(r"$\ln 10$ (chance)", xy=(0.98, LN10), xycoords=("axes fraction", "data"),
-                         ha="right", va="bottom", fontsize=6.5)  # fmt: skip
-        axes[1].axhline(0.1, color="k", lw=0.7, ls=(0, (2, 2)))
-        axes[1].set_ylim(0, 1)
-        axes[0].set_ylim(0, None)
-        handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside upper center", ncols=2,
-                   title=f"{tcfg['train_depth']}-layer ReLU MLP, width {tcfg['train_width']}, "
-                   f"SGD: median, 10–90% over {tdf['seed'].nunique()} seeds",
-                   title_fontsize=6.5)  # fmt: skip
-        out += gf.plotting.savefig(fig, Path(figures_dir) / f"{NAME}_xavier_he")
-    return out
+#: The depth figure's y range (the profiles span decades; clipped bands stay inside).
+_DEPTH_LIM = (1e-24, 1e24)
+_MEAN_FIELD = {"color": "k", "lw": 0.7, "ls": (0, (2, 2))}
+
+
+def _plot_depth(results_dir: Path, stem: Path) -> list[Path]:
+    """Forward and backward variance profiles per activation, every initializer, mean field."""
+    from matplotlib.lines import Line2D
+
+    df, theory, config = load_profiles(results_dir)
+    fig, axes = gf.plotting.figure(2, len(ACTIVATIONS), width="text", aspect=0.95,
+                                   sharex=True, sharey=True)  # fmt: skip
+    for col, a in enumerate(ACTIVATIONS):
+        for row, metric in enumerate(("q", "grad_var")):
+            _depth_panel(axes[row, col], df, theory, config, a, metric)
+            if row == 0:
+                axes[row, col].set_title(a)
+            else:
+                axes[row, col].set_xlabel("layer $l$")
+    axes[0, 0].set_ylabel(r"forward $q^l = \overline{(h^l_i)^2}$")
+    axes[1, 0].set_ylabel(r"backward $\overline{(\partial C/\partial h^l_i)^2}$")
+    for ax in axes.ravel():
+        ax.set_yticks([1e-20, 1e-10, 1e0, 1e10, 1e20])
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    handles.append(Line2D([], [], **_MEAN_FIELD))
+    labels.append("mean field")
+    fig.legend(handles, labels, loc="outside upper center", ncols=4,
+               title=f"width {config['width']}, zero biases: median and 10–90% over "
+               f"{config['seeds']} seeds; Xavier, LeCun and orthogonal share "
+               r"$\sigma_w^2 = 1$ and overlap", title_fontsize=7)  # fmt: skip
+    return gf.plotting.savefig(fig, stem)
+
+
+_INIT_COLORS = dict(zip(INITS, [gf.plotting.COLORS[k] for k in (0, 1, 5, 3, 4, 2)]))
+
+
+def _depth_panel(ax, df, theory: dict, config: dict, a: str, metric: str) -> None:
+    """``metric`` of activation ``a`` through depth: every initializer and its mean field."""
+    layers = np.arange(1, config["depth"] + 1)
+    for i in config["inits"]:
+        v = gf.plotting.finite_or_raise(profile(df, a, i, metric), f"{a}/{i} {metric}")
+        sw2 = theory[f"{a}/{i}"]["sw2"]
+        gf.plotting.band(ax, layers, v, color=_INIT_COLORS[i], clip=_DEPTH_LIM, lw=1.2,
+                         label=rf"{INITS[i]} ($\sigma_w^2 = {sw2:.3g}$)")  # fmt: skip
+        ax.plot(layers, np.asarray(theory[f"{a}/{i}"][metric]), **_MEAN_FIELD)
+    ax.set_yscale("log")
+    ax.set_ylim(*_DEPTH_LIM)
+    ax.set_xlim(1, config["depth"])
+
+
+_TRAIN_COLORS = {"Xavier": gf.plotting.COLORS[0], "He": gf.plotting.COLORS[1]}
+_TRAIN_LABELS = {"Xavier": r"Xavier, Var $1/n_\mathrm{in}$", "He": r"He, Var $2/n_\mathrm{in}$"}
+
+
+def _plot_training(results_dir: Path, stem: Path) -> list[Path]:
+    """Part 2: training loss and test accuracy of the ReLU MLP, Xavier vs He."""
+    tdf, tcfg = load_training(results_dir)
+    fig, axes = gf.plotting.figure(1, 2, width="column", aspect=1.05)
+    for ax, metric, ylabel in (
+        (axes[0], "loss", "training loss"),
+        (axes[1], "test_accuracy", "test accuracy"),
+    ):
+        for i in TRAIN_SCALES.values():
+            label = _TRAIN_LABELS[i]
+            steps, v, div = training_curves(tdf, tcfg, i, metric)
+            if div.any():  # marked, not silently dropped
+                label = f"{label} ({int(div.sum())} diverged, not shown)"
+            v = gf.plotting.finite_or_raise(v[~div], f"{i} {metric}")
+            gf.plotting.band(ax, steps, v, color=_TRAIN_COLORS[i], label=label)
+        ax.set_xlabel("SGD step")
+        ax.set_ylabel(ylabel)
+    axes[0].axhline(LN10, **_MEAN_FIELD)
+    axes[0].annotate(r"$\ln 10$ (chance)", xy=(0.98, LN10), xycoords=("axes fraction", "data"),
+                     ha="right", va="bottom", fontsize=6.5)  # fmt: skip
+    axes[1].axhline(0.1, **_MEAN_FIELD)
+    axes[1].set_ylim(0, 1)
+    axes[0].set_ylim(0, None)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncols=2,
+               title=f"{tcfg['train_depth']}-layer ReLU MLP, width {tcfg['train_width']}, "
+               f"SGD: median, 10–90% over {tdf['seed'].nunique()} seeds",
+               title_fontsize=6.5)  # fmt: skip
+    return gf.plotting.savefig(fig, stem)
 
 
 _CAMEL = {
@@ -476,10 +490,10 @@ EXPERIMENT = gf.experiment.Experiment(
     name=NAME,
     claim=CLAIM,
     source=SOURCE,
-    configs=CONFIGS,
+    configs={"quick": QUICK, "full": FULL},
     run=run,
     plot=plot,
     tables=tables,
     figures=(f"{NAME}_depth", f"{NAME}_xavier_he"),
-    check=_check,
+    order=4,
 )

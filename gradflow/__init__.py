@@ -24,6 +24,7 @@ the paper. Import as ``import gradflow as gf``; the public modules are re-export
 * :mod:`gradflow.rng` -- fast vmap-safe random keys (ThreeFry fused into one loop) for sweeps
 * :mod:`gradflow.plotting` -- the house figure style
 * :mod:`gradflow.experiment` -- the experiment registry (entry points) and paper artifacts
+* :mod:`gradflow.latex` -- the paper's generated LaTeX: numbers, macros and tables
 """
 
 from gradflow import (
@@ -35,6 +36,7 @@ from gradflow import (
     experiment,
     history,
     initializers,
+    latex,
     losses,
     meanfield,
     models,
@@ -61,6 +63,7 @@ __all__ = [
     "experiment",
     "history",
     "initializers",
+    "latex",
     "losses",
     "meanfield",
     "models",

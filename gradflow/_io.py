@@ -25,7 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["TMP_SUFFIX", "Json", "atomic_write", "is_writer", "timestamp"]
+from gradflow import _checks
+
+__all__ = ["TMP_SUFFIX", "Json", "atomic_write", "is_writer", "timestamp", "write_text"]
 
 #: A JSON value as :func:`json.loads` returns it (the records gradflow writes).
 Json = dict[str, "Json"] | list["Json"] | str | int | float | bool | None
@@ -80,6 +82,20 @@ def atomic_write(
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` with :func:`atomic_write`, creating its directory; under
+    :func:`jax.distributed.initialize` only process 0 writes (every process runs an experiment's
+    sweeps; one writes its outputs). Returns ``path`` either way. Public as
+    :func:`gradflow.experiment.write_atomic`."""
+    if not isinstance(text, str):
+        raise TypeError(f"write_atomic writes text: got {type(text).__name__}, not str")
+    path = _checks.path("path", path)
+    if not is_writer():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, text)
 
 
 def _read_umask() -> int:

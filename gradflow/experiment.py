@@ -11,47 +11,54 @@ gradflow never imports ``experiments`` by name: :func:`registry` discovers entry
 researcher's package plugs into the same ``gradflow`` command the same way.
 
 Each experiment has a ``quick`` config (seconds; used by the tests) and a ``full`` config (the
-paper's figures), and three steps with a fixed data flow::
+paper's figures), instances of one frozen :class:`Config` dataclass (its typed fields are the
+config's keys; ``__post_init__`` checks their values), and three steps with a fixed data flow::
 
     run(config, results_dir)       -> writes tidy rows through gradflow.sweep into results_dir
     plot(results_dir, figures_dir) -> figures (PDF + PNG) from saved results only
     tables(results_dir, tables_dir)-> LaTeX tables (.tex) and number macros (\\newcommand)
 
 :func:`layout` fixes where each lands, :func:`resolve_config` applies ``--set key=value``
-overrides, and :func:`write_macros` / :func:`latex_table` write the paper's generated inputs so that
-no number in the paper is typed by hand.
+overrides (typed by the config's fields), :func:`stored_config` reads back the config a sweep store
+was made with, and :mod:`gradflow.latex` (:func:`write_macros`, :func:`latex_table`) writes the
+paper's generated inputs so that no number in the paper is typed by hand.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import math
 import numbers
 import os
 import re
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from gradflow import _checks, _io, _limits
+from gradflow import sweep as _sweep
+from gradflow.latex import _escape, fmt, latex_table, write_macros  # noqa: F401  (re-exported)
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "Config",
     "Experiment",
     "Layout",
     "check_memory",
     "fmt",
     "get",
+    "jsonable",
     "latex_table",
     "layout",
     "names",
     "parse_override",
     "registry",
     "resolve_config",
+    "stored_config",
     "write_atomic",
     "write_index",
     "write_macros",
@@ -59,6 +66,154 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "gradflow.experiments"
 MODES = ("quick", "full")
+
+
+# --- typed configs ----------------------------------------------------------------------------
+
+_SCALARS = (bool, int, float, str)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Base of an experiment's typed config: a frozen dataclass, one field per config key.
+
+    Subclass it with ``@dataclasses.dataclass(frozen=True)``; annotate every field with ``int``,
+    ``float``, ``bool``, ``str`` or ``tuple[T, ...]`` of those (``--set`` overrides are typed by
+    these annotations) and validate the values in ``__post_init__`` after calling
+    ``super().__post_init__()``, which checks every field's type. The quick config states only
+    what it changes::
+
+        @dataclasses.dataclass(frozen=True)
+        class SpeedConfig(gf.experiment.Config):
+            seeds: int  # random draws
+            epochs: int  # passes over the data
+
+        FULL = SpeedConfig(seeds=30, epochs=500)
+        QUICK = dataclasses.replace(FULL, epochs=20)
+
+    What a sweep stores (``metadata.json``, the config hash, the run record) is :meth:`to_dict`.
+    """
+
+    def __post_init__(self) -> None:
+        for name, kind in _field_kinds(type(self)).items():
+            value = getattr(self, name)
+            if not _is_kind(value, kind):
+                raise TypeError(
+                    f"{type(self).__name__}.{name} must be {_describe(kind)}, got {value!r}"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a dict, in field order (what the sweep stores and hashes)."""
+        return dataclasses.asdict(self)
+
+    def check_resources(self) -> None:
+        """Raise ``ValueError`` when this config would not fit in memory (:func:`check_memory`).
+
+        Nothing by default. Kept out of ``__post_init__``, so that importing an experiment never
+        depends on the machine; :func:`resolve_config` and the experiment's ``run`` call it.
+        """
+
+
+@functools.cache
+def _field_kinds(cls: type) -> dict[str, Any]:
+    """``{field: kind}`` of a :class:`Config` subclass; a kind is a scalar type or
+    ``(tuple, element type)``."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: _kind_of_hint(cls, f.name, hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def _kind_of_hint(cls: type, name: str, hint: Any) -> Any:
+    args = typing.get_args(hint)
+    if hint in _SCALARS:
+        return hint
+    if typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if args[0] in _SCALARS:
+            return (tuple, args[0])
+    raise TypeError(
+        f"{cls.__name__}.{name}: unsupported config type {hint!r}; use int, float, bool, str or "
+        "tuple[T, ...] of those"
+    )
+
+
+def _kind_of_value(default: Any) -> Any:
+    """The kind of a dict config's value (for plug-ins whose configs are plain dicts)."""
+    if isinstance(default, (tuple, list)):
+        numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in default)
+        if not default:
+            return (type(default), None)
+        proto = 0.0 if numeric and any(isinstance(v, float) for v in default) else default[0]
+        return (type(default), _kind_of_value(proto))
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, numbers.Integral):
+        return int
+    return float if isinstance(default, numbers.Real) else type(default)
+
+
+def _is_kind(value: Any, kind: Any) -> bool:
+    if isinstance(kind, tuple):
+        return isinstance(value, kind[0]) and all(_is_kind(v, kind[1]) for v in value)
+    if kind is None:
+        return True
+    if kind in (int, float):
+        number = numbers.Integral if kind is int else numbers.Real
+        return isinstance(value, number) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _describe(kind: Any) -> str:
+    if isinstance(kind, tuple):
+        return f"a {kind[0].__name__} of {kind[1].__name__ if kind[1] else 'values'}"
+    return f"a {kind.__name__}" if kind is not None else "a value"
+
+
+def _coerce_scalar(key: str, value: Any, kind: Any, default: Any) -> Any:
+    """``value`` as ``kind`` (bools stay bools, ints ints, floats finite floats unless ``default``
+    is not, an int promoted; other types as they are), or ValueError."""
+    if kind is bool and not isinstance(value, bool):
+        raise ValueError(f"config key {key!r} takes True or False, got {value!r}")
+    if not _is_kind(value, float if kind is float else kind):
+        raise ValueError(
+            f"config key {key!r} takes {_describe(kind)} (default {default!r}), got {value!r}"
+        )
+    if kind is float:
+        value = float(value)
+        finite_default = not isinstance(default, numbers.Real) or math.isfinite(default)
+        if not math.isfinite(value) and finite_default:
+            raise ValueError(
+                f"config key {key!r} takes a finite number (default {default!r}), got {value!r}"
+            )
+    return int(value) if kind is int else value
+
+
+def _coerce(key: str, value: Any, kind: Any, default: Any) -> Any:
+    """``value`` as ``kind``; a sequence kind takes a tuple/list (or one value) whose every
+    element has the element kind (floats finite)."""
+    if not isinstance(kind, tuple):
+        return _coerce_scalar(key, value, kind, default)
+    what = f"{_describe(kind)} (default {default!r})"
+    if isinstance(value, (tuple, list)):
+        seq = value
+    elif isinstance(value, (bool, numbers.Real, str)):
+        seq = (value,)
+    else:
+        raise ValueError(f"config key {key!r} takes {what}, got {value!r}")
+    out = []
+    for i, v in enumerate(seq):
+        try:
+            out.append(_coerce_scalar(key, v, kind[1], 0.0))
+        except ValueError:
+            issue = "a finite number" if isinstance(v, float) and kind[1] is float else None
+            at = f": element {i} ({v!r}) is not {issue or _describe(kind[1])}"
+            raise ValueError(
+                f"config key {key!r} takes {what}, got {value!r}{at if seq is value else ''}"
+            ) from None
+    return kind[0](out)
+
+
+# --- the registry -----------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,27 +224,30 @@ class Experiment:
       name: registry name (``[a-z_]+``), e.g. ``"layer_speed"``.
       claim: the claim it reproduces, one sentence.
       source: where the claim comes from (seed notes, papers).
-      configs: ``{"quick": {...}, "full": {...}}`` of JSON-serialisable values.
+      configs: ``{"quick": QUICK, "full": FULL}``: instances of one :class:`Config` subclass (or,
+        for plug-ins written before typed configs, dicts of JSON-serialisable values).
       run: ``run(config, results_dir)``: runs the sweeps, writing through :mod:`gradflow.sweep`.
       plot: ``plot(results_dir, figures_dir) -> list[Path]``: figures from saved results only.
       tables: ``tables(results_dir, tables_dir) -> list[Path]``: ``.tex`` tables and macros.
       figures: the stems of the headline figures (shown in the README), e.g.
         ``("layer_speed_training",)``.
-      check: ``check(config)`` raises ``ValueError``/``TypeError`` naming a bad value (and the
-        valid choices) of a config; :func:`resolve_config` calls it, so ``gradflow run`` refuses
-        a bad ``--set`` in one line before anything runs. Sizes that would not fit in memory are
-        bad values too (:func:`check_memory`).
+      check: for dict configs only: ``check(config)`` raises ``ValueError``/``TypeError`` naming a
+        bad value (and the valid choices); :func:`resolve_config` calls it, so ``gradflow run``
+        refuses a bad ``--set`` in one line before anything runs. A :class:`Config` checks itself.
+      order: the experiment's place in the paper (its section order); :func:`names` lists
+        experiments by it, those without one last, by name.
     """
 
     name: str
     claim: str
     source: str
-    configs: Mapping[str, Mapping[str, Any]]
-    run: Callable[[dict, Path], Any]
+    configs: Mapping[str, Config | Mapping[str, Any]]
+    run: Callable[[Any, Path], Any]
     plot: Callable[[Path, Path], Sequence[Path]]
     tables: Callable[[Path, Path], Sequence[Path]] | None = None
     figures: tuple[str, ...] = ()
     check: Callable[[dict], None] | None = None
+    order: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
@@ -99,14 +257,30 @@ class Experiment:
         missing = [m for m in MODES if m not in self.configs]
         if missing:
             raise ValueError(f"experiment {self.name!r} lacks config(s) {missing}; needs {MODES}")
+        kinds = {type(c) if isinstance(c, Config) else Mapping for c in self.configs.values()}
+        if len(kinds) != 1 or not all(
+            isinstance(c, (Config, Mapping)) for c in self.configs.values()
+        ):
+            raise TypeError(
+                f"experiment {self.name!r}: configs must be instances of one Config class (or all "
+                f"dicts), got {sorted(type(c).__name__ for c in self.configs.values())}"
+            )
         for field in ("run", "plot"):
             if not callable(getattr(self, field)):
                 raise TypeError(f"experiment {self.name!r}: {field} must be callable")
         for field in ("tables", "check"):
             if getattr(self, field) is not None and not callable(getattr(self, field)):
                 raise TypeError(f"experiment {self.name!r}: {field} must be callable or None")
+        if self.order is not None and (
+            not isinstance(self.order, int) or isinstance(self.order, bool)
+        ):
+            raise TypeError(
+                f"experiment {self.name!r}: order must be an int or None, got {self.order!r}"
+            )
 
-    def config(self, mode: str = "full", overrides: Mapping[str, Any] | None = None) -> dict:
+    def config(
+        self, mode: str = "full", overrides: Mapping[str, Any] | None = None
+    ) -> Config | dict:
         """The ``mode`` config with ``overrides`` applied (see :func:`resolve_config`)."""
         return resolve_config(self, mode, overrides)
 
@@ -116,14 +290,18 @@ def _entry_points() -> dict[str, metadata.EntryPoint]:
 
 
 def names() -> tuple[str, ...]:
-    """Registered experiment names: the paper's order where known, then the others by name."""
-    order = (
-        "activation_derivatives", "layer_speed", "chain_anatomy", "variance_propagation",
-        "remedies", "clipping_decay", "rnn_through_time", "criticality", "dynamical_isometry",
-        "transformer_layernorm", "residual_normalization",
-    )  # fmt: skip
-    found = list(_entry_points())
-    return tuple(sorted(found, key=lambda n: (order.index(n) if n in order else len(order), n)))
+    """Registered experiment names in the paper's order (each experiment's ``order``), then the
+    others by name."""
+    eps = _entry_points()
+    return tuple(sorted(eps, key=lambda n: _order_key(n, eps[n])))
+
+
+def _order_key(name: str, ep: metadata.EntryPoint) -> tuple:
+    try:
+        order = getattr(ep.load(), "order", None)
+    except Exception:  # a plug-in that cannot load sorts last; get() says why
+        order = None
+    return (not isinstance(order, int), order if isinstance(order, int) else 0, name)
 
 
 def get(name: str) -> Experiment:
@@ -171,78 +349,16 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _describe(default: Any) -> str:
-    if isinstance(default, (tuple, list)):
-        kinds = sorted({type(v).__name__ for v in default})
-        return f"a {type(default).__name__} of {'/'.join(kinds) or 'values'}"
-    return f"a {type(default).__name__}"
-
-
-def _coerce_scalar(key: str, value: Any, default: Any, where: str = "") -> Any:
-    """``value`` as the type of the scalar ``default``, or ValueError."""
-    if default is None:
-        return value
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"config key {key!r} takes True or False, got {value!r}{where}")
-    if isinstance(default, numbers.Integral):
-        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            return int(value)
-    elif isinstance(default, numbers.Real):
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            value = float(value)
-            if not math.isfinite(value) and math.isfinite(default):
-                raise ValueError(
-                    f"config key {key!r} takes a finite number (default {default!r}), got "
-                    f"{value!r}{where}"
-                )
-            return value
-    elif isinstance(value, type(default)):
-        return value
-    raise ValueError(
-        f"config key {key!r} takes {_describe(default)} (default {default!r}), got {value!r}{where}"
-    )
-
-
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """``value`` as the type of ``default``: bools stay bools, ints ints, floats finite floats
-    (an int is promoted), strings strings; a tuple/list default takes a tuple/list (or one
-    value) whose every element has the type of the default's elements."""
-    if isinstance(default, (tuple, list)):
-        if isinstance(value, (tuple, list)):
-            seq = value
-        elif isinstance(value, (bool, numbers.Real, str)):
-            seq = (value,)
-        else:
-            raise ValueError(
-                f"config key {key!r} takes {_describe(default)} (default {default!r}), got "
-                f"{value!r}"
-            )
-        if default:
-            numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in default)
-            proto = 0.0 if numeric and any(isinstance(v, float) for v in default) else default[0]
-            out = []
-            for i, v in enumerate(seq):
-                try:
-                    out.append(_coerce_scalar(key, v, proto, ""))
-                except ValueError:
-                    finite_issue = isinstance(v, float) and isinstance(proto, float)
-                    what = "a finite number" if finite_issue else _describe(proto)
-                    at = f": element {i} ({v!r}) is not {what}" if seq is value else ""
-                    raise ValueError(
-                        f"config key {key!r} takes {_describe(default)} (default {default!r}), "
-                        f"got {value!r}{at}"
-                    ) from None
-            seq = out
-        return type(default)(seq)
-    return _coerce_scalar(key, value, default, "")
-
-
 def resolve_config(
     experiment: Experiment, mode: str = "full", overrides: Mapping[str, Any] | None = None
-) -> dict:
-    """``experiment.configs[mode]`` with ``overrides`` applied, type-checked against the defaults.
+) -> Config | dict:
+    """``experiment.configs[mode]`` with ``overrides`` applied, each typed by its field.
+
+    A :class:`Config` is rebuilt with the overrides (its ``__post_init__`` validates them) and
+    checked against the memory available (:meth:`Config.check_resources`); a dict config is
+    typed by its values and checked by the experiment's ``check``. Bools stay bools, ints ints,
+    floats finite floats (an int is promoted), strings strings; a tuple takes a tuple/list (or
+    one value) whose every element has the element type.
 
     Raises:
       ValueError: unknown mode, unknown key (lists the valid keys), or a value of the wrong type.
@@ -255,17 +371,39 @@ def resolve_config(
         raise TypeError(f"overrides must be a dict key -> value, got {overrides!r}")
     if mode not in experiment.configs:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(experiment.configs)}")
-    cfg = dict(experiment.configs[mode])
-    for key, value in (overrides or {}).items():
-        if key not in cfg:
+    base = experiment.configs[mode]
+    current = base.to_dict() if isinstance(base, Config) else dict(base)
+    for key in overrides or {}:
+        if key not in current:
             raise ValueError(
                 f"unknown config key {key!r} for experiment {experiment.name!r}; "
-                f"valid keys: {', '.join(sorted(cfg))}"
+                f"valid keys: {', '.join(sorted(current))}"
             )
-        cfg[key] = _coerce(key, value, cfg[key])
+    kinds = _field_kinds(type(base)) if isinstance(base, Config) else {}
+    typed = {
+        k: _coerce(k, v, kinds.get(k, _kind_of_value(current[k])), current[k])
+        for k, v in (overrides or {}).items()
+    }
+    if isinstance(base, Config):
+        config = dataclasses.replace(base, **typed)
+        config.check_resources()
+        return config
+    current.update(typed)
     if experiment.check is not None:
-        experiment.check(cfg)
-    return cfg
+        experiment.check(current)
+    return current
+
+
+def stored_config(workdir: str | os.PathLike) -> dict[str, Any]:
+    """The experiment config a sweep store was made with: the ``config`` given to
+    :func:`gradflow.sweep.run`, as its ``metadata.json`` holds it (tuples read back as lists)."""
+    return _sweep.load_metadata(workdir)["config"]["config"]
+
+
+def jsonable(obj: Any) -> Any:
+    """``json.dumps``'s ``default`` for run records: a :class:`Config` as :meth:`Config.to_dict`,
+    anything else as ``str(obj)``."""
+    return obj.to_dict() if isinstance(obj, Config) else str(obj)
 
 
 def check_memory(what: str, nbytes: float) -> None:
@@ -314,168 +452,29 @@ def layout(name: str, mode: str, root: str | os.PathLike = ".") -> Layout:
 # --- generated paper inputs -------------------------------------------------------------------
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file created exclusively (an
-    unpredictable name, never a planted file or symlink) in the same directory, fsynced and
-    renamed over ``path`` with :func:`os.replace`.
-
-    Under :func:`jax.distributed.initialize` only process 0 writes (every process runs an
-    experiment's sweeps; one writes its outputs); the path is returned either way.
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"write_atomic writes text: got {type(text).__name__}, not str")
-    path = _checks.path("path", path)
-    if not _io.is_writer():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return _io.atomic_write(path, text)
-
-
-def fmt(x: Any, digits: int = 3) -> str:
-    """A number for the paper: ``digits`` significant digits, scientific for very small or large
-    magnitudes, ``--`` for NaN/inf (LaTeX-safe).
-
-    Example:
-      >>> print(gf.experiment.fmt(0.000123))
-      1.23\\times10^{-4}
-      >>> gf.experiment.fmt(float("nan"))
-      '--'
-    """
-    digits = _checks.size("digits", digits)
-    if isinstance(x, str):
-        return x
-    if isinstance(x, (bool, int)) and not isinstance(x, float):
-        return str(x)
-    if not isinstance(x, numbers.Real) and not (
-        hasattr(x, "dtype") and getattr(x, "shape", None) == () and np.isrealobj(x)
-    ):
-        raise TypeError(f"fmt formats a real number or a string, got {x!r} ({type(x).__name__})")
-    x = float(x)
-    if not math.isfinite(x):
-        return "--"
-    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
-        mant, exp = f"{x:.{max(digits - 1, 0)}e}".split("e")
-        return f"{mant}\\times10^{{{int(exp)}}}"
-    if abs(x) >= 10**digits:  # e.g. 5710, not "5.71e+03" (which LaTeX would print literally)
-        return f"{round(x):d}"
-    return f"{x:.{digits}g}"
-
-
-def write_macros(path: str | os.PathLike, macros: Mapping[str, Any], *, digits: int = 3) -> Path:
-    r"""Write ``\newcommand{\name}{value}`` lines for the paper's quoted numbers.
-
-    Macro names must be letters only (LaTeX). Numbers are formatted with :func:`fmt`, and those
-    that use math (``\times10^{..}``, a minus sign) are wrapped in ``\ensuremath``; text is
-    escaped for LaTeX (``& % # _ { } $ \ ^ ~``), except the parts between pairs of ``$``.
-    """
-    if not isinstance(macros, Mapping):
-        raise TypeError(f"macros must be a dict name -> value, got {macros!r}")
-    _checks.size("digits", digits)
-    path = _checks.path("path", path)
-    lines = ["% generated by gradflow: do not edit"]
-    for name, value in macros.items():
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z]+", name):
-            raise ValueError(f"LaTeX macro names must be letters only, got {name!r}")
-        if isinstance(value, str):
-            text = _escape(value)
-            math_mode = bool(_FMT_SCI.fullmatch(value))
-        else:
-            try:
-                text = fmt(value, digits)
-            except TypeError as e:
-                raise TypeError(f"macro {name!r}: {e}") from None
-            math_mode = "\\times" in text or (text.startswith("-") and text != "--")
-        if math_mode:
-            text = f"\\ensuremath{{{text}}}"
-        lines.append(f"\\newcommand{{\\{name}}}{{{text}}}")
-    return write_atomic(path, "\n".join(lines) + "\n")
-
-
-# Text-mode escapes of LaTeX's special characters.
-_LATEX_ESCAPES = {
-    "&": r"\&",
-    "%": r"\%",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "$": r"\$",
-    "\\": r"\textbackslash{}",
-    "^": r"\textasciicircum{}",
-    "~": r"\textasciitilde{}",
-}
-# What fmt() writes for a very small or large number: LaTeX math, kept as is.
-_FMT_SCI = re.compile(r"-?\d+(?:\.\d+)?\\times10\^\{-?\d+\}")
-
-
-def _escape(text: str) -> str:
-    """``text`` for LaTeX: the parts between pairs of ``$`` are math and kept as they are;
-    everything else is text, its special characters escaped (a ``$`` without a partner too).
-    A number as :func:`fmt` writes it (``1.50\\times10^{-30}``) is kept for math mode."""
-    if _FMT_SCI.fullmatch(text):
-        return text
-
-    def esc(part: str) -> str:
-        return "".join(_LATEX_ESCAPES.get(c, c) for c in part)
-
-    dollars = [i for i, c in enumerate(text) if c == "$"]
-    out, pos = [], 0
-    for a, b in zip(dollars[0::2], dollars[1::2]):  # complete pairs only
-        out += [esc(text[pos:a]), text[a : b + 1]]
-        pos = b + 1
-    out.append(esc(text[pos:]))  # an unpaired "$" is escaped here
-    return "".join(out)
-
-
-def latex_table(
-    rows: Sequence[Sequence[Any]],
-    columns: Sequence[str],
-    path: str | os.PathLike,
-    *,
-    align: str | None = None,
-    digits: int = 3,
-) -> Path:
-    """Write a booktabs ``tabular`` (no float environment: the paper wraps it) to ``path``.
-
-    Cells are formatted with :func:`fmt`; strings are escaped unless wrapped in ``$...$``.
-    """
-    if isinstance(columns, str) or not isinstance(columns, Sequence):
-        raise TypeError(f"columns must be a sequence of column headers, got {columns!r}")
-    if (
-        isinstance(rows, str)
-        or not isinstance(rows, Sequence)
-        or not all(isinstance(r, Sequence) and not isinstance(r, str) for r in rows)
-    ):
-        raise TypeError(f"rows must be a sequence of rows (sequences of cells), got {rows!r}")
-    _checks.size("digits", digits)
-    path = _checks.path("path", path)
-    ncol = len(columns)
-    if any(len(r) != ncol for r in rows):
-        raise ValueError(f"rows: every row must have {ncol} cells (columns {list(columns)})")
-    align = align or ("l" + "r" * (ncol - 1))
-
-    def cell(v):
-        text = fmt(v, digits) if not isinstance(v, str) else _escape(v)
-        numeric = not isinstance(v, str) and text != "--"
-        # math mode for scientific notation and for a minus sign (not a text hyphen)
-        if text.startswith("$") and text.endswith("$"):  # a string already in math mode
-            return text
-        return f"${text}$" if "\\times" in text or (numeric and text.startswith("-")) else text
-
-    lines = [
-        "% generated by gradflow: do not edit",
-        f"\\begin{{tabular}}{{{align}}}",
-        "\\toprule",
-        " & ".join(_escape(c) for c in columns) + r" \\",
-        "\\midrule",
-        *(" & ".join(cell(v) for v in r) + r" \\" for r in rows),
-        "\\bottomrule",
-        "\\end{tabular}",
-    ]
-    return write_atomic(path, "\n".join(lines) + "\n")
+#: Write text atomically (a temporary file, fsynced and renamed over ``path``); under
+#: :func:`jax.distributed.initialize` only process 0 writes. Returns the path.
+write_atomic = _io.write_text
 
 
 # --- the experiments index --------------------------------------------------------------------
+
+_INDEX_HEADER = [
+    "# Experiments",
+    "",
+    "<!-- generated by `gradflow reproduce` from the registry and "
+    "results/runtimes.json: do not edit -->",
+    "",
+    "Each experiment reproduces a claim of the seed notes or a classic paper. Run one with",
+    "`gradflow run NAME [--quick]` (results in `results/NAME/<mode>`, figures in",
+    "`paper/figures/NAME_*.{pdf,png}`, tables and number macros in `paper/tables/`), all of",
+    "them with `gradflow reproduce [--quick]` (`make reproduce`, `make reproduce-quick`).",
+    "",
+    "| experiment | claim | source | figures | quick | full |",
+    "| --- | --- | --- | --- | --- | --- |",
+]
+#: Wall-time budgets (seconds) of the whole ``gradflow reproduce``, quick and full.
+_BUDGETS = {"quick": 180, "full": 1200}
 
 
 def index_markdown(runtimes: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> str:
@@ -487,86 +486,67 @@ def index_markdown(runtimes: Mapping[str, Mapping[str, Mapping[str, Any]]] | Non
     timings show as ``--``. Regenerate with ``python -m gradflow.experiment [--root DIR]``.
     """
     runtimes = runtimes or {}
+    lines = [*_INDEX_HEADER, *_index_rows(runtimes), *_index_machine(runtimes)]
+    for mode in _BUDGETS:
+        lines += _index_reproduce(mode, runtimes.get("reproduce", {}).get(mode))
+    return "\n".join(lines) + "\n"
 
-    def secs(mode: str, name: str) -> str:
-        entry = runtimes.get(mode, {}).get(name)
-        return f"{entry['seconds']:.0f} s" if entry and "seconds" in entry else "--"
 
-    lines = [
-        "# Experiments",
-        "",
-        "<!-- generated by `gradflow reproduce` from the registry and "
-        "results/runtimes.json: do not edit -->",
-        "",
-        "Each experiment reproduces a claim of the seed notes or a classic paper. Run one with",
-        "`gradflow run NAME [--quick]` (results in `results/NAME/<mode>`, figures in",
-        "`paper/figures/NAME_*.{pdf,png}`, tables and number macros in `paper/tables/`), all of",
-        "them with `gradflow reproduce [--quick]` (`make reproduce`, `make reproduce-quick`).",
-        "",
-        "| experiment | claim | source | figures | quick | full |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    totals = {"quick": 0.0, "full": 0.0}
+def _seconds(runtimes: Mapping, mode: str, name: str) -> float | None:
+    entry = runtimes.get(mode, {}).get(name)
+    return float(entry["seconds"]) if entry and "seconds" in entry else None
+
+
+def _index_rows(runtimes: Mapping) -> list[str]:
+    """One table row per experiment, then the total wall time per mode."""
+    lines, totals = [], dict.fromkeys(_BUDGETS, 0.0)
     for name in names():
         exp = get(name)
         figs = ", ".join(f"[{f}](../paper/figures/{f}.png)" for f in exp.figures) or "--"
-        for mode in totals:
-            entry = runtimes.get(mode, {}).get(name)
-            totals[mode] += float(entry["seconds"]) if entry and "seconds" in entry else 0.0
-        lines.append(
-            f"| `{name}` | {exp.claim} | {exp.source} | {figs} | {secs('quick', name)} | "
-            f"{secs('full', name)} |"
-        )
-    lines.append(
-        "| **total** | | | | "
-        + " | ".join(f"{totals[m]:.0f} s" if runtimes.get(m) else "--" for m in totals)
-        + " |"
-    )
-    devices = sorted(
-        {
-            str(e.get("devices"))
-            for mode in totals
-            for e in runtimes.get(mode, {}).values()
-            if e.get("devices")
-        }
-    )
-    if devices:
-        lines += ["", f"Wall times measured on: {'; '.join(devices)}."]
-    precisions = sorted(
-        {
-            str(e.get("matmul_precision", "not recorded"))
-            for mode in totals
-            for e in runtimes.get(mode, {}).values()
-        }
-    )
+        secs = {m: _seconds(runtimes, m, name) for m in totals}
+        for mode, s in secs.items():
+            totals[mode] += s or 0.0
+        cells = " | ".join(f"{s:.0f} s" if s is not None else "--" for s in secs.values())
+        lines.append(f"| `{name}` | {exp.claim} | {exp.source} | {figs} | {cells} |")
+    total = " | ".join(f"{totals[m]:.0f} s" if runtimes.get(m) else "--" for m in totals)
+    return [*lines, f"| **total** | | | | {total} |"]
+
+
+def _index_machine(runtimes: Mapping) -> list[str]:
+    """The devices and the float32 matmul precision the timings were measured with."""
+    entries = [e for mode in _BUDGETS for e in runtimes.get(mode, {}).values()]
+    devices = sorted({str(e.get("devices")) for e in entries if e.get("devices")})
+    precisions = sorted({str(e.get("matmul_precision", "not recorded")) for e in entries})
+    lines = ["", f"Wall times measured on: {'; '.join(devices)}."] if devices else []
     if precisions:
         lines += [
             "",
             f"Float32 matrix products at precision: {', '.join(f'`{p}`' for p in precisions)} "
             "(`gradflow.config`; `highest` is float32 on every backend, the default).",
         ]
-    commands = runtimes.get("reproduce", {})
-    for mode, budget in (("quick", 180), ("full", 1200)):
-        rec = commands.get(mode)
-        if not rec or "seconds" not in rec:
-            continue
-        m = rec.get("machine_at_start", {})
-        cpus = m.get("cpus_usable", m.get("cpus", "?"))
-        load = m.get("load_average")
-        load_txt = f", load average {load[0]:.2f} at the start" if load else ""
-        verdict = "within" if rec["seconds"] < budget else "OVER"
-        compile_txt = f", XLA compile `{rec['compile']}`" if rec.get("compile") else ""
-        if rec.get("matmul_precision"):
-            compile_txt += f", matmul precision `{rec['matmul_precision']}`"
-        cmd = "gradflow reproduce --quick" if mode == "quick" else "gradflow reproduce"
-        lines += [
-            "",
-            f"The whole `{cmd}` (every experiment from scratch, the index, the paper's tables"
-            f" and PDF: {rec.get('paper', '?')}): **{rec['seconds']:.0f} s** wall on {cpus}"
-            f" CPUs{load_txt}{compile_txt} ({rec.get('finished', '?')}); {verdict} the {budget} s"
-            " budget.",
-        ]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _index_reproduce(mode: str, rec: Mapping[str, Any] | None) -> list[str]:
+    """The wall time of the whole ``gradflow reproduce`` in ``mode`` against its budget."""
+    if not rec or "seconds" not in rec:
+        return []
+    m = rec.get("machine_at_start", {})
+    cpus = m.get("cpus_usable", m.get("cpus", "?"))
+    load = m.get("load_average")
+    load_txt = f", load average {load[0]:.2f} at the start" if load else ""
+    verdict = "within" if rec["seconds"] < _BUDGETS[mode] else "OVER"
+    compile_txt = f", XLA compile `{rec['compile']}`" if rec.get("compile") else ""
+    if rec.get("matmul_precision"):
+        compile_txt += f", matmul precision `{rec['matmul_precision']}`"
+    cmd = "gradflow reproduce --quick" if mode == "quick" else "gradflow reproduce"
+    return [
+        "",
+        f"The whole `{cmd}` (every experiment from scratch, the index, the paper's tables"
+        f" and PDF: {rec.get('paper', '?')}): **{rec['seconds']:.0f} s** wall on {cpus}"
+        f" CPUs{load_txt}{compile_txt} ({rec.get('finished', '?')}); {verdict} the "
+        f"{_BUDGETS[mode]} s budget.",
+    ]
 
 
 def write_index(root: str | os.PathLike = ".") -> Path:

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import matplotlib as mpl
 import numpy as np
@@ -31,6 +31,7 @@ __all__ = [
     "COLORS",
     "FORMATS",
     "WIDTHS",
+    "band",
     "figure",
     "finite_or_raise",
     "layer_colors",
@@ -166,6 +167,66 @@ FORMATS: tuple[str, ...] = ("pdf", "png", "svg")
 # Metadata that would otherwise hold the wall clock or the library version: fixed, so the bytes
 # of a figure depend only on its content.
 _FIXED_METADATA = {"pdf": {"CreationDate": None}, "png": {"Software": None}, "svg": {"Date": None}}
+
+
+def band(
+    ax,
+    x,
+    samples,
+    *,
+    q: tuple[float, float] = (10, 90),
+    color=None,
+    label: str | None = None,
+    alpha: float = 0.25,
+    line_alpha: float | None = None,
+    fill_color=None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    clip: tuple[float, float] | None = None,
+    step: str | None = None,
+    **line_kw,
+):
+    """Draw the median of ``samples`` over seeds as a line and a percentile band around it.
+
+    Args:
+      ax: the matplotlib axes.
+      x: ``(n,)`` positions (steps, layers, ...).
+      samples: ``(seeds, n)`` values; the line is their median over axis 0, the band spans the
+        ``q = (lo, hi)`` percentiles (``(10, 90)`` by default; ``(0, 100)`` is the range).
+      color: of line and band (default: the axes' next colour).
+      label: the line's legend label.
+      alpha: the band's opacity.
+      line_alpha: the line's opacity (default: opaque).
+      fill_color: the band's colour (default: the line's).
+      transform: applied to the median and the percentiles before drawing (e.g.
+        ``lambda v: 10.0**v`` for samples stored as ``log10``).
+      clip: ``(lo, hi)`` to which the band (not the line) is clipped, e.g. a panel's y limits.
+      step: ``"pre"``/``"post"``/``"mid"`` draws a step line and band (``where=step``).
+      **line_kw: passed to :meth:`~matplotlib.axes.Axes.plot` (``ls``, ``lw``, ...).
+
+    Returns:
+      the median line (a :class:`~matplotlib.lines.Line2D`).
+    """
+    samples = np.asarray(samples, dtype=float)
+    if samples.ndim != 2 or samples.shape[1] != np.shape(x)[0]:
+        raise ValueError(
+            f"band: samples must have shape (seeds, len(x)) = (seeds, {np.shape(x)[0]}), got "
+            f"{samples.shape}"
+        )
+    if len(q) != 2 or not 0 <= q[0] < q[1] <= 100:
+        raise ValueError(f"band: q must be two percentiles 0 <= lo < hi <= 100, got {q!r}")
+    lo, med, hi = np.percentile(samples, [q[0], 50, q[1]], axis=0)
+    if transform is not None:
+        lo, med, hi = transform(lo), transform(med), transform(hi)
+    if clip is not None:
+        lo, hi = np.clip(lo, *clip), np.clip(hi, *clip)
+    if step is not None:
+        line_kw["drawstyle"] = f"steps-{step}"
+    if line_alpha is not None:
+        line_kw["alpha"] = line_alpha
+    (line,) = ax.plot(x, med, color=color, label=label, **line_kw)
+    fill = line.get_color() if fill_color is None else fill_color
+    ax.fill_between(x, lo, hi, color=fill, alpha=alpha, lw=0, step=step)
+    return line
 
 
 def _check_formats(formats: str | Sequence[str]) -> tuple[str, ...]:

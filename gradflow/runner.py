@@ -123,8 +123,8 @@ def rel(path: str | os.PathLike) -> str:
 
 
 def _jsonable(obj: object) -> Json:
-    """``obj`` as JSON would read it back (tuples become lists)."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+    """``obj`` as JSON would read it back (tuples become lists; a typed config its dict)."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=_experiment.jsonable))
 
 
 def headless() -> None:

@@ -399,6 +399,8 @@ def registry(tmp: Path) -> list[Entry]:
         Entry(gf.plotting.finite_or_raise, ([1.0, 2.0], "x"),
               bad={"values": [[1.0, NAN], [INF], "abc", None]}),
         Entry(gf.plotting.layer_colors, (3,), bad={"n": size()}),
+        Entry(gf.plotting.band, (gf.plotting.figure()[1], [0.0, 1.0], [[1.0, 2.0]]),
+              bad={"samples": [[1.0, 2.0], [[1.0]], None], "q": [(90, 10), (1, 2, 3), (-5, 50)]}),
         Entry(gf.plotting.savefig, (gf.plotting.figure()[0], tmp / "fig"),
               bad={"path_stem": path(), "formats": ["jpeg", (), 3]}),
         # sweep
@@ -462,6 +464,7 @@ def registry(tmp: Path) -> list[Entry]:
               bad={"rows": [3, [[1.0]], None], "columns": [3, None, ["a"]],
                    "path": path(), "digits": [-1, "x"]}),
         Entry(gf.experiment.check_memory, ("x", 10.0), bad={"nbytes": ["x", None, -1.0]}),
+        Entry(gf.experiment.stored_config, (tmp / "no_store",), bad={"workdir": path()}),
     ]  # fmt: skip
     return e
 
@@ -559,6 +562,8 @@ def test_every_public_callable_is_in_the_registry(tmp_path):
         "Layer", "TapPlan", "leaf_paths", "path_names",
         # the precision policy: no arguments, a context manager, a decorator
         "matmul_precision", "matmul_scope", "use_matmul_precision", "wrap",
+        # the base class of typed configs; json.dumps's default (takes any object)
+        "Config", "jsonable",
     }  # fmt: skip
     missing = []
     for module in gf.__all__[1:]:

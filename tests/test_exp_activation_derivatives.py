@@ -35,7 +35,7 @@ def test_seed_claims_from_saved_results(done):
     assert set(df["activation"]) == set(gf.activations.names(builtin_only=True))
     assert not df["diverged"].any()
     sc = exp.scalars(df)
-    spacing = 2 * cfg["sup_range"] / (cfg["n_sup"] - 1)
+    spacing = 2 * cfg.sup_range / (cfg.n_sup - 1)
     # sigmoid' <= 1/4 with equality at z = 0; tanh' <= 1 with equality at 0 (float64 grid).
     assert sc["sigmoid"]["grid_sup"] == pytest.approx(0.25, rel=1e-12)
     assert sc["tanh"]["grid_sup"] == pytest.approx(1.0, rel=1e-12)

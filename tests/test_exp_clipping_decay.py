@@ -32,7 +32,7 @@ def test_clipping_removes_divergence(done):
     assert frac["none"] >= 0.3
     runs = exp.runs(df)
     none = runs[(runs["method"] == "none") & runs["diverged"]]
-    assert (none["diverged_step"] < cfg["steps"] // 4).all()
+    assert (none["diverged_step"] < cfg.steps // 4).all()
     # ... and the others stall at chance (10 classes: 0.1)
     _, acc, div = exp.curves(df, config, "none", "test_accuracy")
     assert (~div).any() and np.median(acc[~div, -1]) < 0.2
@@ -54,7 +54,7 @@ def test_inactive_pieces_are_identities():
     params = {"dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)},
               "dense_1": {"kernel": -jnp.ones((2, 2)), "bias": jnp.ones(2)}}  # fmt: skip
     grads = jax.tree.map(lambda p: 3.0 * jnp.ones_like(p) + p, params)
-    cfg = exp.CONFIGS["quick"]
+    cfg = exp.QUICK
     h = {**exp._hparams(cfg, exp.METHODS.index("none")), "learning_rate": 0.1}
     tx = exp.optimizer(h)
     ref = optax.sgd(0.1, momentum=0.9)

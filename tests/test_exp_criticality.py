@@ -47,7 +47,7 @@ def test_phase_diagram_sides_of_the_critical_line(done):
 def test_training_near_criticality_beats_ordered_and_chaotic(done):
     root, cfg, *_ = done
     sm = exp.summary(root / "results")
-    assert sm["deepest"] == max(cfg["depths"])
+    assert sm["deepest"] == max(cfg.depths)
     assert sm["diverged_runs"] == 0
     # quick config (depth 32, width 32, 300 SGD steps, 2 seeds): measured 0.89 vs 0.10 (ordered,
     # sw2 = 0.5) and 0.24 (chaotic, sw2 = 4); we require a margin of 0.3 in test accuracy.

@@ -31,7 +31,7 @@ def test_outputs_exist(done):
 def test_linear_orthogonal_is_exactly_isometric(done):
     _, cfg, _, _, data, _ = done
     sv = data["linear", "orthogonal", "sv"]  # (recorded depths, seeds, width)
-    assert sv.shape == (len(cfg["record_depths"]), cfg["seeds"], cfg["width"])
+    assert sv.shape == (len(cfg.record_depths), cfg.seeds, cfg.width)
     np.testing.assert_allclose(sv, 1.0, atol=1e-10)  # float64 products of orthogonal matrices
 
 
@@ -41,7 +41,7 @@ def test_gaussian_spread_grows_with_depth(done):
         var = data[act, "gaussian", "variance"].mean(axis=0)  # mean over seeds, per depth
         # free probability: var = L (mu2/mu1^2 - 1 - s1) grows linearly; measured (heavier
         # tailed at L/N = 1/3) we require at least a quarter of the predicted growth
-        assert var[-1] > var[0] * cfg["depth"] / 4, act
+        assert var[-1] > var[0] * cfg.depth / 4, act
         # and every Gaussian net is far from isometric at the largest depth
         s = data[act, "gaussian", "sv"][-1]
         assert np.mean((s >= 0.5) & (s <= 2.0)) < 0.5, act

@@ -30,8 +30,8 @@ def test_speeds_increase_toward_output_at_init(done):
     df = gf.sweep.load(root / "results" / "speeds")
     assert not df["diverged"].any()
     s = exp.summary(df)
-    assert s["speeds"].shape == (cfg["seeds"], len(exp.WIDTHS))
-    assert cfg["seeds"] >= 20
+    assert s["speeds"].shape == (cfg.seeds, len(exp.WIDTHS))
+    assert cfg.seeds >= 20
     # every seed: each hidden layer learns faster than the one before it, by a factor of several
     assert s["increasing"].all()
     assert np.median(s["ratio"]) > 3.0
@@ -45,7 +45,7 @@ def test_speeds_stay_ordered_during_training(done):
     root, cfg, _, _ = done
     df, config = exp.load(root / "results")
     epochs, cube = exp.training_speeds(df, config)
-    assert epochs[0] == 0 and epochs[-1] == cfg["epochs"]
+    assert epochs[0] == 0 and epochs[-1] == cfg.epochs
     med = np.median(cube[:, :, : len(exp.WIDTHS)], axis=0)  # (records, hidden layers)
     assert np.all(np.diff(np.log(med), axis=1) > 0)
 

@@ -21,9 +21,9 @@ def test_outputs_exist(done):
         assert p.stat().st_size > 0
     assert {p.name for p in tabs} == {"remedies.tex", "remedies_macros.tex"}
     table = (root / "tables" / "remedies.tex").read_text()
-    assert table.count(r"\\") == 1 + len(cfg["variants"])  # header + one row per variant
+    assert table.count(r"\\") == 1 + len(cfg.variants)  # header + one row per variant
     macros = (root / "tables" / "remedies_macros.tex").read_text()
-    for name in cfg["variants"]:
+    for name in cfg.variants:
         m = exp._macro(name)
         for what in ("Ratio", "Acc", "AccSd", "Lr"):
             assert f"\\remedies{what}{m}}}" in macros
@@ -33,19 +33,19 @@ def test_outputs_exist(done):
 def test_every_run_finite_and_every_seed_present(done):
     root, cfg, _, _ = done
     df = gf.sweep.load(root / "results" / "variants")
-    assert cfg["seeds"] >= 5
+    assert cfg.seeds >= 5
     runs = df.drop_duplicates(["variant", "lr_factor", "seed"])
-    assert len(runs) == len(cfg["variants"]) * len(cfg["lr_factors"]) * cfg["seeds"]
+    assert len(runs) == len(cfg.variants) * len(cfg.lr_factors) * cfg.seeds
     # the probe sees depth Dense layers (the readout last)
     layers = df[df["metric"] == "init_preact_grad"]["layer"]
-    assert int(layers.max()) == cfg["depth"] - 1
+    assert int(layers.max()) == cfg.depth - 1
 
 
 def test_plain_sigmoid_vanishes_and_does_not_train(done):
     root, cfg, _, _ = done
     df, config = exp.load(root / "results")
     r = exp.ratios(df, "sigmoid")
-    assert r.shape == (cfg["seeds"],)
+    assert r.shape == (cfg.seeds,)
     # at most sigma' = 1/4 per layer over 19 sigmoid layers: measured ~1e-12 in every seed
     assert np.all(r < 1e-9)
     s = exp.summary(df, config).set_index("variant")
@@ -63,7 +63,7 @@ def test_remedies_lift_the_ratio_by_orders_of_magnitude(done):
     root, cfg, _, _ = done
     df, _ = exp.load(root / "results")
     plain = exp.ratios(df, "sigmoid")
-    checked = [r for r in REMEDIES if r in cfg["variants"]]
+    checked = [r for r in REMEDIES if r in cfg.variants]
     assert len(checked) >= 2
     for remedy in checked:
         fixed = exp.ratios(df, remedy)
@@ -78,7 +78,7 @@ def test_remedies_train_clearly_better(done):
     s = exp.summary(df, config).set_index("variant")
     assert (s["diverged"] == 0).all()
     for remedy in ("elu", "selu", "sigmoid_batchnorm", "sigmoid_residual"):
-        if remedy in cfg["variants"]:
+        if remedy in cfg.variants:
             # far from chance, and many standard deviations above the plain sigmoid net
             assert s.loc[remedy, "acc_mean"] > 0.75, s
             gap = s.loc[remedy, "acc_mean"] - s.loc["sigmoid", "acc_mean"]
@@ -91,7 +91,7 @@ def test_chosen_learning_rate_is_from_the_grid_and_training_loss(done):
     s = exp.summary(df, config)
     last = df[(df["metric"] == "loss") & (df["step"] == df["step"].max())]
     for row in s.itertuples():
-        assert row.lr_factor in cfg["lr_factors"]
+        assert row.lr_factor in cfg.lr_factors
         runs = last[last["variant"] == row.variant]
         finite = runs.groupby("lr_factor").filter(lambda g: not g["diverged"].any())
         # the lowest median final training loss among the factors where no seed diverged

@@ -112,7 +112,7 @@ def test_outputs_exist(done):
     for p in [*figs, *tabs]:
         assert p.stat().st_size > 0
     table = (root / "tables" / f"{exp.NAME}.tex").read_text()
-    assert table.count(r"\\") == 1 + len(cfg["variants"]) * len(cfg["depths"])
+    assert table.count(r"\\") == 1 + len(cfg.variants) * len(cfg.depths)
     macros = (root / "tables" / f"{exp.NAME}_macros.tex").read_text()
     for v in ("None", "Batchnorm", "Skipinit", "Fixup"):
         for d in ("Min", "Max"):  # the shallowest and the deepest network (one in quick)
@@ -122,16 +122,14 @@ def test_outputs_exist(done):
 def test_every_run_present(done):
     _, cfg, _, _, df, _ = done
     runs = df.drop_duplicates(["variant", "depth", "learning_rate", "seed"])
-    assert len(runs) == (
-        len(cfg["variants"]) * len(cfg["depths"]) * len(cfg["learning_rates"]) * cfg["seeds"]
-    )
+    assert len(runs) == (len(cfg.variants) * len(cfg.depths) * len(cfg.learning_rates) * cfg.seeds)
 
 
 def test_unnormalised_variance_grows_geometrically(done):
     """De & Smith 2020: Var(x_l) doubles per block (log2 rate 1) at infinite width."""
     _, cfg, _, _, df, config = done
     s = exp.summary(df, config)
-    for d in cfg["depths"]:
+    for d in cfg.depths:
         rate = exp.growth_rate(exp.init_profile(df, "none", d, "init_log10_var"))
         # measured 0.79 at width 8: the median over seeds of a product of random per-block
         # factors grows more slowly than their mean (2 per block)
@@ -148,7 +146,7 @@ def test_batchnorm_grows_linearly_and_downscales_the_branch(done):
     Var(x_l) grows linearly and the branch/input ratio falls like 1/l."""
     _, cfg, _, _, df, _ = done
     per_block = 1 - 1 / math.pi
-    for d in cfg["depths"]:
+    for d in cfg.depths:
         var = 10 ** np.median(exp.init_profile(df, "batchnorm", d, "init_log10_var"), axis=0)
         slope = np.polyfit(np.arange(1, d + 1), var, 1)[0]
         assert slope == pytest.approx(per_block, rel=0.3)  # measured ~0.65 at width 8
@@ -163,14 +161,14 @@ def test_batchnorm_grows_linearly_and_downscales_the_branch(done):
 def test_skipinit_and_fixup_are_the_identity_at_init(done):
     _, cfg, _, _, df, _ = done
     for v in ("skipinit", "fixup"):
-        for d in cfg["depths"]:
+        for d in cfg.depths:
             assert np.all(exp.init_profile(df, v, d, "init_branch_ratio") == 0.0)
             var = exp.init_profile(df, v, d, "init_log10_var")
             np.testing.assert_allclose(var, var[:, :1] * np.ones_like(var), atol=1e-5)
             # no gradient reaches a branch's convolutions at init
             for conv in ("conv_0", "conv_1"):
                 assert np.all(exp.conv_grads(df, v, d, conv) == 0.0)
-    d = cfg["depths"][0]
+    d = cfg.depths[0]
     fix = exp.init_profile(df, "fixup", d, "init_weight_grad_norm")
     assert np.all(fix[:, :-1] == 0.0) and np.all(fix[:, -1] > 0)  # only the zero classifier
     skip = exp.init_profile(df, "skipinit", d, "init_weight_grad_norm")
@@ -183,7 +181,7 @@ def test_skipinit_and_fixup_are_the_identity_at_init(done):
 def test_skipinit_and_fixup_train_without_normalisation(done):
     _, cfg, _, _, df, config = done
     s = exp.summary(df, config).set_index(["variant", "depth"])
-    for d in cfg["depths"]:
+    for d in cfg.depths:
         none = df[
             (df["variant"] == "none") & (df["depth"] == d) & (df["metric"] == "test_accuracy")
         ]

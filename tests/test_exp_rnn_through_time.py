@@ -39,8 +39,8 @@ def test_outputs_exist(done):
     assert r"\newcommand{\rnnThroughTimeAddingDivergedClip}{0}" in macros
     assert r"\newcommand{\rnnThroughTimeGamma}{1}" in macros
     df = gf.sweep.load(root / "results" / "vanilla")
-    assert df["seed"].nunique() == cfg["seeds"] >= 8
-    assert sorted(df["lambda1"].unique()) == sorted(cfg["lambda1"])
+    assert df["seed"].nunique() == cfg.seeds >= 8
+    assert sorted(df["lambda1"].unique()) == sorted(cfg.lambda1)
 
 
 def test_measured_norms_obey_the_bound(done):
@@ -51,7 +51,7 @@ def test_measured_norms_obey_the_bound(done):
     assert data["theory"]["gamma"] == gf.activations.get("tanh").sup_grad == 1.0
     lam, cube = exp.curves(data["vanilla"], "lambda1")
     _, log_bound = exp.curves(data["vanilla"], "lambda1", "log10_bound")
-    assert cube.shape == (len(cfg["lambda1"]), cfg["seeds"], cfg["length"])
+    assert cube.shape == (len(cfg.lambda1), cfg.seeds, cfg.length)
     pos = cube > 0
     with np.errstate(divide="ignore"):
         log_measured = np.log10(np.where(pos, cube, 1.0))
@@ -102,8 +102,8 @@ def test_clipping_removes_divergence(done):
     root, cfg, *_ = done
     data = exp.load(root / "results")
     summary = exp.adding_summary(data)
-    no, yes = summary[math.inf], summary[cfg["clip"]]
-    assert no["n"] == yes["n"] == cfg["seeds"]
+    no, yes = summary[math.inf], summary[cfg.clip]
+    assert no["n"] == yes["n"] == cfg.seeds
     assert no["diverged_frac"] >= 0.5  # the large learning rate blows up without clipping ...
     assert yes["diverged_frac"] == 0.0  # ... and never with it
     assert no["median_diverged_step"] <= 20  # early: within the first few SGD steps

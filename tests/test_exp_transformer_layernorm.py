@@ -115,7 +115,7 @@ def test_outputs_exist(done):
     for p in [*figs, *tabs]:
         assert p.stat().st_size > 0
     table = (root / "tables" / f"{exp.NAME}.tex").read_text()
-    assert table.count(r"\\") == 1 + 2 * len(cfg["depths"])
+    assert table.count(r"\\") == 1 + 2 * len(cfg.depths)
     macros = (root / "tables" / f"{exp.NAME}_macros.tex").read_text()
     for name in ("SlopePre", "SlopePost", "TrainedPostNoWarmup", "TrainedPostWarmup",
                  "TrainedPreNoWarmup", "StreamPreMax"):  # fmt: skip
@@ -125,10 +125,10 @@ def test_outputs_exist(done):
 def test_every_run_present_and_finite_at_init(done):
     _, cfg, _, _, init, train, _ = done
     runs = init.drop_duplicates(["arch", "depth", "seed"])
-    assert len(runs) == 2 * len(cfg["depths"]) * cfg["seeds"]
+    assert len(runs) == 2 * len(cfg.depths) * cfg.seeds
     assert not init["diverged"].any()
     runs = train.drop_duplicates(["arch", "learning_rate", "warmup_steps", "seed"])
-    assert len(runs) == 2 * len(cfg["learning_rates"]) * 2 * cfg["train_seeds"]
+    assert len(runs) == 2 * len(cfg.learning_rates) * 2 * cfg.train_seeds
 
 
 def test_last_ffn_gradient_post_flat_pre_inverse_sqrt_depth(done):
@@ -142,7 +142,7 @@ def test_last_ffn_gradient_post_flat_pre_inverse_sqrt_depth(done):
     assert -0.8 < pre < -0.3, slopes
     assert pre < post - 0.5, slopes
     s = exp.init_summary(init, config).set_index(["arch", "depth"])
-    for d in cfg["depths"]:
+    for d in cfg.depths:
         # at every depth every Pre-LN seed's last FFN gradient is below every Post-LN seed's
         g_pre = exp.grad_profile(init, "pre", d, "ffn_out")[:, -1]
         g_post = exp.grad_profile(init, "post", d, "ffn_out")[:, -1]
@@ -154,14 +154,14 @@ def test_pre_ln_stream_grows_linearly_post_ln_stays_normalised(done):
     """Every Pre-LN block adds to the residual stream: E||x_l||^2 / d grows linearly in l (the
     mechanism of the 1/sqrt(L) of the last FFN layer's gradient)."""
     _, cfg, _, _, init, _, _ = done
-    deepest = max(cfg["depths"])
+    deepest = max(cfg.depths)
     pre = np.median(exp.stream_profile(init, "pre", deepest), axis=0)
     blocks = np.arange(1, deepest + 1)
     fit = np.polyval(np.polyfit(blocks, pre, 1), blocks)
     r2 = 1 - np.sum((pre - fit) ** 2) / np.sum((pre - pre.mean()) ** 2)
     assert r2 > 0.98, r2  # a straight line in l
     assert np.all(np.diff(pre) > 0)  # every block adds
-    for d in cfg["depths"]:
+    for d in cfg.depths:
         post = exp.stream_profile(init, "post", d)
         np.testing.assert_allclose(post, 1.0, atol=1e-3)  # a LayerNorm output: mean square ~1
 
@@ -171,24 +171,24 @@ def test_post_ln_gradients_grow_toward_the_output(done):
     gradients stay level; ours fall toward the output, see the paper section.)"""
     _, cfg, _, _, init, _, config = done
     s = exp.init_summary(init, config).set_index(["arch", "depth"])
-    deepest = max(cfg["depths"])
+    deepest = max(cfg.depths)
     assert s.loc[("post", deepest), "last_over_first"] > 1.2  # measured 1.37 at L = 12
-    for d in cfg["depths"]:
+    for d in cfg.depths:
         assert s.loc[("post", d), "last_over_first"] > s.loc[("pre", d), "last_over_first"]
 
 
 def test_post_ln_needs_warmup_pre_ln_does_not(done):
     _, cfg, _, _, _, train, config = done
     t = exp.train_summary(train, config)
-    lr = max(cfg["learning_rates"])
-    warm = cfg["warmup_steps"]
+    lr = max(cfg.learning_rates)
+    warm = cfg.warmup_steps
 
     def row(arch, w):
         r = t[(t["arch"] == arch) & (t["learning_rate"] == lr) & (t["warmup_steps"] == w)]
         assert len(r) == 1
         return r.iloc[0]
 
-    n = cfg["train_seeds"]
+    n = cfg.train_seeds
     assert row("post", 0)["trained"] == 0  # every seed stays above ln(V) / 2 without warm-up
     assert row("post", warm)["trained"] == n
     assert row("pre", 0)["trained"] == n

@@ -43,7 +43,7 @@ def _rates(root, activation, init):
 def test_measured_rates_follow_mean_field(done):
     root, cfg, _, _ = done
     for a in exp.ACTIVATIONS:
-        for i in cfg["inits"]:
+        for i in cfg.inits:
             fwd, bwd, t_fwd, t_bwd = _rates(root, a, i)
             # log10 change per layer; finite width (64) and 5 seeds: 0.06 + 10% of the rate
             assert abs(fwd - t_fwd) <= 0.06 + 0.1 * abs(t_fwd), (a, i, fwd, t_fwd)
@@ -71,7 +71,7 @@ def test_the_classic_conditions(done):
 def test_he_trains_where_xavier_stalls(done):
     root, _, _, _ = done
     df, cfg = exp.load_training(root / "results")
-    assert cfg["train_depth"] == 30
+    assert cfg.train_depth == 30
     _, x_loss, x_div = exp.training_curves(df, cfg, "Xavier", "loss")
     _, h_loss, h_div = exp.training_curves(df, cfg, "He", "loss")
     _, x_acc, _ = exp.training_curves(df, cfg, "Xavier", "test_accuracy")

@@ -1,5 +1,8 @@
 """Tests for gradflow.experiment: configs, overrides, layout, generated LaTeX."""
 
+import dataclasses
+import json
+
 import pytest
 
 import gradflow as gf
@@ -71,35 +74,6 @@ def test_layout(tmp_path):
     assert lay.figures == tmp_path / "paper" / "figures"
     with pytest.raises(ValueError, match="unknown mode"):
         gf.experiment.layout("x", "medium")
-
-
-def test_macros_and_tables(tmp_path):
-    p = gf.experiment.write_macros(
-        tmp_path / "m.tex", {"ratioA": 4.23456, "tiny": 1.5e-30, "n": 20, "bad": float("nan")}
-    )
-    text = p.read_text()
-    assert r"\newcommand{\ratioA}{4.23}" in text
-    assert r"\newcommand{\tiny}{\ensuremath{1.50\times10^{-30}}}" in text
-    neg = gf.experiment.write_macros(tmp_path / "n.tex", {"neg": -0.306}).read_text()
-    assert r"\newcommand{\neg}{\ensuremath{-0.306}}" in neg
-    assert gf.experiment.fmt(5710.4) == "5710" and gf.experiment.fmt(12.345) == "12.3"
-    assert r"\newcommand{\n}{20}" in text and r"\newcommand{\bad}{--}" in text
-    with pytest.raises(ValueError, match="letters only"):
-        gf.experiment.write_macros(tmp_path / "m.tex", {"ratio_1": 1.0})
-    t = gf.experiment.latex_table(
-        [["relu_he", 0.5, 1e-9], ["$\\sigma$", 2, -3.0]], ["init", "a", "b%"], tmp_path / "t.tex"
-    )
-    body = t.read_text()
-    assert r"relu\_he & 0.5 & $1.00\times10^{-9}$ \\" in body
-    assert r"$\sigma$ & 2 & $-3$ \\" in body and r"init & a & b\% \\" in body
-    # a cell already in math mode is not wrapped again (that would be display math)
-    again = gf.experiment.latex_table(
-        [["$1\\times10^{-16} \\pm 2$", "3\\times10^{2}"]], ["a", "b"], tmp_path / "u.tex"
-    ).read_text()
-    assert r"$1\times10^{-16} \pm 2$ & $3\times10^{2}$ \\" in again and "$$" not in again
-    assert "\\begin{tabular}{lrr}" in body
-    with pytest.raises(ValueError, match="every row must have 3 cells"):
-        gf.experiment.latex_table([[1, 2]], ["a", "b", "c"], tmp_path / "t.tex")
 
 
 def test_index_markdown():
@@ -177,7 +151,7 @@ def test_every_experiment_validates_its_whole_config():
     is one clear ValueError (the CLI's one line and exit 2)."""
     for name in gf.experiment.names():
         e = gf.experiment.get(name)
-        assert e.check is not None, name
+        assert all(isinstance(c, gf.experiment.Config) for c in e.configs.values()), name
         for mode in ("quick", "full"):
             e.config(mode)  # the shipped configs pass
     bad = {
@@ -199,20 +173,99 @@ def test_every_experiment_validates_its_whole_config():
             gf.experiment.get(name).config("quick", overrides)
 
 
-def test_latex_escaping_of_text_and_math(tmp_path):
-    text = r"a_b & 10% {c} \d $x^2$ ^e ~f #g $5"
-    t = gf.experiment.latex_table([[text, 1.0]], ["name $\\sigma$", "v"], tmp_path / "t.tex")
-    body = t.read_text()
-    want = (
-        r"a\_b \& 10\% \{c\} \textbackslash{}d $x^2$ \textasciicircum{}e "
-        r"\textasciitilde{}f \#g \$5 & 1 \\"
+@dataclasses.dataclass(frozen=True)
+class DemoConfig(gf.experiment.Config):
+    seeds: int  # random draws
+    lr: float  # step size
+    depths: tuple[int, ...]  # depths
+    act: str  # activation
+    x64: bool  # float64
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+
+    def check_resources(self):
+        if self.seeds > 10**6:
+            raise ValueError(f"seeds={self.seeds} needs about 1 PB of memory")
+
+
+FULL = DemoConfig(seeds=20, lr=0.1, depths=(2, 4, 8), act="tanh", x64=False)
+QUICK = dataclasses.replace(FULL, seeds=2, depths=(2, 4))
+
+
+def test_typed_config_overrides_and_validation():
+    e = _exp(configs={"quick": QUICK, "full": FULL})
+    assert e.config("full") == FULL
+    cfg = e.config("quick", {"seeds": 3, "lr": 1, "depths": [3], "act": "relu"})
+    assert cfg == DemoConfig(seeds=3, lr=1.0, depths=(3,), act="relu", x64=False)
+    assert isinstance(cfg.lr, float) and isinstance(cfg.depths, tuple)
+    # the stored form: a dict in field order (tuples stay tuples; JSON writes them as lists)
+    assert cfg.to_dict() == {"seeds": 3, "lr": 1.0, "depths": (3,), "act": "relu", "x64": False}
+    assert list(QUICK.to_dict()) == ["seeds", "lr", "depths", "act", "x64"]
+    for overrides, pattern in (
+        ({"seed": 1}, "unknown config key 'seed' for experiment 'demo'; valid keys: act, depths"),
+        ({"seeds": "many"}, r"config key 'seeds' takes a int \(default 2\), got 'many'"),
+        ({"x64": 1}, "config key 'x64' takes True or False, got 1"),
+        ({"depths": (2, 4.5)}, r"element 1 \(4\.5\) is not a int"),
+        ({"lr": float("inf")}, r"'lr' takes a finite number \(default 0\.1\), got inf"),
+        ({"seeds": 0}, "seeds must be >= 1, got 0"),  # __post_init__
+        ({"seeds": 10**7}, "needs about 1 PB of memory"),  # check_resources
+    ):
+        with pytest.raises(ValueError, match=pattern):
+            e.config("quick", overrides)
+
+
+def test_typed_config_checks_its_field_types():
+    with pytest.raises(TypeError, match=r"DemoConfig.seeds must be a int, got 2\.5"):
+        dataclasses.replace(FULL, seeds=2.5)
+    with pytest.raises(TypeError, match=r"DemoConfig.depths must be a tuple of int, got \[2\]"):
+        dataclasses.replace(FULL, depths=[2])
+    with pytest.raises(TypeError, match=r"DemoConfig.x64 must be a bool, got 0"):
+        dataclasses.replace(FULL, x64=0)
+
+    @dataclasses.dataclass(frozen=True)
+    class Untyped(gf.experiment.Config):
+        grid: dict
+
+    with pytest.raises(
+        TypeError, match=r"Untyped.grid: unsupported config type .*tuple\[T, \.\.\.\]"
+    ):
+        Untyped(grid={})
+
+
+def test_experiment_configs_one_kind():
+    with pytest.raises(TypeError, match="configs must be instances of one Config class"):
+        _exp(configs={"quick": QUICK, "full": {"seeds": 1}})
+    with pytest.raises(TypeError, match="order must be an int or None, got 'first'"):
+        _exp(order="first")
+
+
+def test_names_follow_each_experiments_order(monkeypatch):
+    from importlib import metadata
+
+    group = gf.experiment.ENTRY_POINT_GROUP
+    eps = {ep.name: ep for ep in metadata.entry_points(group=group)}
+    assert gf.experiment.names()[:3] == ("activation_derivatives", "layer_speed", "chain_anatomy")
+    orders = [gf.experiment.get(n).order for n in gf.experiment.names()]
+    assert orders == sorted(orders) and None not in orders
+    missing = metadata.EntryPoint("aaa_missing", "no_such_module_xyz:EXPERIMENT", group)
+    monkeypatch.setattr(gf.experiment, "_entry_points", lambda: {**eps, "aaa_missing": missing})
+    assert gf.experiment.names()[-1] == "aaa_missing"  # cannot load: last, get() says why
+
+
+def test_stored_config_and_run_record(tmp_path):
+    gf.sweep.run(
+        lambda hparams, key: {"x": hparams["a"] * 2.0},
+        grid={"a": [1.0]},
+        seeds=[0],
+        workdir=tmp_path / "store",
+        config=QUICK.to_dict(),
+        progress=False,
     )
-    assert want in body
-    assert r"name $\sigma$ & v \\" in body
-    m = gf.experiment.write_macros(
-        tmp_path / "m.tex", {"label": "50% of {x}", "sci": gf.experiment.fmt(2e-9)}
-    ).read_text()
-    assert r"\newcommand{\label}{50\% of \{x\}}" in m
-    assert r"\newcommand{\sci}{\ensuremath{2.00\times10^{-9}}}" in m
-    with pytest.raises(TypeError, match=r"fmt formats a real number or a string, got None"):
-        gf.experiment.write_macros(tmp_path / "m.tex", {"none": None})
+    assert gf.experiment.stored_config(tmp_path / "store") == {
+        "seeds": 2, "lr": 0.1, "depths": [2, 4], "act": "tanh", "x64": False,
+    }  # fmt: skip
+    record = json.loads(json.dumps(QUICK, default=gf.experiment.jsonable))
+    assert record == gf.experiment.stored_config(tmp_path / "store")

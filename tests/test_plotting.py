@@ -61,3 +61,39 @@ def test_savefig_formats(tmp_path):
         with pytest.raises(err, match=pattern):
             gf.plotting.savefig(fig, tmp_path / "bad", formats=bad)
     assert not list(tmp_path.glob("bad*"))
+
+
+def _band_polygon(ax) -> np.ndarray:
+    (coll,) = ax.collections
+    return coll.get_paths()[0].vertices
+
+
+def test_band_draws_the_median_and_the_percentile_band():
+    rng = np.random.default_rng(0)
+    x = np.arange(6.0)
+    samples = rng.normal(size=(11, 6))
+    _, ax = gf.plotting.figure()
+    line = gf.plotting.band(ax, x, samples, q=(10, 90), color="#0072B2", label="m", ls="--")
+    np.testing.assert_allclose(line.get_ydata(), np.median(samples, 0), rtol=0, atol=0)
+    assert line.get_label() == "m" and line.get_linestyle() == "--"
+    ys = _band_polygon(ax)[:, 1]
+    lo, hi = np.percentile(samples, [10, 90], axis=0)
+    assert ys.min() == pytest.approx(lo.min(), abs=1e-12)
+    assert ys.max() == pytest.approx(hi.max(), abs=1e-12)
+    _, ax2 = gf.plotting.figure()
+    # log10 samples drawn as values, the band clipped, a step line, its own band colour
+    line = gf.plotting.band(ax2, x, samples, q=(0, 100), transform=lambda v: 10.0**v,
+                            clip=(0.5, 2.0), step="pre", fill_color="0.3",
+                            line_alpha=0.5)  # fmt: skip
+    np.testing.assert_allclose(line.get_ydata(), 10.0 ** np.median(samples, 0), rtol=1e-15)
+    assert line.get_drawstyle() == "steps-pre" and line.get_alpha() == 0.5
+    ys = _band_polygon(ax2)[:, 1]
+    assert ys.min() >= 0.5 and ys.max() <= 2.0
+
+
+def test_band_refuses_bad_shapes_and_percentiles():
+    _, ax = gf.plotting.figure()
+    with pytest.raises(ValueError, match=r"samples must have shape \(seeds, len\(x\)\) = "):
+        gf.plotting.band(ax, [0.0, 1.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"q must be two percentiles 0 <= lo < hi <= 100, got"):
+        gf.plotting.band(ax, [0.0, 1.0], [[1.0, 2.0]], q=(90, 10))

@@ -69,9 +69,9 @@ CONTRACT = {
     ],
     "data": ["load_digits", "adding_problem", "teacher_student", "markov_sequences", "Sequences"],
     "training": ["TrainState", "TrainConfig", "train_fn", "fit", "evaluate"],
-    "sweep": ["run", "load", "batched", "cpu_devices", "usable_cores", "in_use"],
+    "sweep": ["run", "load", "batched", "cpu_devices", "usable_cores", "in_use", "to_arrays"],
     "rng": ["IMPL", "NAMES", "key", "resolve", "threefry2x32"],
-    "plotting": ["style", "figure", "savefig", "COLORS"],
+    "plotting": ["style", "figure", "savefig", "band", "COLORS"],
     "experiment": [
         "Experiment",
         "get",
@@ -81,7 +81,12 @@ CONTRACT = {
         "write_macros",
         "latex_table",
         "check_memory",
+        "Config",
+        "resolve_config",
+        "stored_config",
+        "fmt",
     ],
+    "latex": ["fmt", "write_macros", "latex_table"],
 }
 
 

@@ -293,7 +293,8 @@ def gallery_page(exp: Any, times: Mapping, root: Path, page_dir: Path) -> str:
             "",
         ]
     lines += ["## Configs", "", "`--set key=value` overrides any key.", ""]
-    lines += [*_config_table(exp.configs), ""]
+    configs = {m: c.to_dict() if hasattr(c, "to_dict") else c for m, c in exp.configs.items()}
+    lines += [*_config_table(configs), ""]
     if module:
         lines += [
             "## What it does",

@@ -140,11 +140,13 @@ One concept per module, all re-exported here: ``_plan`` (validation, the plan: g
 chunks, columns), ``_program`` (the sharded jitted program of a group), ``_frame`` (tidy rows),
 ``_store`` (``metadata.json``, chunk files and their checks, resuming), ``_lock`` (one writer),
 ``_provenance`` (what a session records), ``_devices`` (CPU devices, the mesh, multi-host
-agreement) and ``_run`` (:func:`run`).
+agreement), ``_run`` (:func:`run`) and ``_arrays`` (:func:`to_arrays`: a tidy table as arrays
+by dims).
 """
 
 from __future__ import annotations
 
+from gradflow.sweep._arrays import to_arrays
 from gradflow.sweep._devices import cpu_devices, usable_cores
 from gradflow.sweep._lock import LOCK_FILE as LOCK_FILE
 from gradflow.sweep._lock import _StoreLock as _StoreLock  # tests hold it to play a 2nd writer
@@ -165,11 +167,12 @@ __all__ = [
     "load",
     "load_metadata",
     "run",
+    "to_arrays",
     "usable_cores",
 ]
 
 # The public functions live in private modules; their home is this package: documented here,
 # found here by doctest (their examples run as gradflow.sweep's), and shown so in reprs.
-for _public in (batched, cpu_devices, in_use, load, load_metadata, run, usable_cores):
+for _public in (batched, cpu_devices, in_use, load, load_metadata, run, to_arrays, usable_cores):
     _public.__module__ = __name__
 del _public

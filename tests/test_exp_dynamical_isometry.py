@@ -90,7 +90,7 @@ def test_refuses_several_cpu_devices_instead_of_hanging(tmp_path):
         "import jax; jax.config.update('jax_num_cpu_devices', 2)\n"
         "from experiments import dynamical_isometry as exp\n"
         "try:\n"
-        f"    exp.run(exp.CONFIGS['quick'], {str(tmp_path)!r})\n"
+        f"    exp.run(exp.QUICK, {str(tmp_path)!r})\n"
         "except RuntimeError as e:\n"
         "    print('refused' if str(e) == exp.MULTI_CPU_DEADLOCK else e)\n"
     )

@@ -159,7 +159,7 @@ def test_batchnorm_grows_linearly_and_downscales_the_branch(done):
 
 
 def test_skipinit_and_fixup_are_the_identity_at_init(done):
-    _, cfg, _, _, df, _ = done
+    _, cfg, _, _, df, config = done
     for v in ("skipinit", "fixup"):
         for d in cfg.depths:
             assert np.all(exp.init_profile(df, v, d, "init_branch_ratio") == 0.0)
@@ -174,7 +174,7 @@ def test_skipinit_and_fixup_are_the_identity_at_init(done):
     skip = exp.init_profile(df, "skipinit", d, "init_weight_grad_norm")
     alpha = [exp.row_names(df, "skipinit", d).index(f"blocks[{b}]") for b in range(d)]
     assert np.all(skip[:, alpha] > 0)  # alpha, the branch's scale, is what moves first
-    s = exp.summary(df, cfg).set_index(["variant", "depth"])
+    s = exp.summary(df, config).set_index(["variant", "depth"])
     assert s.loc[("fixup", d), "init_loss"] == pytest.approx(math.log(10), rel=1e-6)
 
 

@@ -71,7 +71,7 @@ def test_the_classic_conditions(done):
 def test_he_trains_where_xavier_stalls(done):
     root, _, _, _ = done
     df, cfg = exp.load_training(root / "results")
-    assert cfg.train_depth == 30
+    assert cfg["train_depth"] == 30
     _, x_loss, x_div = exp.training_curves(df, cfg, "Xavier", "loss")
     _, h_loss, h_div = exp.training_curves(df, cfg, "He", "loss")
     _, x_acc, _ = exp.training_curves(df, cfg, "Xavier", "test_accuracy")

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -409,6 +410,9 @@ def registry(tmp: Path) -> list[Entry]:
         Entry(gf.sweep.load_metadata, (tmp / "store",),
               bad={"workdir": [*path(), tmp / "nowhere"]}),
         Entry(gf.sweep.in_use, (tmp / "store",), bad={"workdir": path()}),
+        Entry(gf.sweep.to_arrays, (pd.DataFrame({"seed": [0, 1], "value": [1.0, 2.0]}), ("seed",)),
+              bad={"frame": [None, {"seed": [0]}, [1.0]], "dims": ["seed", (), None, ("nope",)],
+                   "values": [None, 3, "nope"]}),
         Entry(gf.sweep.run, (lambda hp, k: {"x": hp["a"]}, {"a": [1.0]}, [0]),
               {"workdir": tmp / "runs", "progress": False},
               bad={"fn": callable_(), "grid": [3, "x", {"a": []}, {"a": "bc"}, {"seed": [1]}],

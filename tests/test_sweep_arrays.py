@@ -47,3 +47,7 @@ def test_to_arrays_refuses_ambiguous_or_missing_columns():
         gf.sweep.to_arrays(df, ("seed", "step"))
     with pytest.raises(TypeError, match="dims must be a non-empty sequence of column names"):
         gf.sweep.to_arrays(df, "seed")
+    with pytest.raises(TypeError, match="frame must be a pandas DataFrame"):
+        gf.sweep.to_arrays(df.to_dict("list"), ("seed",))
+    with pytest.raises(TypeError, match=r"values must be a column name \(str\), got 3"):
+        gf.sweep.to_arrays(df, ("seed",), values=3)

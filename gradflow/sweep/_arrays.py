@@ -30,6 +30,11 @@ def to_arrays(
       dims: the columns that become axes, outermost first, e.g. ``("seed", "step")``.
       values: the column holding the numbers.
 
+    Raises:
+      TypeError: ``frame`` is not a DataFrame, ``dims`` not a non-empty sequence of names, or
+        ``values`` not a name.
+      ValueError: a column is missing, or a combination of ``dims`` occurs more than once.
+
     Returns:
       ``(array, coords)``: ``array`` of float64 with shape ``(len(coords[d]) for d in dims)``,
       and ``coords``, ``{dim: sorted distinct values}``.
@@ -44,6 +49,10 @@ def to_arrays(
       >>> coords["step"]
       array([0, 5])
     """
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"frame must be a pandas DataFrame (a tidy sweep table), got {frame!r}")
+    if not isinstance(values, str):
+        raise TypeError(f"values must be a column name (str), got {values!r}")
     if isinstance(dims, str) or not isinstance(dims, Sequence) or not dims:
         raise TypeError(f"dims must be a non-empty sequence of column names, got {dims!r}")
     dims = list(dims)

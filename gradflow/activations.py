@@ -60,8 +60,10 @@ __all__ = [
 Array = jax.Array
 ArrayFn = Callable[[Array], Array]  # called with arrays (the builtins accept any ArrayLike)
 
-#: SELU constants (Klambauer et al. 2017): fixed point of mean 0, variance 1.
+#: SELU's scale :math:`\lambda` (Klambauer et al. 2017, https://arxiv.org/abs/1706.02515): with
+#: :data:`SELU_ALPHA` it makes mean 0, variance 1 the fixed point of the layer-to-layer map.
 SELU_LAMBDA = 1.0507009873554805
+#: SELU's negative-side saturation :math:`\alpha` (Klambauer et al. 2017), with :data:`SELU_LAMBDA`.
 SELU_ALPHA = 1.6732632423543772
 
 

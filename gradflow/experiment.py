@@ -64,6 +64,7 @@ __all__ = [
     "write_macros",
 ]
 
+#: The entry-point group a package registers its experiments under (``[project.entry-points]``).
 ENTRY_POINT_GROUP = "gradflow.experiments"
 MODES = ("quick", "full")
 

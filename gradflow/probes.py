@@ -73,19 +73,21 @@ from jax.typing import ArrayLike
 from gradflow import _checks
 from gradflow import adapters as _adapters
 from gradflow import config as _config
+from gradflow import losses as _losses
 from gradflow import models as _models
+from gradflow import report as _report
 from gradflow import taps as _taps
 
 # The losses, the report types and their readers, and the history check live in their own
 # modules; their names stay importable from here (``gf.probes.verdict`` etc.).
 from gradflow.history import Sign, check_history
-from gradflow.losses import LOSSES, LossFn, get_loss
+from gradflow.losses import LossFn, get_loss
 from gradflow.losses import mse as mse
 from gradflow.losses import sigmoid_cross_entropy as sigmoid_cross_entropy
 from gradflow.losses import softmax_cross_entropy as softmax_cross_entropy
 from gradflow.report import EXPLODING as EXPLODING
+from gradflow.report import VANISHING as VANISHING
 from gradflow.report import (
-    STATS,
     LayerReport,
     RecurrentReport,
     format_report,
@@ -93,7 +95,12 @@ from gradflow.report import (
     to_frame,
     verdict,
 )
-from gradflow.report import VANISHING as VANISHING
+
+#: Loss names :func:`probe` accepts (or pass a callable ``(logits, y) -> scalar``); the same
+#: tuple as :data:`gradflow.losses.LOSSES`.
+LOSSES: tuple[str, ...] = _losses.LOSSES
+#: The array fields of :class:`LayerReport`; the same tuple as :data:`gradflow.report.STATS`.
+STATS: tuple[str, ...] = _report.STATS
 
 __all__ = [
     "LOSSES",

@@ -115,8 +115,11 @@ def _check_report(report: LayerReport) -> None:
         )
 
 
-#: Default thresholds of :func:`verdict` on the ratio to the readout layer.
+#: Default threshold of :func:`verdict`: a layer whose gradient statistic is below this fraction of
+#: the readout layer's is 'vanishing'.
 VANISHING = 1e-2
+#: Default threshold of :func:`verdict`: a layer whose gradient statistic is above this multiple of
+#: the readout layer's is 'exploding'.
 EXPLODING = 1e2
 
 

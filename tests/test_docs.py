@@ -44,6 +44,27 @@ def test_api_entry_kinds():
     assert ".. autodata:: gradflow.activations.SELU_ALPHA\n" in page
 
 
+def test_every_documented_constant_has_its_doc_comment():
+    """Sphinx's autodata reads a ``#:`` comment above the assignment (or a string just below it)
+    in the public module's own source; a constant merely imported there is shown with its type's
+    docstring (a dict's, whose reST broke the build), so each is assigned and documented where it
+    is public."""
+    modules = [n for n in gf.__all__ if n != "__version__"]
+    checked = 0
+    for m in modules:
+        entries = rf"^\.\. autodata:: gradflow\.{m}\.(\w+)$"
+        for name in re.findall(entries, docgen.api_page(m), re.M):
+            module = getattr(gf, m)
+            source = Path(module.__file__).read_text().splitlines()
+            at = [i for i, line in enumerate(source) if re.match(rf"{name}\s*(:[^=]*)?=", line)]
+            assert at, f"gradflow.{m}.{name} is not assigned in {module.__file__}"
+            above = at[0] > 0 and source[at[0] - 1].startswith("#:")
+            below = at[0] + 1 < len(source) and source[at[0] + 1].lstrip().startswith('"""')
+            assert above or below, f"gradflow.{m}.{name} has no doc comment at its assignment"
+            checked += 1
+    assert checked >= 3
+
+
 def test_public_names_needs_all(monkeypatch):
     monkeypatch.delattr(gf.rng, "__all__")
     with pytest.raises(ValueError, match=r"gradflow\.rng has no __all__"):

@@ -146,17 +146,22 @@ by dims).
 
 from __future__ import annotations
 
+from gradflow.sweep import _plan, _program
 from gradflow.sweep._arrays import to_arrays
 from gradflow.sweep._devices import cpu_devices, usable_cores
 from gradflow.sweep._lock import LOCK_FILE as LOCK_FILE
 from gradflow.sweep._lock import _StoreLock as _StoreLock  # tests hold it to play a 2nd writer
 from gradflow.sweep._lock import in_use
-from gradflow.sweep._plan import DEFAULT_AXES
 from gradflow.sweep._plan import FORMAT as FORMAT
-from gradflow.sweep._program import MESH_AXIS, batched
+from gradflow.sweep._program import batched
 from gradflow.sweep._run import run
 from gradflow.sweep._store import _write_json as _write_json
 from gradflow.sweep._store import load, load_metadata
+
+#: Axis names of a metric's per-run array by its number of dimensions (override with ``axes=``).
+DEFAULT_AXES: dict[int, tuple[str, ...]] = _plan.DEFAULT_AXES
+#: Name of the one-dimensional device mesh axis the runs of a sweep are sharded over.
+MESH_AXIS: str = _program.MESH_AXIS
 
 __all__ = [
     "DEFAULT_AXES",

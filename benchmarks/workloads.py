@@ -10,18 +10,21 @@ Ways (``method`` ids):
 * ``gradflow`` -- the program :func:`gradflow.sweep.run` compiles by default:
   ``jax.jit(jax.vmap(one))`` over a 1-D mesh of every device (each device vmaps its own runs under
   ``jax.shard_map``), ``one`` the gradflow call a user writes (:func:`gradflow.probes.probe` of
-  ``model.init(jax.random.key(seed), x)``, or :func:`gradflow.training.train_fn`).
+  ``model.init(key, x)``, or :func:`gradflow.training.train_fn`), ``key`` made as ``sweep.run``
+  makes it: :func:`gradflow.rng.threefry_key(seed) <gradflow.rng.threefry_key>`, the numbers of
+  ``jax.random.key(seed)`` bit for bit.
   ``gradflow_fast`` (GPU suite, w2big): the same at ``gradflow.config``'s ``"default"`` precision
   (TF32 on an NVIDIA GPU) instead of ``"highest"``.
-* ``gradflow_readme`` -- the README's way, as typed there:
-  ``jax.jit(jax.vmap(lambda k: probe(model, model.init(k, x), x, y)))(keys)`` (one device).
+* ``gradflow_readme`` -- the README's way, as typed there: ``jax.jit(jax.vmap(lambda s:
+  probe(model, model.init(gf.rng.threefry_key(s), x), x, y)))(seeds)`` (one device).
 * ``gradflow_native`` / ``gradflow_blocked`` -- the proposed default paths measured beside it:
   :func:`gradflow.sweep.run` with ``rng="native"`` (:func:`gradflow.rng.key`, ThreeFry fused on
   CPU, another random stream) and with ``block_size`` (each device maps over its runs ``block``
   at a time).
 * ``gradflow_sweep_run`` -- :func:`gradflow.sweep.run` end to end, once (it compiles on every call
   and writes its parquet store); compile, run and write times from its metadata.
-* ``naive_jax`` -- ``jax.jit(one)`` called once per seed (and learning rate) in a Python loop.
+* ``naive_jax`` -- ``jax.jit(one)`` called once per seed (and learning rate) in a Python loop,
+  with ``jax.random.key(seed)`` as a script would write it.
 * ``pytorch`` -- the common PyTorch loop; ``torch_func`` -- the expert PyTorch way,
   ``torch.func.functional_call`` + ``vmap(grad(...))`` over stacked parameters
   (:mod:`benchmarks.torch_baselines`; ``torch_func_fast``: at TF32, GPU suite).
@@ -549,9 +552,9 @@ def _probe_one(model: gf.models.MLP, x: jax.Array, y: jax.Array, make_key=jax.ra
 
 
 def _readme_program(model, x, y) -> Callable:
-    """The README's way: ``jax.jit(jax.vmap(lambda k: probe(model, model.init(k, x), x, y)))``
-    of ``jax.random.key(seed)`` keys (built inside, from the seeds)."""
-    one = _probe_one(model, x, y)
+    """The README's way: ``jax.jit(jax.vmap(lambda s: probe(model, model.init(k, x), x, y)))``
+    with ``k = gf.rng.threefry_key(s)`` (``jax.random.key(s)``'s numbers), from the seeds."""
+    one = _probe_one(model, x, y, gf.rng.threefry_key)
     return jax.jit(lambda seeds: jax.vmap(one)(seeds))
 
 
@@ -560,7 +563,7 @@ def probe_sweep(cfg: ProbeSweep, options: Options) -> dict[str, Any]:
     data = _digits()
     x, y = jnp.asarray(data.x_train[: cfg.batch]), jnp.asarray(data.y_train[: cfg.batch])
     model = cfg.model()
-    one = _probe_one(model, x, y)
+    one = _probe_one(model, x, y, gf.rng.threefry_key)  # sweep.run's keys: jax.random.key's numbers
     seeds = np.arange(cfg.seeds, dtype=np.uint32)
     measurements: list[Measurement] = []
     checks: list[dict[str, Any]] = []
@@ -579,8 +582,9 @@ def probe_sweep(cfg: ProbeSweep, options: Options) -> dict[str, Any]:
         with gf.config.use_matmul_precision(precision):
             m, (out, _) = _jax_way(
                 method,
-                f"as gradflow.sweep.run's default: jit(vmap(probe(init(jax.random.key(seed))))) "
-                f"sharded over devices, matmul precision {precision!r}",
+                "as gradflow.sweep.run's default: jit(vmap(probe(init(gf.rng.threefry_key(seed)))"
+                ")) sharded over devices (jax.random.key's numbers), matmul precision "
+                f"{precision!r}",
                 _sharded_program(one, 1)[0],
                 [seeds],
                 cfg.seeds,
@@ -627,8 +631,8 @@ def probe_sweep(cfg: ProbeSweep, options: Options) -> dict[str, Any]:
         else:
             m, (out, _) = _jax_way(
                 "gradflow_readme",
-                "the README's way: jax.jit(jax.vmap(lambda k: probe(model, model.init(k, x), x, "
-                "y)))(keys), one device",
+                "the README's way: jax.jit(jax.vmap(lambda s: probe(model, model.init("
+                "gf.rng.threefry_key(s), x), x, y)))(seeds), one device",
                 _readme_program(model, x, y),
                 [seeds],
                 cfg.seeds,
@@ -683,7 +687,7 @@ def probe_sweep(cfg: ProbeSweep, options: Options) -> dict[str, Any]:
         if _expired(options):
             skipped.append("naive_jax")
         else:
-            jitted = jax.jit(one)
+            jitted = jax.jit(_probe_one(model, x, y))  # jax.random.key, as a script writes it
 
             def naive():
                 outs = jax.device_get([jitted(s) for s in seeds[:timed]])
@@ -871,6 +875,8 @@ def _probe_breakdown(cfg, model, x, y, options) -> dict[str, Any]:
 
     init = jax.vmap(lambda s: model.init(jax.random.key(s), x))
     out["init_only"], params = timed(init, seeds)
+    fused = jax.vmap(lambda s: model.init(gf.rng.threefry_key(s), x))  # the same numbers
+    out["init_only_gf_rng_threefry_key"], _ = timed(fused, seeds)
     native = jax.vmap(lambda s: model.init(gf.rng.key(s), x))
     out["init_only_gf_rng_key"], _ = timed(native, seeds)
     out["probe_only"], _ = timed(jax.vmap(lambda v: gf.probes.probe(model, v, x, y)), params)
@@ -896,8 +902,8 @@ def train_sweep(cfg: TrainSweep, options: Options) -> dict[str, Any]:
     seeds = np.asarray([r[1] for r in runs], np.uint32)
     n = len(runs)
 
-    def one(lr, seed):
-        return fn({"learning_rate": lr}, jax.random.key(seed))
+    def one(lr, seed, make_key=gf.rng.threefry_key):  # sweep.run's keys (jax.random.key's numbers)
+        return fn({"learning_rate": lr}, make_key(seed))
 
     measurements: list[Measurement] = []
     checks: list[dict[str, Any]] = []
@@ -933,7 +939,7 @@ def train_sweep(cfg: TrainSweep, options: Options) -> dict[str, Any]:
     if _expired(options):
         skipped.append("naive_jax")
     else:
-        jitted = jax.jit(one)
+        jitted = jax.jit(functools.partial(one, make_key=jax.random.key))  # as a script writes it
         timed_runs = _subset(cfg, cfg.naive_timed)
 
         def naive():

@@ -42,6 +42,8 @@ axes::
 
     report = jax.vmap(lambda k: gf.probes.probe(model, model.init(k, x), x, y))(keys)
 
+(keys from :func:`gradflow.rng.threefry_key` draw ``jax.random.key``'s numbers and compile faster).
+
 :func:`probe_rnn` gives :math:`\|\partial C/\partial h_t\|` for every time step of a
 :class:`gradflow.models.RNN` (Pascanu et al. 2013).
 

@@ -389,6 +389,7 @@ def registry(tmp: Path) -> list[Entry]:
               bad={"x": ["abc", None, OPAQUE, jnp.ones((0, 5)), jnp.float32(1.0), ()]}),
         # rng
         Entry(gf.rng.key, (3,), bad={"seed": [-1, 2**32, "x", 2.5, None, NAN]}),
+        Entry(gf.rng.threefry_key, (3,), bad={"seed": [-1, 2**32, "x", 2.5, None, NAN]}),
         Entry(gf.rng.resolve, ("native",), bad={"name": name()}),
         Entry(gf.rng.threefry2x32,
               tuple(jnp.asarray(v, jnp.uint32) for v in (1, 2, 3, 4)),

@@ -122,8 +122,90 @@ def test_float64_and_flax_init(x64):
     assert abs(k.std() * 16 - 1) < 0.01  # n = 131072 draws: 5 standard errors ~ 0.01
 
 
+# ------------------------------------------------------------------ threefry_key: JAX's stream
+
+
+def _same_key(a, b):
+    np.testing.assert_array_equal(np.asarray(jax.random.key_data(a)), jax.random.key_data(b))
+
+
+def _jax_and_fused(seed, fn):
+    """``fn(key)`` with JAX's default key and with gf.rng.threefry_key, both jitted."""
+    return [jax.jit(lambda s, make=make: fn(make(s)))(seed)
+            for make in (jax.random.key, gf.rng.threefry_key)]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [jnp.uint8, jnp.uint16, jnp.uint32, jnp.uint64])
+def test_threefry_key_bits_equal_jax(dtype, x64):
+    shapes = SHAPES[::3] if np.dtype(dtype).itemsize < 4 else SHAPES  # narrow: 32-bit's low bits
+    for seed in (0, 2**32 - 1):
+        want, got = _jax_and_fused(
+            np.uint32(seed), lambda k: [jax.random.bits(k, shape, dtype) for shape in shapes]
+        )
+        for shape, w, g in zip(shapes, want, got, strict=True):
+            assert g.dtype == w.dtype and g.shape == w.shape == shape
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=str(shape))
+
+
+def test_threefry_key_split_fold_in_and_draws_equal_jax():
+    def derive(k):
+        k1, k2 = jax.random.split(k)
+        grid = jax.random.split(k2, (3, 4))
+        return (
+            jax.random.key_data(k),
+            jax.random.key_data(jax.random.split(k, 5)),
+            jax.random.key_data(grid),
+            jax.random.key_data(jax.random.fold_in(k1, 2**32 - 3)),
+            jax.random.normal(jax.random.fold_in(k, 7), (5, 7)),
+            jax.random.uniform(k1, (9,)),
+            jax.random.truncated_normal(grid[1, 2], -2.0, 2.0, (4, 4)),
+            jax.random.randint(k2, (6,), 0, 1000),
+            jax.random.permutation(k1, 11),
+        )
+
+    for seed in (0, 3, 2**32 - 1):
+        want, got = _jax_and_fused(np.uint32(seed), derive)
+        for w, g in zip(want, got, strict=True):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    # vmapped over seeds: each seed gets what it gets alone, as with jax.random.key
+    batched = jax.jit(jax.vmap(lambda s: derive(gf.rng.threefry_key(s))))(SEEDS)
+    for i, seed in enumerate(SEEDS):
+        for b, w in zip(batched, jax.jit(lambda s: derive(jax.random.key(s)))(seed), strict=True):
+            np.testing.assert_array_equal(np.asarray(b[i]), np.asarray(w))
+
+
+def test_threefry_key_flax_init_equals_jax(x64):
+    model = gf.models.MLP(widths=(16,) * 6, out=3, activation="tanh")  # a scanned run of 6
+    x = jnp.ones((4, 8), jnp.float64 if x64 else jnp.float32)
+    want, got = _jax_and_fused(jnp.uint32(11), lambda k: model.init(k, x))
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+def test_threefry_key_follows_jax_without_partitionable():
+    # JAX's other layout (jax_threefry_partitionable off) draws other numbers: the key follows it
+    with jax.threefry_partitionable(False):
+        for shape in [(5,), (3, 4), (7, 9, 11)]:
+            want, got = _jax_and_fused(4, lambda k, shape=shape: jax.random.normal(k, shape))
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+            want, got = _jax_and_fused(4, lambda k, shape=shape: jax.random.split(k, shape))
+            _same_key(got, want)
+        off = jax.random.normal(gf.rng.threefry_key(4), (5,))
+    on = jax.random.normal(gf.rng.threefry_key(4), (5,))
+    assert not np.array_equal(np.asarray(off), np.asarray(on))  # the two layouts do differ
+
+
+def test_threefry_key_checks_its_seed():
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        gf.rng.threefry_key(1.5)
+    with pytest.raises(ValueError, match=r"seed must lie in \[0, 2\*\*32\)"):
+        gf.rng.threefry_key(-1)
+    assert jax.random.key_impl(gf.rng.threefry_key(0)) is not None
+
+
 def test_resolve_and_bad_names(tmp_path):
-    assert gf.rng.resolve("threefry") is jax.random.key
+    assert gf.rng.resolve("threefry") is gf.rng.threefry_key
     assert gf.rng.resolve("native") is gf.rng.key
     with pytest.raises(ValueError, match="unknown rng 'philox'; valid names: threefry, native"):
         gf.rng.resolve("philox")
@@ -146,6 +228,15 @@ def test_sweep_with_native_keys(tmp_path):
     # the default keys are another sweep: the store refuses to mix them
     with pytest.raises(ValueError, match=r"holds|different|another"):
         gf.sweep.run(_fn, grid, range(3), workdir=tmp_path / "a", chunk_size=2)
+
+
+def test_sweep_default_keys_draw_jax_random_key_numbers(tmp_path):
+    df = gf.sweep.run(_fn, {"scale": [1.0, 2.0]}, range(3), workdir=tmp_path, chunk_size=2)
+    got = df[df.scale == 2.0].sort_values(["seed", "layer"])["value"].to_numpy()
+    want = [2 * np.asarray(jax.random.normal(jax.random.key(s), (3,))) for s in range(3)]
+    want = np.concatenate(want)
+    np.testing.assert_array_equal(got, want.astype(np.float64))  # bit for bit, not just close
+    assert "rng" not in gf.sweep.load_metadata(tmp_path)["config"]  # the default: stores resume
 
 
 @pytest.mark.slow

@@ -31,11 +31,12 @@ How the grid becomes programs
   count. Chunk boundaries do not depend on the device count, so a store started on one machine
   resumes on another.
 * Run ``i`` of a group is ``(batched values..., seed)`` in row-major order over the grid's keys,
-  seeds innermost; its key is ``jax.random.key(seed)``: exactly the key a single-run script would
-  use, independent of grid, chunking and devices. Seeds are integers in ``[0, 2**32)``. With
-  ``rng="native"`` it is :func:`gradflow.rng.key` instead (ThreeFry fused into one loop, laid out
-  as XLA's ``RngBitGenerator``; equally batch-independent, faster to initialise many networks on
-  CPU, another random stream).
+  seeds innermost; its key is :func:`gradflow.rng.threefry_key(seed) <gradflow.rng.threefry_key>`:
+  every number it draws is ``jax.random.key(seed)``'s, bit for bit (the cipher fused into its
+  consumer, which compiles and runs faster than JAX's rolled loop on CPU), so exactly what a
+  single-run script would draw, independent of grid, chunking and devices. Seeds are integers in
+  ``[0, 2**32)``. With ``rng="native"`` it is :func:`gradflow.rng.key` instead (laid out as XLA's
+  ``RngBitGenerator``; equally batch-independent, another random stream).
 
 The table
 ---------

@@ -69,7 +69,8 @@ def run(
     Args:
       fn: ``fn(hparams, key) -> dict`` of metric arrays for one run. ``hparams`` maps every grid key
         to its value (a traced 0-d array for batched keys, the Python value for static ones);
-        ``key = jax.random.key(seed)`` (``rng="native"``: :func:`gradflow.rng.key`). Nested dicts
+        ``key`` draws ``jax.random.key(seed)``'s numbers (:func:`gradflow.rng.threefry_key`;
+        ``rng="native"``: :func:`gradflow.rng.key`). Nested dicts
         are flattened to ``"outer/inner"`` names.
       grid: hyperparameter name -> non-empty list of values (int, float, str, bool or None).
       seeds: distinct integers in ``[0, 2**32)``, e.g. ``range(16)``.
@@ -84,7 +85,8 @@ def run(
         setting is never mixed into an old store).
       progress: show a progress bar over chunks (process 0 only): ``True`` always, ``False``
         never, ``None`` (default) only when stderr is a terminal (no redraws in logs and CI).
-      rng: ``"threefry"`` (default): keys ``jax.random.key(seed)``; ``"native"``:
+      rng: ``"threefry"`` (default): :func:`gradflow.rng.threefry_key(seed)
+        <gradflow.rng.threefry_key>`, ``jax.random.key(seed)``'s numbers bit for bit; ``"native"``:
         :func:`gradflow.rng.key(seed) <gradflow.rng.key>`, ThreeFry fused on CPU (faster random
         initialisation, another stream; recorded in the config, so the two never mix in a store).
       block_size: runs evaluated together under ``vmap``; each device maps over its share of a

@@ -7,20 +7,22 @@ and the measured ratios the targets of :data:`TARGETS` are scored on.
 
 Ways (``method`` ids):
 
-* ``gradflow`` -- the program :func:`gradflow.sweep.run` compiles by default:
-  ``jax.jit(jax.vmap(one))`` over a 1-D mesh of every device (each device vmaps its own runs under
-  ``jax.shard_map``), ``one`` the gradflow call a user writes (:func:`gradflow.probes.probe` of
-  ``model.init(key, x)``, or :func:`gradflow.training.train_fn`), ``key`` made as ``sweep.run``
-  makes it: :func:`gradflow.rng.threefry_key(seed) <gradflow.rng.threefry_key>`, the numbers of
+* ``gradflow`` -- the program :func:`gradflow.sweep.run` compiles by default: ``jax.jit`` over a
+  1-D mesh of every device, each device running its own runs under ``jax.shard_map`` in blocks
+  sized by ``block_size="auto"`` (vmapped within a block), ``one`` the gradflow call a user
+  writes (:func:`gradflow.probes.probe` of ``model.init(key, x)``, or
+  :func:`gradflow.training.train_fn`), ``key`` made as ``sweep.run`` makes it:
+  :func:`gradflow.rng.threefry_key(seed) <gradflow.rng.threefry_key>`, the numbers of
   ``jax.random.key(seed)`` bit for bit.
   ``gradflow_fast`` (GPU suite, w2big): the same at ``gradflow.config``'s ``"default"`` precision
   (TF32 on an NVIDIA GPU) instead of ``"highest"``.
 * ``gradflow_readme`` -- the README's way, as typed there: ``jax.jit(jax.vmap(lambda s:
   probe(model, model.init(gf.rng.threefry_key(s), x), x, y)))(seeds)`` (one device).
-* ``gradflow_native`` / ``gradflow_blocked`` -- the proposed default paths measured beside it:
+* ``gradflow_native`` / ``gradflow_blocked`` -- proposed changes measured beside it:
   :func:`gradflow.sweep.run` with ``rng="native"`` (:func:`gradflow.rng.key`, ThreeFry fused on
-  CPU, another random stream) and with ``block_size`` (each device maps over its runs ``block``
-  at a time).
+  CPU, another random stream) and with a fixed ``block_size`` (each device maps over its runs
+  ``block`` at a time). ``gradflow_vmap_all``: ``block_size=None``, every run of a device vmapped
+  at once (the default before ``"auto"``).
 * ``gradflow_sweep_run`` -- :func:`gradflow.sweep.run` end to end, once (it compiles on every call
   and writes its parquet store); compile, run and write times from its metadata.
 * ``naive_jax`` -- ``jax.jit(one)`` called once per seed (and learning rate) in a Python loop,
@@ -383,10 +385,13 @@ def _padded(values: np.ndarray, n_devices: int) -> np.ndarray:
     return np.concatenate([values, np.repeat(values[-1:], pad, axis=0)]) if pad else values
 
 
-def _sharded_program(one: Callable, n_args: int) -> tuple[Callable, NamedSharding]:
-    """``jit(vmap(one))``, arguments and outputs sharded on the run axis (gradflow.sweep's)."""
+def _sharded_program(
+    one: Callable, n_args: int, block_size: int | str | None = "auto"
+) -> tuple[Callable, NamedSharding]:
+    """gradflow.sweep.run's program (``block_size="auto"``, its default; ``None``:
+    ``jit(vmap(one))`` of every run of a device at once), sharded on the run axis."""
     mesh, sharding = _mesh()
-    program = gf.sweep.batched(one, mesh)
+    program = gf.sweep.batched(one, mesh, block_size)
     return jax.jit(program, in_shardings=(sharding,) * n_args, out_shardings=sharding), sharding
 
 
@@ -646,6 +651,9 @@ def probe_sweep(cfg: ProbeSweep, options: Options) -> dict[str, Any]:
         proposed = [
             ("gradflow_native", 'gradflow.sweep.run(rng="native"): gf.rng.key seeds',
              _sharded_program(_probe_one(model, x, y, gf.rng.key), 1)[0]),
+            ("gradflow_vmap_all", "gradflow.sweep.run(block_size=None): each device vmaps all "
+             'its seeds at once (the default before block_size="auto")',
+             _sharded_program(one, 1, None)[0]),
         ]  # fmt: skip
         if cfg.block:
             proposed.append(

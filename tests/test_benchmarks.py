@@ -43,6 +43,7 @@ JAX_CHECKS = {
     "w1": {
         "gradflow_readme == gradflow (same seeds)",
         "gradflow_blocked == gradflow (same seeds)",
+        "gradflow_vmap_all == gradflow (same seeds)",
         "naive_jax == gradflow (same seeds)",
     },
     "w3": {"naive_jax == gradflow: first record of grad_norm"},
@@ -76,7 +77,14 @@ def results():
 
 def test_every_way_runs_and_agrees(results):
     expected = {
-        "w1": {"gradflow", "gradflow_readme", "gradflow_native", "gradflow_blocked", "naive_jax"},
+        "w1": {
+            "gradflow",
+            "gradflow_readme",
+            "gradflow_native",
+            "gradflow_blocked",
+            "gradflow_vmap_all",
+            "naive_jax",
+        },
         "w3": {"gradflow", "naive_jax"},
         "w4": {"gradflow", "gradflow_log", "jax_grad", "naive_jax"},
         "compile": {"gradflow_readme_depth1", "gradflow_readme_depth2"},

@@ -509,7 +509,7 @@ def _ok(hparams, key):
         ({"fn": lambda h, k: (h["a"],)}, TypeError, "must return a dict.*got tuple"),
         ({"fn": lambda h, k: {"x": "high"}}, TypeError, r"metric 'x' = 'high' of type str"),
         ({"fn": lambda h, k: {"x": None}}, TypeError, "metric 'x' = None"),
-        ({"fn": lambda h, k: {"k": k}}, TypeError, "metric 'k' = an array of dtype key<fry>"),
+        ({"fn": lambda h, k: {"k": k}}, TypeError, "metric 'k' = an array of dtype key<gff>"),
         ({"fn": lambda h, k: {"x": {"y": 1j * h["a"]}}}, TypeError, "metric 'x/y'"),
         ({"fn": lambda h, k: {1: h["a"]}}, TypeError, "metric names must be non-empty strings"),
         ({"fn": lambda h, k: {"x": jnp.ones((2, 2, 2))}}, ValueError, r"name its axes.*'x'"),
@@ -627,8 +627,8 @@ def test_block_size_gives_the_same_table(tmp_path, reference):
     df = sweep.run(worker.fn, worker.GRID, worker.SEEDS, workdir=tmp_path / "b1",
                    **worker.sweep_kwargs())  # fmt: skip
     _assert_same_table(df, reference)
-    for bad in (0, -2, 1.5, True, "2"):
-        with pytest.raises(ValueError, match=r"block_size must be a positive integer or None"):
+    for bad in (0, -2, 1.5, True, "2", "Auto"):
+        with pytest.raises(ValueError, match=r"block_size must be a positive integer, 'auto' or"):
             sweep.run(worker.fn, worker.GRID, worker.SEEDS, workdir=tmp_path / "bad",
                       block_size=bad)  # fmt: skip
 
@@ -644,12 +644,52 @@ def test_batched_program_blocks_equal_vmap():
     for block in (None, 1, 3, 10):  # 3: 7 runs = two blocks + a remainder
         got = jax.jit(sweep.batched(one, mesh, block))(a, seeds)["y"]
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)
-    with pytest.raises(ValueError, match=r"block_size must be a positive integer or None, got 0"):
+    with pytest.raises(ValueError, match=r"integer, 'auto' or None, got 0"):
         sweep.batched(one, mesh, 0)
     with pytest.raises(ValueError, match=r"mesh must be a jax.sharding.Mesh with an axis 'sweep'"):
         sweep.batched(one, jax.sharding.Mesh(np.asarray(jax.devices()), ("other",)))
     with pytest.raises(TypeError, match=r"one must be callable"):
         sweep.batched(None, mesh)
+
+
+def _primitives(jaxpr) -> set[str]:
+    found = {e.primitive.name for e in jaxpr.eqns}
+    for e in jaxpr.eqns:
+        for p in e.params.values():
+            for sub in p if isinstance(p, list | tuple) else [p]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found |= _primitives(inner)
+    return found
+
+
+def test_auto_block_sizes_blocks_from_the_working_set():
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), (sweep.MESH_AXIS,))
+    traces = []
+
+    def big(a):  # 5 MiB made by one operation per run: blocks of 2 fit 16 MiB on CPU
+        traces.append(1)
+        return {"s": jnp.sum(jnp.broadcast_to(a, (1280, 1024)) * 2.0)}
+
+    def small(a):  # 4 KiB: all 8 runs at once
+        return {"s": jnp.sum(jnp.broadcast_to(a, (1024,)) * 2.0)}
+
+    a = jnp.arange(8.0)
+    for fn, blocked in ((big, True), (small, False)):
+        program = sweep.batched(fn, mesh, "auto")
+        prims = _primitives(jax.make_jaxpr(program)(a).jaxpr)
+        assert ("scan" in prims) == blocked, (fn.__name__, prims)  # lax.map: a scan over blocks
+        got = jax.jit(program)(a)["s"]
+        np.testing.assert_allclose(
+            np.asarray(got), np.asarray(a) * 2.0 * {big: 1280 * 1024, small: 1024}[fn], rtol=1e-6
+        )
+    assert len(traces) == 1  # traced once for one run; that trace serves both programs
+
+
+def test_auto_is_the_default_and_recorded(tmp_path, reference):
+    df = sweep.run(worker.fn, worker.GRID, worker.SEEDS, workdir=tmp_path, **worker.sweep_kwargs())
+    _assert_same_table(df, reference)
+    assert sweep.load_metadata(tmp_path)["sessions"][-1]["block_size"] == "auto"
 
 
 @pytest.mark.slow

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend import core as jax_core
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gradflow import config as _config
@@ -62,27 +64,96 @@ _TRACER_ERRORS = (
 )
 
 
+# block_size="auto" on CPU: the bytes one block's working set may take on one device (about half
+# of a server CPU's shared L3 cache; a constant, so the block, and the rounding, never depend on
+# the machine's caches)
+_AUTO_BLOCK_BYTES = 16 * 2**20
+
+
 def _check_block_size(block_size: object) -> None:
+    if isinstance(block_size, str):
+        if block_size == "auto":
+            return
+        raise ValueError(
+            f"block_size must be a positive integer, 'auto' or None, got {block_size!r}"
+        )
     if block_size is not None and (
         isinstance(block_size, bool)
         or not isinstance(block_size, numbers.Integral)
         or block_size < 1
     ):
-        raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
+        raise ValueError(
+            f"block_size must be a positive integer, 'auto' or None, got {block_size!r}"
+        )
 
 
-def batched(one: Callable, mesh: Mesh, block_size: int | None = None) -> Callable:
+def _subjaxprs(eqn) -> list:
+    """The jaxprs inside an equation's parameters (scan, while, cond, pjit, custom rules)."""
+    found = []
+    for p in eqn.params.values():
+        for sub in p if isinstance(p, list | tuple) else [p]:
+            inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds its Jaxpr
+            if hasattr(inner, "eqns"):
+                found.append(inner)
+    return found
+
+
+def _largest_output(jaxpr) -> int:
+    """The most bytes one equation of ``jaxpr`` (or of a jaxpr inside it) produces, all of its
+    outputs together: e.g. a forward scan's stacked per-layer values kept for the backward pass."""
+    most = 0
+    for eqn in jaxpr.eqns:
+        avals = [v.aval for v in eqn.outvars if hasattr(v.aval, "shape")]
+        out = sum(
+            math.prod(a.shape) * a.dtype.itemsize
+            for a in avals
+            if not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)  # keys: a few words
+        )
+        most = max(most, out, *(_largest_output(j) for j in _subjaxprs(eqn)))
+    return most
+
+
+def _auto_block(jaxpr, n: int, platform: str) -> int | None:
+    """``block_size="auto"`` for ``n`` runs of ``jaxpr`` (one run): on CPU the largest power of two
+    of runs whose working set fits 16 MiB (the largest set of values one operation of a run
+    produces estimates it); elsewhere ``None`` (all at once: an accelerator wants the largest
+    batch)."""
+    if platform != "cpu" or n <= 1:
+        return None
+    fits = max(1, _AUTO_BLOCK_BYTES // max(_largest_output(jaxpr), 1))
+    block = 1 << (min(fits, n).bit_length() - 1)
+    return None if block >= n else block
+
+
+def _traced_once(one: Callable, args: tuple) -> tuple[Callable, object]:
+    """``one`` traced once for a single run (``args`` have the run axis first): a function that
+    evaluates its jaxpr (vmapped or mapped like ``one``, without tracing ``one`` again), and the
+    jaxpr."""
+    single = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), args)
+    closed, shapes = jax.make_jaxpr(one, return_shape=True)(*single)
+    out_tree = jax.tree.structure(shapes)
+    run_jaxpr = jax_core.jaxpr_as_fun(closed)
+
+    def traced(*a):
+        return jax.tree.unflatten(out_tree, run_jaxpr(*jax.tree.leaves(a)))
+
+    return traced, closed.jaxpr
+
+
+def batched(one: Callable, mesh: Mesh, block_size: int | str | None = None) -> Callable:
     """The per-chunk program of :func:`run`: ``one(*args)`` of one run -> all runs of a chunk.
 
     Every argument of the returned function has the run axis first (sharded on ``mesh``'s axis
     :data:`MESH_AXIS` when jitted with ``NamedSharding(mesh, P(MESH_AXIS))``). Each device runs its
     own runs under :func:`jax.shard_map`: ``block_size=None`` vmaps ``one`` over them, otherwise
     it maps over them ``block_size`` at a time (``lax.map`` with ``batch_size``, vmapped within a
-    block), so only one block's working set is live. Under ``shard_map`` no op is partitioned by
-    XLA's SPMD partitioner, which would replicate ops it has no sharding rule for (LAPACK's QR and
-    SVD custom calls) and gather their inputs across devices. It is traced at
-    :mod:`gradflow.config`'s precision policy in force when it is traced. Not jitted: wrap it in
-    ``jax.jit`` with the shardings.
+    block), so only one block's working set is live; ``block_size="auto"`` chooses the block from
+    ``one``'s working set (on CPU as many runs as fit
+    16 MiB, a power of two; elsewhere all at once). Under ``shard_map`` no op
+    is partitioned by XLA's SPMD partitioner, which would replicate ops it has no sharding rule
+    for (LAPACK's QR and SVD custom calls) and gather their inputs across devices. It is traced
+    at :mod:`gradflow.config`'s precision policy in force when it is traced. Not jitted: wrap it
+    in ``jax.jit`` with the shardings.
     """
     if not callable(one):
         raise TypeError(f"one must be callable as one(*args) for one run, got {one!r}")
@@ -92,13 +163,18 @@ def batched(one: Callable, mesh: Mesh, block_size: int | None = None) -> Callabl
         )
     _check_block_size(block_size)
     spec = PartitionSpec(MESH_AXIS)
+    platform = mesh.devices.flat[0].platform
 
     def per_device(*args):
-        if block_size is None:
-            return jax.vmap(one)(*args)
         leaves = jax.tree.leaves(args)  # every leaf has the (per-device) run axis first
         n = leaves[0].shape[0] if leaves else 0
-        return jax.lax.map(lambda a: one(*a), args, batch_size=max(1, min(block_size, n)))
+        run, block = one, block_size
+        if block_size == "auto":  # one trace of one run: its jaxpr sizes the block and runs
+            run, jaxpr = _traced_once(one, args)
+            block = _auto_block(jaxpr, n, platform)
+        if block is None or block >= n:
+            return jax.vmap(run)(*args)
+        return jax.lax.map(lambda a: run(*a), args, batch_size=max(1, block))
 
     def program(*args):
         # check_vma=False: fn may start scans from constants (train_fn's carries), which the
@@ -116,7 +192,7 @@ def batched(one: Callable, mesh: Mesh, block_size: int | None = None) -> Callabl
 
 
 def _compile_group(
-    fn, plan: _Plan, g: int, sharding: NamedSharding, padded: int, block_size: int | None
+    fn, plan: _Plan, g: int, sharding: NamedSharding, padded: int, block_size: int | str | None
 ):
     """Trace and compile group ``g`` once; return (compiled, {metric: per-run shape}).
 

@@ -67,7 +67,7 @@ def _environment() -> dict[str, Json]:
     }
 
 
-def _session(precision: str, block_size: int | None) -> dict[str, Json]:
+def _session(precision: str, block_size: int | str | None) -> dict[str, Json]:
     """A new entry of ``metadata.json``'s ``"sessions"``: where and how this call runs; its
     ``"groups"`` (compile and run timings) fill in as it goes, ``"finished"`` at the end."""
     return {

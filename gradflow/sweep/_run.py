@@ -57,7 +57,7 @@ def run(
     config: Mapping[str, Json] | None = None,
     progress: bool | None = None,
     rng: str = "threefry",
-    block_size: int | None = None,
+    block_size: int | str | None = "auto",
 ) -> pd.DataFrame:
     """Evaluate ``fn(hparams, key)`` on every point of ``grid`` x ``seeds``; store a tidy table.
 
@@ -90,11 +90,15 @@ def run(
         :func:`gradflow.rng.key(seed) <gradflow.rng.key>`, ThreeFry fused on CPU (faster random
         initialisation, another stream; recorded in the config, so the two never mix in a store).
       block_size: runs evaluated together under ``vmap``; each device maps over its share of a
-        chunk this many at a time (``lax.map`` inside ``jax.shard_map``, one program). ``None``
-        (default): all at once. Smaller blocks keep one block's parameters and activations in
-        cache and bound memory without more compiled calls: for 32 depth-50, width-256 MLPs
-        (benchmarks w2) ``block_size=1`` is faster than vmapping all 32, for 1024 tiny ones (w1)
-        vmapping all is. The results do not depend on it (not part of the config).
+        chunk this many at a time (``lax.map`` inside ``jax.shard_map``, one program); ``None``:
+        all at once. ``"auto"`` (default): on CPU the largest power of two of runs whose working
+        set (the most bytes one operation of a run produces, read off ``fn``'s jaxpr) fits 16
+        MiB, so a block's values stay in cache; on a GPU or TPU all at once. Measured on a
+        2-core CPU (benchmarks/): 1024 depth-10, width-30 probes 413 -> 205 ms (block 16), 32
+        depth-50, width-256 ones 3.36 -> 1.73 s (block 1). A block changes how XLA orders the
+        batched sums, so numbers may move by float32 rounding (at most 1e-6 relative there);
+        the block depends on ``fn``, the runs per device and the platform, never on the cache
+        sizes; the setting is recorded in the store's ``sessions``.
 
     Returns:
       The table of the whole sweep (completed chunks of earlier sessions included), as
@@ -128,7 +132,7 @@ def run(
         raise TypeError("workdir is required: the directory of the results store")
     workdir = _checks.path("workdir", workdir)
     _check_block_size(block_size)
-    block_size = None if block_size is None else int(block_size)
+    block_size = block_size if block_size is None or block_size == "auto" else int(block_size)
     if rng not in _rng.NAMES:
         raise ValueError(f"unknown rng {rng!r}; valid names: {', '.join(_rng.NAMES)}")
     precision = _config.matmul_precision()  # read once: every group of this call uses it
@@ -211,7 +215,7 @@ class _Session:
     fn: Callable
     plan: _Plan
     workdir: Path
-    block_size: int | None
+    block_size: int | str | None
     done: np.ndarray
     sharding: NamedSharding
     metadata: _Metadata
@@ -266,7 +270,7 @@ def _run_locked(
     opened: _Opened,
     name: str | None,
     progress: bool | None,
-    block_size: int | None,
+    block_size: int | str | None,
 ) -> pd.DataFrame:
     """The body of :func:`run` after process 0 opened (and locked) the store."""
     done = _agree_on_store(plan, workdir, opened)

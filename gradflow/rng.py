@@ -10,8 +10,8 @@ networks.
 :func:`threefry_key` returns a key with ``jax.random.key(seed)``'s numbers, bit for bit (JAX's
 default ``threefry2x32`` implementation, in its default ``jax_threefry_partitionable`` layout),
 computed by the cipher written out below instead of JAX's rolled loop: the same results, a
-fraction of the compile time for a vmapped network init. :func:`gradflow.sweep.run` makes its default
-keys with it.
+fraction of the compile time for a vmapped network init. :func:`gradflow.sweep.run` makes its
+default keys with it.
 
 :func:`key` returns a JAX typed key whose ``random_bits`` is the same cipher (Salmon, Moraes,
 Dror & Shaw 2011, "Parallel random numbers: as easy as 1, 2, 3"; :func:`threefry2x32`) written

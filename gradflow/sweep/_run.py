@@ -94,11 +94,12 @@ def run(
         all at once. ``"auto"`` (default): on CPU the largest power of two of runs whose working
         set (the most bytes one operation of a run produces, read off ``fn``'s jaxpr) fits 16
         MiB, so a block's values stay in cache; on a GPU or TPU all at once. Measured on a
-        2-core CPU (benchmarks/): 1024 depth-10, width-30 probes 413 -> 205 ms (block 16), 32
-        depth-50, width-256 ones 3.36 -> 1.73 s (block 1). A block changes how XLA orders the
-        batched sums, so numbers may move by float32 rounding (at most 1e-6 relative there);
-        the block depends on ``fn``, the runs per device and the platform, never on the cache
-        sizes; the setting is recorded in the store's ``sessions``.
+        2-core CPU (benchmarks/RESULTS.md): 1024 depth-10, width-30 probes 413 -> 194 ms
+        (block 16), 32 depth-50, width-256 ones 3.23 -> 1.63 s (block 1). A block changes how
+        XLA orders the batched sums, so numbers may move by float32 rounding (at most 1e-6
+        relative there; long training runs can amplify it, as any change of summation order
+        would); the block depends on ``fn``, the runs per device and the platform, never on the
+        cache sizes; the setting is recorded in the store's ``sessions``.
 
     Returns:
       The table of the whole sweep (completed chunks of earlier sessions included), as

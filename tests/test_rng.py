@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
+import user_models
 
 import gradflow as gf
 
@@ -181,6 +182,27 @@ def test_threefry_key_flax_init_equals_jax(x64):
     assert jax.tree.structure(got) == jax.tree.structure(want)
     for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
         np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+def _arrays(um) -> list:
+    """Every array a user model's factory drew: its batch, variables and the model's own state
+    (NNX modules and Equinox models hold their parameters)."""
+    from flax import nnx
+
+    model = nnx.state(um.model) if isinstance(um.model, nnx.Module) else um.model
+    leaves = jax.tree.leaves((um.x, um.y, um.variables, model))
+    return [np.asarray(v) for v in leaves if isinstance(v, jax.Array)]
+
+
+@pytest.mark.parametrize("name", sorted(user_models.FACTORIES))
+def test_threefry_key_builds_researchers_models_as_jax_random_key(name):
+    # linen CNNs / Transformers / scans, NNX modules, an Equinox model and a plain function's
+    # parameters built from the key: the same arrays, bit for bit, as with jax.random.key
+    want = _arrays(user_models.FACTORIES[name](jax.random.key(5)))
+    got = _arrays(user_models.FACTORIES[name](gf.rng.threefry_key(5)))
+    assert len(got) == len(want) >= 3
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_array_equal(g, w)
 
 
 def test_threefry_key_follows_jax_without_partitionable():

@@ -686,6 +686,30 @@ def test_auto_block_sizes_blocks_from_the_working_set():
     assert len(traces) == 1  # traced once for one run; that trace serves both programs
 
 
+@pytest.mark.parametrize("name", ["linen_cnn", "nnx_mlp"])
+def test_blocks_probe_researchers_models(tmp_path, name):
+    # a researcher's linen CNN / NNX module built and probed inside fn: blocks of 2, the auto
+    # block and all-at-once give the same per-layer gradient norms (to float32 rounding)
+    import user_models
+
+    import gradflow as gf
+
+    def fn(hparams, key):
+        um = user_models.FACTORIES[name](key)
+        report = gf.probes.probe(um.model, um.variables, um.x, um.y)
+        return {"grad": report.weight_grad_norm, "loss": report.loss}
+
+    tables = {
+        block: sweep.run(fn, {}, range(4), workdir=tmp_path / str(block), block_size=block)
+        for block in (None, 2, "auto")
+    }
+    want = tables[None].sort_values(["seed", "metric", "layer"])["value"].to_numpy()
+    assert np.isfinite(want).all() and want.size > 4
+    for block in (2, "auto"):
+        got = tables[block].sort_values(["seed", "metric", "layer"])["value"].to_numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5)  # float32 sums in another order
+
+
 def test_auto_is_the_default_and_recorded(tmp_path, reference):
     df = sweep.run(worker.fn, worker.GRID, worker.SEEDS, workdir=tmp_path, **worker.sweep_kwargs())
     _assert_same_table(df, reference)

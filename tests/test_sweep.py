@@ -674,6 +674,13 @@ def test_auto_block_sizes_blocks_from_the_working_set():
     def small(a):  # 4 KiB: all 8 runs at once
         return {"s": jnp.sum(jnp.broadcast_to(a, (1024,)) * 2.0)}
 
+    def mid(a):  # 3 MiB: 5 fit; 10 runs -> two blocks of 5 (a divisor: no remainder body)
+        return {"s": jnp.sum(jnp.broadcast_to(a, (768, 1024)) * 2.0)}
+
+    program = sweep.batched(mid, mesh, "auto")
+    scans = [e for e in jax.make_jaxpr(program)(jnp.arange(10.0)).jaxpr.eqns[0].params["jaxpr"].eqns
+             if e.primitive.name == "scan"]  # fmt: skip
+    assert [e.params["length"] for e in scans] == [2], scans  # one loop, no remainder
     a = jnp.arange(8.0)
     for fn, blocked in ((big, True), (small, False)):
         program = sweep.batched(fn, mesh, "auto")

@@ -114,15 +114,19 @@ def _largest_output(jaxpr) -> int:
 
 
 def _auto_block(jaxpr, n: int, platform: str) -> int | None:
-    """``block_size="auto"`` for ``n`` runs of ``jaxpr`` (one run): on CPU the largest power of two
-    of runs whose working set fits 16 MiB (the largest set of values one operation of a run
-    produces estimates it); elsewhere ``None`` (all at once: an accelerator wants the largest
-    batch)."""
+    """``block_size="auto"`` for ``n`` runs of ``jaxpr`` (one run). On CPU: how many runs' working
+    sets fit 16 MiB (the largest set of values one operation of a run produces estimates it);
+    all ``n`` if they fit, else the largest divisor of ``n`` that fits (no remainder block, which
+    ``lax.map`` would compile as a second body) unless it is under half of what fits, then the
+    largest power of two that fits. Elsewhere ``None`` (all at once: an accelerator wants the
+    largest batch)."""
     if platform != "cpu" or n <= 1:
         return None
     fits = max(1, _AUTO_BLOCK_BYTES // max(_largest_output(jaxpr), 1))
-    block = 1 << (min(fits, n).bit_length() - 1)
-    return None if block >= n else block
+    if fits >= n:
+        return None
+    divisor = max(d for d in range(1, fits + 1) if n % d == 0)
+    return divisor if 2 * divisor > fits else 1 << (fits.bit_length() - 1)
 
 
 def _traced_once(one: Callable, args: tuple) -> tuple[Callable, object]:
@@ -148,12 +152,11 @@ def batched(one: Callable, mesh: Mesh, block_size: int | str | None = None) -> C
     own runs under :func:`jax.shard_map`: ``block_size=None`` vmaps ``one`` over them, otherwise
     it maps over them ``block_size`` at a time (``lax.map`` with ``batch_size``, vmapped within a
     block), so only one block's working set is live; ``block_size="auto"`` chooses the block from
-    ``one``'s working set (on CPU as many runs as fit
-    16 MiB, a power of two; elsewhere all at once). Under ``shard_map`` no op
-    is partitioned by XLA's SPMD partitioner, which would replicate ops it has no sharding rule
-    for (LAPACK's QR and SVD custom calls) and gather their inputs across devices. It is traced
-    at :mod:`gradflow.config`'s precision policy in force when it is traced. Not jitted: wrap it
-    in ``jax.jit`` with the shardings.
+    ``one``'s working set (on CPU about as many runs as fit 16 MiB; elsewhere all at once). Under
+    ``shard_map`` no op is partitioned by XLA's SPMD partitioner, which would replicate ops it has
+    no sharding rule for (LAPACK's QR and SVD custom calls) and gather their inputs across
+    devices. It is traced at :mod:`gradflow.config`'s precision policy in force when it is
+    traced. Not jitted: wrap it in ``jax.jit`` with the shardings.
     """
     if not callable(one):
         raise TypeError(f"one must be callable as one(*args) for one run, got {one!r}")

@@ -91,9 +91,10 @@ def run(
         initialisation, another stream; recorded in the config, so the two never mix in a store).
       block_size: runs evaluated together under ``vmap``; each device maps over its share of a
         chunk this many at a time (``lax.map`` inside ``jax.shard_map``, one program); ``None``:
-        all at once. ``"auto"`` (default): on CPU the largest power of two of runs whose working
-        set (the most bytes one operation of a run produces, read off ``fn``'s jaxpr) fits 16
-        MiB, so a block's values stay in cache; on a GPU or TPU all at once. Measured on a
+        all at once. ``"auto"`` (default): on CPU blocks of about as many runs as have working
+        sets (the most bytes one operation of a run produces, read off ``fn``'s jaxpr) that fit
+        16 MiB -- a divisor of the runs per device when one is close, else a power of two -- so
+        a block's values stay in cache; on a GPU or TPU all at once. Measured on a
         2-core CPU (benchmarks/RESULTS.md): 1024 depth-10, width-30 probes 413 -> 194 ms
         (block 16), 32 depth-50, width-256 ones 3.23 -> 1.63 s (block 1). A block changes how
         XLA orders the batched sums, so numbers may move by float32 rounding (at most 1e-6

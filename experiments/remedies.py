@@ -48,15 +48,18 @@ gradients of the first several layers, of norm 1e-12 to 1e-9, are below its ``ep
 cannot rescale them; learning rates 3e-4 to 1e-2 all fail), a warmup-cosine schedule, and
 LayerNorm (ratio ~1e-8: it normalises each layer's pre-activations but the backward factor stays
 near 0.4 per layer). BatchNorm (ratio ~1) and identity skips (~0.3, the sum path carries the
-gradient) train to 85-90% test accuracy; so do ELU and SELU (ratios 3-6) and tanh (~0.3; better
-on standardised inputs, seed 003's zero-centred data). ReLU and leaky ReLU with He init have
-healthy ratios (~0.7), yet these depth-20, width-32 nets train slowly and erratically: ~60% within
+gradient) train to 84-89% mean test accuracy -- at the factor with the lowest median training
+loss one BatchNorm seed of five can end near 50%, as the largest rates amplify float32 rounding
+-- ELU and SELU (ratios 3-6) to about 93%, and tanh (~0.3) to about 82%, 91% on standardised
+inputs (seed 003's zero-centred data). ReLU and leaky ReLU with He init have
+healthy ratios (~0.7), yet these depth-20, width-32 nets train slowly and erratically: ~55% within
 the budget, with a large spread over seeds. A healthy ratio at init is not sufficient for fast
 training.
 
-Cost: each variant is a separately compiled depth-20 program (about 15 s of XLA compile on one
-core; the per-layer random initialisation under ``vmap`` alone takes about 6 s), so the full
-config's 13 variants dominate its runtime; ``--set variants=[...]`` runs a subset.
+Cost: each variant is a separately compiled depth-20 program (4-7 s of XLA compile on this
+2-core CPU, recorded in the store's metadata; about 15 s before the sweep's keys fused the
+random initialisation's cipher), so the full config's 13 variants dominate its runtime; ``--set
+variants=[...]`` runs a subset.
 """
 
 from __future__ import annotations

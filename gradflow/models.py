@@ -279,6 +279,19 @@ def _child_keys(rng: LazyRng, names: Sequence[str], counter: int) -> Array:
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng.rng, data)
 
 
+def _unstack(tree: chex.ArrayTree, n: int) -> list[chex.ArrayTree]:
+    """The ``n`` trees of ``tree``'s leaves along axis 0 (a run's per-layer variables), each leaf
+    cut with one :func:`jax.lax.unstack` (one operation per leaf, not one per layer, which keeps
+    tracing a deep run cheap)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    if hasattr(jax.lax, "unstack"):
+        cols = [jax.lax.unstack(leaf) for leaf in leaves]
+    else:  # pragma: no cover - JAX without lax.unstack
+        cut = jax.lax.index_in_dim
+        cols = [[cut(leaf, t, keepdims=False) for t in range(n)] for leaf in leaves]
+    return [treedef.unflatten([col[t] for col in cols]) for t in range(n)]
+
+
 def _staged() -> bool:
     """Whether JAX is staging a program out (``jit``, ``eval_shape``, a loop body) rather than
     running it op by op: staged, even a constant is a tracer (omnistaging)."""
@@ -305,8 +318,9 @@ class _Stack(nn.Module):
     blocks (same spec, input width == ``features``) of at least :data:`SCAN_MIN_RUN` layers is
     compiled once instead of once per layer:
 
-    * ``init`` draws the run's kernels (and biases) with one vectorised call of the initializer
-      over the keys Flax would give each layer (the same numbers, bit for bit);
+    * ``init`` draws the run's kernels (and biases) with one call of the initializer inside a
+      loop over the keys Flax would give each layer (the same numbers, bit for bit) and runs its
+      forward pass as the scan below, so neither grows the traced program with depth;
     * ``apply`` stacks the run's per-layer parameters (and BatchNorm statistics) and runs the
       block as the body of a :func:`jax.lax.scan`; updated ``batch_stats`` and the sown
       ``"intermediates"`` are written back per layer, so the collections a caller sees are those
@@ -375,9 +389,12 @@ class _Stack(nn.Module):
         )
 
     def _init_run(self, spec: dict, names: list[str], h: Array, train: bool) -> Array:
-        """Create the run's blocks with their parameters drawn in one vectorised call per
-        initializer, from the keys Flax derives for each block (``Scope.make_rng`` counts the
-        block's parameters: kernel 1, bias 2)."""
+        """Create the run's blocks without tracing them once per layer: each initializer draws
+        once for the whole run (:func:`jax.lax.map` over the keys Flax derives for each block;
+        ``Scope.make_rng`` counts a block's parameters: kernel 1, bias 2), one block's
+        :meth:`~flax.linen.Module.init` runs inside that loop to build the rest of its variables
+        (the norm's constant ``scale``/``bias`` and statistics), each layer's variables are put
+        under its own name, and the forward pass runs as the scan that ``apply`` uses."""
         if not self.scope.has_rng("params"):  # pragma: no cover - init always has params
             for name in names:
                 h = DenseBlock(**spec, name=name)(h, train=train)
@@ -386,35 +403,49 @@ class _Stack(nn.Module):
         block = DenseBlock(**spec, parent=None)
         shape = (h.shape[-1], block.features)
         kinit = _init("DenseBlock", "kernel_init", block.kernel_init)
+        binit = _init("DenseBlock", "bias_init", block.bias_init) if block.use_bias else None
         # one draw per layer inside a loop (lax.map), not a vmap: the loop's output is a
         # buffer, so each layer's parameter is a plain slice of it; a vmapped draw is fused
         # (erf_inv and all) into every layer's slice, and the program grows with depth again
-        draws = {"kernel_init": jax.lax.map(lambda k: kinit(k, shape), _child_keys(rng, names, 1))}
-        if block.use_bias:
-            binit = _init("DenseBlock", "bias_init", block.bias_init)
-            draws["bias_init"] = jax.lax.map(
-                lambda k: binit(k, shape[1:]), _child_keys(rng, names, 2)
-            )
-        fixed = {k: [_fixed(v) for v in vs] for k, vs in draws.items()}
-        for t, name in enumerate(names):
-            init = {k: v[t] for k, v in fixed.items()}
-            h = DenseBlock(**{**spec, **init}, name=name)(h, train=train)
-        return h
+        keys = {"kernel_init": _child_keys(rng, names, 1)}
+        if binit is not None:
+            keys["bias_init"] = _child_keys(rng, names, 2)
+        mutable = ["params", *(["batch_stats"] if block.norm == "batch" else [])]
 
-    def _scan_run(self, spec: dict, names: list[str], h: Array, train: bool) -> Array:
-        """Run the blocks ``names`` as one :func:`jax.lax.scan` over their stacked variables."""
+        def one(keys):
+            drawn = {"kernel_init": _fixed(kinit(keys["kernel_init"], shape))}
+            if binit is not None:
+                drawn["bias_init"] = _fixed(binit(keys["bias_init"], shape[1:]))
+            # the keys given here reach only the norm's constant initializers
+            return block.clone(**drawn).init(keys["kernel_init"], h, train=train, mutable=mutable)
+
+        stacked = jax.lax.map(one, keys)
+        for col, tree in stacked.items():
+            for name, layer in zip(names, _unstack(tree, len(names)), strict=True):
+                self.put_variable(col, name, layer)
+        return self._scan_run(spec, names, h, train, stacked=stacked)
+
+    def _scan_run(
+        self, spec: dict, names: list[str], h: Array, train: bool, stacked: dict | None = None
+    ) -> Array:
+        """Run the blocks ``names`` as one :func:`jax.lax.scan` over their stacked variables
+        (``stacked``: already stacked by :meth:`_init_run`, whose statistics stay as initialised,
+        as Flax's BatchNorm leaves them during ``init``)."""
         block = DenseBlock(**spec, parent=None)
-        cols = ["params"] + (["batch_stats"] if block.norm == "batch" else [])
-        per_layer = {col: [self.get_variable(col, n) for n in names] for col in cols}
-        if any(v is None for vs in per_layer.values() for v in vs):
-            # missing variables: let the blocks raise Flax's own error
-            for name in names:
-                h = DenseBlock(**spec, name=name)(h, train=train)
-            return h
-        stacked = {col: jax.tree.map(lambda *a: jnp.stack(a), *vs) for col, vs in per_layer.items()}
+        if stacked is None:
+            cols = ["params"] + (["batch_stats"] if block.norm == "batch" else [])
+            per_layer = {col: [self.get_variable(col, n) for n in names] for col in cols}
+            if any(v is None for vs in per_layer.values() for v in vs):
+                # missing variables: let the blocks raise Flax's own error
+                for name in names:
+                    h = DenseBlock(**spec, name=name)(h, train=train)
+                return h
+            stacked = {
+                col: jax.tree.map(lambda *a: jnp.stack(a), *vs) for col, vs in per_layer.items()
+            }
         mutable = []
         if block.norm == "batch" and train:
-            mutable.append("batch_stats")
+            mutable.append("batch_stats")  # needed to run; not written back during init
         if self.is_mutable_collection("intermediates"):
             mutable.append("intermediates")
 
@@ -423,7 +454,7 @@ class _Stack(nn.Module):
                 return block.apply(variables, h, train=train), {}
             return block.apply(variables, h, train=train, mutable=mutable)
 
-        first = jax.tree.map(lambda a: a[0], stacked)
+        first = jax.tree.map(lambda a: jax.lax.index_in_dim(a, 0, keepdims=False), stacked)
         out = jax.eval_shape(body, h, first)[0]
         if (out.shape, out.dtype) != (h.shape, h.dtype):
             # the input's dtype changes in the first block (e.g. integer inputs): run it alone
@@ -435,20 +466,16 @@ class _Stack(nn.Module):
                 return h
             return self._scan_run(spec, rest, h, train)
         h, updates = jax.lax.scan(body, h, stacked)
-        for t, name in enumerate(names):
-            if "batch_stats" in updates:
-                self.put_variable(
-                    "batch_stats", name, jax.tree.map(lambda a, t=t: a[t], updates["batch_stats"])
-                )
-            if "intermediates" in updates:
+        if "batch_stats" in updates and not self.is_initializing():
+            stats = _unstack(updates["batch_stats"], len(names))
+            for name, layer in zip(names, stats, strict=True):
+                self.put_variable("batch_stats", name, layer)
+        if "intermediates" in updates:
+            sown_per_layer = _unstack(updates["intermediates"], len(names))
+            for name, sown in zip(names, sown_per_layer, strict=True):
                 old = self.get_variable("intermediates", name) or {}
                 self.put_variable(
-                    "intermediates",
-                    name,
-                    {
-                        k: (*old.get(k, ()), *(v[t] for v in vs))
-                        for k, vs in updates["intermediates"].items()
-                    },
+                    "intermediates", name, {k: (*old.get(k, ()), *vs) for k, vs in sown.items()}
                 )
         return h
 

@@ -432,22 +432,36 @@ def _count(fn, *args, what="dot_general"):
     return str(jax.make_jaxpr(fn)(*args)).count(what)
 
 
-def test_a_run_of_identical_blocks_is_traced_once():
+def _eqns(fn, *args):
+    return len(jax.make_jaxpr(fn)(*args).jaxpr.eqns)
+
+
+@pytest.mark.parametrize("norm", [None, "batch", "layer"])
+def test_a_run_of_identical_blocks_is_traced_once(norm):
     """The traced program does not grow with depth: one scan body for the hidden blocks in
-    apply, one draw per initializer in init (the per-layer parameters are slices of it)."""
+    apply and in init's forward pass, one draw per initializer in init, and one operation per
+    variable (not per layer) to cut a run's stacked variables, sown intermediates and updated
+    statistics into layers -- in init, apply, apply with intermediates and a training step."""
     x = jnp.ones((2, 5))
     counts = []
     for depth in (4, 12):
-        m = models.MLP(widths=(5,) * depth, out=2, activation="tanh", norm="layer")
+        m = models.MLP(widths=(5,) * depth, out=2, activation="tanh", norm=norm)
         v = m.init(KEY, x)
+        cols = ["intermediates", *(["batch_stats"] if norm == "batch" else [])]
         counts.append(
-            (
-                _count(lambda v, m=m: m.apply(v, x), v),
-                _count(lambda k, m=m: m.init(k, x), KEY, what="random_bits"),
-            )
+            {
+                "apply dots": _count(lambda v, m=m: m.apply(v, x), v),
+                "init dots": _count(lambda k, m=m: m.init(k, x), KEY),
+                "init draws": _count(lambda k, m=m: m.init(k, x), KEY, what="random_bits"),
+                "init folds": _count(lambda k, m=m: m.init(k, x), KEY, what="random_fold_in"),
+                "init": _eqns(lambda k, m=m: m.init(k, x), KEY),
+                "apply": _eqns(lambda v, m=m: m.apply(v, x), v),
+                "train": _eqns(lambda v, m=m, c=cols: m.apply(v, x, train=True, mutable=c), v),
+            }
         )
     assert counts[0] == counts[1]
-    assert counts[0][0] == 2  # the scan body and the readout
+    assert counts[0]["apply dots"] == 2  # the scan body and the readout
+    assert counts[0]["init dots"] == 3  # the scan body and the readout, one block's own init
 
 
 def test_perturbations_and_missing_variables_unroll_the_blocks():

@@ -392,6 +392,28 @@ def test_init_is_flax_s_eager_jitted_nested_float64_and_with_raw_keys(case):
         assert new["params"]["dense_1"]["kernel"].dtype == jnp.float64
 
 
+@pytest.mark.parametrize(
+    ("norm", "kw"),
+    [("batch", {"train": True}), ("batch", {"train": True, "mutable": True}), ("layer", {})],
+)
+def test_init_with_output_and_collections_are_flax_s(norm, kw):
+    """init runs a run's forward pass as the apply scan: its output, its sown intermediates
+    (when init is asked for them) and BatchNorm's statistics (left as initialised in training
+    mode, as Flax's BatchNorm leaves them during init) are those of Flax's unrolled init."""
+    m = models.MLP(widths=(6,) * 4, out=3, norm=norm, residual=norm == "layer")
+    x = jax.random.normal(jax.random.key(1), (5, 6))
+
+    def run():
+        return jax.jit(lambda k: m.init_with_output(k, x, **kw))(jax.random.key(2))
+
+    (out, cols), (ref, ref_cols) = run(), _unrolled(run)
+    assert jax.tree.structure(cols) == jax.tree.structure(ref_cols)
+    assert ("intermediates" in cols) == (kw.get("mutable") is True)
+    chex.assert_trees_all_equal(cols["params"], ref_cols["params"])
+    chex.assert_trees_all_equal(cols.get("batch_stats"), ref_cols.get("batch_stats"))
+    chex.assert_trees_all_close((out, cols), (ref, ref_cols), rtol=1e-6, atol=1e-7)
+
+
 def test_flax_child_keys_are_flax_s_own():
     from flax.core.scope import LazyRng
 

@@ -131,18 +131,21 @@ def _same_key(a, b):
 
 
 def _jax_and_fused(seed, fn):
-    """``fn(key)`` with JAX's default key and with gf.rng.threefry_key, both jitted."""
-    return [jax.jit(lambda s, make=make: fn(make(s)))(seed)
-            for make in (jax.random.key, gf.rng.threefry_key)]  # fmt: skip
+    """``fn(key)`` with JAX's default key and with gf.rng.threefry_key, both jitted; for a list
+    of seeds, ``[(jax's, fused), ...]`` from one compiled program each (not one per seed)."""
+    programs = [jax.jit(lambda s, make=make: fn(make(s)))
+                for make in (jax.random.key, gf.rng.threefry_key)]  # fmt: skip
+    if isinstance(seed, list):
+        return [[p(s) for p in programs] for s in seed]
+    return [p(seed) for p in programs]
 
 
 @pytest.mark.parametrize("dtype", [jnp.uint8, jnp.uint16, jnp.uint32, jnp.uint64])
 def test_threefry_key_bits_equal_jax(dtype, x64):
     shapes = SHAPES[::3] if np.dtype(dtype).itemsize < 4 else SHAPES  # narrow: 32-bit's low bits
-    for seed in (0, 2**32 - 1):
-        want, got = _jax_and_fused(
-            np.uint32(seed), lambda k: [jax.random.bits(k, shape, dtype) for shape in shapes]
-        )
+    seeds = [np.uint32(0), np.uint32(2**32 - 1)]
+    draws = _jax_and_fused(seeds, lambda k: [jax.random.bits(k, shape, dtype) for shape in shapes])
+    for want, got in draws:
         for shape, w, g in zip(shapes, want, got, strict=True):
             assert g.dtype == w.dtype and g.shape == w.shape == shape
             np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=str(shape))
@@ -164,14 +167,14 @@ def test_threefry_key_split_fold_in_and_draws_equal_jax():
             jax.random.permutation(k1, 11),
         )
 
-    for seed in (0, 3, 2**32 - 1):
-        want, got = _jax_and_fused(np.uint32(seed), derive)
+    for want, got in _jax_and_fused([np.uint32(s) for s in (0, 3, 2**32 - 1)], derive):
         for w, g in zip(want, got, strict=True):
             np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
     # vmapped over seeds: each seed gets what it gets alone, as with jax.random.key
     batched = jax.jit(jax.vmap(lambda s: derive(gf.rng.threefry_key(s))))(SEEDS)
+    alone = jax.jit(lambda s: derive(jax.random.key(s)))
     for i, seed in enumerate(SEEDS):
-        for b, w in zip(batched, jax.jit(lambda s: derive(jax.random.key(s)))(seed), strict=True):
+        for b, w in zip(batched, alone(seed), strict=True):
             np.testing.assert_array_equal(np.asarray(b[i]), np.asarray(w))
 
 

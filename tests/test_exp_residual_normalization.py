@@ -62,7 +62,7 @@ def test_probe_rows_match_autodiff(variant):
         out, _ = net.apply({"params": p, **state}, x, mutable=["batch_stats", "intermediates"])
         return loss(out, y)
 
-    g = jax.grad(cost)(v["params"])
+    g = jax.jit(jax.grad(cost))(v["params"])
     names = list(report.layer_names)
     assert names[0] == "stem" and names[-1] == "readout"
     convs = [n for n in names if "/conv_" in n]

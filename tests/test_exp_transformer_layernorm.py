@@ -43,7 +43,7 @@ def test_skipped_blocks_give_the_shallower_network(arch, tiny):
     assert not np.allclose(deep.apply({"params": params}, x), want, atol=1e-3)
     # the skipped block's parameters get exactly zero gradient
     loss = gf.probes.get_loss(exp.LOSS)
-    g = jax.grad(lambda p: loss(deep.apply({"params": p}, x, depth=2), tiny[1]))(params)
+    g = jax.jit(jax.grad(lambda p: loss(deep.apply({"params": p}, x, depth=2), tiny[1])))(params)
     assert float(jnp.abs(g["blocks"]["ffn_out"]["kernel"][2]).max()) == 0.0
     assert float(jnp.abs(g["blocks"]["ffn_out"]["kernel"][1]).max()) > 0.0
 
@@ -57,7 +57,7 @@ def test_probe_rows_match_autodiff(arch, tiny):
     v = net.init(jax.random.key(1), x)
     report = gf.probes.probe(net, v, x, y, exp.LOSS)
     loss = gf.probes.get_loss(exp.LOSS)
-    g = jax.grad(lambda p: loss(net.apply({"params": p}, x), y))(v["params"])
+    g = jax.jit(jax.grad(lambda p: loss(net.apply({"params": p}, x), y)))(v["params"])
     names = list(report.layer_names)
     assert len(names) == 1 + 3 * 8 + (arch == "pre") + 1
     assert names[0] == "embed" and names[-1] == "readout"

@@ -510,6 +510,14 @@ def test_integer_inputs_run_the_first_block_alone():
     x = jnp.arange(12, dtype=jnp.int32).reshape(3, 4) % 3
     v = m.init(KEY, x)
     chex.assert_trees_all_close(m.apply(v, x), _unrolled(lambda: m.apply(v, x)), rtol=1e-6)
+    # a staged init too (its forward pass is the same scan): Flax's variables and output
+
+    def run():
+        return jax.jit(lambda k: m.init_with_output(k, x))(KEY)
+
+    (out, cols), (ref, ref_cols) = run(), _unrolled(run)
+    chex.assert_trees_all_equal(cols, ref_cols)
+    chex.assert_trees_all_close(out, ref, rtol=1e-6)
 
 
 def test_chain_takes_one_input_feature_and_chain_weights_only_chains():

@@ -6,9 +6,10 @@
 * ``x64``: a fixture that enables float64 inside one test (float64 references), restoring the
   previous setting afterwards.
 * XLA compiles at the backend optimisation level of ``gradflow run --quick``
-  (:data:`gradflow.runner.FAST_COMPILE_FLAG`, set in ``XLA_FLAGS`` before JAX starts its backend,
-  unless ``XLA_FLAGS`` already names a level): the experiments' tests run their quick configs as
-  the command line does, and the suite spends less of its time compiling.
+  (:func:`gradflow.runner.apply_compile_mode`: :data:`gradflow.runner.FAST_COMPILE_FLAG` in
+  ``XLA_FLAGS`` before JAX starts its backend, unless ``XLA_FLAGS`` already names a level): the
+  experiments' tests run their quick configs as the command line does, and the suite spends less
+  of its time compiling.
 * Strict dtype promotion inside the library tests would reject legitimate mixed-precision theory
   code, so instead every test states its dtypes and tolerances at the call.
 """
@@ -21,10 +22,9 @@ import jax
 import pytest
 from hypothesis import HealthCheck, settings
 
-from gradflow.runner import FAST_COMPILE_FLAG
+from gradflow import runner
 
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}".strip()
+runner.apply_compile_mode(runner.Launch(quick=True))  # as `gradflow run --quick` compiles
 
 settings.register_profile(
     "ci",

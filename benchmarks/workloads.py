@@ -16,8 +16,10 @@ Ways (``method`` ids):
   ``jax.random.key(seed)`` bit for bit.
   ``gradflow_fast`` (GPU suite, w2big): the same at ``gradflow.config``'s ``"default"`` precision
   (TF32 on an NVIDIA GPU) instead of ``"highest"``.
-* ``gradflow_readme`` -- the README's way, as typed there: ``jax.jit(jax.vmap(lambda s:
-  probe(model, model.init(gf.rng.threefry_key(s), x), x, y)))(seeds)`` (one device).
+* ``gradflow_readme`` -- the README's way, as typed there: ``gf.sweep.vmap(lambda s:
+  probe(model, model.init(gf.rng.threefry_key(s), x), x, y))(seeds)`` (:func:`gradflow.sweep.vmap`:
+  the program of ``gradflow``, padded and placed by the call). ``jax_vmap``: the plain JAX way,
+  ``jax.jit(jax.vmap(...))(seeds)`` of the same function, on one device.
 * ``gradflow_native`` / ``gradflow_blocked`` -- proposed changes measured beside it:
   :func:`gradflow.sweep.run` with ``rng="native"`` (:func:`gradflow.rng.key`, ThreeFry fused on
   CPU, another random stream) and with a fixed ``block_size`` (each device maps over its runs
@@ -557,8 +559,15 @@ def _probe_one(model: gf.models.MLP, x: jax.Array, y: jax.Array, make_key=jax.ra
 
 
 def _readme_program(model, x, y) -> Callable:
-    """The README's way: ``jax.jit(jax.vmap(lambda s: probe(model, model.init(k, x), x, y)))``
-    with ``k = gf.rng.threefry_key(s)`` (``jax.random.key(s)``'s numbers), from the seeds."""
+    """The README's way: ``gf.sweep.vmap(lambda s: probe(model, model.init(k, x), x, y))`` with
+    ``k = gf.rng.threefry_key(s)`` (``jax.random.key(s)``'s numbers), from the seeds (its
+    ``.lower`` compiles ahead of time, as ``jax.jit``'s does)."""
+    return gf.sweep.vmap(_probe_one(model, x, y, gf.rng.threefry_key))
+
+
+def _jax_vmap_program(model, x, y) -> Callable:
+    """Plain JAX: ``jax.jit(jax.vmap(lambda s: probe(model, model.init(k, x), x, y)))``, one
+    device, from the seeds."""
     one = _probe_one(model, x, y, gf.rng.threefry_key)
     return jax.jit(lambda seeds: jax.vmap(one)(seeds))
 
@@ -632,21 +641,23 @@ def probe_sweep(cfg: ProbeSweep, options: Options) -> dict[str, Any]:
 
     if cfg.extra_ways:
         if _expired(options):
-            skipped.append("gradflow_readme")
+            skipped.extend(["gradflow_readme", "jax_vmap"])
         else:
-            m, (out, _) = _jax_way(
-                "gradflow_readme",
-                "the README's way: jax.jit(jax.vmap(lambda s: probe(model, model.init("
-                "gf.rng.threefry_key(s), x), x, y)))(seeds), one device",
-                _readme_program(model, x, y),
-                [seeds],
-                cfg.seeds,
-                options,
-                notes=notes,
-            )
-            measurements.append(m)
-            err = max(_rel_err(getattr(out, s), getattr(ref, s)) for s in _GRAD_STATS)
-            checks.append(_check("gradflow_readme == gradflow (same seeds)", err, 1e-3))
+            ways = (
+                ("gradflow_readme", "the README's way: gf.sweep.vmap(lambda s: probe(model, "
+                 "model.init(gf.rng.threefry_key(s), x), x, y))(seeds)",
+                 _readme_program(model, x, y)),
+                ("jax_vmap", "plain JAX: jax.jit(jax.vmap(lambda s: probe(model, model.init("
+                 "gf.rng.threefry_key(s), x), x, y)))(seeds), one device",
+                 _jax_vmap_program(model, x, y)),
+            )  # fmt: skip
+            for method, label, program in ways:
+                m, (out, _) = _jax_way(
+                    method, label, program, [seeds], cfg.seeds, options, notes=notes
+                )
+                measurements.append(m)
+                err = max(_rel_err(getattr(out, s), getattr(ref, s)) for s in _GRAD_STATS)
+                checks.append(_check(f"{method} == gradflow (same seeds)", err, 1e-3))
         # the proposed default paths (another stream; blocks): measured beside the default
         proposed = [
             ("gradflow_native", 'gradflow.sweep.run(rng="native"): gf.rng.key seeds',
@@ -1300,9 +1311,10 @@ def compile_sweep(cfg: CompileSweep, options: Options) -> dict[str, Any]:
             skipped.append(method)
             continue
         model = cfg.model(depth)
-        compiled, compile_s = harness.compile_jax(_readme_program(model, x, y), seeds)
+        padded = _padded(seeds, len(jax.devices()))
+        compiled, compile_s = harness.compile_jax(_readme_program(model, x, y), padded)
         t0 = time.perf_counter()
-        rep = harness.to_host(compiled(seeds))
+        rep = harness.to_host(compiled(padded))
         run_s = time.perf_counter() - t0
         measurements.append(
             Measurement(

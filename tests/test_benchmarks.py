@@ -42,6 +42,7 @@ TORCH_WAYS = ("pytorch", "torch_func")
 JAX_CHECKS = {
     "w1": {
         "gradflow_readme == gradflow (same seeds)",
+        "jax_vmap == gradflow (same seeds)",
         "gradflow_blocked == gradflow (same seeds)",
         "gradflow_vmap_all == gradflow (same seeds)",
         "naive_jax == gradflow (same seeds)",
@@ -80,6 +81,7 @@ def test_every_way_runs_and_agrees(results):
         "w1": {
             "gradflow",
             "gradflow_readme",
+            "jax_vmap",
             "gradflow_native",
             "gradflow_blocked",
             "gradflow_vmap_all",

@@ -652,6 +652,71 @@ def test_batched_program_blocks_equal_vmap():
         sweep.batched(None, mesh)
 
 
+_VMAP_SCRIPT = """
+import jax, jax.numpy as jnp, numpy as np
+import gradflow as gf
+gf.sweep.cpu_devices(3)
+model = gf.models.MLP(widths=(12,) * 5, out=4, activation="sigmoid")
+x = jax.random.normal(jax.random.key(0), (16, 6)); y = jnp.arange(16) % 4
+one = lambda s: gf.probes.probe(model, model.init(gf.rng.threefry_key(s), x), x, y)
+for n in (7, 9):  # 7: padded to 9 runs over 3 devices
+    seeds = jnp.arange(n, dtype=jnp.uint32)
+    got, want = gf.sweep.vmap(one)(seeds), jax.jit(jax.vmap(one))(seeds)
+    assert got.layer_names == want.layer_names
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert g.shape == w.shape, (g.shape, w.shape)
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-30)
+got = gf.sweep.vmap(one)(jnp.arange(9, dtype=jnp.uint32))
+assert len(got.loss.sharding.device_set) == 3, got.loss.sharding  # every device ran runs
+print("ok")
+"""
+
+
+def test_vmap_equals_jit_vmap_sharded_and_padded():
+    # gf.sweep.vmap over 3 CPU devices: a probe of 7 seeds (padded to 9) and of 9 seeds equals
+    # jax.jit(jax.vmap(...)) on the default device, to float32 rounding (rtol 1e-5)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", _VMAP_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=SUBPROCESS_TIMEOUT_S)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_vmap_pytrees_keys_blocks_and_bad_calls():
+    def one(key, hp):
+        return {"z": jax.random.normal(key, (3,)) * hp["a"], "s": hp["b"].sum()}
+
+    keys = jax.random.split(jax.random.key(1), 5)
+    hp = {"a": np.arange(5.0, dtype=np.float32), "b": jnp.ones((5, 2))}
+    want = jax.vmap(one)(keys, hp)
+    for block in (None, 2, "auto"):
+        fn = sweep.vmap(one, block_size=block)
+        got = fn(keys, hp)
+        for k in want:
+            np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=1e-6)
+    compiled = fn.lower(keys, hp).compile()  # ahead of time, as jax.jit's .lower
+    np.testing.assert_allclose(np.asarray(compiled(keys, hp)["z"]), np.asarray(want["z"]),
+                               rtol=1e-6)  # fmt: skip
+    with pytest.raises(ValueError, match=r"leading \(run\) axes differ: \[5, 4, 5\]"):
+        fn(keys, {"a": np.arange(4.0), "b": jnp.ones((5, 2))})
+    with pytest.raises(TypeError, match="needs a leading run axis, got a scalar"):
+        fn(keys, {"a": 3.0, "b": jnp.ones((5, 2))})
+    with pytest.raises(ValueError, match="at least one array"):
+        fn()
+    with pytest.raises(ValueError, match="zero runs"):
+        sweep.vmap(lambda a: a)(np.zeros((0, 2)))
+    with pytest.raises(TypeError, match="fn must be callable"):
+        sweep.vmap(3)
+    with pytest.raises(ValueError, match=r"integer, 'auto' or None, got 'x'"):
+        sweep.vmap(one, block_size="x")
+    with pytest.raises(TypeError, match="devices must be JAX devices"):
+        sweep.vmap(one, devices=["cpu:0"])
+    with pytest.raises(TypeError, match="devices must be a sequence of JAX devices"):
+        sweep.vmap(one, devices="cpu")
+    with pytest.raises(ValueError, match="at least one device"):
+        sweep.vmap(one, devices=[])
+
+
 def _primitives(jaxpr) -> set[str]:
     found = {e.primitive.name for e in jaxpr.eqns}
     for e in jaxpr.eqns:

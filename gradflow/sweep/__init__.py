@@ -154,7 +154,7 @@ from gradflow.sweep._lock import LOCK_FILE as LOCK_FILE
 from gradflow.sweep._lock import _StoreLock as _StoreLock  # tests hold it to play a 2nd writer
 from gradflow.sweep._lock import in_use
 from gradflow.sweep._plan import FORMAT as FORMAT
-from gradflow.sweep._program import batched
+from gradflow.sweep._program import batched, vmap
 from gradflow.sweep._run import run
 from gradflow.sweep._store import _write_json as _write_json
 from gradflow.sweep._store import load, load_metadata
@@ -175,10 +175,13 @@ __all__ = [
     "run",
     "to_arrays",
     "usable_cores",
+    "vmap",
 ]
 
 # The public functions live in private modules; their home is this package: documented here,
 # found here by doctest (their examples run as gradflow.sweep's), and shown so in reprs.
-for _public in (batched, cpu_devices, in_use, load, load_metadata, run, to_arrays, usable_cores):
+for _public in (
+    batched, cpu_devices, in_use, load, load_metadata, run, to_arrays, usable_cores, vmap
+):
     _public.__module__ = __name__
 del _public

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -192,6 +192,105 @@ def batched(one: Callable, mesh: Mesh, block_size: int | str | None = None) -> C
             )(*args)
 
     return program
+
+
+def vmap(
+    fn: Callable, *, block_size: int | str | None = "auto", devices: Sequence | None = None
+) -> Callable:
+    """``jax.jit(jax.vmap(fn))``, run as :func:`run` runs a sweep: sharded over every device.
+
+    The returned function takes arrays (or pytrees of arrays) whose leading axis is the run
+    axis, ``n`` runs (seeds, keys, hyperparameters), and returns ``fn``'s outputs stacked on a
+    leading axis of size ``n``: the values of ``jax.jit(jax.vmap(fn))(*args)`` (equal up to
+    float32 rounding: XLA may fuse the blocked program differently). The runs are padded to a
+    multiple of the device count by repeating the last run (the copies are dropped), sharded
+    over a 1-D mesh of ``devices`` (default: this process's ``jax.local_devices()``), and each
+    device maps ``fn`` over its own runs ``block_size`` at a time under :func:`jax.shard_map`
+    (:func:`batched`; ``"auto"``: as many runs as fit 16 MiB on CPU, all at once on an
+    accelerator; ``None``: all at once). Compiled once per input shape and dtype, like
+    ``jax.jit``. On a CPU-only machine call :func:`cpu_devices` first thing (one device per
+    core), or every run shares one device.
+
+    Example -- 1024 seeds of a probe, one compiled call::
+
+        import gradflow as gf
+        gf.sweep.cpu_devices("auto")            # before the first JAX computation
+        probe_seeds = gf.sweep.vmap(
+            lambda s: gf.probes.probe(model, model.init(gf.rng.threefry_key(s), x), x, y))
+        reports = probe_seeds(jnp.arange(1024, dtype=jnp.uint32))  # LayerReport, (1024, L)
+
+    Raises:
+      TypeError: ``fn`` is not callable; ``devices`` is not a sequence of JAX devices; at call
+        time, an argument leaf is not an array with a leading axis.
+      ValueError: ``block_size`` is not a positive integer, ``"auto"`` or ``None``; ``devices``
+        is empty or mixes platforms; at call time, no argument, or leading axes of different
+        sizes, or zero runs.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable as fn(*args) for one run, got {fn!r}")
+    _check_block_size(block_size)
+    if devices is None:
+        devices = jax.local_devices()
+    if isinstance(devices, str | bytes) or not isinstance(devices, Sequence):
+        raise TypeError(f"devices must be a sequence of JAX devices, got {devices!r}")
+    devices = list(devices)
+    bad = [d for d in devices if not isinstance(d, jax.Device)]
+    if bad:
+        raise TypeError(f"devices must be JAX devices (jax.devices()), got {bad[0]!r}")
+    if not devices:
+        raise ValueError("devices must name at least one device, got an empty sequence")
+    if len({d.platform for d in devices}) > 1:
+        raise ValueError(
+            f"devices must share one platform, got {sorted({d.platform for d in devices})}"
+        )
+    mesh = Mesh(np.asarray(devices), (MESH_AXIS,))
+    sharding = NamedSharding(mesh, PartitionSpec(MESH_AXIS))
+    program = jax.jit(batched(fn, mesh, block_size), in_shardings=sharding, out_shardings=sharding)
+
+    def padded(args: tuple) -> tuple[tuple, int, int]:
+        leaves, tree = jax.tree.flatten(args)
+        if not leaves:
+            raise ValueError("gradflow.sweep.vmap: pass at least one array with a run axis")
+        leaves = [
+            a if hasattr(a, "shape") and hasattr(a, "dtype") else np.asarray(a) for a in leaves
+        ]
+        scalars = [a for a in leaves if a.ndim == 0]
+        if scalars:
+            raise TypeError(
+                "gradflow.sweep.vmap: every argument needs a leading run axis, got a scalar "
+                f"{scalars[0]!r} (close over constants in fn instead)"
+            )
+        sizes = [a.shape[0] for a in leaves]
+        if len(set(sizes)) != 1:
+            raise ValueError(
+                f"gradflow.sweep.vmap: the arguments' leading (run) axes differ: {sizes}"
+            )
+        n = sizes[0]
+        if n == 0:
+            raise ValueError("gradflow.sweep.vmap: zero runs (the leading axes have size 0)")
+        pad = -n % mesh.size
+        if pad:
+            cat = [jnp if isinstance(a, jax.Array) else np for a in leaves]
+            leaves = [
+                xp.concatenate([a, xp.repeat(a[-1:], pad, axis=0)])
+                for xp, a in zip(cat, leaves, strict=True)
+            ]
+        return tuple(jax.tree.unflatten(tree, leaves)), n, pad
+
+    @functools.wraps(fn)
+    def call(*args):
+        args, n, pad = padded(args)
+        out = program(*args)
+        return jax.tree.map(lambda a: a[:n], out) if pad else out
+
+    def lower(*args):
+        """The program lowered for ``args`` as :meth:`jax.jit(...).lower <jax.stages.Wrapped.lower>`
+        does (ahead-of-time compilation); its compiled form takes ``args`` padded to a multiple
+        of the device count."""
+        return program.lower(*padded(args)[0])
+
+    call.lower = lower
+    return call
 
 
 def _compile_group(

@@ -19,7 +19,10 @@ Ways (``method`` ids):
 * ``gradflow_readme`` -- the README's way, as typed there: ``gf.sweep.vmap(lambda s:
   probe(model, model.init(gf.rng.threefry_key(s), x), x, y))(seeds)`` (:func:`gradflow.sweep.vmap`:
   the program of ``gradflow``, padded and placed by the call). ``jax_vmap``: the plain JAX way,
-  ``jax.jit(jax.vmap(...))(seeds)`` of the same function, on one device.
+  ``jax.jit(jax.vmap(...))(seeds)`` of the same function, on one device. ``jax_bare``: plain JAX
+  computing only what ``torch_func`` computes (the three gradient norms, a hand-written forward
+  pass) in gradflow's sharded program: the price of the probe's other statistics, and a floor
+  on what any JAX way compiles in.
 * ``gradflow_native`` / ``gradflow_blocked`` -- proposed changes measured beside it:
   :func:`gradflow.sweep.run` with ``rng="native"`` (:func:`gradflow.rng.key`, ThreeFry fused on
   CPU, another random stream) and with a fixed ``block_size`` (each device maps over its runs
@@ -558,6 +561,55 @@ def _probe_one(model: gf.models.MLP, x: jax.Array, y: jax.Array, make_key=jax.ra
     return one
 
 
+def _bare_one(model: gf.models.MLP, x: jax.Array, y: jax.Array) -> Callable:
+    """What ``torch_func`` computes, in plain JAX, for one seed: gradflow's init (the same
+    keys), a hand-written forward pass (hidden layers as one ``lax.scan``) with a zero
+    perturbation on every pre-activation, one ``jax.value_and_grad`` and the three gradient
+    norms per layer -- none of the probe's other statistics and no layer discovery."""
+    act = gf.activations.get(model.activation).fn
+    loss_fn = gf.probes.get_loss("softmax_cross_entropy")
+    names = [f"dense_{i}" for i in range(len(model.widths) + 1)]
+    batch = x.shape[0]
+
+    def forward(p, e):
+        first, hidden, last = p[0], p[1], p[2]
+        h = act(x @ first["kernel"] + first["bias"] + e[0])
+
+        def layer(h, pe):
+            q, d = pe
+            return act(h @ q["kernel"] + q["bias"] + d), None
+
+        if hidden is not None:
+            h, _ = jax.lax.scan(layer, h, (hidden, e[1]))
+        return loss_fn(h @ last["kernel"] + last["bias"] + e[2], y)
+
+    def one(seed):
+        params = model.init(gf.rng.threefry_key(seed), x)["params"]
+        layers = [params[n] for n in names]
+        mid = layers[1:-1]  # the hidden layers after the first, stacked for the scan
+        p = (layers[0], jax.tree.map(lambda *a: jnp.stack(a), *mid) if mid else None, layers[-1])
+        e = jax.tree.map(lambda q: jnp.zeros((*q["bias"].shape[:-1], batch, q["bias"].shape[-1])),
+                         p, is_leaf=lambda q: isinstance(q, dict) and "bias" in q)  # fmt: skip
+        c, (gp, ge) = jax.value_and_grad(forward, argnums=(0, 1))(p, e)
+        flat = [gp[0], *(_unstacked(gp[1]) if mid else []), gp[2]]
+        deltas = [ge[0], *(list(ge[1]) if mid else []), ge[2]]
+        return {
+            "loss": c,
+            "weight_grad_norm": jnp.stack([jnp.linalg.norm(g["kernel"]) for g in flat]),
+            "bias_grad_norm": jnp.stack([jnp.linalg.norm(g["bias"]) for g in flat]),
+            "preact_grad_norm": jnp.stack(
+                [jnp.mean(jnp.linalg.norm(d * batch, axis=-1)) for d in deltas]
+            ),
+        }
+
+    return one
+
+
+def _unstacked(tree) -> list:
+    n = jax.tree.leaves(tree)[0].shape[0]
+    return [jax.tree.map(lambda a, i=i: a[i], tree) for i in range(n)]
+
+
 def _readme_program(model, x, y) -> Callable:
     """The README's way: ``gf.sweep.vmap(lambda s: probe(model, model.init(k, x), x, y))`` with
     ``k = gf.rng.threefry_key(s)`` (``jax.random.key(s)``'s numbers), from the seeds (its
@@ -641,7 +693,7 @@ def probe_sweep(cfg: ProbeSweep, options: Options) -> dict[str, Any]:
 
     if cfg.extra_ways:
         if _expired(options):
-            skipped.extend(["gradflow_readme", "jax_vmap"])
+            skipped.extend(["gradflow_readme", "jax_vmap", "jax_bare"])
         else:
             ways = (
                 ("gradflow_readme", "the README's way: gf.sweep.vmap(lambda s: probe(model, "
@@ -650,13 +702,19 @@ def probe_sweep(cfg: ProbeSweep, options: Options) -> dict[str, Any]:
                 ("jax_vmap", "plain JAX: jax.jit(jax.vmap(lambda s: probe(model, model.init("
                  "gf.rng.threefry_key(s), x), x, y)))(seeds), one device",
                  _jax_vmap_program(model, x, y)),
+                ("jax_bare", "plain JAX doing what torch_func does: gradflow's init, a "
+                 "hand-written forward (lax.scan), value_and_grad, the 3 gradient norms; "
+                 "gradflow's sharded blocked program", _sharded_program(_bare_one(model, x, y),
+                                                                         1)[0]),
             )  # fmt: skip
             for method, label, program in ways:
                 m, (out, _) = _jax_way(
-                    method, label, program, [seeds], cfg.seeds, options, notes=notes
-                )
+                    method, label, program, [seeds], cfg.seeds, options,
+                    notes="" if method == "jax_bare" else notes,
+                )  # fmt: skip
                 measurements.append(m)
-                err = max(_rel_err(getattr(out, s), getattr(ref, s)) for s in _GRAD_STATS)
+                get = (lambda o, k: o[k]) if method == "jax_bare" else getattr
+                err = max(_rel_err(get(out, s), getattr(ref, s)) for s in _GRAD_STATS)
                 checks.append(_check(f"{method} == gradflow (same seeds)", err, 1e-3))
         # the proposed default paths (another stream; blocks): measured beside the default
         proposed = [

@@ -412,14 +412,21 @@ class _Stack(nn.Module):
             keys["bias_init"] = _child_keys(rng, names, 2)
         mutable = ["params", *(["batch_stats"] if block.norm == "batch" else [])]
 
+        shapes = {}
+
         def one(keys):
             drawn = {"kernel_init": _fixed(kinit(keys["kernel_init"], shape))}
             if binit is not None:
                 drawn["bias_init"] = _fixed(binit(keys["bias_init"], shape[1:]))
             # the keys given here reach only the norm's constant initializers
-            return block.clone(**drawn).init(keys["kernel_init"], h, train=train, mutable=mutable)
+            made = block.clone(**drawn).init(keys["kernel_init"], h, train=train, mutable=mutable)
+            # each layer's values leave the loop flat: XLA:CPU then draws them in one loop over
+            # all of a layer's numbers (a (30, 30) kernel's inner loop of 30 vectorises badly)
+            shapes["tree"] = jax.tree.map(lambda a: a.shape, made)
+            return jax.tree.map(lambda a: a.reshape(-1), made)
 
-        stacked = jax.lax.map(one, keys)
+        flat = jax.lax.map(one, keys)
+        stacked = jax.tree.map(lambda a, shp: a.reshape(len(names), *shp), flat, shapes["tree"])
         for col, tree in stacked.items():
             for name, layer in zip(names, _unstack(tree, len(names)), strict=True):
                 self.put_variable(col, name, layer)

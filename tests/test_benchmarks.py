@@ -43,6 +43,7 @@ JAX_CHECKS = {
     "w1": {
         "gradflow_readme == gradflow (same seeds)",
         "jax_vmap == gradflow (same seeds)",
+        "jax_bare == gradflow (same seeds)",
         "gradflow_blocked == gradflow (same seeds)",
         "gradflow_vmap_all == gradflow (same seeds)",
         "naive_jax == gradflow (same seeds)",
@@ -82,6 +83,7 @@ def test_every_way_runs_and_agrees(results):
             "gradflow",
             "gradflow_readme",
             "jax_vmap",
+            "jax_bare",
             "gradflow_native",
             "gradflow_blocked",
             "gradflow_vmap_all",

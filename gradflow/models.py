@@ -420,13 +420,19 @@ class _Stack(nn.Module):
                 drawn["bias_init"] = _fixed(binit(keys["bias_init"], shape[1:]))
             # the keys given here reach only the norm's constant initializers
             made = block.clone(**drawn).init(keys["kernel_init"], h, train=train, mutable=mutable)
-            # each layer's values leave the loop flat: XLA:CPU then draws them in one loop over
-            # all of a layer's numbers (a (30, 30) kernel's inner loop of 30 vectorises badly)
+            # each layer's values leave this loop flat: XLA:CPU then draws a layer's numbers in
+            # one vectorised loop (a (30, 30) kernel's inner loop of 30 leaves 6 scalar steps
+            # per row: the draw took twice as long)
             shapes["tree"] = jax.tree.map(lambda a: a.shape, made)
             return jax.tree.map(lambda a: a.reshape(-1), made)
 
         flat = jax.lax.map(one, keys)
-        stacked = jax.tree.map(lambda a, shp: a.reshape(len(names), *shp), flat, shapes["tree"])
+        # back to each layer's shapes in a second loop (a copy), not by reshaping the stack:
+        # under a vmap over seeds that reshape is a transpose, and the per-layer slices of it
+        # no longer fold back into the stack apply builds, so the program grows with depth
+        stacked = jax.lax.map(
+            lambda layer: jax.tree.map(lambda a, shp: a.reshape(shp), layer, shapes["tree"]), flat
+        )
         for col, tree in stacked.items():
             for name, layer in zip(names, _unstack(tree, len(names)), strict=True):
                 self.put_variable(col, name, layer)

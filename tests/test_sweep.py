@@ -761,7 +761,8 @@ def test_auto_block_sizes_blocks_from_the_working_set():
 @pytest.mark.parametrize("name", ["linen_cnn", "nnx_mlp"])
 def test_blocks_probe_researchers_models(tmp_path, name):
     # a researcher's linen CNN / NNX module built and probed inside fn: blocks of 2, the auto
-    # block and all-at-once give the same per-layer gradient norms (to float32 rounding)
+    # block and all-at-once (and gf.sweep.vmap) give the same per-layer gradient norms (to
+    # float32 rounding)
     import user_models
 
     import gradflow as gf
@@ -780,6 +781,12 @@ def test_blocks_probe_researchers_models(tmp_path, name):
     for block in (2, "auto"):
         got = tables[block].sort_values(["seed", "metric", "layer"])["value"].to_numpy()
         np.testing.assert_allclose(got, want, rtol=1e-5)  # float32 sums in another order
+    # gf.sweep.vmap of the same fn over the same seeds (the keys sweep.run makes)
+    out = sweep.vmap(lambda s: fn({}, gf.rng.threefry_key(s)), block_size=2)(
+        jnp.arange(4, dtype=jnp.uint32)
+    )
+    grad = tables[None].query("metric == 'grad'").sort_values(["seed", "layer"])["value"]
+    np.testing.assert_allclose(np.asarray(out["grad"]).ravel(), grad.to_numpy(), rtol=1e-5)
 
 
 def test_auto_is_the_default_and_recorded(tmp_path, reference):

@@ -668,6 +668,10 @@ for n in (7, 9):  # 7: padded to 9 runs over 3 devices
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-30)
 got = gf.sweep.vmap(one)(jnp.arange(9, dtype=jnp.uint32))
 assert len(got.loss.sharding.device_set) == 3, got.loss.sharding  # every device ran runs
+# seeds already committed to one device are moved onto the mesh, not refused by jit
+committed = jax.device_put(jnp.arange(7, dtype=jnp.uint32), jax.devices()[2])
+np.testing.assert_array_equal(np.asarray(gf.sweep.vmap(one)(committed).loss),
+                              np.asarray(gf.sweep.vmap(one)(np.arange(7, dtype=np.uint32)).loss))
 print("ok")
 """
 

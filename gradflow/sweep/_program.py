@@ -275,7 +275,8 @@ def vmap(
                 xp.concatenate([a, xp.repeat(a[-1:], pad, axis=0)])
                 for xp, a in zip(cat, leaves, strict=True)
             ]
-        return tuple(jax.tree.unflatten(tree, leaves)), n, pad
+        # placed on the mesh here: jit refuses an argument already committed elsewhere
+        return jax.device_put(tuple(jax.tree.unflatten(tree, leaves)), sharding), n, pad
 
     @functools.wraps(fn)
     def call(*args):

@@ -591,23 +591,22 @@ def _bare_one(model: gf.models.MLP, x: jax.Array, y: jax.Array) -> Callable:
         e = jax.tree.map(lambda q: jnp.zeros((*q["bias"].shape[:-1], batch, q["bias"].shape[-1])),
                          p, is_leaf=lambda q: isinstance(q, dict) and "bias" in q)  # fmt: skip
         c, (gp, ge) = jax.value_and_grad(forward, argnums=(0, 1))(p, e)
-        flat = [gp[0], *(_unstacked(gp[1]) if mid else []), gp[2]]
-        deltas = [ge[0], *(list(ge[1]) if mid else []), ge[2]]
+
+        def per_layer(f, tree):  # f of one layer, over (first, the stacked hidden, readout)
+            first, hidden, last = tree
+            middle = [] if hidden is None else [jax.vmap(f)(hidden)]
+            return jnp.concatenate([f(first)[None], *middle, f(last)[None]])
+
         return {
             "loss": c,
-            "weight_grad_norm": jnp.stack([jnp.linalg.norm(g["kernel"]) for g in flat]),
-            "bias_grad_norm": jnp.stack([jnp.linalg.norm(g["bias"]) for g in flat]),
-            "preact_grad_norm": jnp.stack(
-                [jnp.mean(jnp.linalg.norm(d * batch, axis=-1)) for d in deltas]
+            "weight_grad_norm": per_layer(lambda g: jnp.linalg.norm(g["kernel"]), gp),
+            "bias_grad_norm": per_layer(lambda g: jnp.linalg.norm(g["bias"]), gp),
+            "preact_grad_norm": per_layer(
+                lambda d: jnp.mean(jnp.linalg.norm(d * batch, axis=-1), axis=-1), ge
             ),
         }
 
     return one
-
-
-def _unstacked(tree) -> list:
-    n = jax.tree.leaves(tree)[0].shape[0]
-    return [jax.tree.map(lambda a, i=i: a[i], tree) for i in range(n)]
 
 
 def _readme_program(model, x, y) -> Callable:
